@@ -1,0 +1,207 @@
+"""The RunConfig: everything a run needs, validated, saved as YAML.
+
+Every tab writes into this one model; `ftstudio train CONFIG.yaml` reads the same
+file, so a run started by clicks can be repeated from a shell.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from backend.io_utils import atomic_write_text
+
+METHOD_NAMES = (
+    "full", "last_layers", "lora", "qlora", "dora", "rslora", "loraplus",
+    "feature_extraction", "gradual_unfreezing", "lora_fa", "adalora", "vera",
+    "ia3", "adapter_houlsby", "adapter_pfeiffer", "bitfit", "fish_mask",
+    "prompt_tuning", "prefix_tuning", "p_tuning_v2", "longlora",
+)
+OBJECTIVES = ("sft", "pretrain", "dpo", "orpo", "kto", "reward", "grpo")
+OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd", "adafactor")
+PRECISIONS = ("fp32", "fp16", "bf16")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "fsdp")
+
+
+class Strict(BaseModel):
+    # A typo in a YAML key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MethodConfig(Strict):
+    name: Literal[METHOD_NAMES] = Field("lora", description="Fine-tuning method.")
+    r: int = Field(16, ge=1, le=4096, description="LoRA rank: size of the low-rank update.")
+    alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (update scaled by alpha/r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: Union[list[str], Literal["all-linear"]] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        description="Linear layers that get adapters, or 'all-linear'.")
+    loraplus_lr_ratio: float = Field(16.0, gt=0, description="LoRA+: learning-rate ratio of B over A.")
+    num_layers: int = Field(2, ge=1, description="Layer-selective: how many top decoder layers train.")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="QLoRA: 4-bit data type.")
+    double_quant: bool = Field(True, description="QLoRA: quantize the quantization scales too.")
+    compute_dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="QLoRA: dtype of the matmuls.")
+    # Later methods (prompt tuning, adapters, ...) add their fields here.
+    num_virtual_tokens: int = Field(20, ge=1, le=512, description="Prompt/prefix methods: virtual tokens.")
+    prompt_init_text: Optional[str] = Field(None, description="Prompt tuning: initialise from this text.")
+    bottleneck: int = Field(64, ge=1, description="Bottleneck adapters: hidden size of the adapter.")
+    init_r: int = Field(12, ge=1, description="AdaLoRA: initial rank.")
+    unfreeze_every: int = Field(0, ge=0, description="Gradual unfreezing: steps between unfreezing groups (0 = each epoch).")
+    fish_mask_density: float = Field(0.005, gt=0, le=1, description="Fish Mask: share of parameters that train.")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty_targets(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("choose at least one target module, or 'all-linear'")
+        return v
+
+
+class DataConfig(Strict):
+    path: str = Field("assets/samples/instructions.jsonl", description="Training data file.")
+    validation_path: Optional[str] = Field(None, description="Separate validation file (else a split).")
+    validation_split: float = Field(0.1, ge=0.0, lt=0.9, description="Share of rows held out for validation.")
+    format: str = Field("auto", description="Dataset layout; 'auto' detects it.")
+    mapping: Optional[dict[str, str]] = Field(None, description="Column mapping override: role -> column.")
+    template: str = Field("auto", description="Chat template: the tokenizer's own ('auto') or a registry name.")
+    system_prompt: Optional[str] = Field(None, description="System prompt added to every conversation.")
+    max_length: int = Field(512, ge=8, le=1_048_576, description="Maximum tokens per training sequence.")
+    train_on_prompt: bool = Field(False, description="Also compute the loss on prompt tokens.")
+    last_turn_only: bool = Field(False, description="Grade only the last assistant turn.")
+    packing: bool = Field(False, description="Join short sequences into full-length ones.")
+    skip_bad_rows: bool = Field(True, description="Skip malformed rows (counted) instead of failing.")
+
+
+class TrainConfig(Strict):
+    epochs: float = Field(3.0, gt=0, description="Passes over the training data.")
+    max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    learning_rate: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate.")
+    scheduler: Literal[SCHEDULERS] = Field("cosine", description="Learning-rate schedule.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(4, ge=1, le=4096, description="Sequences per device per step.")
+    gradient_accumulation: int = Field(4, ge=1, le=4096, description="Micro-batches per optimizer step.")
+    precision: Literal[PRECISIONS] = Field("bf16", description="Compute precision.")
+    optimizer: Literal[OPTIMIZERS] = Field("adamw_torch", description="Optimizer.")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in backward to save memory.")
+    eval_steps: int = Field(50, ge=1, description="Evaluate every N steps.")
+    save_steps: Optional[int] = Field(None, ge=1, description="Checkpoint every N steps (default: eval_steps).")
+    logging_steps: int = Field(1, ge=1, description="Log every N steps.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm.")
+    seed: int = Field(42, description="Random seed.")
+
+
+class EarlyStoppingConfig(Strict):
+    patience: Optional[int] = Field(3, ge=1, description="Evaluations without improvement before stopping; null turns it off.")
+    threshold: float = Field(0.0, ge=0, description="Minimum improvement that counts.")
+    metric: str = Field("eval_loss", description="Metric watched (lower is better for losses).")
+
+
+class DistributedConfig(Strict):
+    gpus: int = Field(1, ge=1, le=4096, description="GPUs per node.")
+    nodes: int = Field(1, ge=1, le=1024, description="Machines.")
+    strategy: Literal[STRATEGIES] = Field("ddp", description="How work and memory are split across GPUs.")
+
+
+class NotifyConfig(Strict):
+    webhook: Optional[str] = Field(None, description="URL that receives one JSON POST when the run ends.")
+
+
+class RunConfig(Strict):
+    model: str = Field("smollm2-135m-instruct", description="Bundled name, local directory, or hub id.")
+    objective: Literal[OBJECTIVES] = Field("sft", description="What the training optimizes.")
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model (only for models you trust).")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=lambda: ["tensorboard"])
+    name: Optional[str] = Field(None, max_length=80, description="A label for the run (the run id is generated).")
+
+    @model_validator(mode="after")
+    def _cross_field(self):
+        if self.objective in ("dpo", "orpo", "kto", "reward") and self.data.packing:
+            raise ValueError(f"packing is not available for the {self.objective} objective; turn packing off")
+        return self
+
+
+class ConfigError(ValueError):
+    """A config problem as sentences a person can act on; `fields` maps dotted path -> message."""
+
+    def __init__(self, fields: dict[str, str], source: str | None = None):
+        self.fields = fields
+        where = f" in {source}" if source else ""
+        lines = [f"{k}: {v}" if k else v for k, v in fields.items()]
+        super().__init__(f"The run configuration{where} has {len(fields)} problem(s): " + "; ".join(lines))
+
+
+def _humanize(err: dict[str, Any]) -> tuple[str, str]:
+    loc = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int) or True)
+    kind = err.get("type", "")
+    msg = err.get("msg", "invalid value")
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        return loc, "is not a known setting (check the spelling, or remove it)"
+    if kind == "missing":
+        return loc, "is required"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if isinstance(got, (str, int, float, bool)) or got is None:
+        return loc, f"{msg} (got {got!r})"
+    return loc, msg
+
+
+def validate_config(data: dict[str, Any], source: str | None = None) -> RunConfig:
+    """Build a RunConfig or raise ConfigError whose message names each bad field."""
+    if not isinstance(data, dict):
+        raise ConfigError({"": "the file must hold a mapping of settings (key: value), not a "
+                               f"{type(data).__name__}"}, source)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        fields: dict[str, str] = {}
+        for err in e.errors():
+            k, v = _humanize(err)
+            fields.setdefault(k, v)
+        raise ConfigError(fields, source) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError({"": f"the file {p} does not exist"}) from None
+    except UnicodeDecodeError:
+        raise ConfigError({"": f"{p} is not a UTF-8 text file"}) from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError({"": f"{p} is not valid YAML{where}: {getattr(e, 'problem', e)}"}) from None
+    return validate_config(data, source=str(p))
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    atomic_write_text(Path(path), config_to_yaml(cfg))
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Presets and tab values are partial configs layered over the defaults."""
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out

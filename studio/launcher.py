@@ -1,0 +1,47 @@
+"""Starting the Gradio server: workspace, bind address, login."""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from pathlib import Path
+
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_auth(auth: str | None) -> tuple[str, str] | None:
+    if not auth:
+        return None
+    user, sep, password = auth.partition(":")
+    if not sep or not user or not password:
+        raise SystemExit("--auth takes USER:PASS, for example --auth alice:s3cret")
+    return user, password
+
+
+def launch_from_args(args: argparse.Namespace) -> None:
+    workspace = Path(args.workspace).expanduser().resolve()
+    workspace.mkdir(parents=True, exist_ok=True)
+    os.environ["FTSTUDIO_WORKSPACE"] = str(workspace)
+    auth = parse_auth(args.auth)
+    if not is_loopback(args.host) and auth is None:
+        print(f"WARNING: the studio is bound to {args.host} without --auth: anyone who can reach "
+              "this address can start training and read your data. Add --auth USER:PASS.",
+              file=sys.stderr)
+    from studio.app import build_app, CSS
+
+    demo = build_app(workspace)
+    demo.queue(default_concurrency_limit=4)
+    print(f"Fine-Tune Studio: http://{args.host}:{args.port}  (workspace {workspace})", flush=True)
+    demo.launch(server_name=args.host, server_port=args.port, auth=auth, inbrowser=False,
+                share=False, show_error=True, css=CSS, allowed_paths=[str(workspace)],
+                footer_links=[], ssr_mode=False, quiet=True)
