@@ -1,0 +1,174 @@
+"""The browser harness: the studio as a real subprocess, driven by Playwright in Debian's Chromium.
+
+One studio server and one browser serve the whole session (starting Gradio costs
+seconds on a small CPU); every test gets a fresh browser context and page. Where
+Chromium is missing the e2e tests skip, loudly, instead of failing the suite:
+`tests/ensure_browser.py` (run by `make test`) installs it where it can.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.e2e.helpers import CHROMIUM, CHROMIUM_ARGS, REPO, Studio, goto_studio
+
+SERVER_START_TIMEOUT_S = 180  # cold imports of torch/transformers/gradio on a busy 2-core box
+E2E_DIR = Path(__file__).resolve().parent
+
+
+def _missing_browser_reason() -> str | None:
+    if not os.path.exists(CHROMIUM):
+        return (f"E2E TESTS SKIPPED: {CHROMIUM} is missing. Install it with "
+                "`python tests/ensure_browser.py` (root + apt) or `apt-get install chromium`.")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "E2E TESTS SKIPPED: the Python package `playwright` is missing; `pip install -e .[dev]`."
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    ours = [item for item in items if Path(str(item.fspath)).resolve().is_relative_to(E2E_DIR)]
+    if not ours:
+        return
+    reason = _missing_browser_reason()
+    for item in ours:
+        item.add_marker(pytest.mark.e2e)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+    if reason:
+        # A skip line is easy to miss in -q output; say it where a person looks.
+        print(f"\n{'!' * 20}\n{reason}\n{'!' * 20}", file=sys.stderr)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _kill_group(pgid: int, grace_s: float = 10.0) -> None:
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_run_groups(workspace: Path) -> None:
+    """Training/merge/chat subprocesses run in their own sessions; end the ones this workspace started."""
+    import json
+
+    for status in workspace.glob("runs/*/status.json"):
+        try:
+            data = json.loads(status.read_text())
+        except (OSError, ValueError):
+            continue
+        pgid = data.get("pgid")
+        if isinstance(pgid, int) and pgid > 1 and pgid != os.getpgid(0):
+            _kill_group(pgid, grace_s=3.0)
+
+
+@pytest.fixture(scope="session")
+def studio_server(tmp_path_factory) -> Iterator[Studio]:
+    if _missing_browser_reason():
+        pytest.skip(_missing_browser_reason())
+    workspace = tmp_path_factory.mktemp("e2e") / "workspace"
+    workspace.mkdir()
+    port = _free_port()
+    log_path = workspace.parent / "studio.log"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", GRADIO_ANALYTICS_ENABLED="False",
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
+               FTSTUDIO_MODEL_CACHE=str(REPO / ".test-cache" / "models"))
+    python = REPO / ".venv" / "bin" / "python"
+    cmd = [str(python if python.exists() else sys.executable), "launch.py",
+           "--port", str(port), "--workspace", str(workspace)]
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    studio = Studio(url=url, workspace=workspace, log_path=log_path, proc=proc)
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while not _answers(url):
+            if proc.poll() is not None:
+                pytest.fail(f"The studio exited with code {proc.returncode} before answering.\n"
+                            f"--- {log_path} ---\n{studio.log()}", pytrace=False)
+            if time.monotonic() > deadline:
+                pytest.fail(f"The studio did not answer on {url} within {SERVER_START_TIMEOUT_S}s.\n"
+                            f"--- {log_path} ---\n{studio.log()}", pytrace=False)
+            time.sleep(0.5)
+        yield studio
+    finally:
+        _kill_group(proc.pid)
+        _kill_run_groups(workspace)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def chromium_browser(studio_server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture()
+def studio_page(chromium_browser, studio_server, request):
+    """A fresh page on the studio, loaded and showing its tabs. Dumps the server log tail on failure."""
+    context = chromium_browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    goto_studio(page, studio_server.url)
+    yield page
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        print(f"\n--- studio log tail ---\n{studio_server.log()[-4000:]}", file=sys.stderr)
+        if errors:
+            print("--- page errors ---\n" + "\n".join(errors), file=sys.stderr)
+        try:
+            page.screenshot(path=str(E2E_DIR / "screenshots" / f"FAILED-{request.node.name}.png"), full_page=True)
+        except Exception:
+            pass
+    context.close()
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)

@@ -1,0 +1,65 @@
+"""What the e2e tests share: the running studio, tab navigation, screenshots."""
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+# Headless in a container: no sandbox (often no user namespaces), no GPU, and nothing that phones home.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+TABS = ("Dataset", "Method", "Train", "Merge", "Chat")
+SCREENSHOT_DIR = REPO / "tests" / "e2e" / "screenshots"
+DOCS_SCREENSHOT_DIR = REPO / "docs" / "screenshots"
+
+
+@dataclass
+class Studio:
+    url: str
+    workspace: Path
+    log_path: Path
+    proc: subprocess.Popen
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+
+
+def goto_studio(page, url: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(url, wait_until="domcontentloaded")
+    # Gradio renders client-side: the page is usable once the tab bar exists.
+    expect(tab_button(page, TABS[0])).to_be_visible(timeout=60_000)
+
+
+def tab_button(page, title: str):
+    return page.get_by_role("tab", name=title, exact=True)
+
+
+def open_tab(page, title: str):
+    """Click a tab and wait until its panel is the visible one; returns the panel locator."""
+    from playwright.sync_api import expect
+
+    button = tab_button(page, title)
+    button.click()
+    expect(button).to_have_attribute("aria-selected", "true")
+    panel = page.locator(f"#tab-{title.lower()}")
+    expect(panel).to_be_visible()
+    return panel
+
+
+def save_screenshot(page, name: str) -> Path:
+    """Save a screenshot of the current page; with FTSTUDIO_UPDATE_SCREENSHOTS=1 also the README copy."""
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOT_DIR / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("FTSTUDIO_UPDATE_SCREENSHOTS") == "1":
+        DOCS_SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+        (DOCS_SCREENSHOT_DIR / f"{name}.png").write_bytes(path.read_bytes())
+    return path
