@@ -5,6 +5,7 @@ import argparse
 import ipaddress
 import os
 import sys
+import threading
 from pathlib import Path
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
@@ -28,6 +29,13 @@ def parse_auth(auth: str | None) -> tuple[str, str] | None:
     return user, password
 
 
+def _quietly(fn, *args) -> None:
+    try:
+        fn(*args)
+    except Exception as e:  # noqa: BLE001 - reported again where the model is used
+        print(f"note: preparing the bundled model failed: {e}", file=sys.stderr)
+
+
 def launch_from_args(args: argparse.Namespace) -> None:
     workspace = Path(args.workspace).expanduser().resolve()
     workspace.mkdir(parents=True, exist_ok=True)
@@ -38,6 +46,11 @@ def launch_from_args(args: argparse.Namespace) -> None:
               "this address can start training and read your data. Add --auth USER:PASS.",
               file=sys.stderr)
     from studio.app import build_app, CSS
+
+    # Convert the bundled default model in the background so the first tab that needs it
+    # does not wait; failures surface later as sentences where the model is used.
+    from backend.models import DEFAULT_MODEL, ensure_bundled
+    threading.Thread(target=lambda: _quietly(ensure_bundled, DEFAULT_MODEL), daemon=True).start()
 
     demo = build_app(workspace)
     demo.queue(default_concurrency_limit=4)
