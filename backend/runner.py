@@ -1,0 +1,247 @@
+"""The training subprocess's lifecycle: start, stop, resume, and find running runs again after a UI restart.
+
+The UI holds no training state: everything here is derived from the run directory and the
+process table, so a fresh process (a restarted studio, the CLI) sees exactly what the old one did.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from backend import runs
+from backend.config import RunConfig, load_config
+from backend.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KILL_GRACE_S = 5.0
+
+
+def _gpu_count() -> int:
+    try:
+        from backend.gpu import list_gpus
+    except ImportError:  # gpu probing arrives with the estimator; until then assume none
+        return 0
+    try:
+        return len(list_gpus())
+    except Exception:  # noqa: BLE001 - a broken driver means "no usable GPU", not a crash
+        return 0
+
+
+def run_devices(cfg: RunConfig) -> list[str]:
+    """The devices a run occupies. Without a GPU the whole machine counts as one device."""
+    if _gpu_count() == 0:
+        return ["cpu"]
+    return [f"cuda:{i}" for i in range(cfg.distributed.gpus)]
+
+
+@contextlib.contextmanager
+def _start_lock(workspace: Path) -> Iterator[None]:
+    # Held across "check who trains, create, spawn, record pid": two concurrent starts cannot both win.
+    root = runs.runs_root(workspace)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".start.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def find_active_runs(workspace: Path) -> list[dict[str, Any]]:
+    """Runs whose process is alive (starting, running or stopping), newest first."""
+    return [r for r in runs.list_runs(workspace) if r["state"] in runs.ACTIVE_STATES]
+
+
+def _refuse_if_busy(workspace: Path, devices: list[str], exclude: Optional[Path] = None) -> None:
+    for row in find_active_runs(workspace):
+        if exclude is not None and Path(row["dir"]) == Path(exclude):
+            continue
+        theirs = runs.read_status(Path(row["dir"])).get("devices") or ["cpu", "cuda:0"]
+        busy = sorted(set(theirs) & set(devices))
+        if busy:
+            raise UserError(
+                f"Run {row['id']} is already training on {', '.join(busy)}; only one training per device at a "
+                f"time. Stop it in the Train tab (or wait for it to finish), then start again.")
+
+
+def _launch_command(run_dir: Path, cfg: RunConfig, resume: bool) -> list[str]:
+    entry = ["-m", "backend.train", str(run_dir)] + (["--resume"] if resume else [])
+    if cfg.distributed.gpus > 1 or cfg.distributed.nodes > 1:
+        # accelerate starts one process per GPU and sets up DDP/DeepSpeed/FSDP; we do not launch ranks ourselves.
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes",
+               str(cfg.distributed.gpus * cfg.distributed.nodes), "--num_machines", str(cfg.distributed.nodes)]
+        strategy = cfg.distributed.strategy
+        if strategy.startswith("zero"):
+            cmd += ["--use_deepspeed", "--zero_stage", strategy[-1]]
+        elif strategy == "fsdp":
+            cmd += ["--use_fsdp"]
+        else:
+            cmd += ["--multi_gpu"]
+        return cmd + entry
+    return [sys.executable] + entry
+
+
+def _spawn(run_dir: Path, cmd: list[str]) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    # The trainer must import this checkout even when the package is not installed.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    with open(run_dir / runs.LOG_FILE, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=str(REPO_ROOT), env=env, start_new_session=True, close_fds=True)
+    # Reap the child when it exits so it never lingers as a zombie that looks alive.
+    threading.Thread(target=proc.wait, daemon=True, name=f"reap-{proc.pid}").start()
+    return proc
+
+
+def _absolute_paths(cfg: RunConfig) -> RunConfig:
+    """Relative data/model paths are resolved against the caller's directory, so the run does not depend on it."""
+    updates: dict[str, Any] = {}
+    data = cfg.data
+    for field in ("path", "validation_path"):
+        value = getattr(data, field)
+        if value and not Path(value).is_absolute() and Path(value).exists():
+            updates[field] = str(Path(value).resolve())
+    if updates:
+        cfg = cfg.model_copy(update={"data": data.model_copy(update=updates)})
+    if not Path(cfg.model).is_absolute() and Path(cfg.model).is_dir():
+        cfg = cfg.model_copy(update={"model": str(Path(cfg.model).resolve())})
+    return cfg
+
+
+def _launch(run_dir: Path, cfg: RunConfig, devices: list[str], resume: bool) -> None:
+    cmd = _launch_command(run_dir, cfg, resume)
+    proc = _spawn(run_dir, cmd)
+    runs.write_status(run_dir, pid=proc.pid, pgid=proc.pid, pid_start=runs.process_start_time(proc.pid),
+                      devices=devices, command=cmd, started=runs.now_iso() if not resume else None)
+    if resume:
+        runs.write_status(run_dir, resumed=runs.now_iso())
+
+
+def start_run(workspace: Path, cfg: RunConfig) -> Path:
+    """Create the run directory and launch `python -m backend.train RUN_DIR`; returns the run directory."""
+    workspace = Path(workspace).resolve()
+    cfg = _absolute_paths(cfg)
+    devices = run_devices(cfg)
+    with _start_lock(workspace):
+        _refuse_if_busy(workspace, devices)
+        run_dir = runs.create_run(workspace, cfg)
+        runs.write_status(run_dir, devices=devices)
+        try:
+            _launch(run_dir, cfg, devices, resume=False)
+        except OSError as e:
+            runs.write_status(run_dir, state="failed", ended=runs.now_iso(),
+                              error=f"The training process could not be started: {e}.")
+            raise
+    return run_dir
+
+
+def resume_run(run_dir: Path) -> Path:
+    """Continue a stopped or failed run from its last checkpoint, in the same directory."""
+    run_dir = Path(run_dir).resolve()
+    status = runs.read_status(run_dir)
+    if status["state"] == runs.MISSING:
+        raise UserError(status["error"])
+    if status["state"] in runs.ACTIVE_STATES:
+        raise UserError(f"Run {run_dir.name} is still {status['state']}; stop it before resuming.")
+    checkpoint = runs.last_checkpoint(run_dir)
+    if checkpoint is None:
+        raise UserError(f"Run {run_dir.name} has no complete checkpoint to resume from; start it again instead.")
+    cfg = load_config(run_dir / runs.CONFIG_FILE)
+    workspace = run_dir.parent.parent
+    devices = run_devices(cfg)
+    with _start_lock(workspace):
+        _refuse_if_busy(workspace, devices, exclude=run_dir)
+        runs.clear_stop_request(run_dir)
+        runs.write_status(run_dir, state="starting", error=None, ended=None, early_stopped=None,
+                          resume_from=str(checkpoint), resume_count=int(status.get("resume_count") or 0) + 1,
+                          created=runs.now_iso(), pid=None, pid_start=None)
+        _launch(run_dir, cfg, devices, resume=True)
+    return run_dir
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # killpg(0) also succeeds for zombies; count only members that still run.
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        rest = text[text.rfind(")") + 2:].split()
+        if len(rest) > 2 and rest[2] == str(pgid) and rest[0] != "Z":
+            return True
+    return False
+
+
+def _wait(predicate, timeout: float, poll: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll)
+    return predicate()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def stop_run(run_dir: Path, timeout: float = 30.0) -> dict[str, Any]:
+    """Ask the trainer to stop (it saves a checkpoint and the adapter); after `timeout` seconds
+    terminate, then kill, its whole process group. Returns the final status."""
+    run_dir = Path(run_dir)
+    status = runs.read_status(run_dir)
+    if status["state"] not in runs.ACTIVE_STATES:
+        return status
+    pid, pgid = status.get("pid"), status.get("pgid") or status.get("pid")
+    runs.request_stop(run_dir)
+    runs.write_status(run_dir, state="stopping", stop_requested=runs.now_iso())
+    alive = lambda: runs.pid_alive(pid, status.get("pid_start"))  # noqa: E731
+    forced = False
+    if not _wait(lambda: not alive(), timeout):
+        forced = True
+        _signal_group(pgid, signal.SIGTERM)
+        if not _wait(lambda: not alive(), KILL_GRACE_S):
+            _signal_group(pgid, signal.SIGKILL)
+            _wait(lambda: not alive(), KILL_GRACE_S)
+    # The leader may be gone while its children (data workers, accelerate ranks) are not: no orphans.
+    if isinstance(pgid, int) and _group_alive(pgid):
+        _signal_group(pgid, signal.SIGTERM)
+        if not _wait(lambda: not _group_alive(pgid), KILL_GRACE_S):
+            _signal_group(pgid, signal.SIGKILL)
+            _wait(lambda: not _group_alive(pgid), KILL_GRACE_S)
+    final = runs.read_raw_status(run_dir)
+    if final.get("state") in runs.ACTIVE_STATES:
+        ckpt = runs.last_checkpoint(run_dir)
+        kept = f" The last checkpoint is kept: {ckpt.name}." if ckpt else " No checkpoint had been saved yet."
+        why = "did not stop within {:.0f} s and was killed".format(timeout) if forced else "ended while stopping"
+        runs.write_status(run_dir, state="stopped", ended=runs.now_iso(),
+                          error=f"The training process {why}.{kept}")
+    return runs.read_status(run_dir)
+
+
+def wait_for_run(run_dir: Path, timeout: Optional[float] = None, poll: float = 0.5) -> dict[str, Any]:
+    """Block until the run reaches a final state (or `timeout`); returns its status."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        status = runs.read_status(run_dir)
+        if status["state"] not in runs.ACTIVE_STATES:
+            return status
+        if deadline is not None and time.monotonic() > deadline:
+            return status
+        time.sleep(poll)

@@ -1,0 +1,324 @@
+"""The run-directory protocol (DESIGN.md): create a run, read and write its status, append and tail its events.
+
+A run lives only in its directory, so the UI, the CLI and a restarted studio all see the same thing.
+Written by hand because no library defines this protocol; the files it writes are plain JSON/YAML.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import math
+import os
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from backend.config import RunConfig, save_config
+from backend.io_utils import atomic_write_json, read_json
+
+RUN_STATES = ("starting", "running", "stopping", "completed", "stopped", "failed", "out_of_memory")
+ACTIVE_STATES = frozenset({"starting", "running", "stopping"})
+FINAL_STATES = frozenset({"completed", "stopped", "failed", "out_of_memory"})
+# Not a state a run is ever written in: what read_status says when the directory has gone.
+MISSING = "missing"
+
+STATUS_FILE = "status.json"
+EVENTS_FILE = "events.jsonl"
+CONFIG_FILE = "config.yaml"
+LOG_FILE = "train.log"
+META_FILE = "meta.json"
+STOP_REQUEST_FILE = "stop_request"
+CHECKPOINTS_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+
+# A run that says "starting" but never got a process for this long did not start.
+STARTING_GRACE_S = 120.0
+
+
+def runs_root(workspace: Path) -> Path:
+    return Path(workspace) / "runs"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def parse_iso(value: Any) -> Optional[float]:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+def slugify(text: str, limit: int = 40) -> str:
+    """Lowercase ASCII letters, digits and dashes only: safe as a directory name on every OS."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:limit].strip("-")
+
+
+def new_run_id(cfg: RunConfig, when: Optional[datetime] = None) -> str:
+    when = when or datetime.now(timezone.utc)
+    slug = slugify(cfg.name or "") or slugify(cfg.method.name) or "run"
+    return f"{when.strftime('%Y%m%d-%H%M%S')}-{slug}"
+
+
+def create_run(workspace: Path, cfg: RunConfig) -> Path:
+    """Make WORKSPACE/runs/<id>/ with config.yaml and status.json ("starting"); returns the directory."""
+    root = runs_root(workspace)
+    root.mkdir(parents=True, exist_ok=True)
+    base = new_run_id(cfg)
+    for n in range(1, 1000):
+        run_id = base if n == 1 else f"{base}-{n}"
+        run_dir = root / run_id
+        try:
+            run_dir.mkdir()  # exclusive: two starts in the same second get different ids
+        except FileExistsError:
+            continue
+        save_config(cfg, run_dir / CONFIG_FILE)
+        atomic_write_json(run_dir / STATUS_FILE, {
+            "run_id": run_id, "state": "starting", "created": now_iso(),
+            "method": cfg.method.name, "model": cfg.model, "name": cfg.name,
+        })
+        return run_dir
+    raise RuntimeError(f"could not find a free run id under {root}")
+
+
+@contextlib.contextmanager
+def _status_lock(run_dir: Path) -> Iterator[None]:
+    # Runner and trainer both update status.json; the lock keeps their read-modify-write from losing fields.
+    with open(run_dir / ".status.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Merge `fields` into status.json atomically (None deletes a field); returns the new status."""
+    run_dir = Path(run_dir)
+    if "state" in fields and fields["state"] not in RUN_STATES:
+        raise ValueError(f"unknown run state {fields['state']!r}")
+    with _status_lock(run_dir):
+        status = read_json(run_dir / STATUS_FILE, {}) or {}
+        for k, v in fields.items():
+            if v is None:
+                status.pop(k, None)
+            else:
+                status[k] = v
+        status["updated"] = now_iso()
+        atomic_write_json(run_dir / STATUS_FILE, status)
+    return status
+
+
+def process_start_time(pid: int) -> Optional[int]:
+    """The kernel's start tick of `pid` (Linux), so a recycled pid is not mistaken for our trainer."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def pid_alive(pid: Any, start_time: Any = None) -> bool:
+    """True when `pid` runs (a zombie counts as ended) and, if given, started at `start_time`."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat[stat.rfind(")") + 2:].split()[0] == "Z":
+            return False
+    except OSError:
+        pass
+    if isinstance(start_time, int):
+        now_start = process_start_time(pid)
+        if now_start is not None and now_start != start_time:
+            return False
+    return True
+
+
+def _log_tail(run_dir: Path, lines: int = 1) -> str:
+    try:
+        with open(run_dir / LOG_FILE, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 4096))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    kept = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " | ".join(kept[-lines:])
+
+
+def read_raw_status(run_dir: Path) -> dict[str, Any]:
+    """status.json as written, without the liveness check."""
+    status = read_json(Path(run_dir) / STATUS_FILE, None)
+    return status if isinstance(status, dict) else {}
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """status.json with liveness applied: an active state whose process is gone reads as "failed"."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return {"run_id": run_dir.name, "state": MISSING,
+                "error": f"The run directory {run_dir} no longer exists (it was deleted or moved)."}
+    status = read_json(run_dir / STATUS_FILE, None)
+    if not isinstance(status, dict):
+        return {"run_id": run_dir.name, "state": "failed",
+                "error": f"The run's status file {run_dir / STATUS_FILE} is missing or unreadable."}
+    state = status.get("state")
+    if state in ACTIVE_STATES:
+        pid = status.get("pid")
+        if pid is None:
+            created = parse_iso(status.get("created")) or 0.0
+            if time.time() - created > STARTING_GRACE_S:
+                status.update(state="failed", error="The training process never started; see train.log.")
+        elif not pid_alive(pid, status.get("pid_start")):
+            last = _log_tail(run_dir)
+            hint = f" The last line of train.log: {last}" if last else " See train.log."
+            status.update(state="failed", error=(
+                f"The training process (pid {pid}) ended without reporting a result: it was killed or "
+                f"crashed.{hint} Resume it from the last checkpoint or start it again."))
+            status["ended"] = status.get("ended") or status.get("updated")
+    return status
+
+
+def _clean_number(v: Any) -> Any:
+    # NaN/inf are not JSON; they are dropped (None), never replaced by a made-up value.
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def append_event(run_dir: Path, event: dict[str, Any]) -> None:
+    """Append one JSON line to events.jsonl with a single write, so a reader never sees two events interleaved."""
+    record = {"time": time.time(), **{k: _clean_number(v) for k, v in event.items()}}
+    line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+    fd = os.open(Path(run_dir) / EVENTS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read_events(run_dir: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """Events after byte `offset` and the offset to continue from. Never raises.
+
+    A last line without its newline is still being written: it is left for the next call.
+    Malformed lines are skipped. A file shorter than `offset` was replaced: read it from the start.
+    """
+    path = Path(run_dir) / EVENTS_FILE
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            if offset > size or offset < 0:
+                offset = 0
+            fh.seek(offset)
+            data = fh.read()
+    except OSError:
+        return [], offset
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], offset
+    events: list[dict[str, Any]] = []
+    for raw in data[:end].split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            ev = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(ev, dict):
+            events.append(ev)
+    return events, offset + end + 1
+
+
+def adapter_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / ADAPTER_DIR
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS_DIR
+
+
+def last_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The newest complete checkpoint. trainer_state.json is the Trainer's last write, so a
+    checkpoint without it was cut short (disk full, kill) and is not resumable."""
+    best: tuple[int, Optional[Path]] = (-1, None)
+    try:
+        entries = list(checkpoints_dir(run_dir).iterdir())
+    except OSError:
+        return None
+    for p in entries:
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m and (p / "trainer_state.json").is_file() and int(m.group(1)) > best[0]:
+            best = (int(m.group(1)), p)
+    return best[1]
+
+
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    """One row of the runs list."""
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    started = parse_iso(status.get("started")) or parse_iso(status.get("created"))
+    ended = parse_iso(status.get("ended"))
+    if started is None:
+        duration = None
+    elif status.get("state") in ACTIVE_STATES:
+        duration = time.time() - started
+    else:
+        duration = (ended or parse_iso(status.get("updated")) or started) - started
+    return {
+        "id": run_dir.name, "dir": str(run_dir), "state": status.get("state"),
+        "method": status.get("method"), "model": status.get("model"), "name": status.get("name"),
+        "best_val_loss": status.get("best_val_loss"), "started": status.get("started") or status.get("created"),
+        "duration": duration, "error": status.get("error"),
+        "step": status.get("step"), "total_steps": status.get("total_steps"),
+    }
+
+
+def list_runs(workspace: Path) -> list[dict[str, Any]]:
+    """Every run in the workspace, newest first. A directory that vanishes while listing is left out."""
+    root = runs_root(workspace)
+    try:
+        dirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise
+        return []
+    rows = []
+    for d in sorted(dirs, key=lambda p: p.name, reverse=True):
+        row = run_summary(d)
+        if row["state"] != MISSING:
+            rows.append(row)
+    return rows
+
+
+def request_stop(run_dir: Path) -> None:
+    """The trainer's stop callback looks for this file at every step."""
+    atomic_write_json(Path(run_dir) / STOP_REQUEST_FILE, {"requested": now_iso()})
+
+
+def stop_requested(run_dir: Path) -> bool:
+    return (Path(run_dir) / STOP_REQUEST_FILE).exists()
+
+
+def clear_stop_request(run_dir: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (Path(run_dir) / STOP_REQUEST_FILE).unlink()
