@@ -1,0 +1,631 @@
+"""Loading a dataset file, detecting its layout, and normalizing it to one of five shapes.
+
+Normalized rows (what every later step sees):
+  messages:          {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
+  prompt_completion: {"prompt": str, "completion": str}
+  text:              {"text": str}
+  preference:        {"prompt": str, "chosen": str, "rejected": str}
+                     (conversational: prompt/chosen/rejected are message lists)
+  kto:               {"prompt": str, "completion": str, "label": bool}
+
+A mapping names, for each role a column can play, the column that plays it:
+  messages, prompt, input (extra context appended to the prompt), completion, system,
+  text, chosen, rejected, label.
+Every problem with a row becomes a RowError with its line (or row) number and field; bad
+rows are skipped and counted unless the caller asks for strictness.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from backend.errors import UserError
+
+FORMATS = ("messages", "prompt_completion", "text", "preference", "kto")
+SOURCE_FORMATS = ("alpaca", "sharegpt", "openai", "columns")
+SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
+            ".parquet": "parquet", ".pq": "parquet", ".txt": "text", ".md": "text"}
+MAPPING_ROLES = ("messages", "prompt", "input", "completion", "system", "text", "chosen", "rejected", "label")
+
+# Everything is held in memory as Python objects (several times the file size), so the
+# bound is about the machine's RAM, not the disk. Override with FTSTUDIO_MAX_DATA_MB.
+DEFAULT_MAX_MB = 512
+
+MESSAGE_KEYS = ("messages", "conversations", "conversation", "chat", "dialog", "dialogue", "turns")
+PROMPT_KEYS = ("prompt", "instruction", "question", "query", "input", "user", "human", "request",
+               "problem", "source")
+COMPLETION_KEYS = ("completion", "response", "output", "answer", "reply", "target", "assistant",
+                   "gpt", "solution")
+TEXT_KEYS = ("text", "content", "document", "body", "passage", "story")
+SYSTEM_KEYS = ("system", "system_prompt")
+ROLE_NAMES = {"user": "user", "human": "user", "prompter": "user", "assistant": "assistant",
+              "gpt": "assistant", "bot": "assistant", "model": "assistant", "chatgpt": "assistant",
+              "system": "system", "tool": "tool", "function": "tool", "ipython": "tool"}
+TRUE_WORDS = {"true", "1", "yes", "y", "good", "desirable", "positive", "t"}
+FALSE_WORDS = {"false", "0", "no", "n", "bad", "undesirable", "negative", "f"}
+
+
+@dataclass
+class RowError:
+    line: int
+    field: Optional[str]
+    message: str
+
+    def sentence(self, path: str = "", unit: str = "line") -> str:
+        where = f"{path}, {unit} {self.line}" if path else f"{unit} {self.line}"
+        if self.field:
+            where += f", field '{self.field}'"
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class LoadedDataset:
+    path: str
+    format: str
+    source_format: str
+    rows: list[dict]
+    columns: list[str]
+    mapping: dict[str, str]
+    errors: list[RowError]
+    skipped: int
+    lines: list[int] = field(default_factory=list)   # source line/row of each normalized row
+    unit: str = "line"                                # "line" (jsonl, txt) or "row" (csv, parquet, json arrays)
+    records: int = 0                                  # rows read from the file before normalizing
+
+    def error_sentences(self, limit: int = 20) -> list[str]:
+        return [e.sentence(self.path, self.unit) for e in self.errors[:limit]]
+
+    def summary(self) -> dict[str, Any]:
+        return {"format": self.format, "source_format": self.source_format, "rows": len(self.rows),
+                "columns": list(self.columns), "mapping": dict(self.mapping), "skipped": self.skipped,
+                "errors": [{"line": e.line, "field": e.field, "message": e.message} for e in self.errors]}
+
+
+class _Bad(Exception):
+    """A row-level problem raised inside normalization; becomes a RowError."""
+
+    def __init__(self, field: Optional[str], message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+# ---------------------------------------------------------------- reading files
+
+def max_bytes() -> int:
+    try:
+        return int(float(os.environ.get("FTSTUDIO_MAX_DATA_MB", DEFAULT_MAX_MB)) * 1024 * 1024)
+    except ValueError:
+        return DEFAULT_MAX_MB * 1024 * 1024
+
+
+def _check_file(path: str) -> Path:
+    p = Path(path).expanduser()
+    if not str(path).strip():
+        raise UserError("No dataset file chosen. Upload a file or pick a bundled sample.")
+    if not p.exists():
+        raise UserError(f"The dataset file {p} does not exist. Check the path, or upload the file again.")
+    if p.is_dir():
+        raise UserError(f"{p} is a folder; choose a single data file (.jsonl, .json, .csv, .tsv, .parquet, .txt).")
+    size = p.stat().st_size
+    if size == 0:
+        raise UserError(f"The dataset file {p} is empty (0 bytes). Choose a file that holds rows of data.")
+    limit = max_bytes()
+    if size > limit:
+        raise UserError(
+            f"The dataset file {p} is {size / 2**20:,.0f} MB; the studio loads at most {limit / 2**20:,.0f} MB "
+            "into memory. Use a sample of it (for example the first 100,000 lines), split it into smaller "
+            "files, or raise the limit with the FTSTUDIO_MAX_DATA_MB environment variable.")
+    return p
+
+
+def _kind_of(p: Path) -> str:
+    kind = SUFFIXES.get(p.suffix.lower())
+    if kind is None:
+        raise UserError(
+            f"{p.name} has the extension '{p.suffix or '(none)'}', which the studio does not read. "
+            "Save it as .jsonl, .json, .csv, .tsv, .parquet or .txt.")
+    return kind
+
+
+def _decode_line(raw: bytes, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _Bad(None, f"has bytes that are not UTF-8 text (byte {e.start + 1} of the line). "
+                         "Re-save the file with UTF-8 encoding.") from None
+
+
+def _read_jsonl(p: Path) -> tuple[list[tuple[int, dict]], list[RowError]]:
+    # Read by hand rather than with datasets' JSON builder: that builder rejects the whole
+    # file at its first bad line, and we need every bad line numbered and skippable.
+    records: list[tuple[int, dict]] = []
+    errors: list[RowError] = []
+    with open(p, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark from some editors
+            if not raw.strip():
+                continue
+            try:
+                text = _decode_line(raw, lineno)
+                obj = json.loads(text)
+            except _Bad as b:
+                errors.append(RowError(lineno, None, b.message))
+                continue
+            except json.JSONDecodeError as e:
+                errors.append(RowError(lineno, None, f"is not valid JSON ({e.msg} at column {e.colno}). "
+                                                     "Fix or remove this line."))
+                continue
+            if not isinstance(obj, dict):
+                errors.append(RowError(lineno, None, f"holds a JSON {type(obj).__name__}, not an object "
+                                                     "with named fields. Each line must be one {...} object."))
+                continue
+            records.append((lineno, obj))
+    return records, errors
+
+
+def _read_json(p: Path) -> tuple[list[tuple[int, dict]], list[RowError], str]:
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise UserError(f"{p}, line {line}: has bytes that are not UTF-8 text. Re-save the file with "
+                        "UTF-8 encoding.") from None
+    stripped = text.lstrip()
+    if stripped.startswith("{") and "\n" in stripped.strip() and not _parses(stripped):
+        recs, errs = _read_jsonl(p)  # JSON Lines saved with a .json extension
+        return recs, errs, "line"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{p}, line {e.lineno}, column {e.colno}: the file is not valid JSON ({e.msg}). "
+                        "Fix the file, or save one object per line as .jsonl so bad lines can be "
+                        "skipped.") from None
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) == 1:
+            data = lists[0]  # {"data": [...]} style wrappers
+        else:
+            data = [data]
+    if not isinstance(data, list):
+        raise UserError(f"{p} holds a single JSON {type(data).__name__}; it must hold a list of objects.")
+    records, errors = [], []
+    for i, obj in enumerate(data, start=1):
+        if isinstance(obj, dict):
+            records.append((i, obj))
+        else:
+            errors.append(RowError(i, None, f"is a JSON {type(obj).__name__}, not an object with named fields."))
+    return records, errors, "row"
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+        return True
+    except json.JSONDecodeError:
+        return False
+
+
+def _first_bad_utf8_line(p: Path) -> Optional[int]:
+    with open(p, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return lineno
+    return None
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    seen = set()
+    while (e.__cause__ or e.__context__) and id(e) not in seen:
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return e
+
+
+def _read_with_datasets(p: Path, kind: str) -> list[tuple[int, dict]]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    if kind in ("csv", "tsv"):
+        bad = _first_bad_utf8_line(p)
+        if bad is not None:
+            raise UserError(f"{p}, line {bad}: has bytes that are not UTF-8 text. Re-save the file with "
+                            "UTF-8 encoding (in a spreadsheet: 'CSV UTF-8').")
+    # A throwaway cache: loading a file for a look must not grow ~/.cache.
+    with tempfile.TemporaryDirectory(prefix="ftstudio-ds-") as cache:
+        try:
+            if kind == "parquet":
+                ds = datasets.Dataset.from_parquet(str(p), keep_in_memory=True, cache_dir=cache)
+            else:
+                ds = datasets.Dataset.from_csv(str(p), keep_in_memory=True, cache_dir=cache,
+                                               sep="\t" if kind == "tsv" else ",")
+        except Exception as e:  # noqa: BLE001 - the loaders raise many types; we report the cause
+            cause = _root_cause(e)
+            raise UserError(f"{p} could not be read as {kind.upper()}: {str(cause).strip().splitlines()[-1]}. "
+                            "Check the file (for CSV: one header line, the same number of columns on "
+                            "every line, quotes around values holding commas).") from None
+        rows = ds.to_list()
+    # A CSV row is line N+1 of the file (the header is line 1) unless values span lines.
+    offset = 1 if kind in ("csv", "tsv") else 0
+    return [(i + offset, r) for i, r in enumerate(rows, start=1)]
+
+
+def _read_text(p: Path) -> tuple[list[tuple[int, dict]], list[RowError]]:
+    """Plain text: one document per paragraph (blank-line separated), else one per line."""
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise UserError(f"{p}, line {line}: has bytes that are not UTF-8 text. Re-save the file with "
+                        "UTF-8 encoding.") from None
+    lines = text.splitlines()
+    has_paragraphs = any(not ln.strip() for ln in lines) and sum(1 for ln in lines if ln.strip()) > 1
+    records: list[tuple[int, dict]] = []
+    buf: list[str] = []
+    start = 0
+    for i, ln in enumerate(lines, start=1):
+        if has_paragraphs:
+            if ln.strip():
+                if not buf:
+                    start = i
+                buf.append(ln)
+            elif buf:
+                records.append((start, {"text": "\n".join(buf)}))
+                buf = []
+        elif ln.strip():
+            records.append((i, {"text": ln}))
+    if buf:
+        records.append((start, {"text": "\n".join(buf)}))
+    return records, []
+
+
+def read_records(path: str) -> tuple[list[tuple[int, dict]], list[RowError], str, str]:
+    """(line or row number, raw record) pairs, read errors, the unit ('line'/'row') and the file kind."""
+    p = _check_file(path)
+    kind = _kind_of(p)
+    if kind == "jsonl":
+        recs, errs = _read_jsonl(p)
+        unit = "line"
+    elif kind == "json":
+        recs, errs, unit = _read_json(p)
+    elif kind == "text":
+        recs, errs = _read_text(p)
+        unit = "line"
+    else:
+        recs, errs, unit = _read_with_datasets(p, kind), [], ("line" if kind in ("csv", "tsv") else "row")
+    return recs, errs, unit, kind
+
+
+# ---------------------------------------------------------------- detection
+
+def _columns(records: Iterable[tuple[int, dict]], limit: int = 200) -> list[str]:
+    cols: dict[str, None] = {}
+    for n, (_, r) in enumerate(records):
+        if n >= limit:
+            break
+        for k in r:
+            cols.setdefault(k, None)
+    return list(cols)
+
+
+def _looks_like_conversation(value: Any) -> Optional[str]:
+    """'openai' for role/content lists, 'sharegpt' for from/value lists, else None."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(value, list) or not value or not all(isinstance(m, dict) for m in value):
+        return None
+    first = value[0]
+    if "from" in first and "value" in first:
+        return "sharegpt"
+    if "role" in first and ("content" in first or "text" in first):
+        return "openai"
+    return None
+
+
+def _pick(cols_lower: dict[str, str], names: Iterable[str], exclude: set[str] = frozenset()) -> Optional[str]:
+    for n in names:
+        col = cols_lower.get(n)
+        if col and col not in exclude:
+            return col
+    return None
+
+
+def detect_schema(records: list[tuple[int, dict]], columns: list[str]) -> tuple[str, str, dict[str, str]]:
+    """(format, source_format, mapping) guessed from the column names and the first rows' values."""
+    sample = [r for _, r in records[:50]]
+    lower = {c.lower().strip(): c for c in columns}
+    # Conversations: a known key first, then any column whose values look like one.
+    conv_cols = [lower[k] for k in MESSAGE_KEYS if k in lower] + [
+        c for c in columns if c.lower() not in MESSAGE_KEYS + ("chosen", "rejected", "prompt")]
+    for col in conv_cols:
+        kinds = [_looks_like_conversation(r.get(col)) for r in sample if r.get(col) is not None]
+        if kinds and kinds[0]:
+            mapping = {"messages": col}
+            sys_col = _pick(lower, SYSTEM_KEYS)
+            if sys_col:
+                mapping["system"] = sys_col
+            return "messages", kinds[0], mapping
+    chosen, rejected = lower.get("chosen"), lower.get("rejected")
+    if chosen and rejected:
+        mapping = {"chosen": chosen, "rejected": rejected}
+        prompt = _pick(lower, PROMPT_KEYS)
+        if prompt:
+            mapping["prompt"] = prompt
+        conv = any(_looks_like_conversation(r.get(chosen)) for r in sample)
+        return "preference", "preference_conversational" if conv else "preference", mapping
+    label = lower.get("label") or lower.get("kto_label")
+    prompt = _pick(lower, PROMPT_KEYS)
+    completion = _pick(lower, COMPLETION_KEYS, exclude={prompt} if prompt else set())
+    if label and prompt and completion:
+        return "kto", "kto", {"prompt": prompt, "completion": completion, "label": label}
+    if "instruction" in lower and completion:
+        mapping = {"prompt": lower["instruction"], "completion": completion}
+        if "input" in lower and lower["input"] != completion:
+            mapping["input"] = lower["input"]
+        sys_col = _pick(lower, SYSTEM_KEYS)
+        if sys_col:
+            mapping["system"] = sys_col
+        return "messages", "alpaca", mapping
+    if "prompt" in lower and "completion" in lower:
+        return "prompt_completion", "prompt_completion", {"prompt": lower["prompt"], "completion": lower["completion"]}
+    if prompt and completion:
+        mapping = {"prompt": prompt, "completion": completion}
+        sys_col = _pick(lower, SYSTEM_KEYS)
+        if sys_col:
+            mapping["system"] = sys_col
+        return "messages", "columns", mapping
+    text = _pick(lower, TEXT_KEYS)
+    if text is None:
+        strings = [c for c in columns if sample and all(isinstance(r.get(c), str) for r in sample)]
+        if len(strings) == 1:
+            text = strings[0]
+    if text:
+        return "text", "text", {"text": text}
+    raise UserError(
+        f"Could not tell what the columns {columns} hold. Expected one of: a 'messages' (or "
+        "'conversations') list; instruction/input/output; prompt/completion (or question/answer, "
+        "query/response, input/output); prompt/chosen/rejected; prompt/completion/label; or 'text'. "
+        "Rename the columns, or set the mapping by hand.")
+
+
+def format_for_mapping(mapping: dict[str, str]) -> str:
+    if "messages" in mapping:
+        return "messages"
+    if "chosen" in mapping and "rejected" in mapping:
+        return "preference"
+    if "label" in mapping:
+        return "kto"
+    if "prompt" in mapping and "completion" in mapping:
+        return "messages"
+    if "text" in mapping:
+        return "text"
+    raise UserError(f"The mapping {mapping} does not name enough columns: give 'messages'; or 'prompt' and "
+                    "'completion'; or 'chosen' and 'rejected'; or 'text'.")
+
+
+REQUIRED = {"messages": ("messages",), "prompt_completion": ("prompt", "completion"), "text": ("text",),
+            "preference": ("chosen", "rejected"), "kto": ("prompt", "completion", "label")}
+
+
+def _resolve_layout(records, columns, mapping, fmt) -> tuple[str, str, dict[str, str]]:
+    if fmt not in ("auto",) + FORMATS + SOURCE_FORMATS:
+        raise UserError(f"Unknown dataset format '{fmt}'. Choose auto or one of: {', '.join(FORMATS)}.")
+    if mapping:
+        mapping = {k: v for k, v in mapping.items() if v}
+        unknown = [k for k in mapping if k not in MAPPING_ROLES]
+        if unknown:
+            raise UserError(f"The mapping has unknown role(s) {unknown}; roles are: {', '.join(MAPPING_ROLES)}.")
+        missing = [f"{k} -> '{v}'" for k, v in mapping.items() if v not in columns]
+        if missing:
+            raise UserError(f"The mapping names column(s) the file does not have ({', '.join(missing)}). "
+                            f"The file's columns are: {', '.join(columns)}.")
+        target = fmt if fmt in FORMATS else format_for_mapping(mapping)
+        if fmt in SOURCE_FORMATS:
+            target = "messages"
+        need = [k for k in REQUIRED[target] if k not in mapping]
+        if target == "messages" and "messages" not in mapping:
+            need = [k for k in ("prompt", "completion") if k not in mapping]
+        if need:
+            raise UserError(f"For the {target} format the mapping must name the column for: {', '.join(need)}.")
+        source = "columns"
+        if "messages" in mapping:
+            sample = [r.get(mapping["messages"]) for _, r in records[:20]]
+            source = next((k for k in map(_looks_like_conversation, sample) if k), "openai")
+        elif target != "messages":
+            source = target
+        return target, source, mapping
+    found, source, found_map = detect_schema(records, columns)
+    if fmt in ("auto", found) or (fmt in SOURCE_FORMATS and found == "messages"):
+        return found, source, found_map
+    # The user asked for a different target shape than detected: convert where it makes sense.
+    if fmt == "messages" and found == "prompt_completion":
+        return "messages", "columns", found_map
+    if fmt == "prompt_completion" and found == "messages" and "prompt" in found_map:
+        return "prompt_completion", source, found_map
+    if fmt == "text" and found != "text":
+        raise UserError(f"The file looks like {found} data, not plain text. Pick the 'text' column in "
+                        "the mapping, or keep the format on auto.")
+    raise UserError(f"The file looks like {found} data ({source}), which cannot be used as {fmt}. Keep the "
+                    "format on auto, or set the mapping by hand.")
+
+
+# ---------------------------------------------------------------- normalization
+
+def _text(value: Any, field: str, allow_empty: bool = False) -> str:
+    if value is None:
+        raise _Bad(field, "is missing or null. Fill it in, or remove the row.")
+    if isinstance(value, bool):
+        value = str(value).lower()
+    if isinstance(value, (int, float)):
+        value = str(value)
+    if isinstance(value, list) and all(isinstance(p, dict) for p in value):
+        # OpenAI content parts: keep the text parts.
+        value = "".join(str(p.get("text", "")) for p in value if p.get("type", "text") == "text")
+    if not isinstance(value, str):
+        raise _Bad(field, f"is a {type(value).__name__}, but text was expected.")
+    if not allow_empty and not value.strip():
+        raise _Bad(field, "is empty. Fill it in, or remove the row.")
+    return value
+
+
+def _messages(value: Any, field: str, need_assistant: bool = True) -> list[dict[str, str]]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise _Bad(field, "is text, but a list of messages was expected.") from None
+    if not isinstance(value, list) or not value:
+        raise _Bad(field, "is not a non-empty list of messages (each {\"role\": ..., \"content\": ...}).")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise _Bad(field, f"message {i + 1} is a {type(m).__name__}, not an object with role and content.")
+        role_raw = m.get("role", m.get("from", m.get("speaker")))
+        role = ROLE_NAMES.get(str(role_raw).strip().lower()) if role_raw is not None else None
+        if role is None:
+            raise _Bad(field, f"message {i + 1} has the role {role_raw!r}; use system, user or assistant "
+                              "(ShareGPT: system, human, gpt).")
+        content = m.get("content", m.get("value", m.get("text")))
+        out.append({"role": role, "content": _text(content, f"{field}[{i}].content", allow_empty=True)})
+    if need_assistant and not any(m["role"] == "assistant" and m["content"].strip() for m in out):
+        raise _Bad(field, "has no assistant turn with text, so there is nothing to learn from it. Add the "
+                          "assistant's reply, or remove the row.")
+    return out
+
+
+def _label(value: Any, field: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
+        return value.strip().lower() in TRUE_WORDS
+    raise _Bad(field, f"is {value!r}; a KTO label must be true or false (1/0, yes/no).")
+
+
+def _split_shared_prefix(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    n = 0
+    while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+        n += 1
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def normalize_record(rec: dict, fmt: str, mapping: dict[str, str]) -> dict:
+    """One raw record -> one normalized row; raises _Bad naming the field."""
+    m = mapping
+    system = None
+    if m.get("system") and rec.get(m["system"]) not in (None, ""):
+        system = _text(rec.get(m["system"]), m["system"], allow_empty=True)
+    if fmt == "text":
+        return {"text": _text(rec.get(m["text"]), m["text"])}
+    if fmt == "messages":
+        if "messages" in m:
+            msgs = _messages(rec.get(m["messages"]), m["messages"])
+        else:
+            prompt = _text(rec.get(m["prompt"]), m["prompt"])
+            if m.get("input"):
+                extra = rec.get(m["input"])
+                if extra not in (None, "") and str(extra).strip():
+                    prompt = f"{prompt}\n\n{_text(extra, m['input'])}"
+            msgs = [{"role": "user", "content": prompt},
+                    {"role": "assistant", "content": _text(rec.get(m["completion"]), m["completion"])}]
+        if system is not None and not (msgs and msgs[0]["role"] == "system"):
+            msgs = [{"role": "system", "content": system}] + msgs
+        return {"messages": msgs}
+    if fmt == "prompt_completion":
+        prompt = _text(rec.get(m["prompt"]), m["prompt"])
+        if m.get("input"):
+            extra = rec.get(m["input"])
+            if extra not in (None, "") and str(extra).strip():
+                prompt = f"{prompt}\n\n{_text(extra, m['input'])}"
+        return {"prompt": prompt, "completion": _text(rec.get(m["completion"]), m["completion"])}
+    if fmt == "kto":
+        return {"prompt": _text(rec.get(m["prompt"]), m["prompt"]),
+                "completion": _text(rec.get(m["completion"]), m["completion"]),
+                "label": _label(rec.get(m["label"]), m["label"])}
+    if fmt == "preference":
+        ch, rj = rec.get(m["chosen"]), rec.get(m["rejected"])
+        if _looks_like_conversation(ch) or _looks_like_conversation(rj):
+            chosen = _messages(ch, m["chosen"])
+            rejected = _messages(rj, m["rejected"])
+            if m.get("prompt") and rec.get(m["prompt"]) not in (None, ""):
+                p = rec.get(m["prompt"])
+                prompt = (_messages(p, m["prompt"], need_assistant=False) if _looks_like_conversation(p)
+                          else [{"role": "user", "content": _text(p, m["prompt"])}])
+            else:
+                prompt, chosen, rejected = _split_shared_prefix(chosen, rejected)
+            return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        prompt = _text(rec.get(m["prompt"]), m["prompt"]) if m.get("prompt") else ""
+        return {"prompt": prompt, "chosen": _text(ch, m["chosen"]), "rejected": _text(rj, m["rejected"])}
+    raise UserError(f"Unknown dataset format '{fmt}'.")
+
+
+def load_rows(path: str, mapping: dict[str, str] | None = None, format: str = "auto",
+              skip_bad_rows: bool = True) -> LoadedDataset:
+    """Read, detect and normalize a dataset file. Raises UserError with a sentence when unusable."""
+    records, errors, unit, _kind = read_records(path)
+    name = str(path)
+    if not records:
+        if errors:
+            raise UserError(f"No usable rows in {name}: every row has a problem. The first: "
+                            f"{errors[0].sentence(name, unit)}")
+        raise UserError(f"The dataset file {name} holds no rows (only blank lines). Add data, one row per line.")
+    columns = _columns(records)
+    fmt, source, mapping = _resolve_layout(records, columns, mapping, format)
+    rows, lines = [], []
+    for line, rec in records:
+        try:
+            rows.append(normalize_record(rec, fmt, mapping))
+            lines.append(line)
+        except _Bad as b:
+            errors.append(RowError(line, b.field, b.message))
+    errors.sort(key=lambda e: e.line)
+    if errors and not skip_bad_rows:
+        more = f" ({len(errors) - 1} more row(s) have problems too)" if len(errors) > 1 else ""
+        raise UserError(f"{errors[0].sentence(name, unit)}{more}. Fix the row, or turn on 'skip bad rows'.")
+    if not rows:
+        raise UserError(f"No usable rows in {name}: all {len(errors)} row(s) have a problem. The first: "
+                        f"{errors[0].sentence(name, unit)}")
+    return LoadedDataset(path=name, format=fmt, source_format=source, rows=rows, columns=columns,
+                         mapping=mapping, errors=errors, skipped=len(errors), lines=lines, unit=unit,
+                         records=len(records) + sum(1 for e in errors if e.field is None))
+
+
+# ---------------------------------------------------------------- splitting
+
+def split_rows(rows: list[dict], validation_split: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Seeded shuffle, then hold out round(n * split) rows (at least one when asked and possible)."""
+    n = len(rows)
+    if validation_split <= 0 or n < 2:
+        return list(rows), []
+    n_val = max(1, round(n * validation_split))
+    n_val = min(n_val, n - 1)  # keep at least one training row
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    val_idx = set(order[:n_val])
+    train = [r for i, r in enumerate(rows) if i not in val_idx]
+    val = [r for i, r in enumerate(rows) if i in val_idx]
+    return train, val
+
+
+def load_for_training(data_cfg: Any, seed: int) -> tuple[LoadedDataset, list[dict], list[dict]]:
+    """The training rows and validation rows a run uses: a separate file if set, else a seeded split."""
+    loaded = load_rows(data_cfg.path, data_cfg.mapping, data_cfg.format, data_cfg.skip_bad_rows)
+    if data_cfg.validation_path:
+        val = load_rows(data_cfg.validation_path, data_cfg.mapping, loaded.format, data_cfg.skip_bad_rows)
+        return loaded, list(loaded.rows), list(val.rows)
+    train, val = split_rows(loaded.rows, data_cfg.validation_split, seed)
+    return loaded, train, val

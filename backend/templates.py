@@ -1,0 +1,435 @@
+"""Chat templates, token labels and loss masks, and the token-level preview.
+
+`encode_row` is the one function that decides which tokens are graded (label = token id)
+and which are masked (label = -100). The trainer builds its dataset with it and the
+Dataset tab's preview is built from it, so what a person sees is what trains.
+
+How masking works: the row is rendered to text with the chat template, and each
+assistant turn's character span is found by rendering the conversation prefix by
+prefix (messages[:k] then messages[:k+1]); the reply starts where its own text appears
+in that difference. This needs no `{% generation %}` markers in the template, works for
+any number of turns and for templates (Llama-2, Mistral) that have no generation prompt.
+The text is tokenized once with character offsets, and a token is graded when any of
+its characters lies in a graded span.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from backend.errors import UserError
+
+IGNORE = -100
+
+# Registry of well-known formats, written as Jinja chat templates so they go through the
+# same renderer (transformers' apply_chat_template) as a tokenizer's own template.
+TEMPLATES: dict[str, str] = {
+    "chatml": (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"),
+    "llama2": (
+        "{% set ns = namespace(sys='') %}{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{% set ns.sys = '<<SYS>>\\n' + m['content'] + '\\n<</SYS>>\\n\\n' %}"
+        "{% elif m['role'] == 'user' %}{{ bos_token + '[INST] ' + ns.sys + m['content'] + ' [/INST]' }}"
+        "{% set ns.sys = '' %}"
+        "{% elif m['role'] == 'assistant' %}{{ ' ' + m['content'] + ' ' + eos_token }}{% endif %}{% endfor %}"),
+    "llama3": (
+        "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n'"
+        " + (m['content'] | trim) + '<|eot_id|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"),
+    "mistral": (
+        "{{ bos_token }}{% set ns = namespace(sys='') %}{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{% set ns.sys = m['content'] + '\\n\\n' %}"
+        "{% elif m['role'] == 'user' %}{{ '[INST] ' + ns.sys + m['content'] + ' [/INST]' }}{% set ns.sys = '' %}"
+        "{% elif m['role'] == 'assistant' %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"),
+    "gemma": (
+        "{{ bos_token }}{% set ns = namespace(sys='') %}{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{% set ns.sys = m['content'] + '\\n\\n' %}"
+        "{% else %}{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else 'user') + '\\n'"
+        " + (ns.sys if m['role'] == 'user' else '') + (m['content'] | trim) + '<end_of_turn>\\n' }}"
+        "{% if m['role'] == 'user' %}{% set ns.sys = '' %}{% endif %}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"),
+    "phi3": (
+        "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"),
+    "alpaca": (
+        "{% set ns = namespace(sys='Below is an instruction that describes a task. Write a response that "
+        "appropriately completes the request.') %}{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{% set ns.sys = m['content'] %}{% endif %}{% endfor %}{{ ns.sys + '\\n\\n' }}"
+        "{% for m in messages %}{% if m['role'] == 'user' %}{{ '### Instruction:\\n' + m['content'] + '\\n\\n' }}"
+        "{% elif m['role'] == 'assistant' %}{{ '### Response:\\n' + m['content'] + eos_token + '\\n\\n' }}"
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}"),
+}
+TEMPLATE_TITLES = {
+    "auto": "The model's own template", "chatml": "ChatML (<|im_start|>)", "llama2": "Llama-2 ([INST])",
+    "llama3": "Llama-3 (<|start_header_id|>)", "mistral": "Mistral ([INST], no system role)",
+    "gemma": "Gemma (<start_of_turn>)", "phi3": "Phi-3 (<|user|>)", "alpaca": "Alpaca (### Instruction)",
+}
+FALLBACK_TEMPLATE = "alpaca"  # for tokenizers without a template of their own: plain words, no special markers
+
+
+# ---------------------------------------------------------------- tokenizer cache
+
+_TOKENIZERS: dict[str, Any] = {}
+_TOK_LOCK = threading.Lock()
+
+
+def get_tokenizer(model: str, trust_remote_code: bool = False):
+    """Load a model's tokenizer once per process; the preview must not reload it per click."""
+    key = f"{model}|{trust_remote_code}"
+    with _TOK_LOCK:
+        tok = _TOKENIZERS.get(key)
+        if tok is None:
+            from backend.models import load_tokenizer
+
+            tok = load_tokenizer(model, trust_remote_code=trust_remote_code)
+            _TOKENIZERS[key] = tok
+        return tok
+
+
+# ---------------------------------------------------------------- rendering
+
+def resolve_template(tokenizer, name: str) -> tuple[str, str, Optional[str]]:
+    """(name used, Jinja source, note for the user or None)."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        own = getattr(tokenizer, "chat_template", None)
+        if isinstance(own, dict):  # several named templates: the default one
+            own = own.get("default") or next(iter(own.values()), None)
+        if own:
+            return "auto", own, None
+        return FALLBACK_TEMPLATE, TEMPLATES[FALLBACK_TEMPLATE], (
+            "This model's tokenizer has no chat template, so the Alpaca layout is used. Pick another "
+            "template if the model was trained with one.")
+    if name not in TEMPLATES:
+        raise UserError(f"Unknown chat template '{name}'. Choose auto or one of: {', '.join(TEMPLATES)}.")
+    return name, TEMPLATES[name], None
+
+
+def _render(tokenizer, jinja: str, messages: list[dict], generation_prompt: bool = False) -> str:
+    if not messages:
+        return ""
+    try:
+        return tokenizer.apply_chat_template(
+            messages, chat_template=jinja, tokenize=False, add_generation_prompt=generation_prompt,
+            bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "")
+    except Exception as e:  # noqa: BLE001 - template code raises anything (TemplateError, TypeError...)
+        raise UserError(f"The chat template could not render this conversation: {e}. Some templates "
+                        "need strictly alternating user/assistant turns; pick another template or fix "
+                        "the row.") from None
+
+
+def to_conversation(row: dict) -> Optional[list[dict]]:
+    """The row as chat messages, or None for plain rows (text, prompt/completion)."""
+    if "messages" in row:
+        return list(row["messages"])
+    if "chosen" in row:  # preference rows preview as prompt + chosen reply
+        prompt, chosen = row.get("prompt") or "", row["chosen"]
+        msgs = list(prompt) if isinstance(prompt, list) else ([{"role": "user", "content": prompt}] if prompt else [])
+        return msgs + (list(chosen) if isinstance(chosen, list) else [{"role": "assistant", "content": chosen}])
+    if "label" in row and "completion" in row:
+        return [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]
+    return None
+
+
+def _with_system(messages: list[dict], system_prompt: Optional[str]) -> list[dict]:
+    # The row's own system message wins: the setting is a default for rows without one.
+    if system_prompt and system_prompt.strip() and not (messages and messages[0]["role"] == "system"):
+        return [{"role": "system", "content": system_prompt}] + messages
+    return messages
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@dataclass
+class Rendered:
+    text: str
+    graded: list[tuple[int, int]]   # character spans whose tokens get labels
+    grade_all: bool                 # every token graded (text rows, train_on_prompt)
+    add_special_tokens: bool        # let the tokenizer add BOS (plain rows; templates write their own)
+    append_eos: bool
+    template: str
+    note: Optional[str] = None
+
+
+def _assistant_spans(tokenizer, jinja: str, msgs: list[dict], full: str, last_only: bool) -> list[tuple[int, int]]:
+    turns = [k for k, m in enumerate(msgs) if m["role"] == "assistant" and m["content"].strip()]
+    if last_only and turns:
+        turns = turns[-1:]
+    spans = []
+    for k in turns:
+        before = _render(tokenizer, jinja, msgs[:k])
+        upto = _render(tokenizer, jinja, msgs[:k + 1])
+        seg_start = _common_prefix(before, full)
+        seg_end = len(upto) if full.startswith(upto) else _common_prefix(upto, full)
+        reply = msgs[k]["content"].strip()
+        start = full.find(reply, seg_start, seg_end) if reply else -1
+        if start < 0:
+            # The template rewrote the reply; fall back to the generation prompt's end.
+            gen = _render(tokenizer, jinja, msgs[:k], generation_prompt=True)
+            start = len(gen) if full.startswith(gen) and seg_start <= len(gen) < seg_end else seg_start
+        end = seg_end
+        while end > start and full[end - 1].isspace():
+            end -= 1  # the newline after an end-of-turn marker is the next turn's layout, not the reply
+        if end > start:
+            spans.append((start, end))
+    return spans
+
+
+def render(tokenizer, row: dict, data_cfg: Any) -> Rendered:
+    """Text of a row and its graded character spans."""
+    train_all = bool(getattr(data_cfg, "train_on_prompt", False))
+    if "text" in row and len(row) == 1:
+        return Rendered(row["text"], [(0, len(row["text"]))], True, True, True, "none")
+    msgs = to_conversation(row)
+    if msgs is None:  # prompt/completion: plain concatenation, as TRL does for non-chat rows
+        p, c = row["prompt"], row["completion"]
+        return Rendered(p + c, [(len(p), len(p) + len(c))], train_all, True, True, "none")
+    name, jinja, note = resolve_template(tokenizer, getattr(data_cfg, "template", "auto"))
+    msgs = _with_system(msgs, getattr(data_cfg, "system_prompt", None))
+    full = _render(tokenizer, jinja, msgs)
+    spans = [] if train_all else _assistant_spans(tokenizer, jinja, msgs, full,
+                                                  bool(getattr(data_cfg, "last_turn_only", False)))
+    return Rendered(full, spans, train_all, False, False, name, note)
+
+
+def render_text(tokenizer, row: dict, data_cfg: Any) -> str:
+    """The row as the model will read it (chat template applied)."""
+    return render(tokenizer, row, data_cfg).text
+
+
+# ---------------------------------------------------------------- tokenizing and labels
+
+@dataclass
+class Encoding:
+    """A row tokenized in full (before truncation), with what the preview needs."""
+    text: str
+    input_ids: list[int]
+    labels: list[int]
+    offsets: list[tuple[int, int]]
+    template: str
+    note: Optional[str]
+
+
+def _tokenize(tokenizer, r: Rendered) -> tuple[list[int], list[tuple[int, int]]]:
+    try:
+        enc = tokenizer(r.text, add_special_tokens=r.add_special_tokens, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    except (NotImplementedError, ValueError, TypeError):
+        # Tokenizers without offsets: tokenize piece by piece between span edges.
+        cuts = sorted({0, len(r.text), *[p for s in r.graded for p in s]})
+        ids, offs = [], []
+        if r.add_special_tokens and getattr(tokenizer, "bos_token_id", None) is not None \
+                and getattr(tokenizer, "add_bos_token", False):
+            ids.append(tokenizer.bos_token_id)
+            offs.append((0, 0))
+        for a, b in zip(cuts, cuts[1:]):
+            piece = tokenizer(r.text[a:b], add_special_tokens=False)["input_ids"]
+            ids.extend(piece)
+            offs.extend([(a, b)] * len(piece))
+        return ids, offs
+
+
+def encode_full(tokenizer, row: dict, data_cfg: Any) -> Encoding:
+    r = render(tokenizer, row, data_cfg)
+    ids, offsets = _tokenize(tokenizer, r)
+    if r.grade_all:
+        labels = list(ids)
+    else:
+        mask = bytearray(len(r.text))
+        for a, b in r.graded:
+            mask[a:b] = b"\x01" * (b - a)
+        labels = [t if (e > s and mask.find(1, s, e) != -1) else IGNORE for t, (s, e) in zip(ids, offsets)]
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if r.append_eos and eos is not None and (not ids or ids[-1] != eos):
+        ids.append(eos)
+        labels.append(eos if (r.grade_all or r.graded) else IGNORE)
+        offsets.append((len(r.text), len(r.text)))
+    return Encoding(r.text, ids, labels, offsets, r.template, r.note)
+
+
+def encode_row(tokenizer, row: dict, data_cfg: Any) -> dict:
+    """input_ids, attention_mask, labels (-100 = masked) for one normalized row, truncated to max_length."""
+    e = encode_full(tokenizer, row, data_cfg)
+    n = min(len(e.input_ids), int(data_cfg.max_length))
+    return {"input_ids": e.input_ids[:n], "attention_mask": [1] * n, "labels": e.labels[:n]}
+
+
+def has_graded(encoded: dict) -> bool:
+    return any(x != IGNORE for x in encoded["labels"][1:])  # label 0 is never predicted
+
+
+@dataclass
+class EncodeReport:
+    encoded: list[dict]
+    kept: list[int]          # index into the input rows of each encoded row
+    truncated: int
+    dropped: list[int]       # rows with nothing left to learn after truncation
+
+
+def encode_rows(tokenizer, rows: list[dict], data_cfg: Any) -> EncodeReport:
+    encoded, kept, dropped, truncated = [], [], [], 0
+    for i, row in enumerate(rows):
+        e = encode_full(tokenizer, row, data_cfg)
+        if len(e.input_ids) > data_cfg.max_length:
+            truncated += 1
+        n = min(len(e.input_ids), int(data_cfg.max_length))
+        enc = {"input_ids": e.input_ids[:n], "attention_mask": [1] * n, "labels": e.labels[:n]}
+        if has_graded(enc):
+            encoded.append(enc)
+            kept.append(i)
+        else:
+            dropped.append(i)
+    return EncodeReport(encoded, kept, truncated, dropped)
+
+
+def build_sft_dataset(tokenizer, rows: list[dict], data_cfg: Any):
+    """A datasets.Dataset (input_ids, attention_mask, labels) built with encode_row; packed if asked.
+
+    Rows left with no graded token after truncation are dropped: they would add nothing but
+    a loss of 0/0. Plain-text rows with packing are cut into full blocks instead of truncated.
+    """
+    import datasets
+
+    from backend import packing
+
+    if not rows:
+        raise UserError("There are no rows to train on. Load a dataset with at least one usable row.")
+    if data_cfg.packing and all("text" in r and len(r) == 1 for r in rows):
+        full = [encode_full(tokenizer, r, data_cfg) for r in rows]
+        items = packing.chunk_stream(
+            [{"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels}
+             for e in full], int(data_cfg.max_length))
+    else:
+        rep = encode_rows(tokenizer, rows, data_cfg)
+        if not rep.encoded:
+            raise UserError(
+                f"None of the {len(rows)} rows has a graded token within max_length={data_cfg.max_length}: "
+                "the answers are cut off. Raise max length, or shorten the prompts.")
+        items = packing.pack(rep.encoded, int(data_cfg.max_length)) if data_cfg.packing else rep.encoded
+    return datasets.Dataset.from_dict({k: [it[k] for it in items] for k in ("input_ids", "attention_mask", "labels")})
+
+
+class SftCollator:
+    """Right-pads a batch: input_ids with the pad id, attention_mask with 0, labels with -100."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_token_id = int(pad_token_id)
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        longest = max(len(f["input_ids"]) for f in features)
+        m = self.pad_to_multiple_of
+        if m:
+            longest = -(-longest // m) * m
+        fill = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE}
+        batch = {}
+        for key, pad in fill.items():
+            rows = []
+            for f in features:
+                seq = list(f[key]) if key in f else list(f["input_ids"]) if key == "labels" else [1] * len(f["input_ids"])
+                rows.append(seq + [pad] * (longest - len(seq)))
+            batch[key] = torch.tensor(rows, dtype=torch.long)
+        return batch
+
+
+# ---------------------------------------------------------------- preview
+
+def _token_text(tokenizer, text: str, tid: int, off: tuple[int, int]) -> str:
+    s, e = off
+    if e > s:
+        return text[s:e]
+    return tokenizer.convert_ids_to_tokens(tid) if tid is not None else ""
+
+
+def _role(label: int, tid: int, special: set[int]) -> str:
+    if label != IGNORE:
+        return "graded"
+    return "special" if tid in special else "prompt"
+
+
+def preview_row(tokenizer, row: dict, data_cfg: Any, pad_to: int | None = None) -> dict:
+    """Every token of a row with id, label, attention and role, built from encode_row.
+
+    Tokens past max_length are listed with role 'truncated' (label None: they never train);
+    with pad_to, padding tokens follow as the collator would add them.
+    """
+    kept = encode_row(tokenizer, row, data_cfg)
+    full = encode_full(tokenizer, row, data_cfg)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    tokens = []
+    for i, (tid, lab, att) in enumerate(zip(kept["input_ids"], kept["labels"], kept["attention_mask"])):
+        tokens.append({"id": tid, "text": _token_text(tokenizer, full.text, tid, full.offsets[i]),
+                       "label": lab, "attention": att, "role": _role(lab, tid, special)})
+    for i in range(len(kept["input_ids"]), len(full.input_ids)):
+        tid = full.input_ids[i]
+        tokens.append({"id": tid, "text": _token_text(tokenizer, full.text, tid, full.offsets[i]),
+                       "label": None, "attention": 0, "role": "truncated"})
+    if pad_to and pad_to > len(kept["input_ids"]):
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad_text = tokenizer.pad_token or ""
+        tokens.extend({"id": pad_id, "text": pad_text, "label": IGNORE, "attention": 0, "role": "padding"}
+                      for _ in range(pad_to - len(kept["input_ids"])))
+    graded = sum(1 for t in tokens if t["role"] == "graded")
+    return {"text": full.text, "tokens": tokens, "template": full.template, "note": full.note,
+            "length": len(full.input_ids), "kept": len(kept["input_ids"]), "graded": graded,
+            "truncated": max(0, len(full.input_ids) - len(kept["input_ids"]))}
+
+
+def preview_packed(tokenizer, rows: list[dict], index: int, data_cfg: Any,
+                   lengths: Optional[list[int]] = None) -> dict:
+    """The packed sequence that holds row `index`, each token tagged with the row it came from.
+
+    `lengths` (the truncated lengths of all rows, e.g. cached from the stats) saves encoding
+    every row to find the sequence.
+    """
+    from backend import packing
+
+    cap = int(data_cfg.max_length)
+    if lengths is None:
+        lengths = [len(encode_row(tokenizer, r, data_cfg)["input_ids"]) for r in rows]
+    members = packing.bin_of(lengths, cap, index)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    tokens, texts = [], []
+    for seg, i in enumerate(members):
+        enc = encode_row(tokenizer, rows[i], data_cfg)
+        full = encode_full(tokenizer, rows[i], data_cfg)
+        texts.append(full.text)
+        for j, (tid, lab) in enumerate(zip(enc["input_ids"], enc["labels"])):
+            tokens.append({"id": tid, "text": _token_text(tokenizer, full.text, tid, full.offsets[j]),
+                           "label": lab, "attention": 1, "role": _role(lab, tid, special),
+                           "row": i, "boundary": j == 0 and seg > 0})
+    return {"text": "".join(texts), "tokens": tokens, "rows": members, "length": len(tokens)}
+
+
+def token_length_stats(tokenizer, rows: list[dict], data_cfg: Any, limit: int | None = None) -> dict:
+    """Untruncated token lengths and how many rows max_length cuts (on the first `limit` rows if set)."""
+    import statistics
+
+    sample = rows if limit is None else rows[:limit]
+    lengths, no_answer = [], 0
+    cap = int(data_cfg.max_length)
+    for r in sample:
+        e = encode_full(tokenizer, r, data_cfg)
+        lengths.append(len(e.input_ids))
+        if len(e.input_ids) > cap and not any(x != IGNORE for x in e.labels[1:cap]):
+            no_answer += 1
+    truncated = sum(1 for n in lengths if n > cap)
+    if not lengths:
+        return {"min": 0, "median": 0, "max": 0, "mean": 0.0, "truncated": 0, "truncated_share": 0.0,
+                "lost_answers": 0, "lengths": [], "counted": 0, "total": len(rows), "tokens": 0}
+    return {"min": min(lengths), "median": int(statistics.median(lengths)), "max": max(lengths),
+            "mean": round(statistics.fmean(lengths), 1), "truncated": truncated,
+            "truncated_share": round(truncated / len(lengths), 4), "lost_answers": no_answer,
+            "lengths": lengths, "counted": len(lengths), "total": len(rows), "tokens": sum(lengths)}
