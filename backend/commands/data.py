@@ -1,0 +1,114 @@
+"""`ftstudio data inspect|preview`: what the Dataset tab shows, as JSON."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from backend.errors import UserError
+
+ERRORS_SHOWN = 100
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="dataset file (.jsonl, .json, .csv, .tsv, .parquet, .txt)")
+    p.add_argument("--model", default=None, help="model whose tokenizer counts tokens (default: the bundled one)")
+    p.add_argument("--template", default="auto", help="chat template: auto (the model's own) or a registry name")
+    p.add_argument("--max-length", type=int, default=512, help="maximum tokens per training sequence")
+    p.add_argument("--format", default="auto", help="force a layout: messages, prompt_completion, text, preference, kto")
+    p.add_argument("--mapping", default=None, help='column mapping as JSON, e.g. {"prompt": "q", "completion": "a"}')
+    p.add_argument("--system-prompt", default=None, help="system prompt added to conversations without one")
+    p.add_argument("--strict", action="store_true", help="fail on the first bad row instead of skipping it")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("data", help="inspect a dataset or preview one row's tokens and labels")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    ins = dsub.add_parser("inspect", help="format, mapping, bad rows and token-length statistics")
+    _common(ins)
+    ins.set_defaults(func=inspect)
+    pre = dsub.add_parser("preview", help="one row rendered, every token with its id, label and role")
+    _common(pre)
+    pre.add_argument("--row", type=int, required=True, help="row number among the usable rows, from 0")
+    pre.add_argument("--train-on-prompt", action="store_true", help="grade the prompt tokens too")
+    pre.add_argument("--last-turn-only", action="store_true", help="grade only the last assistant turn")
+    pre.add_argument("--pad-to", type=int, default=None, help="show padding up to this length")
+    pre.set_defaults(func=preview)
+
+
+def _mapping(text: str | None) -> dict[str, str] | None:
+    if not text:
+        return None
+    try:
+        m = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--mapping is not valid JSON ({e.msg}); write it like "
+                        '\'{"prompt": "question", "completion": "answer"}\'.') from None
+    if not isinstance(m, dict) or not all(isinstance(v, str) for v in m.values()):
+        raise UserError('--mapping must be a JSON object of role -> column name, e.g. {"text": "body"}.')
+    return m
+
+
+def _data_cfg(args: argparse.Namespace, loaded) -> Any:
+    from backend.config import DataConfig
+
+    if args.max_length < 8:
+        raise UserError(f"--max-length {args.max_length} is too small; use at least 8 tokens.")
+    return DataConfig(path=args.file, template=args.template, max_length=args.max_length,
+                      system_prompt=args.system_prompt, format=loaded.format, mapping=loaded.mapping,
+                      train_on_prompt=getattr(args, "train_on_prompt", False),
+                      last_turn_only=getattr(args, "last_turn_only", False))
+
+
+def _load(args: argparse.Namespace):
+    from backend.data import load_rows
+    from backend.models import DEFAULT_MODEL
+    from backend.templates import get_tokenizer
+
+    loaded = load_rows(args.file, _mapping(args.mapping), args.format, skip_bad_rows=not args.strict)
+    tok = get_tokenizer(args.model or DEFAULT_MODEL)
+    return loaded, tok, _data_cfg(args, loaded)
+
+
+def inspect(args: argparse.Namespace) -> dict:
+    from backend.templates import resolve_template, token_length_stats
+
+    loaded, tok, cfg = _load(args)
+    out = loaded.summary()
+    out["errors"] = out["errors"][:ERRORS_SHOWN]
+    out["errors_total"] = len(loaded.errors)
+    out["unit"] = loaded.unit
+    stats = token_length_stats(tok, loaded.rows, cfg)
+    out["token_lengths"] = {k: stats[k] for k in ("min", "median", "max", "mean", "truncated",
+                                                  "truncated_share", "lost_answers", "tokens")}
+    out["template"] = resolve_template(tok, args.template)[0]
+    out["warnings"] = _warnings(loaded, stats, cfg)
+    return out
+
+
+def _warnings(loaded, stats: dict, cfg) -> list[str]:
+    w = []
+    if loaded.skipped:
+        w.append(f"{loaded.skipped} row(s) of {loaded.path} were skipped because of problems; see 'errors'.")
+    if stats["truncated"]:
+        w.append(f"{stats['truncated']} row(s) ({stats['truncated_share']:.1%}) are longer than max_length="
+                 f"{cfg.max_length} tokens and will be cut (longest: {stats['max']}). Raise max length, or "
+                 "shorten those rows.")
+    if stats["lost_answers"]:
+        w.append(f"{stats['lost_answers']} of them lose their whole answer and will be left out of training.")
+    return w
+
+
+def preview(args: argparse.Namespace) -> dict:
+    from backend.templates import preview_row
+
+    loaded, tok, cfg = _load(args)
+    n = len(loaded.rows)
+    if not 0 <= args.row < n:
+        raise UserError(f"--row {args.row} is out of range: {loaded.path} has {n} usable row(s), numbered 0 to {n - 1}.")
+    out = preview_row(tok, loaded.rows[args.row], cfg, pad_to=args.pad_to)
+    out["row"] = args.row
+    out["source_line"] = loaded.lines[args.row]
+    out["format"] = loaded.format
+    return out

@@ -1,0 +1,47 @@
+"""`ftstudio data inspect|preview` print the JSON DESIGN.md specifies; bad input exits 2 with a sentence."""
+import json
+
+from backend.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr().out.strip().splitlines()
+    return code, json.loads(out[-1]) if out else None
+
+
+def write(tmp_path):
+    p = tmp_path / "d.jsonl"
+    rows = [{"question": f"q{i}", "answer": "a" * (1 if i else 300)} for i in range(5)]
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    return str(p)
+
+
+def test_inspect_reports_format_mapping_errors_and_token_lengths(tmp_path, capsys, tiny_model_dir):
+    code, out = run(capsys, "data", "inspect", write(tmp_path), "--model", str(tiny_model_dir),
+                    "--max-length", "48", "--json")
+    assert code == 0
+    assert out["format"] == "messages" and out["source_format"] == "columns"
+    assert out["rows"] == 5 and out["columns"] == ["question", "answer"]
+    assert out["mapping"] == {"prompt": "question", "completion": "answer"}
+    assert out["skipped"] == 1 and out["errors"][0]["line"] == 6
+    tl = out["token_lengths"]
+    assert tl["min"] <= tl["median"] <= tl["max"] and tl["truncated"] == 1
+
+
+def test_preview_lists_tokens_with_labels_and_roles(tmp_path, capsys, tiny_model_dir):
+    code, out = run(capsys, "data", "preview", write(tmp_path), "--row", "1", "--model", str(tiny_model_dir), "--json")
+    assert code == 0 and "q1" in out["text"]
+    assert set(out["tokens"][0]) >= {"id", "text", "label", "attention", "role"}
+    roles = {t["role"] for t in out["tokens"]}
+    assert {"graded", "prompt", "special"} <= roles
+    code, out2 = run(capsys, "data", "preview", write(tmp_path), "--row", "1", "--model", str(tiny_model_dir),
+                     "--train-on-prompt", "--json")
+    assert all(t["label"] == t["id"] for t in out2["tokens"])
+
+
+def test_bad_input_exits_2_with_the_sentence_in_error(tmp_path, capsys):
+    empty = tmp_path / "e.jsonl"
+    empty.write_text("")
+    code, out = run(capsys, "data", "inspect", str(empty), "--json")
+    assert code == 2 and "is empty" in out["error"]
