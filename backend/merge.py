@@ -1,0 +1,408 @@
+"""Merge an adapter into its base, combine adapters, export them.
+
+The heavy functions here (`merge_adapter`, `combine_adapters`) load models, so the
+studio never calls them in its own process: it calls `run_merge_subprocess`, which
+runs `python -m backend.cli merge ...` and streams the progress lines back.
+The merging itself is PEFT's (`merge_and_unload`, `add_weighted_adapter`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from backend.errors import UserError
+from backend.io_utils import read_json
+
+Progress = Optional[Callable[[float, str], None]]
+
+# PEFT methods whose update is a weight delta that folds into the base matrices.
+MERGEABLE_PEFT_TYPES = {"LORA", "ADALORA", "IA3", "VERA", "LOHA", "LOKR", "OFT", "BOFT", "HRA", "RANDLORA"}
+_PROMPT_TYPES = {"PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT"}
+_BOTTLENECK_METHODS = {"adapter_houlsby", "adapter_pfeiffer"}
+COMBINE_METHODS = ("linear", "ties", "dare_linear", "dare_ties")
+PROGRESS_PREFIX = "ftstudio-progress "
+_MERGED_MARK = ".ftstudio-merged"
+
+
+@dataclass(frozen=True)
+class AdapterSource:
+    """An adapter directory, the run it came from (if any), and the base model it needs."""
+    adapter_dir: Path
+    run_dir: Optional[Path]
+    base: str                      # a reference resolve_model accepts
+    method: Optional[str]          # the run's method name, when known
+    peft_type: Optional[str]       # from adapter_config.json; None for a full model
+    compute_dtype: Optional[str] = None
+
+
+def _run_config(run_dir: Path):
+    from backend.config import load_config
+
+    return load_config(run_dir / "config.yaml")
+
+
+def locate_adapter(path: str | Path) -> AdapterSource:
+    """Accept a run directory or an adapter directory; say in a sentence when it is neither."""
+    p = Path(str(path or "").strip()).expanduser()
+    if not str(path or "").strip():
+        raise UserError("No adapter chosen. Pick a finished run or type the folder of an adapter.")
+    if not p.is_dir():
+        raise UserError(f"{p} is not a folder. Pick a finished run or the folder holding adapter_config.json.")
+    if (p / "adapter").is_dir() and (p / "config.yaml").exists():
+        run_dir, adapter_dir = p, p / "adapter"
+    else:
+        adapter_dir = p
+        run_dir = p.parent if (p.parent / "config.yaml").exists() else None
+    cfg = _run_config(run_dir) if run_dir else None
+    method = cfg.method.name if cfg else None
+    acfg = read_json(adapter_dir / "adapter_config.json")
+    if acfg is None:
+        if (adapter_dir / "config.json").exists():
+            return AdapterSource(adapter_dir, run_dir, str(adapter_dir), method or "full", None)
+        where = f"the run {run_dir.name}" if run_dir else str(adapter_dir)
+        raise UserError(
+            f"{adapter_dir} holds no adapter_config.json, so {where} has no saved adapter. "
+            "Pick a run that completed, or the folder a PEFT adapter was saved to.")
+    base = cfg.model if cfg else acfg.get("base_model_name_or_path")
+    if not base:
+        raise UserError(
+            f"{adapter_dir / 'adapter_config.json'} does not say which base model it belongs to "
+            "(base_model_name_or_path is empty). Pick the run directory instead, whose config.yaml names it.")
+    return AdapterSource(adapter_dir, run_dir, str(base), method, acfg.get("peft_type"),
+                         cfg.method.compute_dtype if cfg else None)
+
+
+def can_merge(src: AdapterSource) -> tuple[bool, str]:
+    """Whether the adapter folds into the base weights, and the sentence that says why not."""
+    if src.peft_type is None:
+        return False, (f"{src.adapter_dir} already holds a complete model (method "
+                       f"'{src.method}'), so there is nothing to merge: use the folder directly.")
+    if src.method in _BOTTLENECK_METHODS:
+        return False, ("Bottleneck adapters (Houlsby/Pfeiffer) sit in series with the layers and pass "
+                       "through a non-linearity, so they cannot be folded into the base weights. "
+                       "Use the adapter with its base (Chat tab) or download it as a zip.")
+    if src.peft_type in _PROMPT_TYPES:
+        return False, (f"A {src.peft_type.lower().replace('_', ' ')} adapter adds learned virtual tokens "
+                       "to the input rather than changing weights, so it cannot be merged. "
+                       "Use it with its base (Chat tab) or download it as a zip.")
+    if src.peft_type not in MERGEABLE_PEFT_TYPES:
+        return False, (f"Adapters of type {src.peft_type} cannot be merged by the studio. "
+                       "Use it with its base (Chat tab) or download it as a zip.")
+    return True, ""
+
+
+def _say(progress: Progress, fraction: float, message: str) -> None:
+    if progress:
+        progress(fraction, message)
+
+
+def _load_base(ref: str, dtype: Any):
+    from backend.models import ModelError, load_causal_lm
+
+    try:
+        return load_causal_lm(ref, dtype=dtype)
+    except ModelError as e:
+        raise UserError(str(e)) from e
+
+
+def _load_tokenizer_for(src: AdapterSource):
+    """The adapter folder's tokenizer first: training may have set its chat template."""
+    from transformers import AutoTokenizer
+
+    from backend.models import ModelError, load_tokenizer
+
+    if (src.adapter_dir / "tokenizer_config.json").exists():
+        return AutoTokenizer.from_pretrained(str(src.adapter_dir))
+    try:
+        return load_tokenizer(src.base)
+    except ModelError as e:
+        raise UserError(str(e)) from e
+
+
+def _prepare_out(out_dir: Path) -> Path:
+    """A new or empty folder, or one an earlier merge wrote; write into a sibling temp dir first."""
+    out_dir = Path(out_dir).expanduser().resolve()
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / _MERGED_MARK).exists():
+        raise UserError(f"The output folder {out_dir} already holds other files. Choose a new or empty folder.")
+    tmp = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _finish_out(tmp: Path, out_dir: Path, info: dict[str, Any]) -> Path:
+    out_dir = Path(out_dir).expanduser().resolve()
+    (tmp / _MERGED_MARK).write_text(json.dumps(info, default=str))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def dir_bytes(path: str | Path) -> int:
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def _merge_dtype(src: AdapterSource):
+    import torch
+
+    if src.method == "qlora":
+        # The 4-bit weights are a lossy copy; the merge goes into the 16-bit original.
+        return {"fp16": torch.float16}.get(src.compute_dtype or "", torch.bfloat16)
+    return "auto"
+
+
+def merge_adapter(adapter_or_run_dir: str | Path, out_dir: str | Path, progress: Progress = None) -> dict[str, Any]:
+    """Fold an adapter into its base and save a plain transformers model directory."""
+    src = locate_adapter(adapter_or_run_dir)
+    ok, reason = can_merge(src)
+    if not ok:
+        raise UserError(reason)
+    from peft import PeftModel
+
+    tmp = _prepare_out(Path(out_dir))
+    notes: list[str] = []
+    try:
+        dtype = _merge_dtype(src)
+        _say(progress, 0.05, f"Loading the base model {src.base}")
+        base = _load_base(src.base, dtype)
+        if src.method == "qlora":
+            notes.append(f"QLoRA run: merged into the base loaded in 16-bit ({str(dtype).replace('torch.', '')}), "
+                         "not into the 4-bit weights it trained against, so answers can differ slightly "
+                         "from the 4-bit model used during training.")
+        _say(progress, 0.45, f"Attaching the adapter from {src.adapter_dir}")
+        try:
+            model = PeftModel.from_pretrained(base, str(src.adapter_dir))
+        except Exception as e:  # noqa: BLE001 - PEFT's shape/key errors become a sentence
+            raise UserError(f"The adapter in {src.adapter_dir} does not fit the base model {src.base} "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+                            "Check that the run's base model is the one the adapter was trained on.") from e
+        _say(progress, 0.6, "Merging the adapter weights into the base")
+        merged = model.merge_and_unload()
+        if getattr(merged.config, "quantization_config", None) is not None:
+            del merged.config.quantization_config
+        _say(progress, 0.75, f"Saving the merged model to {out_dir}")
+        merged.save_pretrained(str(tmp))
+        tok = _load_tokenizer_for(src)
+        tok.save_pretrained(str(tmp))
+        if not getattr(tok, "chat_template", None):
+            notes.append("The tokenizer has no chat template; the Chat tab will fall back to a plain prompt.")
+        out = _finish_out(tmp, Path(out_dir), {"adapter": str(src.adapter_dir), "base": src.base})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _say(progress, 1.0, f"Merged model saved to {out}")
+    return {"out": str(out), "bytes": dir_bytes(out), "adapter_bytes": dir_bytes(src.adapter_dir),
+            "base": src.base, "notes": notes}
+
+
+def _same_base(sources: list[AdapterSource]) -> None:
+    def key(s: AdapterSource) -> str:
+        p = Path(s.base).expanduser()
+        return str(p.resolve()) if p.exists() else s.base
+
+    bases = {key(s) for s in sources}
+    if len(bases) > 1:
+        listing = "; ".join(f"{s.adapter_dir} -> {s.base}" for s in sources)
+        raise UserError(f"Adapters can only be combined when they share one base model, but these differ: {listing}.")
+
+
+def combine_adapters(adapter_dirs: list[str | Path], weights: list[float], method: str = "linear",
+                     density: float = 0.5, out_dir: str | Path = "combined", merge: bool = False,
+                     progress: Progress = None) -> dict[str, Any]:
+    """Weighted combination of LoRA adapters of one base (PEFT add_weighted_adapter)."""
+    if method not in COMBINE_METHODS:
+        raise UserError(f"Unknown combination method '{method}'. Choose one of: {', '.join(COMBINE_METHODS)}.")
+    if len(adapter_dirs) < 2:
+        raise UserError("Combining needs at least two adapters; to merge one adapter, use Merge.")
+    if len(weights) != len(adapter_dirs):
+        raise UserError(f"Give one weight per adapter: {len(adapter_dirs)} adapters but {len(weights)} weights.")
+    if method != "linear" and not 0.0 < float(density) <= 1.0:
+        raise UserError(f"Density must be between 0 (exclusive) and 1; got {density}.")
+    sources = [locate_adapter(d) for d in adapter_dirs]
+    for s in sources:
+        if s.peft_type != "LORA":
+            raise UserError(f"{s.adapter_dir} is a {s.peft_type or 'full model'}, not a LoRA adapter; "
+                            "only LoRA adapters (LoRA, QLoRA, rsLoRA, LoRA+) can be combined.")
+    _same_base(sources)
+    ranks = {read_json(s.adapter_dir / "adapter_config.json", {}).get("r") for s in sources}
+    notes: list[str] = []
+    combination = method
+    if len(ranks) > 1:
+        # PEFT's linear/TIES/DARE need equal ranks; its SVD variants re-factor the sum at the largest rank.
+        combination = "svd" if method == "linear" else f"{method}_svd"
+        notes.append(f"The adapters have different ranks ({sorted(ranks)}), so the combination was re-factored "
+                     f"with SVD ({combination}) at the largest rank.")
+    from peft import PeftModel
+
+    tmp = _prepare_out(Path(out_dir))
+    try:
+        _say(progress, 0.05, f"Loading the base model {sources[0].base}")
+        base = _load_base(sources[0].base, _merge_dtype(sources[0]))
+        names = [f"a{i}" for i in range(len(sources))]
+        model = PeftModel.from_pretrained(base, str(sources[0].adapter_dir), adapter_name=names[0])
+        for i, (name, s) in enumerate(zip(names[1:], sources[1:]), start=1):
+            _say(progress, 0.1 + 0.4 * i / len(sources), f"Attaching {s.adapter_dir}")
+            model.load_adapter(str(s.adapter_dir), adapter_name=name)
+        _say(progress, 0.55, f"Combining with {combination}")
+        kwargs: dict[str, Any] = {}
+        if method != "linear":
+            kwargs["density"] = float(density)
+        try:
+            model.add_weighted_adapter(names, [float(w) for w in weights], "combined",
+                                       combination_type=combination, **kwargs)
+        except ValueError as e:
+            raise UserError(f"PEFT could not combine these adapters: {e}") from e
+        model.set_adapter("combined")
+        for name in names:
+            model.delete_adapter(name)
+        tok = _load_tokenizer_for(sources[0])
+        if merge:
+            _say(progress, 0.7, "Merging the combined adapter into the base")
+            merged = model.merge_and_unload()
+            merged.save_pretrained(str(tmp))
+        else:
+            _say(progress, 0.7, "Saving the combined adapter")
+            # save_pretrained puts a non-default adapter in a subfolder; rename it to "default" first.
+            model.save_pretrained(str(tmp), selected_adapters=["combined"])
+            sub = tmp / "combined"
+            if sub.is_dir():
+                for f in sub.iterdir():
+                    os.replace(f, tmp / f.name)
+                sub.rmdir()
+            _fix_base_reference(tmp, sources[0].base)
+        tok.save_pretrained(str(tmp))
+        out = _finish_out(tmp, Path(out_dir), {"combined": [str(s.adapter_dir) for s in sources],
+                                                "weights": weights, "method": combination})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _say(progress, 1.0, f"Saved to {out}")
+    return {"out": str(out), "bytes": dir_bytes(out), "base": sources[0].base, "method": combination,
+            "merged": merge, "notes": notes}
+
+
+def _fix_base_reference(adapter_dir: Path, base: str) -> None:
+    """Point the saved adapter at the base reference the user knows (a name, not a cache path)."""
+    from backend.io_utils import atomic_write_json
+
+    cfg_path = adapter_dir / "adapter_config.json"
+    cfg = read_json(cfg_path, {})
+    cfg["base_model_name_or_path"] = base
+    atomic_write_json(cfg_path, cfg)
+
+
+def export_zip(adapter_dir: str | Path, out_zip: str | Path) -> Path:
+    """Zip an adapter folder (or a run's adapter) for download."""
+    src = locate_adapter(adapter_dir)
+    out_zip = Path(out_zip).expanduser().resolve()
+    out_zip.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_zip.with_name(f".{out_zip.name}.partial")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(src.adapter_dir.rglob("*")):
+            if f.is_file():
+                zf.write(f, arcname=str(Path(src.adapter_dir.name) / f.relative_to(src.adapter_dir)))
+    os.replace(tmp, out_zip)
+    return out_zip
+
+
+def estimate_merged_bytes(base: str) -> Optional[int]:
+    """Size the merged model will have on disk: the base's weight files (None when not local)."""
+    p = Path(base).expanduser()
+    if base and not p.exists():
+        try:
+            from backend.models import BUNDLED, ensure_bundled
+            if base in BUNDLED:
+                p = ensure_bundled(base)
+        except Exception:  # noqa: BLE001 - an estimate only
+            return None
+    if not p.is_dir():
+        return None
+    files = list(p.glob("*.safetensors")) or list(p.glob("*.bin"))
+    return sum(f.stat().st_size for f in files) or None
+
+
+def sizes(adapter_or_run_dir: str | Path) -> dict[str, Any]:
+    """Adapter size (MB) against the merged model's (GB), for the Merge tab."""
+    src = locate_adapter(adapter_or_run_dir)
+    merged = estimate_merged_bytes(src.base)
+    return {"adapter_bytes": dir_bytes(src.adapter_dir), "merged_bytes": merged,
+            "adapter_mb": round(dir_bytes(src.adapter_dir) / 1e6, 2),
+            "merged_gb": round(merged / 1e9, 3) if merged else None}
+
+
+def human_bytes(n: Optional[int]) -> str:
+    if n is None:
+        return "unknown"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def merge_command(sources: list[str], out: str, weights: Optional[list[float]] = None, method: Optional[str] = None,
+                  density: Optional[float] = None, merge: bool = False) -> list[str]:
+    """The `ftstudio merge` command line the UI runs (and can show for repeating it by hand)."""
+    cmd = [sys.executable, "-m", "backend.cli", "merge", *[str(s) for s in sources], "--out", str(out), "--json",
+           "--progress-json"]
+    if len(sources) > 1:
+        cmd += ["--method", method or "linear"]
+        if weights:
+            cmd += ["--weights", *[str(w) for w in weights]]
+        if density is not None:
+            cmd += ["--density", str(density)]
+        if merge:
+            cmd.append("--merge-into-base")
+    return cmd
+
+
+def run_merge_subprocess(cmd: list[str], cwd: Optional[Path] = None) -> Iterator[dict[str, Any]]:
+    """Run a merge command in a child process; yield {"progress", "message"} dicts, then {"result"} or {"error"}."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    repo = Path(__file__).resolve().parent.parent
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=str(cwd or repo), start_new_session=True)
+    tail: list[str] = []
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        for line in proc.stderr:
+            if line.startswith(PROGRESS_PREFIX):
+                try:
+                    yield json.loads(line[len(PROGRESS_PREFIX):])
+                    continue
+                except json.JSONDecodeError:
+                    pass
+            tail = (tail + [line.rstrip()])[-20:]
+        out = proc.stdout.read()
+        code = proc.wait()
+    except GeneratorExit:
+        proc.kill()
+        raise
+    result = None
+    for line in reversed(out.strip().splitlines()):
+        try:
+            result = json.loads(line)
+            break
+        except json.JSONDecodeError:
+            continue
+    if code == 0 and isinstance(result, dict) and "error" not in result:
+        yield {"result": result}
+    elif isinstance(result, dict) and result.get("error"):
+        yield {"error": result["error"]}
+    else:
+        last = next((t for t in reversed(tail) if t.strip()), "")
+        if code in (-9, 137):
+            yield {"error": "The merge process was killed (exit code %s), most likely for running out of memory. "
+                            "Close other programs or merge on a machine with more RAM." % code}
+        else:
+            yield {"error": f"The merge process failed (exit code {code}): {last[:300]}"}
