@@ -1,0 +1,192 @@
+"""Export a run, an adapter or a model folder as a GGUF file, checked for behaviour, plus an Ollama Modelfile.
+
+    export_gguf(src, out_file, quant="f16", progress=None) -> {"out", "bytes", "max_logit_diff",
+        "checked", "modelfile", "ollama_command", "notes", ...}
+
+An adapter (or a run's adapter) is first merged into its base with `backend.merge.merge_adapter`
+into a temporary folder next to the output. The GGUF is written to a temporary file and moved into
+place with `os.replace`, so a failure leaves no half-written file and keeps whatever was there.
+Loading models is heavy: the studio runs this through `ftstudio export` in a subprocess.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from backend.errors import UserError
+
+Progress = Optional[Callable[[float, str], None]]
+
+
+@dataclass(frozen=True)
+class ExportSource:
+    kind: str                      # "model" | "adapter"
+    path: Path                     # the model folder, or the adapter/run folder to merge
+    base: Optional[str]            # the untrained base, when known
+    tokenizer_dir: Path            # whose tokenizer the GGUF must carry
+
+
+def _say(progress: Progress, fraction: float, message: str) -> None:
+    if progress:
+        progress(fraction, message)
+
+
+def locate_source(src: str | Path, base: Optional[str] = None) -> ExportSource:
+    """A run directory, an adapter directory or a model directory (or the bundled model's name)."""
+    from backend.io_utils import read_json
+
+    text = str(src or "").strip()
+    if not text:
+        raise UserError("Nothing to export. Pick a finished run, an adapter folder or a model folder.")
+    p = Path(text).expanduser()
+    if not p.exists():
+        from backend.models import BUNDLED, ensure_bundled
+
+        if text in BUNDLED:
+            return ExportSource("model", ensure_bundled(text), base, ensure_bundled(text))
+        raise UserError(f"{p} does not exist. Pick a finished run, an adapter folder or a model folder.")
+    if not p.is_dir():
+        raise UserError(f"{p} is a file; export takes a run, adapter or model folder.")
+    is_run = (p / "config.yaml").exists() and (p / "adapter").is_dir()
+    adapter_dir = p / "adapter" if is_run else p
+    if (adapter_dir / "adapter_config.json").exists():
+        from backend.merge import locate_adapter
+
+        found = locate_adapter(p)
+        tok_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else Path(_model_dir(found.base))
+        return ExportSource("adapter", p, base or found.base, tok_dir)
+    if (adapter_dir / "config.json").exists():
+        if is_run and base is None:
+            from backend.config import load_config
+
+            base = load_config(p / "config.yaml").model  # a full fine-tune: its base is the run's model
+        merged_from = read_json(adapter_dir / ".ftstudio-merged", {}) or {}
+        return ExportSource("model", adapter_dir, base or merged_from.get("base"), adapter_dir)
+    raise UserError(f"{p} holds neither config.json (a model) nor adapter_config.json (an adapter), "
+                    "nor is it a run with a saved adapter. Pick a completed run or a model folder.")
+
+
+def _model_dir(ref: str) -> str:
+    from backend.models import ModelError, resolve_model
+
+    try:
+        return resolve_model(ref).source
+    except ModelError as e:
+        raise UserError(str(e)) from e
+
+
+def _check_out(out: Path) -> Path:
+    out = Path(out).expanduser().resolve()
+    if out.suffix.lower() != ".gguf":
+        raise UserError(f"The output file {out} should end in .gguf.")
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; give a file name ending in .gguf.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _check_disk(folder: Path, needed: int, what: str) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise UserError(f"Not enough disk space in {folder} for {what}: about {needed / 1e9:.2f} GB is needed "
+                        f"and {free / 1e9:.2f} GB is free. Free some space or choose another output folder.")
+
+
+def _model_name(config: Any, source: ExportSource) -> str:
+    name = source.path.name if source.path.name not in ("adapter", "") else source.path.parent.name
+    if getattr(config, "model_type", "") == "mistral" and "mistral" not in name.lower():
+        name = f"{name}-mistral"  # llama.cpp stores Mistral as `llama`; readers tell them apart by name
+    return name
+
+
+def _write_modelfile(out: Path, tok: Any) -> tuple[Path, str, dict[str, Any]]:
+    from backend.gguf_modelfile import build_modelfile, ollama_model_name, template_equivalence
+    from backend.io_utils import atomic_write_text
+
+    mf = build_modelfile(tok, out.name)
+    ok, why = template_equivalence(tok, mf)
+    path = out.with_name(f"{out.stem}.Modelfile")
+    atomic_write_text(path, mf.text)
+    os.chmod(path, 0o644)  # a temp file is created private; this one is meant to be shared with Ollama
+    command = f"ollama create {ollama_model_name(out.stem)} -f {path}"
+    info = {"modelfile_template_ok": ok, "stop": mf.stops, "chat_style": mf.style, "notes": list(mf.notes)}
+    if mf.style and not ok:
+        info["notes"].append(f"The Modelfile's TEMPLATE does not reproduce the chat template exactly ({why}); "
+                             "check answers in Ollama before relying on it.")
+    return path, command, info
+
+
+def export_gguf(src: str | Path, out_file: str | Path, quant: str = "f16", progress: Progress = None,
+                base: Optional[str] = None) -> dict[str, Any]:
+    """Write `out_file` (GGUF) and `<stem>.Modelfile` beside it; check the GGUF against the source.
+
+    `base` names the untrained base model for a plain model folder (runs, adapters and folders
+    written by the studio's merge know theirs); with it the check also rejects an export that
+    behaves like the base.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from backend.gguf_check import check_export
+    from backend.gguf_tokenizer import describe_tokenizer
+    from backend.gguf_write import architecture_of, check_quant, estimate_bytes, plan_tensors, write_gguf
+
+    quant = check_quant(quant)
+    out = _check_out(Path(out_file))
+    source = locate_source(src, base)
+    notes: list[str] = []
+    work = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
+    try:
+        model_dir = source.path
+        if source.kind == "adapter":
+            from backend.merge import estimate_merged_bytes, merge_adapter
+
+            merged_size = estimate_merged_bytes(source.base or "") or 0
+            _check_disk(out.parent, merged_size * 2, "the merged model and its GGUF")
+            _say(progress, 0.02, f"Merging the adapter into {source.base}")
+            merged = merge_adapter(source.path, work / "merged",
+                                   progress=lambda f, m: _say(progress, 0.02 + 0.15 * f, m))
+            model_dir = Path(merged["out"])
+            notes += merged.get("notes", [])
+        config = AutoConfig.from_pretrained(str(model_dir))
+        architecture_of(config)
+        plans = plan_tensors(model_dir, config, quant)
+        _check_disk(out.parent, estimate_bytes(plans), f"the {quant} GGUF")
+        tok = AutoTokenizer.from_pretrained(str(source.tokenizer_dir))
+        described = describe_tokenizer(tok, next(p.shape[0] for p in plans if p.gguf_name == "token_embd.weight"))
+        notes += described.notes
+        _say(progress, 0.2, f"Writing the {quant} GGUF")
+        tmp = work / out.name
+        write_gguf(model_dir, config, described, plans, tmp, quant, _model_name(config, source), progress)
+        check = check_export(tmp, model_dir, tok, quant, base=source.base, progress=progress)
+        if check.checked:
+            os.replace(tmp, out)
+            _say(progress, 0.95, "Writing the Ollama Modelfile")
+            modelfile, command, mf_info = _write_modelfile(out, tok)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = {"out": str(out), "quant": quant, "max_logit_diff": check.max_logit_diff,
+              "tolerance": check.tolerance, "checked": check.checked, "problems": check.problems,
+              "base": source.base, "base_logit_diff": check.base_diff, "adapter_effect": check.adapter_effect}
+    if not check.checked:
+        # A file that fails its check is not delivered: nothing at `out` is replaced by it.
+        sentence = (f"The GGUF export of {source.path} failed its check, so {out.name} was not written: "
+                    + "; ".join(check.problems) + ".")
+        _say(progress, 1.0, sentence)
+        return {**result, "bytes": 0, "modelfile": None, "ollama_command": None, "error": sentence,
+                "notes": [sentence] + notes}
+    notes += mf_info.pop("notes")
+    _say(progress, 1.0, f"Exported {out.name}")
+    return {**result, "bytes": out.stat().st_size, "modelfile": str(modelfile), "ollama_command": command,
+            **mf_info, "notes": notes}
+
+
+def export_command(src: str | Path, out_file: str | Path, quant: str = "f16") -> list[str]:
+    """The `ftstudio export` command line the studio runs in a subprocess (and can show to repeat by hand)."""
+    import sys
+
+    return [sys.executable, "-m", "backend.cli", "export", str(src), "--format", "gguf", "--quant", quant,
+            "--out", str(out_file), "--json", "--progress-json"]

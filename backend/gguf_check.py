@@ -1,0 +1,152 @@
+"""Check an exported GGUF for behaviour: load it back with transformers and compare with the source.
+
+Three questions, each answered by running the models rather than by trusting the writer:
+1. Does the GGUF compute the same logits as the model it came from (within the quantization's
+   tolerance)?
+2. When we know the untrained base: is the GGUF the fine-tuned model, not the base? (An adapter
+   that was never trained, or got lost on the way, leaves logits equal to the base's.)
+3. Does the GGUF's tokenizer carry the same chat template and special tokens, and split the
+   fixed prompts into the same ids?
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+PROMPTS = (
+    "The capital of France is",
+    "def add(a, b):\n    return a +",
+    "Once upon a time, a small robot found a",
+)
+# Relative to the largest |logit| of the source on the prompts. f16 rounds each weight to 11
+# significant bits (relative error <= 2**-11 ~ 5e-4); through a few dozen layers that stays well
+# under 1% of the logit scale. Q8_0 keeps 8 bits per weight with one scale per 32 weights
+# (relative error up to ~1/254 per weight, ~0.4%), which accumulates to a few percent.
+TOLERANCE = {"f16": 0.01, "q8_0": 0.06}
+# Logits this close to the base's mean the fine-tuning changed nothing (exact ties are typical:
+# a LoRA whose B matrices are still zero merges to the base bit for bit).
+UNCHANGED = 1e-6
+
+
+@dataclass
+class CheckResult:
+    checked: bool
+    max_logit_diff: float
+    tolerance: float
+    logit_scale: float
+    base_diff: Optional[float] = None        # max |gguf - base|
+    adapter_effect: Optional[float] = None   # max |source - base|
+    problems: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _reuse_gguf_reader() -> Iterator[None]:
+    """transformers parses the file's header once for the config, once for the weights and once for
+    the tokenizer; with a 50k-150k string vocabulary each parse takes seconds. Within the check the
+    file does not change, so one parsed reader per path is shared."""
+    import gguf
+
+    original, cache = gguf.GGUFReader, {}
+
+    def cached(path: Any, *args: Any, **kwargs: Any):
+        key = (str(path), args, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = original(path, *args, **kwargs)
+        return cache[key]
+
+    gguf.GGUFReader = cached
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
+def _prompts(tok: Any) -> list[str]:
+    prompts = list(PROMPTS)
+    if getattr(tok, "chat_template", None):
+        with contextlib.suppress(Exception):
+            prompts.append(tok.apply_chat_template([{"role": "user", "content": "What is 2 + 2?"}],
+                                                   add_generation_prompt=True, tokenize=False))
+    return prompts
+
+
+def _logits(model: Any, batches: list[list[int]]) -> list[Any]:
+    import torch
+
+    with torch.no_grad():
+        return [model(torch.tensor([ids])).logits[0].float() for ids in batches]
+
+
+def _max_diff(a: list[Any], b: list[Any]) -> float:
+    return max(float((x - y).abs().max()) for x, y in zip(a, b))
+
+
+def _load(path: str, gguf_file: Optional[str] = None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
+    return model.eval()
+
+
+def _tokenizer_problems(ref: Any, got: Any, prompts: list[str]) -> list[str]:
+    problems: list[str] = []
+    if (getattr(ref, "chat_template", None) or None) != (getattr(got, "chat_template", None) or None):
+        problems.append("the chat template in the GGUF differs from the adapter's tokenizer")
+    for name in ("bos_token", "eos_token", "pad_token"):
+        want = getattr(ref, name, None)
+        if want is not None and getattr(got, name, None) != want:
+            problems.append(f"the GGUF's {name.replace('_', ' ')} is {getattr(got, name, None)!r}, "
+                            f"the tokenizer's is {want!r}")
+    for text in prompts:
+        if ref(text)["input_ids"] != got(text)["input_ids"]:
+            problems.append(f"the GGUF tokenizer splits {text[:40]!r} into different tokens")
+            break
+    return problems
+
+
+def check_export(gguf_path: Path, source_dir: Path, ref_tok: Any, quant: str,
+                 base: Optional[str] = None, progress: Any = None) -> CheckResult:
+    """Compare the GGUF with `source_dir` (and with `base`, a model reference, when given)."""
+    from transformers import AutoTokenizer
+
+    prompts = _prompts(ref_tok)
+    batches = [ref_tok(p)["input_ids"] for p in prompts]
+    if progress:
+        progress(0.75, "Checking: logits of the source model")
+    source = _logits(_load(str(source_dir)), batches)
+    scale = max(1.0, max(float(x.abs().max()) for x in source))
+    base_logits = None
+    if base:
+        from backend.models import resolve_model
+
+        if progress:
+            progress(0.8, "Checking: logits of the untrained base model")
+        base_logits = _logits(_load(resolve_model(base).source), batches)
+    if progress:
+        progress(0.85, "Checking: loading the GGUF back with transformers")
+    with _reuse_gguf_reader():
+        got_tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        exported = _logits(_load(str(gguf_path.parent), gguf_path.name), batches)
+    tol = TOLERANCE[quant] * scale
+    result = CheckResult(True, _max_diff(exported, source), tol, scale)
+    if result.max_logit_diff > tol:
+        result.problems.append(
+            f"the GGUF's logits differ from the source model's by up to {result.max_logit_diff:.4g} "
+            f"(tolerance for {quant}: {tol:.4g})")
+    if base_logits is not None:
+        result.adapter_effect = _max_diff(source, base_logits)
+        result.base_diff = _max_diff(exported, base_logits)
+        if result.adapter_effect <= UNCHANGED * scale:
+            result.problems.append("the exported weights equal the untrained base model's: the adapter "
+                                   "changes nothing (was it trained? a LoRA whose B matrices are still zero "
+                                   "merges to the base)")
+        elif result.base_diff <= result.max_logit_diff:
+            result.problems.append("the GGUF behaves like the untrained base model rather than the fine-tuned "
+                                   "one: the adapter was lost in the export")
+    result.problems += _tokenizer_problems(ref_tok, got_tok, prompts)
+    result.checked = not result.problems
+    return result

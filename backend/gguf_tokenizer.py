@@ -1,0 +1,130 @@
+"""A transformers tokenizer described as GGUF `tokenizer.*` metadata (byte-level BPE, "gpt2" model).
+
+GGUF carries no tokenizer.json: llama.cpp, Ollama and transformers' GGUF loader rebuild the
+tokenizer from the vocabulary, the merges, the token types and the special token ids. Those are
+read out of the tokenizer's own `tokenizer.json` here; nothing is guessed from the model name.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from backend.errors import UserError
+
+# llama.cpp token types (gguf.TokenType), spelled out so this module needs no gguf import.
+NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+
+# Turn-end markers of the chat formats the Modelfile understands; each is also a stop token.
+TURN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_turn|>", "<end_of_turn>")
+
+
+@dataclass
+class GGUFTokenizer:
+    tokens: list[str]
+    token_types: list[int]
+    merges: list[str]
+    pre: str
+    special_ids: dict[str, int]          # bos / eos / padding / unknown / eot -> id
+    add_bos: bool
+    add_eos: bool
+    chat_template: Optional[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def _pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
+    """The llama.cpp name of the pre-tokenizer whose split regex this tokenizer uses.
+
+    transformers' GGUF loader maps these names back to the same regex, so the split of text into
+    words survives the round trip; an unknown regex is an error rather than a silent mismatch.
+    """
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    splits = [p for p in parts if p.get("type") == "Split"]
+    if not splits:
+        if any(p.get("type") == "ByteLevel" and p.get("use_regex", True) for p in parts):
+            return "gpt2"  # the plain GPT-2 regex inside ByteLevel (SmolLM2, GPT-2 itself)
+        raise UserError("The tokenizer's pre-tokenizer is not a byte-level one, so it cannot be written to GGUF "
+                        "by this exporter. Export models with a byte-level BPE tokenizer (Llama 3, Qwen2, SmolLM2).")
+    pattern = (splits[0].get("pattern") or {}).get("Regex")
+    preferred = ("llama-bpe", "qwen2", "tekken", "gpt-4o")  # the names llama.cpp itself writes for these
+    for name in preferred + tuple(GGUF_PRE_TOKENIZER_SPLITS):
+        if GGUF_PRE_TOKENIZER_SPLITS.get(name) == pattern:
+            return name
+    raise UserError("The tokenizer splits text with a regular expression that GGUF readers do not know, "
+                    "so the exported model would tokenize differently. Export is limited to the byte-level "
+                    "BPE tokenizers of Llama 3, Qwen2, Mistral (tekken) and SmolLM2.")
+
+
+def _adds(tok: Any, token_id: Optional[int], position: int) -> bool:
+    """Whether the tokenizer puts this special token at `position` when special tokens are on."""
+    if token_id is None:
+        return False
+    with_special = tok("a b", add_special_tokens=True)["input_ids"]
+    plain = tok("a b", add_special_tokens=False)["input_ids"]
+    return len(with_special) > len(plain) and with_special[position] == token_id
+
+
+def describe_tokenizer(tok: Any, n_vocab: int) -> GGUFTokenizer:
+    """The GGUF metadata for `tok`, padded to the model's `n_vocab` embedding rows."""
+    data = json.loads(tok.backend_tokenizer.to_str())
+    model = data.get("model") or {}
+    if model.get("type") != "BPE" or model.get("byte_fallback"):
+        raise UserError("Only byte-level BPE tokenizers (Llama 3, Qwen2, SmolLM2 style) can be exported to GGUF "
+                        "here; this model's tokenizer is a SentencePiece/other kind.")
+    pre = _pre_tokenizer_name(data)
+    vocab: dict[str, int] = dict(model["vocab"])
+    added = {t["content"]: t for t in data.get("added_tokens", [])}
+    for content, t in added.items():
+        vocab[content] = t["id"]
+    size = max(vocab.values()) + 1
+    if size > n_vocab:
+        raise UserError(f"The tokenizer has {size} tokens but the model only {n_vocab} embedding rows; "
+                        "the tokenizer does not belong to this model.")
+    tokens = [f"[PAD{i}]" for i in range(n_vocab)]
+    types = [UNUSED] * n_vocab
+    for text, idx in vocab.items():
+        tokens[idx] = text
+        spec = added.get(text)
+        types[idx] = NORMAL if spec is None else (CONTROL if spec.get("special") else USER_DEFINED)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+
+    special: dict[str, int] = {}
+    for key, attr in (("bos", "bos_token_id"), ("eos", "eos_token_id"),
+                      ("padding", "pad_token_id"), ("unknown", "unk_token_id")):
+        value = getattr(tok, attr, None)
+        if value is not None:
+            special[key] = int(value)
+    template = getattr(tok, "chat_template", None)
+    template = template if isinstance(template, str) else None
+    notes: list[str] = []
+    for marker in TURN_END_TOKENS:
+        if marker in vocab and template and marker in template:
+            special["eot"] = vocab[marker]
+            break
+    if not template:
+        notes.append("The tokenizer has no chat template, so the GGUF carries none; chat runtimes will "
+                     "fall back to their own default format.")
+    return GGUFTokenizer(tokens, types, merges, pre, special, _adds(tok, special.get("bos"), 0),
+                         _adds(tok, special.get("eos"), -1), template, notes)
+
+
+def write_tokenizer(writer: Any, t: GGUFTokenizer) -> None:
+    """Add the tokenizer metadata to a gguf.GGUFWriter."""
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(t.pre)
+    writer.add_token_list(t.tokens)
+    writer.add_token_types(t.token_types)
+    if t.merges:
+        writer.add_token_merges(t.merges)
+    adders = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id,
+              "padding": writer.add_pad_token_id, "unknown": writer.add_unk_token_id,
+              "eot": writer.add_eot_token_id}
+    for key, token_id in t.special_ids.items():
+        adders[key](token_id)
+    writer.add_add_bos_token(t.add_bos)
+    writer.add_add_eos_token(t.add_eos)
+    if t.chat_template:
+        writer.add_chat_template(t.chat_template)
