@@ -1,0 +1,392 @@
+"""estimate(cfg) -> Estimate: the terms for one RunConfig on the GPUs at hand (or hypothetical ones).
+
+Three layers, kept apart: the exact skeleton (skeleton.py), the arithmetic here (terms.py does
+the per-term formulas), and rendering elsewhere (the Method tab's plot, the CLI's JSON).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from backend.estimator import terms as T
+from backend.estimator.skeleton import PEFT_LORA_FAMILY, ModelShape, cached_shape
+from backend.gpu import GpuInfo, hypothetical_gpus, list_gpus
+
+TERMS = ("weights", "gradients", "optimizer", "activations", "logits", "overhead")
+PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+PAGED = ("paged_adamw_8bit", "paged_adamw_32bit")
+
+
+@dataclass
+class Estimate:
+    terms_bytes: dict[str, int]
+    formulas: dict[str, str]
+    total_bytes: int               # what the card must have free: tensors + allocator reserve + CUDA context
+    allocated_bytes: int           # tensor peak, what torch.cuda.max_memory_allocated measures
+    trainable_params: int
+    total_params: int
+    gpus: list[dict[str, Any]] = field(default_factory=list)
+    fits: Optional[bool] = None
+    headroom_bytes: Optional[int] = None
+    suggestions: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    phases: dict[str, int] = field(default_factory=dict)   # forward_backward / optimizer_step peaks
+    per_gpu: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "terms_bytes": dict(self.terms_bytes), "total_bytes": self.total_bytes,
+            "trainable_params": self.trainable_params, "total_params": self.total_params,
+            "gpus": list(self.gpus), "fits": self.fits, "suggestions": list(self.suggestions),
+            "allocated_bytes": self.allocated_bytes, "headroom_bytes": self.headroom_bytes,
+            "formulas": dict(self.formulas), "notes": list(self.notes), "phases": dict(self.phases),
+            "per_gpu": list(self.per_gpu),
+        }
+
+
+# ---------------------------------------------------------------------------------- model config
+
+_CONFIGS: dict[tuple, Any] = {}
+
+
+def _model_config(cfg: Any) -> Any:
+    """AutoConfig for cfg.model, cached per reference and config.json modification time."""
+    from backend.models import load_model_config, resolve_model
+
+    stamp: Any = None
+    if os.path.isdir(os.path.expanduser(cfg.model)):
+        try:
+            stamp = os.stat(os.path.join(os.path.expanduser(cfg.model), "config.json")).st_mtime_ns
+        except OSError:
+            stamp = None
+    key = (cfg.model, cfg.trust_remote_code, stamp)
+    hit = _CONFIGS.get(key)
+    if hit is None:
+        resolve_model(cfg.model)  # a missing directory is a sentence, not a transformers traceback
+        hit = load_model_config(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        if len(_CONFIGS) > 32:
+            _CONFIGS.clear()
+        _CONFIGS[key] = hit
+    return hit
+
+
+def _method_flags(name: str) -> tuple[bool, bool]:
+    """(uses_peft, quantized) from the registry when it knows the method, else from the name."""
+    try:
+        from backend.methods import METHODS
+        spec = METHODS.get(name)
+    except ImportError:
+        spec = None
+    if spec is not None:
+        return bool(spec.uses_peft), bool(spec.quantized)
+    return name not in ("full", "last_layers", "feature_extraction", "gradual_unfreezing", "bitfit",
+                        "fish_mask"), name == "qlora"
+
+
+# ---------------------------------------------------------------------------------- arithmetic
+
+@dataclass
+class _Plan:
+    compute: str          # dtype of activations and matmuls
+    base: str             # dtype of the non-quantized base weights
+    quantized: bool
+    autocast_copies: bool  # fp16 AMP with fp32 trainable weights caches 16-bit copies per forward
+
+
+def _dtype_plan(cfg: Any, uses_peft: bool, quantized: bool) -> _Plan:
+    precision = cfg.train.precision
+    if quantized:
+        # prepare_model_for_kbit_training upcasts every non-4-bit parameter (embeddings, head, norms) to fp32.
+        return _Plan(compute=cfg.method.compute_dtype, base="fp32", quantized=True, autocast_copies=False)
+    if precision == "fp16" and not uses_peft:
+        # fp16 AMP needs fp32 master weights (matches backend.methods.load_dtype).
+        return _Plan(compute="fp16", base="fp32", quantized=False, autocast_copies=True)
+    return _Plan(compute=precision, base=precision, quantized=False, autocast_copies=False)
+
+
+def _weights(shape: ModelShape, plan: _Plan, double_quant: bool) -> tuple[int, str]:
+    b = T.dtype_bytes(plan.base)
+    adapters = int((shape.adapter_trainable + shape.adapter_frozen) * shape.adapter_bytes_per_param)
+    if plan.quantized:
+        q = T.nf4_bytes(shape.base_quantizable, double_quant)
+        other = int((shape.base_other + shape.base_trainable) * b)
+        scales = "8-bit absmax per 64 + fp32 per 256 blocks" if double_quant else "fp32 absmax per 64"
+        text = (f"{T.fmt_count(shape.base_quantizable)} linear weights x 4-bit (0.5 B + {scales}) = {T.fmt_bytes(q)}"
+                f" + {T.fmt_count(shape.base_other + shape.base_trainable)} other x 4 B (fp32 after "
+                f"prepare_model_for_kbit_training) = {T.fmt_bytes(other)}")
+        total = q + other
+    else:
+        n = shape.base_quantizable + shape.base_other + shape.base_trainable
+        total = int(n * b)
+        text = f"{T.fmt_count(n)} base params x {b:g} B ({plan.base}) = {T.fmt_bytes(total)}"
+    if adapters:
+        text += (f" + {T.fmt_count(shape.adapter_trainable + shape.adapter_frozen)} adapter params x "
+                 f"{shape.adapter_bytes_per_param:g} B = {T.fmt_bytes(adapters)}")
+    return total + adapters, text
+
+
+def _gradients(shape: ModelShape, plan: _Plan) -> tuple[int, str]:
+    b = T.dtype_bytes(plan.base)
+    base = int(shape.base_trainable * b)
+    adapters = int(shape.adapter_trainable * shape.adapter_bytes_per_param)
+    parts = []
+    if shape.base_trainable:
+        parts.append(f"{T.fmt_count(shape.base_trainable)} trainable base x {b:g} B")
+    if shape.adapter_trainable:
+        parts.append(f"{T.fmt_count(shape.adapter_trainable)} trainable adapter x {shape.adapter_bytes_per_param:g} B")
+    return base + adapters, (" + ".join(parts) or "nothing trains") + f" = {T.fmt_bytes(base + adapters)}"
+
+
+def _optimizer(shape: ModelShape, plan: _Plan, optimizer: str, strategy: str) -> tuple[int, str, int]:
+    """(state bytes, formula, step temporaries)."""
+    base_b = T.dtype_bytes(plan.base)
+    zero_master = strategy in ("zero1", "zero2", "zero3") and optimizer == "adamw_torch"
+    total = master = 0
+    for shp, is_base, count in shape.trainable_shapes:
+        numel = math.prod(shp)
+        pb = base_b if is_base else shape.adapter_bytes_per_param
+        if zero_master and pb < 4:
+            # DeepSpeed keeps fp32 master weights and fp32 Adam states for 16-bit parameters.
+            total += count * T.optimizer_tensor_bytes(numel, shp, 4, optimizer)
+            master += count * 4 * numel
+        else:
+            total += count * T.optimizer_tensor_bytes(numel, shp, pb, optimizer)
+    temps = int(T.OPTIMIZER_STEP_TEMP_FACTOR.get(optimizer, 0.0) * total / 2)
+    rule = {
+        "adamw_torch": "AdamW m + v in the parameter dtype",
+        "adamw_8bit": "8-bit AdamW: 2 B + fp32 scale per 256 (tensors < 4096 elements: 8 B)",
+        "paged_adamw_8bit": "paged 8-bit AdamW (managed memory): 2 B + fp32 scale per 256",
+        "paged_adamw_32bit": "paged AdamW (managed memory): 8 B fp32",
+        "sgd": "SGD without momentum keeps no state",
+        "adafactor": "Adafactor: factored row + column second moments",
+    }[optimizer]
+    text = f"{T.fmt_count(shape.trainable_params)} trainable, {rule} = {T.fmt_bytes(total)}"
+    if master:
+        text += f" + fp32 master copy {T.fmt_bytes(master)} (DeepSpeed)"
+    return total + master, text, temps
+
+
+def _activations(cfg: Any, shape: ModelShape, plan: _Plan) -> tuple[int, str, int, str]:
+    """(activation bytes, formula, logits bytes, formula)."""
+    c = T.dtype_bytes(plan.compute)
+    batch, seq = cfg.train.batch_size, cfg.data.max_length
+    vt = shape.virtual_tokens
+    hidden_seq = seq if shape.virtual_tokens_in_kv_only else seq + vt
+    kv_len = seq + vt
+    tokens = batch * hidden_seq
+    kv_dim = shape.heads * shape.head_dim  # GQA keys are repeated to full heads when a padding mask is used
+    common = dict(hidden=shape.hidden, intermediate=shape.intermediate, kv_dim=kv_dim, heads=shape.heads,
+                  kv_len=kv_len, compute_bytes=c, attn_implementation=shape.attn_implementation)
+    dropout = cfg.method.dropout > 0 and cfg.method.name in PEFT_LORA_FAMILY
+    # Under autocast each adapter casts its own input (fp32 for PEFT, then back to the compute dtype),
+    # and dropout gives each its own copy; only in plain fp32 without dropout do siblings share one.
+    shared = c >= 4 and not dropout
+    adapter_in = (shape.adapter_distinct_in_features_per_layer if shared else shape.adapter_in_features_per_layer)
+    per_full = T.layer_activation_bytes_per_token(base_trainable=True, adapter_in_features=adapter_in,
+                                                  adapter_dropout=dropout, **common)
+    per_frozen = T.layer_activation_bytes_per_token(base_trainable=False, adapter_in_features=adapter_in,
+                                                    adapter_dropout=dropout, **common)
+    recorded = range(shape.lowest_grad_layer, shape.layers)
+    n_full = sum(1 for i in recorded if i in set(shape.trained_layers))
+    n_frozen = len(recorded) - n_full
+    head = ((4 + c) * shape.hidden) if len(recorded) else 0  # final norm's saved fp32 input and output
+    mask = batch * hidden_seq * kv_len  # one shared boolean 4-D mask
+    if cfg.train.gradient_checkpointing and len(recorded):
+        one = max(per_full if n_full else 0, per_frozen if n_frozen else 0) * tokens
+        acts = T.checkpointed_activation_bytes(len(recorded), tokens, shape.hidden, c, one)
+        how = (f"checkpointing: {len(recorded)} block inputs x {T.fmt_count(tokens)} tokens x {shape.hidden} x {c:g} B"
+               f" + one block recomputed {T.fmt_bytes(one)}")
+    else:
+        acts = int(tokens * (n_full * per_full + n_frozen * per_frozen))
+        how = (f"{T.fmt_count(tokens)} tokens x ({n_full} trained blocks x {T.fmt_bytes(per_full)}"
+               f" + {n_frozen} frozen blocks x {T.fmt_bytes(per_frozen)} per token)")
+    acts += int(tokens * head) + mask
+    extras = []
+    if plan.quantized:
+        buf = int(shape.largest_linear * c)
+        acts += buf
+        extras.append(f"4-bit dequantization buffer {T.fmt_bytes(buf)}")
+    if plan.autocast_copies:
+        cache = int(shape.base_trainable * 2)
+        acts += cache
+        extras.append(f"fp16 autocast weight copies {T.fmt_bytes(cache)}")
+    if cfg.distributed.strategy in ("zero3", "fsdp") and _world(cfg) > 1:
+        gathered = int(2 * shape.largest_layer_params * T.dtype_bytes(plan.base))
+        acts += gathered
+        extras.append(f"two gathered blocks {T.fmt_bytes(gathered)}")
+    text = how + (" + " + " + ".join(extras) if extras else "") + f" = {T.fmt_bytes(acts)}"
+    if vt:
+        text += f" (sequence lengthened by {vt} virtual tokens)"
+
+    logit_seq = seq if shape.virtual_tokens_in_kv_only else seq + vt
+    logits = T.logits_bytes(batch, logit_seq, shape.vocab, plan.compute)
+    per = T.dtype_bytes(plan.compute) + 4 * T.LOGITS_FP32_COPIES
+    ltext = (f"{batch} x {logit_seq} tokens x {T.fmt_count(shape.vocab)} vocab x {per:g} B "
+             f"({plan.compute} logits + fp32 copies for the loss) = {T.fmt_bytes(logits)}")
+    return acts, text, logits, ltext
+
+
+def _world(cfg: Any) -> int:
+    return cfg.distributed.gpus * cfg.distributed.nodes
+
+
+def _compute(cfg: Any, shape: ModelShape) -> Estimate:
+    uses_peft, quantized = _method_flags(cfg.method.name)
+    plan = _dtype_plan(cfg, uses_peft, quantized)
+    strategy, world = cfg.distributed.strategy, _world(cfg)
+    weights, wf = _weights(shape, plan, cfg.method.double_quant)
+    grads, gf = _gradients(shape, plan)
+    opt, of, temps = _optimizer(shape, plan, cfg.train.optimizer, strategy)
+    acts, af, logits, lf = _activations(cfg, shape, plan)
+
+    sharded = {"weights": T.shard(weights, "weights", strategy, world),
+               "gradients": T.shard(grads, "gradients", strategy, world),
+               "optimizer": T.shard(opt, "optimizer", strategy, world)}
+    temps = T.shard(temps, "optimizer", strategy, world)
+    notes: list[str] = []
+    wf, gf, of = (f + (f" / {world} GPUs ({strategy}) = {T.fmt_bytes(sharded[k])}" if sharded[k] != v else "")
+                  for f, k, v in ((wf, "weights", weights), (gf, "gradients", grads), (of, "optimizer", opt)))
+    if strategy == "ddp" and world > 1 and grads:
+        # DDP's all-reduce buckets are a second copy of the gradients (gradient_as_bucket_view is off).
+        sharded["gradients"] += grads
+        gf += f" + DDP buckets {T.fmt_bytes(grads)}"
+
+    paged = sharded["optimizer"] if cfg.train.optimizer in PAGED else 0
+    backward = acts + logits + (sharded["gradients"] if cfg.train.gradient_accumulation > 1 else 0)
+    step = sharded["gradients"] + temps
+    allocated = sharded["weights"] + (sharded["optimizer"] - paged) + max(backward, step)
+    overhead = T.overhead_bytes(allocated)
+    total = allocated + paged + overhead
+    of_extra = f"; step temporaries {T.fmt_bytes(temps)}" if temps else ""
+    formulas = {
+        "weights": wf, "gradients": gf, "optimizer": of + of_extra, "activations": af, "logits": lf,
+        "overhead": (f"allocator reserve {T.ALLOCATOR_RESERVE_FRACTION:.0%} of {T.fmt_bytes(allocated)} + CUDA "
+                     f"context {T.fmt_bytes(T.CUDA_CONTEXT_BYTES)} = {T.fmt_bytes(overhead)}"),
+    }
+    phase = "forward/backward (activations + logits" + (" + accumulated gradients" if
+                                                        cfg.train.gradient_accumulation > 1 else "") + ")"
+    notes.append("Gradients and activations are not all held at once: the peak counts weights + optimizer "
+                 f"states + the larger of the {phase} and the optimizer step (gradients + temporaries); "
+                 f"here the {'forward/backward' if backward >= step else 'optimizer step'} phase is larger.")
+    if paged:
+        notes.append("Paged optimizer states live in managed memory: torch does not count them as allocated, "
+                     "and they can spill to CPU RAM under pressure (slower, but no out-of-memory error).")
+    if shape.max_positions and cfg.data.max_length > int(shape.max_positions):
+        notes.append(f"The sequence length {cfg.data.max_length} is above the model's maximum "
+                     f"({shape.max_positions}).")
+    return Estimate(
+        terms_bytes={"weights": sharded["weights"], "gradients": sharded["gradients"],
+                     "optimizer": sharded["optimizer"], "activations": acts, "logits": logits, "overhead": overhead},
+        formulas=formulas, total_bytes=int(total), allocated_bytes=int(allocated),
+        trainable_params=shape.trainable_params, total_params=shape.total_params, notes=notes,
+        phases={"forward_backward": int(backward), "optimizer_step": int(step)},
+    )
+
+
+# ---------------------------------------------------------------------------------- GPUs and fit
+
+def _judge(est: Estimate, gpus: list[GpuInfo], needed: int, hypothetical: bool, precision: str) -> None:
+    est.gpus = [g.to_json() for g in gpus]
+    if not gpus:
+        est.notes.insert(0, "No GPU was found (no NVIDIA driver or device): the estimate is for reference; "
+                            "pass --gpus N --gpu-memory GB to check a card you plan to use.")
+        return
+    chosen = sorted(gpus, key=lambda g: g.free_bytes, reverse=True)[:needed]
+    est.per_gpu = [{"index": g.index, "name": g.name, "free_bytes": g.free_bytes, "total_bytes": g.total_bytes,
+                    "needed_bytes": est.total_bytes, "headroom_bytes": g.free_bytes - est.total_bytes,
+                    "fits": g.free_bytes >= est.total_bytes} for g in chosen]
+    est.headroom_bytes = min(g["headroom_bytes"] for g in est.per_gpu)
+    est.fits = all(g["fits"] for g in est.per_gpu) and len(gpus) >= needed
+    if precision == "bf16" and any(g.bf16 is False for g in chosen):
+        est.notes.append("This GPU has no native bf16 (it needs compute capability 8.0, Ampere or newer): "
+                         "choose fp16 precision.")
+    if len(gpus) < needed:
+        est.notes.append(f"The run asks for {needed} GPUs per node but only {len(gpus)} "
+                         f"{'were given' if hypothetical else 'were found'}.")
+
+
+def _variants(cfg: Any) -> list[tuple[str, Any]]:
+    """(sentence template, changed config) for each change that saves memory, in no order."""
+    t, m, d = cfg.train, cfg.method, cfg.data
+    out: list[tuple[str, Any]] = []
+
+    def with_(section: str, **changes: Any) -> Any:
+        part = getattr(cfg, section).model_copy(update=changes)
+        return cfg.model_copy(update={section: part})
+
+    if not t.gradient_checkpointing:
+        out.append(("Enable gradient checkpointing", with_("train", gradient_checkpointing=True)))
+    if t.batch_size > 1:
+        acc = t.gradient_accumulation * t.batch_size
+        out.append((f"Lower the batch size from {t.batch_size} to 1 and raise gradient accumulation from "
+                    f"{t.gradient_accumulation} to {acc} (same effective batch)",
+                    with_("train", batch_size=1, gradient_accumulation=acc)))
+    if m.name in ("lora", "dora", "rslora", "loraplus", "full", "last_layers"):
+        out.append(("Switch to QLoRA (4-bit base, LoRA adapters)",
+                    cfg.model_copy(update={"method": m.model_copy(update={"name": "qlora"})})))
+    if t.optimizer in ("adamw_torch", "paged_adamw_32bit"):
+        out.append(("Use the 8-bit AdamW optimizer", with_("train", optimizer="adamw_8bit")))
+    if t.precision == "fp32":
+        out.append(("Train in bf16 (if the GPU supports it)", with_("train", precision="bf16")))
+    if d.max_length > 256:
+        out.append((f"Shorten sequences from {d.max_length} to {d.max_length // 2} tokens",
+                    with_("data", max_length=d.max_length // 2)))
+    return out
+
+
+def _suggest(cfg: Any, model_config: Any, est: Estimate, capacity: int) -> list[str]:
+    ranked: list[tuple[int, str]] = []
+    for text, variant in _variants(cfg):
+        try:
+            other = _compute(variant, cached_shape(model_config, variant))
+        except Exception:  # noqa: BLE001 - a suggestion that cannot be computed is just left out
+            continue
+        saving = est.total_bytes - other.total_bytes
+        if saving <= 0:
+            continue
+        verdict = "fits" if other.total_bytes <= capacity else "still too large"
+        ranked.append((saving, f"{text}: saves {T.fmt_bytes(saving)} (needs {T.fmt_bytes(other.total_bytes)}, "
+                               f"{verdict})."))
+    ranked.sort(key=lambda x: -x[0])
+    out = [s for _, s in ranked]
+    if cfg.distributed.strategy not in ("zero3", "fsdp") or _world(cfg) < 64:
+        for world in (2, 4, 8, 16, 32, 64):
+            if world <= _world(cfg):
+                continue
+            dist = cfg.distributed.model_copy(update={"strategy": "zero3", "gpus": world, "nodes": 1})
+            other = _compute(cfg.model_copy(update={"distributed": dist}), cached_shape(model_config, cfg))
+            if other.total_bytes <= capacity:
+                out.append(f"Use {world} GPUs with ZeRO-3: each needs {T.fmt_bytes(other.total_bytes)} "
+                           f"(saves {T.fmt_bytes(est.total_bytes - other.total_bytes)} per GPU).")
+                break
+    return out
+
+
+def estimate(cfg: Any, gpus: Optional[list[GpuInfo]] = None, gpu_count: Optional[int] = None,
+             gpu_memory_gb: Optional[float] = None, model_config: Any = None) -> Estimate:
+    """Memory needed to train `cfg`, term by term, and whether it fits.
+
+    gpus None probes the machine (NVML); gpu_memory_gb (with gpu_count, default the config's GPU
+    count) asks about a hypothetical card instead. model_config skips loading cfg.model's config.
+    """
+    if model_config is None:
+        model_config = _model_config(cfg)
+    shape = cached_shape(model_config, cfg)
+    est = _compute(cfg, shape)
+    hypothetical = gpu_memory_gb is not None
+    if hypothetical:
+        if gpu_memory_gb <= 0:
+            from backend.errors import UserError
+            raise UserError(f"--gpu-memory must be a positive number of GB (got {gpu_memory_gb}).")
+        gpus = hypothetical_gpus(gpu_count or cfg.distributed.gpus, gpu_memory_gb)
+    elif gpus is None:
+        gpus = list_gpus()
+        if gpu_count is not None:
+            gpus = gpus[:gpu_count]
+    _judge(est, gpus, cfg.distributed.gpus, hypothetical, cfg.train.precision)
+    if est.fits is False:
+        capacity = min(g["free_bytes"] for g in est.per_gpu)
+        est.suggestions = _suggest(cfg, model_config, est, capacity)
+    return est

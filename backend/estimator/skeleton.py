@@ -1,0 +1,271 @@
+"""The exact shape of the model being trained: a meta-device skeleton with the method applied.
+
+No weights are read: the model is built on the meta device from its config, the method freezes
+or wraps it exactly as training will, and every parameter is classified (base or adapter,
+trainable or frozen, quantizable by bitsandbytes or not, which block it lives in). The result is
+cached per (model config, method settings that change the structure), so a live estimate only
+pays for arithmetic after the first call.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+# Method fields that never change which parameters exist or train.
+_NOT_STRUCTURAL = {"alpha", "dropout", "loraplus_lr_ratio", "compute_dtype", "quant_type", "double_quant",
+                   "prompt_init_text", "unfreeze_every"}
+_LAYER_RE = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
+PEFT_LORA_FAMILY = {"lora", "qlora", "dora", "rslora", "loraplus"}
+PROMPT_METHODS = {"prompt_tuning", "prefix_tuning", "p_tuning_v2"}
+_OUTPUT_PROJECTIONS = {"o_proj", "out_proj", "dense", "c_proj", "down_proj", "fc2", "wo", "w2", "dense_4h_to_h"}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Everything the arithmetic needs, taken from the meta skeleton."""
+    model_type: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    max_positions: Optional[int]
+    attn_implementation: str
+    total_params: int            # logical parameters after the method (tied weights once)
+    trainable_params: int
+    base_quantizable: int        # frozen linear weights bitsandbytes would store in 4 bit
+    base_other: int              # the rest of the frozen base (embeddings, head, norms, biases)
+    base_trainable: int          # base weights that train (full / layer-selective)
+    adapter_trainable: int       # parameters the method added that train (LoRA A/B, prefixes, ...)
+    adapter_frozen: int          # parameters the method added that stay frozen
+    adapter_bytes_per_param: float   # dtype the method keeps added parameters in (PEFT: fp32)
+    trainable_shapes: tuple[tuple[tuple[int, ...], bool, int], ...]  # ((shape, is_base), count)
+    trained_layers: tuple[int, ...]  # block indices holding trainable base weights
+    adapter_in_features_per_layer: float  # summed input width of adapted linears, per block
+    adapter_distinct_in_features_per_layer: float  # the same, counting inputs shared by siblings once
+    grad_through_all_layers: bool  # gradients must flow down to the embeddings
+    lowest_grad_layer: int         # lowest block autograd records (layers below it save nothing)
+    virtual_tokens: int            # tokens prompt/prefix methods add to every sequence
+    virtual_tokens_in_kv_only: bool  # prefix methods lengthen keys/values, not the hidden states
+    largest_linear: int          # elements of the biggest frozen linear (4-bit dequantization buffer)
+    largest_layer_params: int    # parameters of one block (ZeRO-3/FSDP gather one at a time)
+    notes: tuple[str, ...] = field(default=())
+
+
+def _config_dims(config: Any) -> dict[str, Any]:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    g = lambda *names, default=None: next(  # noqa: E731 - a local lookup helper
+        (getattr(text, n) for n in names if getattr(text, n, None) is not None), default)
+    hidden = int(g("hidden_size", "n_embd", "d_model"))
+    heads = int(g("num_attention_heads", "n_head", default=1))
+    head_dim = int(g("head_dim", default=hidden // max(heads, 1)) or hidden // max(heads, 1))
+    kv_heads = int(g("num_key_value_heads", "n_head_kv", default=heads) or heads)
+    inter = g("intermediate_size", "n_inner", "ffn_dim", default=None) or 4 * hidden
+    return dict(
+        model_type=str(getattr(config, "model_type", "?")), hidden=hidden, heads=heads, head_dim=head_dim,
+        kv_heads=kv_heads, intermediate=int(inter), layers=int(g("num_hidden_layers", "n_layer", default=0)),
+        vocab=int(g("vocab_size", default=0)),
+        max_positions=g("max_position_embeddings", "n_positions", "max_sequence_length", default=None),
+        attn_implementation=str(getattr(config, "_attn_implementation", None) or "sdpa"),
+    )
+
+
+def structural_method_key(method: Any) -> str:
+    data = method.model_dump(mode="json")
+    if data.get("name") not in PROMPT_METHODS:
+        data.pop("num_virtual_tokens", None)
+    # QLoRA's skeleton is LoRA's: the 4-bit storage is arithmetic, not structure.
+    if data.get("name") == "qlora":
+        data["name"] = "lora"
+    return json.dumps({k: v for k, v in sorted(data.items()) if k not in _NOT_STRUCTURAL})
+
+
+def _methods_api():
+    """backend.methods when it is importable and knows the method; else None (fallback below)."""
+    try:
+        import backend.methods as methods
+    except ImportError:
+        return None
+    return methods
+
+
+def _build_meta(config: Any, trust_remote_code: bool):
+    methods = _methods_api()
+    if methods is not None:
+        return methods.build_meta_model(config, trust_remote_code)
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def _fallback_apply(model: Any, cfg: Any) -> Any:
+    """Only used until the method registry knows a method: PEFT directly, as training would."""
+    name = cfg.method.name
+    m = cfg.method
+    if name in ("full",):
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import get_peft_model
+
+    if name in PEFT_LORA_FAMILY:
+        from peft import LoraConfig
+        targets = m.target_modules if isinstance(m.target_modules, str) else list(m.target_modules)
+        return get_peft_model(model, LoraConfig(r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout,
+                                                target_modules=targets, use_dora=name == "dora",
+                                                use_rslora=name == "rslora", task_type="CAUSAL_LM"))
+    if name in ("prefix_tuning", "p_tuning_v2"):
+        from peft import PrefixTuningConfig
+        return get_peft_model(model, PrefixTuningConfig(num_virtual_tokens=m.num_virtual_tokens,
+                                                        task_type="CAUSAL_LM"))
+    if name == "prompt_tuning":
+        from peft import PromptTuningConfig
+        return get_peft_model(model, PromptTuningConfig(num_virtual_tokens=m.num_virtual_tokens,
+                                                        task_type="CAUSAL_LM"))
+    from backend.errors import UserError
+    raise UserError(f"The estimator cannot build the method '{name}' yet; choose LoRA, QLoRA, DoRA, "
+                    "rsLoRA, LoRA+, full or last-layers fine-tuning.")
+
+
+def _apply(model: Any, cfg: Any) -> Any:
+    methods = _methods_api()
+    if methods is not None and cfg.method.name in getattr(methods, "METHODS", {}):
+        return methods.apply_method(model, cfg)
+    return _fallback_apply(model, cfg)
+
+
+def _is_linear(module: Any) -> bool:
+    from torch import nn
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def shape_of(model_config: Any, cfg: Any) -> ModelShape:
+    """Build, apply, classify. Not cached; use `cached_shape`."""
+    dims = _config_dims(model_config)
+    model = _build_meta(model_config, cfg.trust_remote_code)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    linear_weight_ids = {id(mod.weight) for name, mod in model.named_modules()
+                         if _is_linear(mod) and getattr(mod, "weight", None) is not None and mod is not head}
+    base_ids = {id(p) for p in model.parameters()}
+    layer_params: Counter[int] = Counter()
+    largest_linear = 0
+    for name, p in model.named_parameters():
+        mm = _LAYER_RE.search("." + name)
+        if mm:
+            layer_params[int(mm.group(1))] += p.numel()
+        if id(p) in linear_weight_ids:
+            largest_linear = max(largest_linear, p.numel())
+
+    model = _apply(model, cfg)
+
+    seen: set[int] = set()
+    counts = Counter()
+    shapes: Counter = Counter()
+    trained_layers: set[int] = set()
+    adapter_dtypes: Counter = Counter()
+    adapter_in = 0
+    embeddings_trainable = False
+    prefix_like = False
+    input_emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    emb_ids = {id(p) for p in input_emb.parameters()} if input_emb is not None else set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = p.numel()
+        is_base = id(p) in base_ids
+        mm = _LAYER_RE.search("." + name)
+        if is_base:
+            if p.requires_grad:
+                counts["base_trainable"] += n
+                if mm:
+                    trained_layers.add(int(mm.group(1)))
+                if id(p) in emb_ids or (id(p) in head_ids and input_emb is not None
+                                        and head is not None and head.weight is input_emb.weight):
+                    embeddings_trainable = True
+            elif id(p) in linear_weight_ids:
+                counts["base_quantizable"] += n
+            else:
+                counts["base_other"] += n
+        else:
+            counts["adapter_trainable" if p.requires_grad else "adapter_frozen"] += n
+            adapter_dtypes[p.element_size()] += n
+            if "prompt_encoder" in name or "prefix" in name.lower():
+                prefix_like = True
+        if p.requires_grad:
+            shapes[(tuple(p.shape), is_base)] += 1
+
+    distinct: set[tuple[str, int, bool]] = set()
+    for name, mod in model.named_modules():
+        if hasattr(mod, "lora_A") and hasattr(mod, "in_features") and len(getattr(mod, "lora_A", {})) > 0:
+            adapter_in += mod.in_features
+            parent, _, leaf = name.rpartition(".")
+            # Sibling projections reading the same tensor (q/k/v, gate/up) share one saved input.
+            distinct.add((parent, mod.in_features, leaf in _OUTPUT_PROJECTIONS))
+    adapter_distinct_in = sum(d[1] for d in distinct)
+    layers = max(dims["layers"], 1)
+    name = cfg.method.name
+    vt = cfg.method.num_virtual_tokens if name in PROMPT_METHODS else 0
+    all_layers = embeddings_trainable or counts["adapter_trainable"] > 0 or prefix_like
+    lowest = 0 if all_layers else (min(trained_layers) if trained_layers else dims["layers"])
+    total = sum(counts.values())
+    trainable = counts["base_trainable"] + counts["adapter_trainable"]
+    adapter_bpp = (max(adapter_dtypes, key=adapter_dtypes.get) if adapter_dtypes else 4)
+    return ModelShape(
+        **dims, total_params=total, trainable_params=trainable,
+        base_quantizable=counts["base_quantizable"], base_other=counts["base_other"],
+        base_trainable=counts["base_trainable"], adapter_trainable=counts["adapter_trainable"],
+        adapter_frozen=counts["adapter_frozen"], adapter_bytes_per_param=float(adapter_bpp),
+        trainable_shapes=tuple(sorted(((s, b, c) for (s, b), c in shapes.items()), key=str)),
+        trained_layers=tuple(sorted(trained_layers)), adapter_in_features_per_layer=adapter_in / layers,
+        adapter_distinct_in_features_per_layer=adapter_distinct_in / layers,
+        grad_through_all_layers=all_layers, lowest_grad_layer=lowest, virtual_tokens=vt,
+        virtual_tokens_in_kv_only=name in ("prefix_tuning", "p_tuning_v2"),
+        largest_linear=largest_linear, largest_layer_params=max(layer_params.values(), default=0),
+    )
+
+
+@functools.lru_cache(maxsize=128)
+def _shape_cached(config_json: str, config_cls: type, build_json: str, attn: str) -> ModelShape:
+    from backend.config import RunConfig
+
+    config = config_cls.from_dict(json.loads(config_json))
+    shape = shape_of(config, RunConfig.model_validate_json(build_json))
+    return dataclasses.replace(shape, attn_implementation=attn)
+
+
+def cached_shape(model_config: Any, cfg: Any) -> ModelShape:
+    """ModelShape for (model config, method); repeated calls with the same structure are free.
+
+    Only the model and the method's structural fields form the key, so changing the batch size,
+    the learning rate or LoRA's alpha never rebuilds the skeleton.
+    """
+    method = json.loads(structural_method_key(cfg.method))
+    build = {"model": cfg.model, "trust_remote_code": cfg.trust_remote_code, "method": method}
+    attn = str(getattr(model_config, "_attn_implementation", None) or "sdpa")
+    return _shape_cached(config_json_of(model_config), type(model_config), json.dumps(build, sort_keys=True), attn)
+
+
+_CONFIG_JSON: dict[int, tuple[Any, str]] = {}
+
+
+def config_json_of(model_config: Any) -> str:
+    # to_json_string costs a few ms; memoise per live config object (kept alive in the tuple).
+    hit = _CONFIG_JSON.get(id(model_config))
+    if hit is not None and hit[0] is model_config:
+        return hit[1]
+    text = model_config.to_json_string(use_diff=False)
+    if len(_CONFIG_JSON) > 64:
+        _CONFIG_JSON.clear()
+    _CONFIG_JSON[id(model_config)] = (model_config, text)
+    return text

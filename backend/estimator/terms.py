@@ -1,0 +1,257 @@
+"""The closed-form memory terms, in bytes. Pure arithmetic, each term testable alone.
+
+Written by hand because no library predicts training memory term by term (accelerate's
+estimator ignores activations, batch and sequence). The numbers follow the seed documents'
+formulas and what the installed libraries actually allocate (torch AdamW, bitsandbytes,
+PEFT, transformers' Llama-style blocks); every constant a GPU measurement should tune lives
+in the CALIBRATION block below.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional
+
+# --------------------------------------------------------------------------------------------
+# CALIBRATION. The only numbers the GPU benchmark (bench/, issue 9) is expected to change.
+# --------------------------------------------------------------------------------------------
+# CUDA context + cuBLAS/cuDNN handles: resident on the card, invisible to
+# torch.cuda.max_memory_allocated. Typical for torch 2.x on Ampere/Hopper: 0.4-0.7 GiB.
+CUDA_CONTEXT_BYTES = 600 * 2**20
+# The caching allocator reserves more than it hands out (block rounding, fragmentation).
+ALLOCATOR_RESERVE_FRACTION = 0.10
+# Multiplier on the per-layer activation formula, per attention implementation. 1.0 means the
+# formula as derived below (saved tensors of a Llama-style block); measurement scales it.
+ACTIVATION_FACTOR = {"sdpa": 1.0, "flash_attention_2": 1.0, "flash_attention_3": 1.0, "eager": 1.0}
+# Causal-LM loss: the compute-dtype logits, their fp32 upcast, log_softmax's saved fp32 output
+# and the fp32 gradients in backward. Bytes per logit element on top of the compute dtype.
+LOGITS_FP32_COPIES = 3
+# torch AdamW (foreach) allocates about one state-sized temporary list during step()
+# (sqrt(v) / bias correction); bitsandbytes' fused kernels allocate next to nothing.
+OPTIMIZER_STEP_TEMP_FACTOR = {
+    "adamw_torch": 1.0, "adamw_8bit": 0.0, "paged_adamw_8bit": 0.0, "paged_adamw_32bit": 0.0,
+    "sgd": 0.0, "adafactor": 0.5,
+}
+# --------------------------------------------------------------------------------------------
+
+GB = 10**9
+GIB = 2**30
+DTYPE_BYTES = {"fp32": 4, "float32": 4, "tf32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2,
+               "int8": 1, "fp8": 1, "nf4": 0.5, "fp4": 0.5, "int4": 0.5}
+
+NF4_BLOCK = 64            # bitsandbytes Params4bit default blocksize
+NF4_NESTED_BLOCK = 256    # double quantization: one fp32 scale per 256 absmax values
+NF4_CODE_TABLE = 256 * 4  # the fp32 code book kept per double-quantized tensor
+BNB_8BIT_BLOCK = 256      # bitsandbytes 8-bit optimizer state blocksize
+BNB_MIN_8BIT_SIZE = 4096  # tensors with fewer elements keep 32-bit optimizer states
+
+
+def dtype_bytes(dtype: str) -> float:
+    try:
+        return DTYPE_BYTES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_BYTES)}") from None
+
+
+def nf4_bytes(params: int, double_quant: bool = True, tensors: int = 1) -> int:
+    """bitsandbytes 4-bit storage: 0.5 B per weight + block scales.
+
+    Without double quantization: one fp32 absmax per 64 weights. With it: the absmax values are
+    stored as 8-bit (1 B per 64 weights) plus one fp32 scale per 256 of them and a small fp32
+    code table per tensor.
+    """
+    codes = math.ceil(params / 2)
+    blocks = math.ceil(params / NF4_BLOCK)
+    if not double_quant:
+        return codes + 4 * blocks
+    nested = math.ceil(blocks / NF4_NESTED_BLOCK)
+    return codes + blocks + 4 * nested + tensors * (NF4_CODE_TABLE + 4)
+
+
+def weight_bytes(params: int, dtype: str = "bf16", double_quant: bool = True) -> int:
+    """Parameters x bytes per parameter; nf4/fp4 include their block scales."""
+    if dtype in ("nf4", "fp4"):
+        return nf4_bytes(params, double_quant)
+    return int(params * dtype_bytes(dtype))
+
+
+def gradient_bytes(trainable: int, dtype: str = "bf16") -> int:
+    """One gradient per trainable parameter, in the parameter's dtype."""
+    return int(trainable * dtype_bytes(dtype))
+
+
+def optimizer_state_breakdown(trainable: int, optimizer: str = "adamw_torch", state_dtype: str = "fp32",
+                              master_copy: bool = False) -> dict[str, int]:
+    """Per-state bytes for `trainable` parameters held as large tensors.
+
+    torch AdamW keeps m and v in the parameter dtype (pass state_dtype accordingly); the seed's
+    textbook convention is fp32 m and v. `master_copy` adds the fp32 weights that mixed precision
+    schemes such as DeepSpeed ZeRO keep next to 16-bit parameters.
+    """
+    out: dict[str, int] = {}
+    if optimizer in ("adamw_torch", "adam", "adamw"):
+        b = dtype_bytes(state_dtype)
+        out = {"m": int(trainable * b), "v": int(trainable * b)}
+    elif optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        per_state = trainable + 4 * math.ceil(trainable / BNB_8BIT_BLOCK)
+        out = {"m": per_state, "v": per_state}
+    elif optimizer == "paged_adamw_32bit":
+        out = {"m": 4 * trainable, "v": 4 * trainable}
+    elif optimizer == "sgd":
+        out = {}  # transformers' SGD has no momentum unless optim_args set one
+    elif optimizer == "adafactor":
+        # Without shapes assume the factored worst case of a square matrix; see adafactor_bytes.
+        side = math.isqrt(max(trainable, 1))
+        out = {"v_row_col": int(2 * side * dtype_bytes(state_dtype))}
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}")
+    if master_copy:
+        out["master"] = 4 * trainable
+    return out
+
+
+def optimizer_bytes(trainable: int, optimizer: str = "adamw_torch", state_dtype: str = "fp32",
+                    master_copy: bool = False) -> int:
+    return sum(optimizer_state_breakdown(trainable, optimizer, state_dtype, master_copy).values())
+
+
+def optimizer_tensor_bytes(numel: int, shape: tuple[int, ...], param_bytes: float, optimizer: str) -> int:
+    """Optimizer state bytes for one trainable tensor (exact per library rules)."""
+    if optimizer == "adamw_torch":
+        return int(2 * numel * param_bytes)
+    if optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        if numel < BNB_MIN_8BIT_SIZE:
+            return 8 * numel  # bitsandbytes keeps small tensors' states in fp32
+        return 2 * (numel + 4 * math.ceil(numel / BNB_8BIT_BLOCK))
+    if optimizer == "paged_adamw_32bit":
+        return 8 * numel
+    if optimizer == "sgd":
+        return 0
+    if optimizer == "adafactor":
+        return adafactor_bytes(shape, param_bytes)
+    raise ValueError(f"unknown optimizer {optimizer!r}")
+
+
+def adafactor_bytes(shape: tuple[int, ...], param_bytes: float) -> int:
+    """transformers' Adafactor without beta1: factored row + column second moments for matrices."""
+    if len(shape) >= 2:
+        rows = math.prod(shape[:-1])
+        cols = math.prod(shape[:-2]) * shape[-1]
+        return int((rows + cols) * param_bytes)
+    return int(math.prod(shape) * param_bytes)
+
+
+def lora_params(d_in: int, d_out: int, r: int) -> int:
+    """A is r x d_in, B is d_out x r."""
+    return r * (d_in + d_out)
+
+
+def dora_params(d_in: int, d_out: int, r: int) -> int:
+    """LoRA plus one magnitude per output feature."""
+    return lora_params(d_in, d_out, r) + d_out
+
+
+def prefix_params(num_virtual_tokens: int, hidden: int, layers: int) -> int:
+    """Prefix tuning without the reparameterization MLP: a key and a value prefix per layer."""
+    return 2 * num_virtual_tokens * hidden * layers
+
+
+def prompt_params(num_virtual_tokens: int, hidden: int) -> int:
+    return num_virtual_tokens * hidden
+
+
+def layer_activation_bytes_per_token(
+    hidden: int, intermediate: int, kv_dim: int, heads: int, kv_len: int, compute_bytes: float, *,
+    base_trainable: bool, adapter_in_features: float = 0.0, adapter_dropout: bool = False,
+    attn_implementation: str = "sdpa",
+) -> float:
+    """Bytes autograd saves per token in one Llama-style decoder block (RMSNorm, attention, gated MLP).
+
+    Derived from what each op saves for backward:
+      - RMSNorm upcasts to fp32 and keeps that copy (4h); with a trainable weight it also keeps
+        the normalized compute-dtype tensor (c*h).
+      - attention (memory-efficient kernels) keeps q, k, v and its output; a trainable o_proj also
+        keeps its own (contiguous) input.
+      - the gated MLP keeps gate, act(gate) and up; a trainable down_proj also keeps their product.
+      - each adapted linear keeps its (autocast) input for lora_A, plus a 1-byte dropout mask.
+      - eager attention also keeps the fp32 softmax and its compute-dtype copy (heads x kv_len).
+    """
+    c = compute_bytes
+    if base_trainable:
+        norms = 2 * (4 + c) * hidden
+        attn = c * (3 * hidden + 2 * kv_dim)
+        mlp = 4 * c * intermediate
+    else:
+        norms = 2 * 4 * hidden
+        attn = c * (2 * hidden + 2 * kv_dim)
+        mlp = 3 * c * intermediate
+    adapters = adapter_in_features * (c + (1 if adapter_dropout else 0))
+    scores = (4 + c) * heads * kv_len if attn_implementation == "eager" else 0
+    factor = ACTIVATION_FACTOR.get(attn_implementation, 1.0)
+    return factor * (norms + attn + mlp + adapters + scores)
+
+
+def checkpointed_activation_bytes(layers_recorded: int, tokens: int, hidden: int, compute_bytes: float,
+                                  one_layer_bytes: float) -> int:
+    """Gradient checkpointing keeps each block's input and recomputes one block at a time."""
+    return int(layers_recorded * tokens * hidden * compute_bytes + one_layer_bytes)
+
+
+def logits_bytes(batch: int, seq: int, vocab: int, dtype: str = "bf16") -> int:
+    """The causal-LM loss holds the logits several times: compute dtype + fp32 copies (~10-16 B each)."""
+    per = dtype_bytes(dtype) + 4 * LOGITS_FP32_COPIES
+    return int(batch * seq * vocab * per)
+
+
+def overhead_bytes(allocated: int, cuda_context: bool = True) -> int:
+    """What the card needs beyond torch's tensors: allocator reserve plus the CUDA context."""
+    reserve = int(allocated * ALLOCATOR_RESERVE_FRACTION)
+    return reserve + (CUDA_CONTEXT_BYTES if cuda_context else 0)
+
+
+SHARDED = {
+    "ddp": (),
+    "zero1": ("optimizer",),
+    "zero2": ("optimizer", "gradients"),
+    "zero3": ("optimizer", "gradients", "weights"),
+    "fsdp": ("optimizer", "gradients", "weights"),
+}
+
+
+def shard(term_bytes: int, term: str, strategy: str, world_size: int) -> int:
+    """ZeRO-1 shards optimizer states, ZeRO-2 also gradients, ZeRO-3/FSDP also weights."""
+    if world_size <= 1 or term not in SHARDED.get(strategy, ()):
+        return int(term_bytes)
+    return int(math.ceil(term_bytes / world_size))
+
+
+def peak_bytes(weights: int, gradients: int, optimizer: int, activations: int, logits: int = 0,
+               step_temporaries: int = 0, gradients_during_backward: bool = False) -> int:
+    """Weights + optimizer states + the larger of (gradients + step temporaries) and activations.
+
+    With gradient accumulation the previous micro-batches' gradients are alive during the next
+    backward, so they add to the activation phase too.
+    """
+    backward = activations + logits + (gradients if gradients_during_backward else 0)
+    step = gradients + step_temporaries
+    return int(weights + optimizer + max(backward, step))
+
+
+def fmt_bytes(n: Optional[float]) -> str:
+    if n is None:
+        return "?"
+    n = float(n)
+    if abs(n) >= GB:
+        return f"{n / GB:.2f} GB"
+    if abs(n) >= 10**6:
+        return f"{n / 10**6:.1f} MB"
+    if abs(n) >= 10**3:
+        return f"{n / 10**3:.1f} kB"
+    return f"{int(n)} B"
+
+
+def fmt_count(n: float) -> str:
+    return f"{int(n):,}"
+
+
+def total(values: Iterable[int]) -> int:
+    return int(sum(values))
