@@ -1,0 +1,166 @@
+"""Turning a RunConfig into a trainable model: load, quantize, checkpoint, apply the method.
+
+The training subprocess calls `load_trainable_model`; the estimator calls `apply_method` on a
+meta-device skeleton, so both see exactly the same trainable parameters.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from backend.errors import UserError
+from backend.methods.registry import get_method
+from backend.methods.skeleton import _as_config, build_meta_model, count_parameters
+from backend.models import ModelError, load_causal_lm
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def apply_method(model: nn.Module, cfg: Any) -> nn.Module:
+    """Freeze or wrap `model` so exactly the method's parameters train (works on meta tensors too).
+
+    QLoRA on a model that is not quantized (the meta skeleton) gets plain LoRA; the estimator
+    accounts for the 4-bit bytes itself.
+    """
+    spec = get_method(cfg.method.name)
+    if spec.apply is None:
+        raise UserError(f"The method '{spec.name}' cannot build a trainable model yet.")
+    return spec.apply(model, cfg)
+
+
+def _slim(cfg: Any) -> Any:
+    """cfg reduced to what changes the parameter count: the model and the method's shown fields."""
+    from backend.config import MethodConfig, RunConfig
+
+    spec = get_method(cfg.method.name)
+    shown = {p: getattr(cfg.method, p) for p in spec.params}
+    return RunConfig(model=cfg.model, method=MethodConfig(name=cfg.method.name, **shown),
+                     trust_remote_code=cfg.trust_remote_code)
+
+
+@functools.lru_cache(maxsize=256)
+def _counts_cached(config_json: str, config_cls: type, cfg_json: str, trust_remote_code: bool) -> tuple[int, int]:
+    from backend.config import RunConfig
+
+    cfg = RunConfig.model_validate_json(cfg_json)
+    model = build_meta_model(config_cls.from_dict(json.loads(config_json)), trust_remote_code)
+    return count_parameters(apply_method(model, cfg))
+
+
+def exact_counts(cfg: Any, model_config: Any = None) -> tuple[int, int]:
+    """(trainable, total) parameters of cfg.model with cfg.method applied, from a meta skeleton.
+
+    Cached per (model config, method settings), so the live estimate stays fast after the first
+    call for a model.
+    """
+    config = _as_config(model_config if model_config is not None else cfg.model, cfg.trust_remote_code)
+    return _counts_cached(config.to_json_string(use_diff=False), type(config), _slim(cfg).model_dump_json(),
+                          cfg.trust_remote_code)
+
+
+def load_dtype(cfg: Any) -> torch.dtype:
+    """The dtype the base weights load in.
+
+    fp16 with trainable base weights loads fp32: fp16 mixed precision needs fp32 master weights
+    (the GradScaler refuses to unscale fp16 gradients). Adapters are kept fp32 by PEFT anyway.
+    """
+    spec = get_method(cfg.method.name)
+    if spec.quantized:
+        return DTYPES[cfg.method.compute_dtype]
+    if cfg.train.precision == "fp16" and not spec.uses_peft:
+        return torch.float32
+    return DTYPES[cfg.train.precision]
+
+
+def quantization_config(cfg: Any):
+    from transformers import BitsAndBytesConfig
+
+    m = cfg.method
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=m.quant_type, bnb_4bit_use_double_quant=m.double_quant,
+        bnb_4bit_compute_dtype=DTYPES[m.compute_dtype])
+
+
+def load_trainable_model(cfg: Any, device_map: Optional[Any] = None) -> nn.Module:
+    """Load cfg.model ready to train with cfg.method: dtype, 4-bit base, checkpointing, adapters."""
+    spec = get_method(cfg.method.name)
+    kwargs: dict[str, Any] = {}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if spec.quantized:
+        from backend.methods.validation import bitsandbytes_problem
+
+        problem = bitsandbytes_problem()
+        if problem:
+            raise UserError(problem)
+        kwargs["quantization_config"] = quantization_config(cfg)
+    try:
+        model = load_causal_lm(cfg.model, dtype=load_dtype(cfg), trust_remote_code=cfg.trust_remote_code, **kwargs)
+    except ValueError as e:
+        if isinstance(e, ModelError):
+            raise
+        raise ModelError(f"The model '{cfg.model}' cannot be loaded as a causal language model: {e}") from e
+
+    checkpointing = cfg.train.gradient_checkpointing
+    # Non-reentrant checkpointing works with frozen embeddings, so no input-grad hook is needed.
+    ckpt_kwargs = {"use_reentrant": False}
+    if spec.quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs=ckpt_kwargs)
+    elif checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 name; the old one warns
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+    if checkpointing and getattr(model, "config", None) is not None:
+        model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
+    if spec.quantized:
+        _keep_4bit_trainable_on_cpu(model)
+    model = apply_method(model, cfg)
+    model.train()  # from_pretrained returns eval mode; dropout and the trainer expect train mode
+    return model
+
+
+def _keep_4bit_trainable_on_cpu(model: nn.Module) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference.
+
+    On CPUs with AVX512-bf16, bitsandbytes 0.50 repacks a Linear4bit's weight the first time it
+    runs in eval mode without gradients (an evaluation pass) and never unpacks it; the repacked
+    kernel has no backward, so every later training step silently gets no gradients.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def optimizer_class(name: str) -> tuple[type, dict[str, Any]]:
+    """The torch optimizer class behind a RunConfig optimizer name, plus kwargs it needs."""
+    if name == "adamw_torch":
+        return torch.optim.AdamW, {}
+    if name == "sgd":
+        return torch.optim.SGD, {}
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        # A fixed learning rate, so the scheduler and LoRA+'s ratios apply as configured.
+        return Adafactor, {"scale_parameter": False, "relative_step": False, "warmup_init": False}
+    import bitsandbytes as bnb
+
+    classes = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
+               "paged_adamw_32bit": bnb.optim.PagedAdamW32bit}
+    if name not in classes:
+        raise UserError(f"The optimizer '{name}' is not known; choose one of adamw_torch, adamw_8bit, "
+                        "paged_adamw_8bit, paged_adamw_32bit, sgd, adafactor.")
+    return classes[name], {}
+
+
+def create_optimizer(model: nn.Module, cfg: Any) -> Optional[torch.optim.Optimizer]:
+    """The method's own optimizer (LoRA+), or None to let the Trainer build cfg.train.optimizer."""
+    spec = get_method(cfg.method.name)
+    return spec.optimizer(model, cfg) if spec.optimizer else None

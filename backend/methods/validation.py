@@ -1,0 +1,143 @@
+"""Checks of a RunConfig against the chosen model and this machine, as sentences keyed by field.
+
+Field ranges (rank >= 1, learning rate > 0, ...) are the RunConfig's own; these are the checks
+that need the model or the hardware, run before any training starts.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+from backend.methods.registry import get_method
+from backend.methods.skeleton import linear_layer_names
+from backend.models import ModelError, check_causal_lm
+
+_PRECISION_NAMES = {"fp32": "fp32", "bf16": "bf16 (bfloat16)", "fp16": "fp16 (float16)"}
+
+
+@functools.lru_cache(maxsize=1)
+def available_precisions() -> list[str]:
+    """Precisions this machine can train in.
+
+    On CPU, torch autocasts bf16 (slow on CPUs without native bf16, but it works), while fp16
+    mixed precision needs CUDA's GradScaler, so CPU offers fp32 and bf16.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        out = ["fp32", "fp16"]
+        if torch.cuda.is_bf16_supported():
+            out.append("bf16")
+        return out
+    return ["fp32", "bf16"]
+
+
+def _precision_problem(precision: str, what: str) -> Optional[str]:
+    avail = available_precisions()
+    if precision in avail:
+        return None
+    import torch
+
+    hw = "this GPU" if torch.cuda.is_available() else "a CPU-only machine"
+    why = ("bf16 needs an Ampere (RTX 30xx / A100) or newer GPU" if precision == "bf16"
+           else "fp16 mixed precision needs a CUDA GPU")
+    return (f"{_PRECISION_NAMES[precision]} {what} is not available on {hw}: {why}. "
+            f"Choose one of: {', '.join(avail)}.")
+
+
+@functools.lru_cache(maxsize=1)
+def bitsandbytes_problem() -> Optional[str]:
+    """None when bitsandbytes can quantize to 4-bit here, else a sentence saying what to do."""
+    try:
+        import bitsandbytes.functional as bnbf
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        # A real round trip, because an import can succeed on a machine with no working backend.
+        data, state = bnbf.quantize_4bit(torch.randn(64, 64, device=device), quant_type="nf4")
+        bnbf.dequantize_4bit(data, state)
+    except ImportError:
+        return "QLoRA needs the bitsandbytes package; install it (`pip install bitsandbytes`) or choose LoRA."
+    except Exception as e:  # noqa: BLE001 - any backend failure means "not usable here"
+        return (f"bitsandbytes cannot run 4-bit quantization on this machine ({type(e).__name__}: {e}); "
+                "choose LoRA, or install a bitsandbytes build for your GPU.")
+    return None
+
+
+def _max_positions(model_config: Any) -> Optional[int]:
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(model_config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _target_problem(cfg: Any, model_config: Any) -> Optional[str]:
+    targets = cfg.method.target_modules
+    if isinstance(targets, str):
+        return None
+    names = linear_layer_names(model_config, trust_remote_code=cfg.trust_remote_code)
+    missing = [t for t in targets if t not in names]
+    if not missing:
+        return None
+    plural = "layers" if len(missing) > 1 else "layer"
+    return (f"The model has no linear {plural} named {', '.join(repr(m) for m in missing)}. "
+            f"Its linear layers are: {', '.join(names)} (or use 'all-linear').")
+
+
+def validate_for_model(cfg: Any, model_config: Any) -> dict[str, str]:
+    """Problems of cfg for this model and machine: dotted field path -> sentence (empty when fine)."""
+    errors: dict[str, str] = {}
+    if not getattr(model_config, "auto_map", None):
+        try:
+            check_causal_lm(model_config)
+        except ModelError as e:
+            return {"model": str(e)}
+    try:
+        spec = get_method(cfg.method.name)
+    except ValueError as e:
+        return {"method.name": str(e)}
+
+    limit = _max_positions(model_config)
+    if limit and cfg.data.max_length > limit:
+        errors["data.max_length"] = (f"The model reads at most {limit} tokens, but the maximum length is "
+                                     f"{cfg.data.max_length}; set it to {limit} or less.")
+    if "target_modules" in spec.params:
+        problem = _target_problem(cfg, model_config)
+        if problem:
+            errors["method.target_modules"] = problem
+    if spec.quantized:
+        problem = bitsandbytes_problem()
+        if problem:
+            errors["method.name"] = problem
+        problem = _precision_problem(cfg.method.compute_dtype, "as the 4-bit compute dtype")
+        if problem:
+            errors["method.compute_dtype"] = problem
+    problem = _precision_problem(cfg.train.precision, "training")
+    if problem:
+        errors["train.precision"] = problem
+    if cfg.train.optimizer in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"):
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            errors["train.optimizer"] = (f"The {cfg.train.optimizer} optimizer needs the bitsandbytes package; "
+                                         "install it or choose adamw_torch.")
+    if spec.validate:
+        errors.update(spec.validate(cfg, model_config))
+    return errors
+
+
+def check_run(data: dict[str, Any]) -> tuple[Any, dict[str, str]]:
+    """Validate a RunConfig dict fully (ranges, model, hardware): (RunConfig or None, field -> sentence)."""
+    from backend.config import ConfigError, validate_config
+    from backend.models import load_model_config
+
+    try:
+        cfg = validate_config(data)
+    except ConfigError as e:
+        return None, dict(e.fields)
+    try:
+        model_config = load_model_config(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    except ModelError as e:
+        return cfg, {"model": str(e)}
+    return cfg, validate_for_model(cfg, model_config)
