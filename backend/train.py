@@ -1,0 +1,339 @@
+"""The training subprocess: `python -m backend.train RUN_DIR [--resume]`.
+
+Read top to bottom: meta.json first, then config -> model -> data -> trainer -> train -> save,
+and one distinct final state in status.json: completed, stopped, failed or out_of_memory, each
+with a sentence. The trainer is TRL's SFTTrainer on the dataset our own templates built (the same
+token ids and labels the Dataset tab previews), with transformers' callbacks for early stopping.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib.metadata
+import os
+import platform
+import shlex
+import shutil
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+from backend import runs
+
+LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "fine-tune-studio")
+BNB_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
+                  "paged_adamw_32bit": "paged_adamw_32bit"}
+TRAINER_OPTIMIZERS = {"adamw_torch": "adamw_torch", "sgd": "sgd", "adafactor": "adafactor", **BNB_OPTIMIZERS}
+GENERIC_OOM_ADVICE = [
+    "lower train.batch_size and raise train.gradient_accumulation to keep the effective batch",
+    "lower data.max_length", "turn on train.gradient_checkpointing",
+    "use QLoRA (method qlora) or an 8-bit optimizer (adamw_8bit)",
+]
+
+
+class Terminated(Exception):
+    """SIGTERM from the runner: the graceful stop did not land in time."""
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def note(message: str) -> None:
+    """A line for train.log that a person reads (the runner sends stdout there)."""
+    print(f"[ftstudio] {message}", flush=True)
+
+
+def _versions() -> dict[str, Optional[str]]:
+    out: dict[str, Optional[str]] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _devices() -> list[dict[str, Any]]:
+    import torch
+    if torch.cuda.is_available():
+        return [{"type": "cuda", "index": i, "name": torch.cuda.get_device_name(i),
+                 "total_bytes": torch.cuda.get_device_properties(i).total_memory}
+                for i in range(torch.cuda.device_count())]
+    return [{"type": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}]
+
+
+def write_meta(run_dir: Path, seed: Optional[int]) -> None:
+    from backend.io_utils import atomic_write_json
+    atomic_write_json(run_dir / runs.META_FILE, {
+        "versions": _versions(), "devices": _devices(), "seed": seed, "platform": platform.platform(),
+        "command": f"ftstudio train {shlex.quote(str(run_dir / runs.CONFIG_FILE))}",
+        "trainer_command": " ".join(shlex.quote(a) for a in [sys.executable, "-m", "backend.train", str(run_dir)]),
+        "written": runs.now_iso(),
+    })
+
+
+def effective_config(cfg):
+    """Settings this machine cannot honour are changed, with a note, instead of crashing."""
+    import torch
+    train = {}
+    if not torch.cuda.is_available():
+        if cfg.train.precision != "fp32":
+            note(f"No GPU found: training in fp32 on the CPU instead of {cfg.train.precision}.")
+            train["precision"] = "fp32"
+        if cfg.train.optimizer in BNB_OPTIMIZERS:
+            note(f"No GPU found: the {cfg.train.optimizer} optimizer needs CUDA; using adamw_torch.")
+            train["optimizer"] = "adamw_torch"
+    elif cfg.train.precision == "bf16" and not torch.cuda.is_bf16_supported():
+        note("This GPU has no bf16 support: training in fp16 instead.")
+        train["precision"] = "fp16"
+    if not train:
+        return cfg
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update=train)})
+
+
+def build_datasets(cfg, tokenizer):
+    from backend.data import load_for_training
+    from backend.templates import build_sft_dataset
+    from backend.errors import UserError
+
+    if cfg.objective not in ("sft", "pretrain"):
+        raise UserError(f"Training with the '{cfg.objective}' objective is not available yet; use sft or pretrain.")
+    loaded, train_rows, val_rows = load_for_training(cfg.data, cfg.train.seed)
+    if not train_rows:
+        raise UserError(f"The training file {cfg.data.path} has no usable rows; check it in the Dataset tab.")
+    note(f"Data: {len(train_rows)} training rows, {len(val_rows)} validation rows "
+         f"({getattr(loaded, 'skipped', 0)} skipped) from {cfg.data.path}.")
+    train_ds = build_sft_dataset(tokenizer, train_rows, cfg.data)
+    val_ds = build_sft_dataset(tokenizer, val_rows, cfg.data) if val_rows else None
+    return train_ds, val_ds
+
+
+def training_args(cfg, run_dir: Path, has_eval: bool):
+    from trl import SFTConfig
+    import torch
+
+    t = cfg.train
+    save_steps = t.save_steps or t.eval_steps
+    early = cfg.early_stopping.patience is not None and has_eval
+    if early and save_steps % t.eval_steps:
+        note(f"Checkpoints every {t.eval_steps} steps (not {save_steps}): keeping the best model needs a "
+             "checkpoint at every evaluation.")
+        save_steps = t.eval_steps
+    report_to = [r for r in cfg.report_to if r == "tensorboard" or _installed(r)]
+    for missing in sorted(set(cfg.report_to) - set(report_to)):
+        note(f"{missing} is not installed: not reporting to it.")
+    return SFTConfig(
+        output_dir=str(runs.checkpoints_dir(run_dir)),
+        num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation, learning_rate=t.learning_rate,
+        lr_scheduler_type=t.scheduler, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm, optim=TRAINER_OPTIMIZERS[t.optimizer], seed=t.seed,
+        bf16=t.precision == "bf16", fp16=t.precision == "fp16", use_cpu=not torch.cuda.is_available(),
+        logging_steps=t.logging_steps, logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no", eval_steps=t.eval_steps if has_eval else None,
+        save_strategy="steps", save_steps=save_steps, save_total_limit=2,
+        load_best_model_at_end=early, metric_for_best_model=cfg.early_stopping.metric if early else None,
+        greater_is_better=False if early else None,
+        report_to=report_to or "none", disable_tqdm=True, dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",
+        # The model arrives with checkpointing already set up by the method (methods.load_trainable_model).
+        gradient_checkpointing=False,
+        # The dataset is already tokenized with our labels; TRL must not tokenize or truncate it again.
+        dataset_kwargs={"skip_prepare_dataset": True}, packing=False, remove_unused_columns=False,
+    )
+
+
+def _installed(name: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+
+def build_trainer(cfg, run_dir: Path, model, tokenizer, train_ds, val_ds, faults: dict[str, int]):
+    from transformers import EarlyStoppingCallback
+    from trl import SFTTrainer
+
+    from backend.callbacks import EventsCallback, FaultCallback, GuardedCollator, StopRequestCallback, \
+        install_save_fault
+    from backend.methods import create_optimizer
+    from backend.templates import SftCollator
+
+    args = training_args(cfg, run_dir, has_eval=val_ds is not None)
+    callbacks = []
+    early = None
+    if args.load_best_model_at_end:
+        early = EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping.patience,
+                                      early_stopping_threshold=cfg.early_stopping.threshold)
+        callbacks.append(early)
+    elif cfg.early_stopping.patience is not None:
+        note("Early stopping is off: there is no validation set to watch.")
+    events = EventsCallback(run_dir, early)
+    stop = StopRequestCallback(run_dir)
+    callbacks += [events, stop]
+    if faults:
+        callbacks.append(FaultCallback(faults))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
+        data_collator=GuardedCollator(SftCollator(pad_id), faults), callbacks=callbacks,
+        optimizers=(create_optimizer(model, cfg), None),
+    )
+    install_save_fault(trainer, faults)
+    return trainer, events, stop
+
+
+def save_adapter(trainer, run_dir: Path) -> Path:
+    """Write the final (best, with early stopping) adapter next to the old one, then swap, so a
+    full disk leaves the previous adapter intact."""
+    final = runs.adapter_dir(run_dir)
+    tmp = final.with_name(final.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def _oom_sentence(cfg) -> str:
+    suggestions: list[str] = []
+    try:
+        from backend.estimator import estimate
+        suggestions = [str(s) for s in (estimate(cfg).suggestions or [])]
+    except Exception as e:  # noqa: BLE001 - advice is best effort; the OOM itself is the news
+        note(f"The memory estimate could not be computed: {e}")
+    tips = suggestions or GENERIC_OOM_ADVICE
+    return "The GPU ran out of memory during training. To fit: " + "; ".join(tips) + "."
+
+
+def _classify(exc: BaseException, cfg, run_dir: Path) -> tuple[str, str]:
+    """(final state, sentence) for an exception that ended training."""
+    import torch
+    from backend.callbacks import CollateError
+    from backend.config import ConfigError
+    from backend.errors import UserError
+    from backend.models import ModelError
+
+    ckpt = runs.last_checkpoint(run_dir)
+    kept = f" The last good checkpoint ({ckpt.name}) is kept." if ckpt else ""
+    if isinstance(exc, Terminated):
+        return "stopped", "The run was terminated before it could stop on its own." + kept
+    oom = isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    if oom:
+        return "out_of_memory", (_oom_sentence(cfg) if cfg is not None else "The GPU ran out of memory.") + kept
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "failed", (f"The disk is full: saving to {run_dir} failed. Free some space (old checkpoints "
+                          "and runs can go), then resume the run." + kept)
+    if isinstance(exc, CollateError):
+        return "failed", (f"The data could not be batched ({exc}). Check the dataset in the Dataset tab." + kept)
+    if isinstance(exc, (UserError, ConfigError, ModelError, FileNotFoundError)):
+        return "failed", str(exc) + kept
+    return "failed", f"Training failed with {type(exc).__name__}: {exc}. The full traceback is in train.log." + kept
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def run(run_dir: Path, resume: bool = False) -> int:
+    """Train the run in `run_dir`; returns the process exit code (0 completed or stopped, 1 otherwise)."""
+    run_dir = Path(run_dir).resolve()
+    main = is_main_process()
+    from backend.config import load_config
+
+    cfg = None
+    faults = {}
+    try:
+        cfg = load_config(run_dir / runs.CONFIG_FILE)
+    except Exception as exc:  # noqa: BLE001 - an unreadable config is still a final state with a sentence
+        cfg_error = exc
+    else:
+        cfg_error = None
+    if main:
+        write_meta(run_dir, cfg.train.seed if cfg else None)
+        fields: dict[str, Any] = {"state": "running", "trainer_pid": os.getpid()}
+        if runs.read_raw_status(run_dir).get("pid") is None:  # started by hand, not by the runner
+            fields.update(pid=os.getpid(), pgid=os.getpgid(0), pid_start=runs.process_start_time(os.getpid()),
+                          started=runs.now_iso())
+        runs.write_status(run_dir, **fields)
+        if resume:
+            runs.append_event(run_dir, {"type": "resume", "checkpoint": str(runs.last_checkpoint(run_dir))})
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    started = time.monotonic()
+    try:
+        if cfg_error is not None:
+            raise cfg_error
+        from backend.callbacks import parse_faults
+        faults = parse_faults(os.environ.get("FTSTUDIO_FAULT"))
+        return _train(run_dir, cfg, resume, faults, main, started)
+    except BaseException as exc:  # noqa: BLE001 - every ending is written down, then reported
+        if isinstance(exc, KeyboardInterrupt):
+            exc = Terminated()
+        traceback.print_exc()
+        state, sentence = _classify(exc, cfg, run_dir)
+        if main:
+            runs.append_event(run_dir, {"type": "error", "state": state, "message": sentence})
+            runs.write_status(run_dir, state=state, error=sentence, ended=runs.now_iso(),
+                              last_checkpoint=str(runs.last_checkpoint(run_dir) or "") or None)
+        note(sentence)
+        return 0 if state == "stopped" else 1
+
+
+def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool, started: float) -> int:
+    import torch
+    from backend.methods import load_trainable_model
+    from backend.models import load_tokenizer
+
+    cfg = effective_config(cfg)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tb")
+    if "wandb" in cfg.report_to and not os.environ.get("WANDB_API_KEY"):
+        os.environ.setdefault("WANDB_MODE", "offline")  # never wait at a login prompt
+    torch.manual_seed(cfg.train.seed)
+    note(f"Loading {cfg.model} for {cfg.method.name} ({cfg.train.precision}).")
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model = load_trainable_model(cfg)
+    train_ds, val_ds = build_datasets(cfg, tokenizer)
+    trainer, events, stop = build_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, faults)
+    checkpoint = runs.last_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        note("No complete checkpoint found: training from the start.")
+    note("Training" + (f" from {checkpoint.name}." if checkpoint else "."))
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    adapter = save_adapter(trainer, run_dir) if main else None
+    if not main:
+        return 0
+    state = "stopped" if stop.stopped else "completed"
+    best = events.best
+    if stop.stopped:
+        sentence = f"Stopped on request at step {trainer.state.global_step}; the checkpoint and adapter are saved."
+    elif events.early_stopped:
+        sentence = (f"Early stopping at step {trainer.state.global_step}: the validation loss stopped improving; "
+                    f"the best checkpoint (step {events.best_step}) is the saved adapter.")
+    else:
+        sentence = None
+    runs.append_event(run_dir, {"type": "end", "state": state, "step": trainer.state.global_step,
+                                "best_val_loss": best, "best_step": events.best_step,
+                                "adapter": str(adapter), "seconds": time.monotonic() - started})
+    runs.write_status(run_dir, state=state, ended=runs.now_iso(), step=trainer.state.global_step,
+                      best_val_loss=best, best_step=events.best_step, adapter=str(adapter),
+                      best_checkpoint=trainer.state.best_model_checkpoint, note=sentence,
+                      early_stopped=events.early_stopped or None)
+    note(f"Run {state}. Adapter saved to {adapter}.")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backend.train", description="Train one run directory.")
+    parser.add_argument("run_dir")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    args = parser.parse_args(argv)
+    return run(Path(args.run_dir), resume=args.resume)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
