@@ -203,7 +203,12 @@ def _oom_sentence(cfg) -> str:
     suggestions: list[str] = []
     try:
         from backend.estimator import estimate
-        suggestions = [str(s) for s in (estimate(cfg).suggestions or [])]
+        est = estimate(cfg)
+        suggestions = list(est.suggestions or [])
+        if not suggestions and est.total_bytes:
+            # The estimate thought it fit; ask what would help on a card just too small for this run.
+            suggestions = list(estimate(cfg, gpu_memory_gb=est.total_bytes * 0.9 / 2**30).suggestions or [])
+        suggestions = [str(s).rstrip(".") for s in suggestions]
     except Exception as e:  # noqa: BLE001 - advice is best effort; the OOM itself is the news
         note(f"The memory estimate could not be computed: {e}")
     tips = suggestions or GENERIC_OOM_ADVICE

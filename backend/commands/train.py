@@ -1,0 +1,99 @@
+"""`ftstudio train CONFIG.yaml [MORE.yaml ...]`: the same training the Train tab starts, from a shell.
+
+Configs run one after another through the runner (so the studio sees them and one device trains
+one run at a time). Each run directory is printed on stdout as the run ends; progress goes to stderr.
+Exit 0 when every run completed, 1 otherwise, 2 when a config is bad (nothing is started then).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from backend import runner, runs
+from backend.config import load_config
+from backend.errors import UserError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train one or more run configs, one after another")
+    p.add_argument("configs", nargs="+", metavar="CONFIG.yaml", help="run configs, trained in this order")
+    p.add_argument("--workspace", default=os.environ.get("FTSTUDIO_WORKSPACE", "workspace"),
+                   help="where the run directories go (default: ./workspace)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--json", action="store_true", help="print one JSON object with every run's result at the end")
+    p.set_defaults(func=run)
+
+
+def _progress(run_dir: Path, show: bool, poll: float = 0.5) -> dict[str, Any]:
+    """Follow a run's events until it ends, drawing a bar on stderr; Ctrl-C stops the run gracefully."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, desc=run_dir.name, unit="step", file=sys.stderr, disable=not show, dynamic_ncols=True)
+    offset, postfix = 0, {}
+    try:
+        while True:
+            status = runs.read_status(run_dir)
+            events, offset = runs.read_events(run_dir, offset)
+            for ev in events:
+                if ev.get("total_steps") and bar.total != ev["total_steps"]:
+                    bar.total = ev["total_steps"]
+                if ev.get("type") == "train":
+                    bar.update(max(0, int(ev["step"]) - bar.n))
+                    if ev.get("loss") is not None:
+                        postfix["loss"] = f"{ev['loss']:.4f}"
+                elif ev.get("type") == "eval" and ev.get("val_loss") is not None:
+                    postfix["val"] = f"{ev['val_loss']:.4f}"
+            if postfix:
+                bar.set_postfix(postfix, refresh=False)
+            bar.refresh()
+            if status["state"] not in runs.ACTIVE_STATES:
+                return status
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        bar.write("Stopping the run (it saves a checkpoint first)...")
+        status = runner.stop_run(run_dir, timeout=60)
+        raise _Interrupted(status) from None
+    finally:
+        bar.close()
+
+
+class _Interrupted(Exception):
+    def __init__(self, status: dict[str, Any]):
+        self.status = status
+
+
+def run(args: argparse.Namespace) -> int:
+    configs = [(path, load_config(path)) for path in args.configs]  # a bad config stops everything: exit 2
+    workspace = Path(args.workspace)
+    results: list[dict[str, Any]] = []
+    interrupted = False
+    for path, cfg in configs:
+        if interrupted:
+            results.append({"config": path, "state": "not_started", "error": "the queue was interrupted"})
+            continue
+        try:
+            run_dir = runner.start_run(workspace, cfg)
+        except UserError as e:
+            print(f"ftstudio: {path}: {e}", file=sys.stderr)
+            results.append({"config": path, "state": "not_started", "error": str(e)})
+            continue
+        try:
+            status = _progress(run_dir, show=not args.no_progress)
+        except _Interrupted as stop:
+            status, interrupted = stop.status, True
+        state = status.get("state")
+        if state != "completed" and status.get("error"):
+            print(f"ftstudio: {run_dir.name} {state}: {status['error']}", file=sys.stderr)
+        if not args.json:
+            print(run_dir, flush=True)
+        results.append({"config": path, "run_dir": str(run_dir), "state": state,
+                        "best_val_loss": status.get("best_val_loss"), "error": status.get("error")})
+    ok = all(r["state"] == "completed" for r in results)
+    if args.json:
+        print(json.dumps({"runs": results, "all_completed": ok}, default=str))
+    return 0 if ok else 1

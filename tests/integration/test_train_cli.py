@@ -1,0 +1,37 @@
+"""`ftstudio train A.yaml B.yaml`: runs in order, one run directory per line, exit codes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from backend import cli, runs
+from backend.config import save_config
+from tests.integration.test_train_runner import tiny_config
+
+pytestmark = pytest.mark.timeout(400)
+
+
+def test_a_queue_of_two_where_one_fails_prints_both_run_dirs_and_exits_1(tmp_path, tiny_model_dir, capsys):
+    good = tiny_config(tiny_model_dir, tmp_path, with_validation=False, max_steps=2)
+    bad = good.model_copy(update={"data": good.data.model_copy(update={"path": str(tmp_path / "gone.jsonl")}),
+                                  "name": "bad"})
+    save_config(good, tmp_path / "good.yaml")
+    save_config(bad, tmp_path / "bad.yaml")
+    code = cli.main(["train", str(tmp_path / "bad.yaml"), str(tmp_path / "good.yaml"),
+                     "--workspace", str(tmp_path / "ws"), "--no-progress"])
+    out = capsys.readouterr()
+    lines = out.out.strip().splitlines()
+    assert code == 1 and len(lines) == 2
+    assert runs.read_status(Path(lines[0]))["state"] == "failed" and "gone.jsonl" in out.err
+    assert runs.read_status(Path(lines[1]))["state"] == "completed"
+    assert (runs.adapter_dir(Path(lines[1])) / "adapter_config.json").is_file()
+
+
+def test_a_bad_config_exits_2_and_starts_nothing(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("train:\n  learning_rat: 0.1\n")
+    code = cli.main(["train", str(tmp_path / "bad.yaml"), "--workspace", str(tmp_path / "ws"), "--json"])
+    out = capsys.readouterr()
+    assert code == 2 and "learning_rat" in json.loads(out.out)["error"]
+    assert runs.list_runs(tmp_path / "ws") == []
