@@ -307,60 +307,83 @@ def _judge(est: Estimate, gpus: list[GpuInfo], needed: int, hypothetical: bool, 
                          f"{'were given' if hypothetical else 'were found'}.")
 
 
-def _variants(cfg: Any) -> list[tuple[str, Any]]:
-    """(sentence template, changed config) for each change that saves memory, in no order."""
+def _variants(cfg: Any) -> list[tuple[str, dict[str, dict[str, Any]]]]:
+    """(sentence start, {section: {field: value}}) for each single-GPU change that can save memory."""
     t, m, d = cfg.train, cfg.method, cfg.data
-    out: list[tuple[str, Any]] = []
-
-    def with_(section: str, **changes: Any) -> Any:
-        part = getattr(cfg, section).model_copy(update=changes)
-        return cfg.model_copy(update={section: part})
-
+    out: list[tuple[str, dict[str, dict[str, Any]]]] = []
     if not t.gradient_checkpointing:
-        out.append(("Enable gradient checkpointing", with_("train", gradient_checkpointing=True)))
+        out.append(("Enable gradient checkpointing", {"train": {"gradient_checkpointing": True}}))
     if t.batch_size > 1:
         acc = t.gradient_accumulation * t.batch_size
         out.append((f"Lower the batch size from {t.batch_size} to 1 and raise gradient accumulation from "
                     f"{t.gradient_accumulation} to {acc} (same effective batch)",
-                    with_("train", batch_size=1, gradient_accumulation=acc)))
+                    {"train": {"batch_size": 1, "gradient_accumulation": acc}}))
     if m.name in ("lora", "dora", "rslora", "loraplus", "full", "last_layers"):
-        out.append(("Switch to QLoRA (4-bit base, LoRA adapters)",
-                    cfg.model_copy(update={"method": m.model_copy(update={"name": "qlora"})})))
+        out.append(("Switch to QLoRA (4-bit base, LoRA adapters)", {"method": {"name": "qlora"}}))
     if t.optimizer in ("adamw_torch", "paged_adamw_32bit"):
-        out.append(("Use the 8-bit AdamW optimizer", with_("train", optimizer="adamw_8bit")))
+        out.append(("Use the 8-bit AdamW optimizer", {"train": {"optimizer": "adamw_8bit"}}))
     if t.precision == "fp32":
-        out.append(("Train in bf16 (if the GPU supports it)", with_("train", precision="bf16")))
+        out.append(("Train in bf16 (if the GPU supports it)", {"train": {"precision": "bf16"}}))
     if d.max_length > 256:
         out.append((f"Shorten sequences from {d.max_length} to {d.max_length // 2} tokens",
-                    with_("data", max_length=d.max_length // 2)))
+                    {"data": {"max_length": d.max_length // 2}}))
     return out
 
 
+def _apply_changes(cfg: Any, changes: dict[str, dict[str, Any]]) -> Any:
+    update = {section: getattr(cfg, section).model_copy(update=fields) for section, fields in changes.items()}
+    return cfg.model_copy(update=update)
+
+
+def _zero3(cfg: Any, model_config: Any, capacity: int) -> Optional[tuple[int, Estimate]]:
+    """The fewest GPUs (up to 64) with ZeRO-3 that fit; else 8 GPUs as an illustration."""
+    best = None
+    for world in (2, 4, 8, 16, 32, 64):
+        if world <= _world(cfg):
+            continue
+        dist = cfg.distributed.model_copy(update={"strategy": "zero3", "gpus": world, "nodes": 1})
+        other = _compute(cfg.model_copy(update={"distributed": dist}), cached_shape(model_config, cfg))
+        if other.total_bytes <= capacity:
+            return world, other
+        if world == 8:
+            best = (world, other)
+    return best
+
+
 def _suggest(cfg: Any, model_config: Any, est: Estimate, capacity: int) -> list[str]:
+    """Concrete changes ranked by how much they save, each with the saving and whether it then fits."""
+    def sentence(text: str, other: Estimate) -> tuple[int, str]:
+        saving = est.total_bytes - other.total_bytes
+        verdict = "fits" if other.total_bytes <= capacity else "still too large"
+        return saving, (f"{text}: saves {T.fmt_bytes(saving)} (needs {T.fmt_bytes(other.total_bytes)}, "
+                        f"{verdict}).")
+
     ranked: list[tuple[int, str]] = []
-    for text, variant in _variants(cfg):
+    variants = _variants(cfg)
+    for text, changes in variants:
         try:
-            other = _compute(variant, cached_shape(model_config, variant))
+            variant = _apply_changes(cfg, changes)
+            ranked.append(sentence(text, _compute(variant, cached_shape(model_config, variant))))
         except Exception:  # noqa: BLE001 - a suggestion that cannot be computed is just left out
             continue
-        saving = est.total_bytes - other.total_bytes
-        if saving <= 0:
-            continue
-        verdict = "fits" if other.total_bytes <= capacity else "still too large"
-        ranked.append((saving, f"{text}: saves {T.fmt_bytes(saving)} (needs {T.fmt_bytes(other.total_bytes)}, "
-                               f"{verdict})."))
+    zero = _zero3(cfg, model_config, capacity)
+    if zero is not None:
+        ranked.append(sentence(f"Use {zero[0]} GPUs with ZeRO-3 (per GPU)", zero[1]))
+    ranked = [r for r in ranked if r[0] > 0]
     ranked.sort(key=lambda x: -x[0])
     out = [s for _, s in ranked]
-    if cfg.distributed.strategy not in ("zero3", "fsdp") or _world(cfg) < 64:
-        for world in (2, 4, 8, 16, 32, 64):
-            if world <= _world(cfg):
-                continue
-            dist = cfg.distributed.model_copy(update={"strategy": "zero3", "gpus": world, "nodes": 1})
-            other = _compute(cfg.model_copy(update={"distributed": dist}), cached_shape(model_config, cfg))
-            if other.total_bytes <= capacity:
-                out.append(f"Use {world} GPUs with ZeRO-3: each needs {T.fmt_bytes(other.total_bytes)} "
-                           f"(saves {T.fmt_bytes(est.total_bytes - other.total_bytes)} per GPU).")
-                break
+    if len(variants) > 1 and all("fits)" not in s for s in out):
+        merged: dict[str, dict[str, Any]] = {}
+        for _, changes in variants:
+            for section, fields in changes.items():
+                merged.setdefault(section, {}).update(fields)
+        try:
+            combined = _apply_changes(cfg, merged)
+            _, text = sentence("All of these single-GPU changes together",
+                               _compute(combined, cached_shape(model_config, combined)))
+            out.append(text)
+        except Exception:  # noqa: BLE001
+            pass
     return out
 
 
