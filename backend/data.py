@@ -388,12 +388,16 @@ def detect_schema(records: list[tuple[int, dict]], columns: list[str]) -> tuple[
             mapping["system"] = sys_col
         return "messages", "columns", mapping
     text = _pick(lower, TEXT_KEYS)
-    if text is None:
-        strings = [c for c in columns if sample and all(isinstance(r.get(c), str) for r in sample)]
-        if len(strings) == 1:
-            text = strings[0]
     if text:
         return "text", "text", {"text": text}
+    strings = [c for c in columns
+               if sum(isinstance(r.get(c), str) for r in sample) >= max(1, 0.5 * len(sample))
+               and all(isinstance(r[c], str) for r in sample if r.get(c) is not None)]
+    if len(columns) == 1 and strings:
+        return "text", "text", {"text": strings[0]}
+    if len(strings) == 2:
+        # Two unnamed text columns: most often question then answer. Shown, and correctable.
+        return "messages", "columns", {"prompt": strings[0], "completion": strings[1]}
     raise UserError(
         f"Could not tell what the columns {columns} hold. Expected one of: a 'messages' (or "
         "'conversations') list; instruction/input/output; prompt/completion (or question/answer, "

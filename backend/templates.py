@@ -398,7 +398,9 @@ def preview_packed(tokenizer, rows: list[dict], index: int, data_cfg: Any,
 
     cap = int(data_cfg.max_length)
     if lengths is None:
-        lengths = [len(encode_row(tokenizer, r, data_cfg)["input_ids"]) for r in rows]
+        # Every row is at least one token, so the sequence holding `index` closes within
+        # `cap` rows after it: later rows cannot change it.
+        lengths = [len(encode_row(tokenizer, r, data_cfg)["input_ids"]) for r in rows[:index + cap + 1]]
     members = packing.bin_of(lengths, cap, index)
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     tokens, texts = [], []

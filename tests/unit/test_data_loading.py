@@ -264,3 +264,9 @@ def test_load_for_training_uses_validation_file_when_set(tmp_path):
     assert len(train) == 10 and val[0]["messages"][0]["content"] == "vq"
     _, train, val = load_for_training(DataConfig(path=tr, validation_split=0.2), seed=1)
     assert (len(train), len(val)) == (8, 2)
+
+
+def test_two_unnamed_text_columns_guess_prompt_then_completion(tmp_path):
+    d = load_rows(write_jsonl(tmp_path / "u.jsonl", [{"q": "hi", "a": "hello"}, {"q": "x"}]))
+    assert (d.format, d.mapping) == ("messages", {"prompt": "q", "completion": "a"})
+    assert d.skipped == 1 and d.errors[0].field == "a"

@@ -1,0 +1,51 @@
+"""The Dataset tab's view helpers: config writing, token colouring, row table, cache."""
+import json
+
+import pytest
+
+from backend.errors import UserError
+from studio.context import default_run_config
+from studio.tabs import dataset as tab
+
+
+def test_with_data_writes_the_data_section_and_keeps_the_rest():
+    rc = default_run_config()
+    rc["model"] = "some/model"
+    out = tab.with_data(rc, path="/d.jsonl", template="llama3", max_length=256, packing=True,
+                        mapping={"prompt": "q", "completion": "a"}, format="messages")
+    assert out["model"] == "some/model"
+    assert out["data"]["path"] == "/d.jsonl" and out["data"]["template"] == "llama3"
+    assert out["data"]["max_length"] == 256 and out["data"]["packing"] is True
+    assert out["data"]["mapping"] == {"prompt": "q", "completion": "a"}
+    assert rc["data"]["path"] != "/d.jsonl"  # the input dict is not changed in place
+
+
+def test_with_data_turns_a_bad_value_into_a_sentence():
+    with pytest.raises(UserError, match=r"data\.max_length.*greater than or equal to 8"):
+        tab.with_data(default_run_config(), max_length=4)
+
+
+def test_tokens_html_colours_by_role_and_escapes_markup():
+    toks = [{"id": 1, "text": "<|im_start|>", "label": -100, "attention": 1, "role": "special"},
+            {"id": 5, "text": "hi\n", "label": 5, "attention": 1, "role": "graded"},
+            {"id": 6, "text": "cut", "label": None, "attention": 0, "role": "truncated"}]
+    h = tab.tokens_html(toks)
+    assert "class='tok special'" in h and "&lt;|im_start|&gt;" in h and "<|im_start|>" not in h
+    assert "class='tok graded' title='id 5 · label 5 · attention 1 · graded'" in h
+    assert "label — · attention 0 · truncated" in h
+    assert "hi↵" in h
+
+
+def test_rows_table_and_cache_reuse_the_loaded_file(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n".join(json.dumps({"question": f"q{i}", "answer": "a"}) for i in range(3)))
+    cache = tab.DatasetCache(size=2)
+    ds = cache.load(str(p), None, "auto", True)
+    assert cache.load(str(p), None, "auto", True) is ds
+    rows = tab.rows_table(ds)
+    assert rows[0][:2] == [0, 1] and "user: q0" in rows[0][2] and "assistant: a" in rows[0][2]
+
+
+def test_samples_are_offered_by_file_name():
+    names = tab.sample_choices()
+    assert "instructions.jsonl" in names and not any(n.endswith(".py") for n in names)
