@@ -64,6 +64,25 @@ def build_messages(history: list[dict[str, str]], user_text: str, system_prompt:
     return msgs
 
 
+def split_choice(value: str) -> tuple[Optional[str], Optional[str]]:
+    """A picker value as (model, adapter): an adapter or run folder, else a model reference."""
+    value = (value or "").strip()
+    p = Path(value).expanduser()
+    if value and p.is_dir() and ((p / "adapter_config.json").exists() or (p / "adapter").is_dir()):
+        return None, str(p)
+    return value or None, None
+
+
+def chat_choices(workspace: str | Path) -> list[tuple[str, str]]:
+    """What the Chat tab offers: each run's adapter, merged models, and the bundled base alone."""
+    from backend.merge import adapter_runs, merged_models
+    from backend.models import BUNDLED
+
+    runs = [(f"run: {label}", d) for label, d in adapter_runs(workspace)]
+    bases = [(f"base only: {name}", name) for name in BUNDLED]
+    return runs + merged_models(workspace) + bases
+
+
 class ChatClient:
     """One worker subprocess; calls are serialized (the studio is single-user)."""
 

@@ -319,12 +319,9 @@ def estimate_merged_bytes(base: str) -> Optional[int]:
     """Size the merged model will have on disk: the base's weight files (None when not local)."""
     p = Path(base).expanduser()
     if base and not p.exists():
-        try:
-            from backend.models import BUNDLED, ensure_bundled
-            if base in BUNDLED:
-                p = ensure_bundled(base)
-        except Exception:  # noqa: BLE001 - an estimate only
-            return None
+        from backend.models import BUNDLED, model_cache_dir
+        # Only look at an already converted copy: converting would load a model in the caller.
+        p = model_cache_dir() / base if base in BUNDLED else p
     if not p.is_dir():
         return None
     files = list(p.glob("*.safetensors")) or list(p.glob("*.bin"))
@@ -338,6 +335,30 @@ def sizes(adapter_or_run_dir: str | Path) -> dict[str, Any]:
     return {"adapter_bytes": dir_bytes(src.adapter_dir), "merged_bytes": merged,
             "adapter_mb": round(dir_bytes(src.adapter_dir) / 1e6, 2),
             "merged_gb": round(merged / 1e9, 3) if merged else None}
+
+
+def adapter_runs(workspace: str | Path) -> list[tuple[str, str]]:
+    """(label, run dir) for every run that has saved an adapter or model, newest first."""
+    from backend.runs import adapter_dir, list_runs
+
+    out = []
+    for row in list_runs(Path(workspace)):
+        ad = adapter_dir(Path(row["dir"]))
+        if not ((ad / "adapter_config.json").exists() or (ad / "config.json").exists()):
+            continue
+        bits = [row["id"], row.get("method") or "", row.get("state") or ""]
+        if row.get("best_val_loss") is not None:
+            bits.append(f"val {row['best_val_loss']:.3f}")
+        out.append((" · ".join(b for b in bits if b), row["dir"]))
+    return out
+
+
+def merged_models(workspace: str | Path) -> list[tuple[str, str]]:
+    """(label, folder) for the merged models the studio wrote under the workspace."""
+    ws = Path(workspace)
+    found = sorted({m.parent for pattern in ("merged/*/" + _MERGED_MARK, "runs/*/merged/" + _MERGED_MARK)
+                    for m in ws.glob(pattern) if (m.parent / "config.json").exists()})
+    return [(f"merged: {p.relative_to(ws)}", str(p)) for p in found]
 
 
 def human_bytes(n: Optional[int]) -> str:

@@ -1,10 +1,185 @@
-"""The Chat tab."""
+"""The Chat tab: talk to a run's adapter (or a merged model), optionally beside its base.
+
+The model lives in the chat worker subprocess (backend.chat.ChatClient); this module only
+keeps the conversations and streams the worker's text into the Chatbots. The client is
+put in ctx.extras["chat_client"] so the Train tab can shut it down before a training.
+"""
 from __future__ import annotations
+
+import atexit
+import threading
+from typing import Any, Iterator
 
 import gradio as gr
 
+from backend.chat import DEFAULT_SETTINGS, ChatClient, ChatError, build_messages, chat_choices, split_choice
+from backend.config import ConfigError
+from backend.errors import UserError
+from backend.models import DEFAULT_MODEL, ModelError
 from studio.context import StudioContext
+
+BAD_INPUT = (UserError, ConfigError, ModelError)
+TEXT = {
+    "intro": "Pick a run's adapter, a merged model, or a base model alone, press **Load**, and chat. "
+             "**Compare** answers every message twice: with the adapter and with it switched off (the base), "
+             "side by side. The model runs in its own process and is unloaded when a training starts.",
+    "pick": "A run (its adapter on its base), a merged model, a base model, or type any model or adapter folder.",
+    "quantize": "Load the base in 4-bit (GPU only; for big models or QLoRA runs).",
+    "not_loaded": "No model loaded yet: pick one and press Load.",
+    "system": "Sent as the system message before the conversation (leave empty for none).",
+    "seed": "-1 = a new random reply each time; any other number repeats the same reply.",
+}
+
+
+def _error(e: Exception) -> str:
+    return f"<span class='ft-error'>{e}</span>"
+
+
+def _loaded_text(info: dict[str, Any]) -> str:
+    what = f"adapter `{info['adapter']}` on " if info.get("adapter") else ""
+    extra = f" (4-bit)" if info.get("quantized") else ""
+    lines = [f"<span class='ft-ok'>Loaded {what}`{info.get('model')}`{extra} on {info.get('device')}.</span> "
+             f"Base loads so far: {info.get('base_loads')}."]
+    if info.get("message"):
+        lines.append(info["message"])
+    return "\n\n".join(lines)
+
+
+class ChatSession:
+    """The tab's link to the worker: one client per studio (single-user) and a stop request flag."""
+
+    def __init__(self) -> None:
+        self.client = ChatClient()
+        self.stop_requested = threading.Event()
+        self.loaded = False
+        atexit.register(self.client.shutdown)
+
+    def load(self, choice: str, quantize: bool) -> str:
+        model, adapter = split_choice(choice)
+        if not model and not adapter:
+            return TEXT["not_loaded"]
+        try:
+            info = self.client.load(model, adapter, quantize=quantize)
+        except BAD_INPUT as e:
+            return _error(e)
+        self.loaded = True
+        return _loaded_text(info)
+
+    def answer(self, history: list[dict], text: str, system: str, settings: dict[str, Any],
+               use_adapter: bool) -> Iterator[list[dict]]:
+        """Yield the growing conversation while the reply streams in."""
+        msgs = build_messages(history, text, system)
+        convo = list(history) + [{"role": "user", "content": text}, {"role": "assistant", "content": ""}]
+        reply = ""
+        for chunk in self.client.stream(msgs, settings, use_adapter=use_adapter):
+            reply += chunk
+            convo[-1] = {"role": "assistant", "content": reply}
+            yield convo
+        done = self.client.last_done or {}
+        if done.get("stopped"):
+            convo[-1] = {"role": "assistant", "content": reply + " …(stopped)"}
+        yield convo
 
 
 def build(ctx: StudioContext) -> None:
-    gr.Markdown("## Chat")
+    session = ChatSession()
+    ctx.extras["chat_client"] = session.client
+    ws = ctx.workspace
+
+    gr.Markdown("## Chat\n" + TEXT["intro"])
+    with gr.Row():
+        pick = gr.Dropdown(choices=chat_choices(ws), value=DEFAULT_MODEL, allow_custom_value=True,
+                           label="Model", info=TEXT["pick"], elem_id="chat-model", scale=4)
+        refresh = gr.Button("↻ Refresh", scale=1, elem_id="chat-refresh")
+    with gr.Row():
+        quantize = gr.Checkbox(False, label=TEXT["quantize"], elem_id="chat-quantize")
+        load = gr.Button("Load", variant="primary", elem_id="chat-load")
+        unload = gr.Button("Unload (free memory)", elem_id="chat-unload")
+    status = gr.Markdown(TEXT["not_loaded"], elem_id="chat-status")
+    system = gr.Textbox(label="System prompt", info=TEXT["system"], lines=2, elem_id="chat-system")
+    with gr.Accordion("Generation settings", open=False):
+        with gr.Row():
+            max_new = gr.Slider(1, 4096, value=DEFAULT_SETTINGS["max_new_tokens"], step=1,
+                                label="Max new tokens", elem_id="chat-max-new-tokens")
+            temperature = gr.Slider(0.0, 2.0, value=DEFAULT_SETTINGS["temperature"], step=0.05,
+                                    label="Temperature (0 = greedy)", elem_id="chat-temperature")
+            top_p = gr.Slider(0.05, 1.0, value=DEFAULT_SETTINGS["top_p"], step=0.05, label="Top-p")
+        with gr.Row():
+            top_k = gr.Slider(0, 200, value=DEFAULT_SETTINGS["top_k"], step=1, label="Top-k (0 = off)")
+            rep = gr.Slider(1.0, 2.0, value=DEFAULT_SETTINGS["repetition_penalty"], step=0.01,
+                            label="Repetition penalty")
+            seed = gr.Number(-1, precision=0, label="Seed", info=TEXT["seed"], elem_id="chat-seed")
+    compare = gr.Checkbox(False, label="Compare with the base (adapter switched off)", elem_id="chat-compare")
+    with gr.Row():
+        adapter_bot = gr.Chatbot(label="Answer", elem_id="chat-adapter", height=420)
+        base_bot = gr.Chatbot(label="Base model (adapter off)", elem_id="chat-base", height=420, visible=False)
+    with gr.Row():
+        text = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=5,
+                          elem_id="chat-input")
+        send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
+        stop = gr.Button("Stop", variant="stop", scale=1, elem_id="chat-stop")
+        clear = gr.Button("Clear", scale=1, elem_id="chat-clear")
+    adapter_hist = gr.State([])
+    base_hist = gr.State([])
+
+    def on_refresh(current: str):
+        """Reads the workspace; writes the model picker's choices."""
+        return gr.update(choices=chat_choices(ws), value=current)
+
+    def on_load(choice: str, q: bool) -> str:
+        """Reads the picker; writes the status (the worker loads the model)."""
+        return session.load(choice, q)
+
+    def on_unload() -> str:
+        """Writes the status after the worker is ended."""
+        session.client.shutdown()
+        return "Unloaded. The next message loads the model again."
+
+    def on_send(msg: str, sys_prompt: str, h_adapter: list, h_base: list, both: bool,
+                mx: float, temp: float, tp: float, tk: float, rp: float, sd: float):
+        """Reads the message, settings and histories; streams both Chatbots, the histories and the status."""
+        msg = (msg or "").strip()
+        if not msg:
+            yield gr.update(), gr.update(), h_adapter, h_base, gr.update(), gr.update()
+            return
+        if not session.loaded:
+            yield gr.update(), gr.update(), h_adapter, h_base, TEXT["not_loaded"], gr.update()
+            return
+        settings = {"max_new_tokens": int(mx), "temperature": temp, "top_p": tp, "top_k": int(tk),
+                    "repetition_penalty": rp, "seed": None if sd is None or int(sd) < 0 else int(sd)}
+        session.stop_requested.clear()
+        new_a, new_b = list(h_adapter), list(h_base)
+        try:
+            for convo in session.answer(h_adapter, msg, sys_prompt, settings, use_adapter=True):
+                new_a = convo
+                yield convo, gr.update(), h_adapter, h_base, "Answering…", ""
+            if both and not session.stop_requested.is_set():
+                for convo in session.answer(h_base, msg, sys_prompt, settings, use_adapter=False):
+                    new_b = convo
+                    yield gr.update(), convo, h_adapter, h_base, "Answering with the base…", ""
+        except (ChatError, *BAD_INPUT) as e:
+            yield new_a, new_b, new_a, new_b, _error(e), msg
+            return
+        note = session.client.take_notice() or ""
+        yield new_a, new_b, new_a, new_b, note or "Ready.", ""
+
+    def on_stop() -> str:
+        """Writes the status; asks the worker to stop the reply under way."""
+        session.stop_requested.set()
+        session.client.stop()
+        return "Stopping…"
+
+    def on_compare(both: bool):
+        """Reads the compare box; shows or hides the base Chatbot."""
+        return gr.update(visible=bool(both)), gr.update(label="Adapter" if both else "Answer")
+
+    refresh.click(on_refresh, pick, pick, queue=False)
+    load.click(on_load, [pick, quantize], status, concurrency_id="chat", concurrency_limit=1)
+    unload.click(on_unload, None, status)
+    inputs = [text, system, adapter_hist, base_hist, compare, max_new, temperature, top_p, top_k, rep, seed]
+    outputs = [adapter_bot, base_bot, adapter_hist, base_hist, status, text]
+    send.click(on_send, inputs, outputs, concurrency_id="chat", concurrency_limit=1)
+    text.submit(on_send, inputs, outputs, concurrency_id="chat", concurrency_limit=1)
+    stop.click(on_stop, None, status, queue=False)
+    clear.click(lambda: ([], [], [], []), None, [adapter_bot, base_bot, adapter_hist, base_hist], queue=False)
+    compare.change(on_compare, compare, [base_bot, adapter_bot], queue=False)

@@ -1,10 +1,194 @@
-"""The Merge tab."""
+"""The Merge tab: merge a run's adapter into its base, combine adapters, download an adapter.
+
+Merging loads whole models, so every merge runs as `ftstudio merge` in a child process
+(backend.merge.run_merge_subprocess); this module only shows its progress lines.
+"""
 from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterator
 
 import gradio as gr
 
+from backend import merge as mg
+from backend.config import ConfigError
+from backend.errors import UserError
+from backend.models import ModelError
 from studio.context import StudioContext
+
+BAD_INPUT = (UserError, ConfigError, ModelError)
+TEXT = {
+    "intro": "Fold a finished run's adapter into its base model to get one ordinary model folder "
+             "(no PEFT needed to load it), combine several LoRA adapters of the same base, or download "
+             "an adapter. Merging runs in its own process; the rest of the studio stays usable.",
+    "run": "A finished run, or type the folder of any adapter (the one holding adapter_config.json).",
+    "out": "Where the merged model goes: a new or empty folder (an earlier merge's folder is replaced).",
+    "combine": "Pick two or more LoRA adapters trained on the same base. Linear adds the weighted updates; "
+               "TIES keeps the largest share of each update (density) and resolves sign conflicts; DARE drops "
+               "a random share and rescales the rest.",
+    "weights": "One weight per adapter, comma separated, in the order picked (empty = equal weights).",
+    "density": "TIES/DARE: share of each adapter's update that is kept.",
+    "no_pick": "Pick a run or type an adapter folder first.",
+}
+
+
+def _runs(ws: Path) -> list[tuple[str, str]]:
+    try:
+        return mg.adapter_runs(ws)
+    except OSError:
+        return []
+
+
+def describe(choice: str) -> str:
+    """Markdown about an adapter: what it is, whether it merges, its size against the merged model's."""
+    if not (choice or "").strip():
+        return TEXT["no_pick"]
+    try:
+        src = mg.locate_adapter(choice)
+        ok, reason = mg.can_merge(src)
+        size = mg.sizes(choice)
+    except BAD_INPUT as e:
+        return f"<span class='ft-error'>{e}</span>"
+    lines = [f"**Adapter:** `{src.adapter_dir}` ({mg.human_bytes(size['adapter_bytes'])})",
+             f"**Base model:** `{src.base}`" + (f" · method {src.method}" if src.method else ""),
+             f"**Merged model size:** about {mg.human_bytes(size['merged_bytes'])}"]
+    if not ok:
+        lines.append(f"<span class='ft-error'>{reason}</span>")
+    elif src.method == "qlora":
+        lines.append("QLoRA run: the adapter is merged into the base loaded in 16-bit, not into 4-bit weights.")
+    return "\n\n".join(lines)
+
+
+def default_out(ws: Path, choice: str) -> str:
+    p = Path((choice or "").strip() or "adapter")
+    name = p.parent.name if p.name == "adapter" else p.name
+    return str(ws / "merged" / (re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"))
+
+
+def _bar(fraction: float) -> str:
+    n = int(round(fraction * 20))
+    return "█" * n + "░" * (20 - n)
+
+
+def stream_job(cmd: list[str]) -> Iterator[str]:
+    """Markdown status lines for a merge/combine child process, ending with the result or the error."""
+    yield "Starting the merge process…"
+    for ev in mg.run_merge_subprocess(cmd):
+        if "progress" in ev:
+            yield f"`{_bar(ev['progress'])}` {int(ev['progress'] * 100)}% · {ev.get('message', '')}"
+        elif "result" in ev:
+            r = ev["result"]
+            kind = "Merged model" if r.get("merged", True) else "Combined adapter"
+            notes = "".join(f"\n\n{n}" for n in r.get("notes") or [])
+            yield (f"<span class='ft-ok'>{kind} saved to `{r['out']}` ({mg.human_bytes(r.get('bytes'))}).</span>"
+                   f"{notes}\n\nPick it in the Chat tab, or load it with `AutoModelForCausalLM.from_pretrained`.")
+        else:
+            yield f"<span class='ft-error'>{ev.get('error')}</span>"
+
+
+def parse_weights(text: str, n: int) -> list[float]:
+    text = (text or "").strip()
+    if not text:
+        return [1.0 / n] * n if n else []
+    try:
+        weights = [float(w) for w in re.split(r"[,\s]+", text) if w]
+    except ValueError:
+        raise UserError(f"Weights must be numbers separated by commas, like 0.5, 0.5; got '{text}'.") from None
+    if len(weights) != n:
+        raise UserError(f"Give one weight per adapter: {n} adapters picked but {len(weights)} weights.")
+    return weights
 
 
 def build(ctx: StudioContext) -> None:
-    gr.Markdown("## Merge")
+    ws = ctx.workspace
+    gr.Markdown("## Merge\n" + TEXT["intro"])
+    with gr.Row():
+        run = gr.Dropdown(choices=_runs(ws), value=None, label="Run or adapter folder", info=TEXT["run"],
+                          allow_custom_value=True, elem_id="merge-run", scale=4)
+        refresh = gr.Button("↻ Refresh runs", scale=1, elem_id="merge-refresh")
+    info = gr.Markdown(TEXT["no_pick"], elem_id="merge-info")
+    out = gr.Textbox(label="Output folder", info=TEXT["out"], elem_id="merge-out")
+    with gr.Row():
+        merge_btn = gr.Button("Merge into base", variant="primary", elem_id="merge-button")
+        zip_btn = gr.Button("Download adapter (zip)", elem_id="merge-zip")
+    status = gr.Markdown("", elem_id="merge-status")
+    zip_status = gr.Markdown("", elem_id="merge-zip-status")
+    zip_file = gr.File(label="Adapter zip", interactive=False, elem_id="merge-zip-file")
+
+    with gr.Accordion("Combine adapters", open=False, elem_id="merge-combine"):
+        gr.Markdown(TEXT["combine"])
+        picks = gr.Dropdown(choices=_runs(ws), value=[], multiselect=True, allow_custom_value=True,
+                            label="Adapters to combine", elem_id="combine-runs")
+        with gr.Row():
+            weights = gr.Textbox(label="Weights", info=TEXT["weights"], placeholder="0.5, 0.5",
+                                 elem_id="combine-weights")
+            method = gr.Radio(list(mg.COMBINE_METHODS), value="ties", label="Method", elem_id="combine-method")
+            density = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="Density", info=TEXT["density"],
+                                elem_id="combine-density")
+        with gr.Row():
+            combo_out = gr.Textbox(label="Output folder", value=str(ws / "merged" / "combined"),
+                                   elem_id="combine-out")
+            into_base = gr.Checkbox(False, label="Also merge into the base (a full model instead of an adapter)",
+                                    elem_id="combine-into-base")
+        combine_btn = gr.Button("Combine", elem_id="combine-button")
+        combo_status = gr.Markdown("", elem_id="combine-status")
+
+    def on_refresh(current: str, chosen: list[str]):
+        """Reads the workspace; writes both run pickers."""
+        choices = _runs(ws)
+        return gr.update(choices=choices, value=current), gr.update(choices=choices, value=chosen)
+
+    def on_pick(choice: str):
+        """Reads the picked run; writes the description and a default output folder."""
+        return describe(choice), default_out(ws, choice) if (choice or "").strip() else ""
+
+    def on_merge(choice: str, out_dir: str) -> Iterator[Any]:
+        """Reads the run and output folder; streams the merge status."""
+        if not (choice or "").strip():
+            yield TEXT["no_pick"]
+            return
+        try:
+            ok, reason = mg.can_merge(mg.locate_adapter(choice))
+        except BAD_INPUT as e:
+            yield f"<span class='ft-error'>{e}</span>"
+            return
+        if not ok:
+            yield f"<span class='ft-error'>{reason}</span>"
+            return
+        yield from stream_job(mg.merge_command([choice.strip()], (out_dir or "").strip() or default_out(ws, choice)))
+
+    def on_zip(choice: str):
+        """Reads the run; writes the zip file and its status line."""
+        if not (choice or "").strip():
+            return None, TEXT["no_pick"]
+        try:
+            target = ws / "exports" / (Path(default_out(ws, choice)).name + "-adapter.zip")
+            z = mg.export_zip(choice, target)
+        except BAD_INPUT as e:
+            return None, f"<span class='ft-error'>{e}</span>"
+        except OSError as e:
+            return None, f"<span class='ft-error'>Could not write the zip ({e}). Check free disk space.</span>"
+        return str(z), f"Adapter zipped to `{z}` ({mg.human_bytes(z.stat().st_size)})."
+
+    def on_combine(chosen: list[str], w: str, how: str, dens: float, dest: str, full: bool) -> Iterator[str]:
+        """Reads the combine settings; streams the combine status."""
+        chosen = [c for c in (chosen or []) if c and c.strip()]
+        if len(chosen) < 2:
+            yield "Pick at least two adapters to combine."
+            return
+        try:
+            ws_list = parse_weights(w, len(chosen))
+        except UserError as e:
+            yield f"<span class='ft-error'>{e}</span>"
+            return
+        dest = (dest or "").strip() or str(ws / "merged" / "combined")
+        yield from stream_job(mg.merge_command(chosen, dest, ws_list, how, float(dens), bool(full)))
+
+    refresh.click(on_refresh, [run, picks], [run, picks], queue=False)
+    run.change(on_pick, run, [info, out], queue=False)
+    merge_btn.click(on_merge, [run, out], status, concurrency_id="merge", concurrency_limit=1)
+    zip_btn.click(on_zip, run, [zip_file, zip_status])
+    combine_btn.click(on_combine, [picks, weights, method, density, combo_out, into_base], combo_status,
+                      concurrency_id="merge", concurrency_limit=1)
+    ctx.extras["merge_run"] = run
