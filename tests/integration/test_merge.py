@@ -188,3 +188,20 @@ def test_ui_merge_runs_in_a_subprocess_and_streams_progress(tiny_model_dir, tmp_
     assert events[-1]["result"]["out"] == str((tmp_path / "merged").resolve())
     bad = list(run_merge_subprocess(merge_command([str(tmp_path / "nope")], str(tmp_path / "m2"))))
     assert "is not a folder" in bad[-1]["error"]
+
+
+def test_pickers_list_runs_with_adapters_and_merged_models(tiny_model_dir, tmp_path):
+    from backend.chat import chat_choices, split_choice
+    from backend.merge import adapter_runs, merge_adapter
+    from backend.runs import write_status
+
+    done = make_lora_run(tmp_path, tiny_model_dir, "20250101-000000-done")
+    write_status(done, state="completed", method="lora", best_val_loss=0.5)
+    (tmp_path / "runs" / "20250101-000001-running").mkdir()
+    write_status(tmp_path / "runs" / "20250101-000001-running", state="failed")
+    assert [d for _, d in adapter_runs(tmp_path)] == [str(done)]
+    merge_adapter(done, tmp_path / "merged" / "m1")
+    values = [v for _, v in chat_choices(tmp_path)]
+    assert str(done) in values and str(tmp_path / "merged" / "m1") in values
+    assert split_choice(str(done)) == (None, str(done))
+    assert split_choice(str(tmp_path / "merged" / "m1")) == (str(tmp_path / "merged" / "m1"), None)
