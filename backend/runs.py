@@ -153,16 +153,22 @@ def pid_alive(pid: Any, start_time: Any = None) -> bool:
     return True
 
 
-def _log_tail(run_dir: Path, lines: int = 1) -> str:
+def tail_log(run_dir: Path, max_lines: int = 30, max_bytes: int = 16384) -> str:
+    """The last lines of train.log (progress bars' carriage returns resolved); "" when there is none."""
     try:
-        with open(run_dir / LOG_FILE, "rb") as fh:
+        with open(Path(run_dir) / LOG_FILE, "rb") as fh:
             fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 4096))
+            fh.seek(max(0, fh.tell() - max_bytes))
             text = fh.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    kept = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return " | ".join(kept[-lines:])
+    kept = [ln.rsplit("\r", 1)[-1].rstrip() for ln in text.split("\n")]
+    kept = [ln for ln in kept if ln.strip()]
+    return "\n".join(kept[-max_lines:])
+
+
+def _log_tail(run_dir: Path, lines: int = 1) -> str:
+    return " | ".join(tail_log(run_dir, lines, 4096).splitlines())
 
 
 def read_raw_status(run_dir: Path) -> dict[str, Any]:

@@ -1,10 +1,299 @@
-"""The Train tab."""
+"""The Train tab: start, stop and resume runs, watch them live, list and compare them.
+
+The tab holds no training state. A 1-second timer reads the viewed run's status and the events
+appended since the last tick (a byte offset kept per browser session), so closing the page or
+restarting the studio loses nothing: the first tick finds a running run again.
+"""
 from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+from typing import Any, Optional
 
 import gradio as gr
 
+from backend import runner, runs
+from backend.config import ConfigError, RunConfig, config_to_yaml, load_config, validate_config
+from backend.errors import UserError
+from backend.models import ModelError
 from studio.context import StudioContext
+from studio.plots import RunSeries, loss_figure, lr_grad_figure, overlay_figure
 
+BAD_INPUT = (UserError, ConfigError, ModelError, FileNotFoundError)
+RUN_COLUMNS = ["run", "state", "method", "model", "best val loss", "duration"]
+TEXT = {
+    "intro": "Start trains the configuration below (dataset from the **Dataset** tab, model and method from "
+             "the **Method** tab) in its own process. Charts update every second; you can close the page or "
+             "restart the studio and come back: the run keeps going.",
+    "no_run": "No run yet. Check the configuration above and press **Start**.",
+    "pick_run": "Select a run in the table to see it here.",
+    "stopped_click": "Stop asked: the run saves a checkpoint and its adapter, then ends.",
+}
+STATE_WORDS = {
+    "starting": "is starting: loading the model and the data",
+    "running": "is training",
+    "stopping": "is stopping: saving a checkpoint and the adapter",
+    "completed": "completed",
+    "stopped": "stopped",
+    "failed": "failed",
+    "out_of_memory": "ran out of GPU memory",
+}
+
+
+# ---- pure helpers (tested without a browser) --------------------------------------------------
+
+def fmt_duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(max(0, seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def fmt_bytes(n: Optional[float]) -> str:
+    if n is None:
+        return "–"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def config_summary(rc: dict[str, Any]) -> tuple[str, str]:
+    """(markdown naming the model, dataset and method; the YAML) for the config the Start button uses."""
+    try:
+        cfg = validate_config(rc)
+    except ConfigError as e:
+        return f"<span class='ft-error'>{html.escape(str(e))}</span>", ""
+    t = cfg.train
+    steps = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epochs"
+    val = (f"validation file `{cfg.data.validation_path}`" if cfg.data.validation_path
+           else f"{cfg.data.validation_split:.0%} held out for validation" if cfg.data.validation_split
+           else "no validation set")
+    early = (f"early stopping after {cfg.early_stopping.patience} evaluations without improvement"
+             if cfg.early_stopping.patience else "no early stopping")
+    md = (f"**Model** `{cfg.model}` · **Dataset** `{cfg.data.path}` ({val}) · **Method** {cfg.method.name}"
+          f"\n\n{steps}, batch {t.batch_size} × {t.gradient_accumulation} accumulation, learning rate "
+          f"{t.learning_rate:g}, {t.precision}, {t.optimizer}, evaluate every {t.eval_steps} steps, {early}.")
+    return md, config_to_yaml(cfg)
+
+
+def state_sentence(run_id: str, status: dict[str, Any]) -> str:
+    state = status.get("state")
+    if state == runs.MISSING:
+        return f"<span class='ft-error'>{html.escape(status.get('error', ''))}</span>"
+    words = STATE_WORDS.get(state, str(state))
+    text = f"Run **{run_id}** {words}."
+    detail = status.get("error") or status.get("note")
+    if state == "completed" and status.get("adapter"):
+        text += f" Adapter saved in `{status['adapter']}`."
+    if detail:
+        cls = "ft-error" if state in ("failed", "out_of_memory") else "ft-help"
+        text += f"\n\n<span class='{cls}'>{html.escape(str(detail))}</span>"
+    return text
+
+
+def progress_html(series: RunSeries, status: dict[str, Any]) -> str:
+    total = series.total_steps or status.get("total_steps")
+    step = max(series.step, int(status.get("step") or 0))
+    frac = min(1.0, step / total) if total else 0.0
+    label = f"step {step} / {total}" if total else f"step {step}"
+    return (f"<div id='train-progress' style='width:100%;background:#e5e7eb;border-radius:6px;height:22px;"
+            f"position:relative'><div style='width:{frac * 100:.1f}%;background:#2563eb;height:100%;"
+            f"border-radius:6px'></div><span style='position:absolute;left:8px;top:1px;font-size:0.85em;"
+            f"color:#111'>{label} ({frac:.0%})</span></div>")
+
+
+def stats_markdown(series: RunSeries, status: dict[str, Any], estimate_bytes: Optional[int]) -> str:
+    started = runs.parse_iso(status.get("resumed") or status.get("started"))
+    ended = runs.parse_iso(status.get("ended"))
+    active = status.get("state") in runs.ACTIVE_STATES
+    elapsed = ((time.time() if active else (ended or time.time())) - started) if started else None
+    eta = series.eta_seconds() if active else None
+    tps = f"{series.tokens_per_s:,.0f}" if series.tokens_per_s is not None else "–"
+    mem = fmt_bytes(series.gpu_mem) if series.gpu_mem is not None else "– (no GPU)"
+    est = fmt_bytes(estimate_bytes) if estimate_bytes else "–"
+    best = f"{series.best_val_loss:.4f} (step {series.best_step})" if series.best_val_loss is not None else "–"
+    epoch = f"{series.epoch:.2f}" if isinstance(series.epoch, (int, float)) else "–"
+    return (f"epoch **{epoch}** · elapsed **{fmt_duration(elapsed)}** · ETA **{fmt_duration(eta)}** · "
+            f"tokens/s **{tps}** · GPU memory **{mem}** (estimate {est}) · best validation loss **{best}**")
+
+
+def runs_rows(workspace: Path) -> list[list[Any]]:
+    rows = []
+    for r in runs.list_runs(workspace):
+        best = r.get("best_val_loss")
+        model = r.get("model") or ""
+        rows.append([r["id"], r["state"], r.get("method") or "", Path(model).name if "/" in model else model,
+                     round(best, 4) if isinstance(best, (int, float)) else None, fmt_duration(r.get("duration"))])
+    return rows
+
+
+def new_live(run_dir: Optional[str]) -> dict[str, Any]:
+    """Per-session view of one run: where in events.jsonl we are, and what has been folded in."""
+    return {"run_dir": run_dir, "offset": 0, "series": RunSeries(), "estimate": None, "estimated": False}
+
+
+def _estimate_bytes(run_dir: Path) -> Optional[int]:
+    try:
+        from backend.estimator import estimate
+        return int(estimate(load_config(run_dir / runs.CONFIG_FILE)).total_bytes)
+    except Exception:  # noqa: BLE001 - the estimate is context, never a reason to fail the view
+        return None
+
+
+def refresh_live(live: dict[str, Any], workspace: Path) -> tuple[dict[str, Any], bool, dict[str, Any]]:
+    """Attach to a running run if none is viewed; fold new events in. Returns (live, charts changed, status)."""
+    if not live.get("run_dir"):
+        active = runner.find_active_runs(workspace)
+        if not active:
+            return live, False, {}
+        live = new_live(active[0]["dir"])
+    run_dir = Path(live["run_dir"])
+    status = runs.read_status(run_dir)
+    events, live["offset"] = runs.read_events(run_dir, live["offset"])
+    changed = live["series"].add(events)
+    if not live["estimated"] and status.get("state") != runs.MISSING:
+        live["estimate"], live["estimated"] = _estimate_bytes(run_dir), True
+    return live, changed, status
+
+
+def series_of(run_dir: Path) -> RunSeries:
+    s = RunSeries()
+    s.add(runs.read_events(run_dir)[0])
+    return s
+
+
+# ---- the tab ----------------------------------------------------------------------------------
 
 def build(ctx: StudioContext) -> None:
-    gr.Markdown("## Train")
+    ws = ctx.workspace
+    gr.Markdown("## Train\n" + TEXT["intro"])
+    md0, yaml0 = config_summary(ctx.run_config.value or RunConfig().model_dump(mode="json"))
+    summary = gr.Markdown(md0, elem_id="train-config")
+    with gr.Accordion("Full configuration (YAML) and the command that repeats it", open=False):
+        yaml_view = gr.Code(yaml0, language="yaml", interactive=False, elem_id="train-yaml")
+        gr.Markdown("From a shell: save the YAML as `run.yaml` and run `ftstudio train run.yaml`.")
+    with gr.Row():
+        start = gr.Button("Start", variant="primary", elem_id="train-start")
+        stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+        resume = gr.Button("Resume", elem_id="train-resume")
+    state_md = gr.Markdown(TEXT["no_run"], elem_id="train-state")
+    progress = gr.HTML(progress_html(RunSeries(), {}), elem_id="train-progress-bar")
+    stats = gr.Markdown("", elem_id="train-stats")
+    with gr.Row():
+        loss_plot = gr.Plot(loss_figure(RunSeries()), label="Loss", elem_id="train-loss-plot")
+        lr_plot = gr.Plot(lr_grad_figure(RunSeries()), label="Learning rate and gradient norm",
+                          elem_id="train-lr-plot")
+    log = gr.Textbox(label="Log (last lines of train.log)", lines=8, max_lines=8, interactive=False,
+                     autoscroll=True, elem_id="train-log")
+
+    gr.Markdown("### Runs")
+    with gr.Row():
+        table = gr.Dataframe(value=runs_rows(ws), headers=RUN_COLUMNS, interactive=False, wrap=True,
+                             elem_id="runs-table", scale=4)
+    gr.Markdown("<span class='ft-help'>Click a run to view it above.</span>")
+    with gr.Row():
+        compare = gr.Dropdown(choices=[r[0] for r in runs_rows(ws)], value=[], multiselect=True,
+                              label="Compare runs (overlay their loss curves)", elem_id="runs-compare", scale=4)
+        refresh = gr.Button("↻ Refresh", elem_id="runs-refresh", scale=1)
+    overlay = gr.Plot(overlay_figure({}), label="Compare", elem_id="runs-overlay-plot")
+
+    live = gr.State(new_live(None))
+    tick = gr.Timer(1.0)
+    slow_tick = gr.Timer(5.0)
+    view_outputs = [live, state_md, progress, stats, loss_plot, lr_plot, log]
+
+    def render(lv: dict[str, Any], force: bool = False):
+        """Reads the session's live view; writes the run's state, progress, stats, charts and log."""
+        lv, changed, status = refresh_live(lv, ws)
+        if not lv.get("run_dir"):
+            return [lv] + [gr.skip()] * 6
+        run_dir = Path(lv["run_dir"])
+        series = lv["series"]
+        charts = (loss_figure(series, f"Loss: {run_dir.name}"), lr_grad_figure(series)) \
+            if (changed or force) else (gr.skip(), gr.skip())
+        return [lv, state_sentence(run_dir.name, status), progress_html(series, status),
+                stats_markdown(series, status, lv["estimate"]), *charts, runs.tail_log(run_dir, 30)]
+
+    def on_tick(lv):
+        """Timer (1 s): tails the viewed run's events from the saved offset."""
+        return render(lv)
+
+    def on_config(rc):
+        """Reads the session RunConfig; writes the summary and the YAML."""
+        return config_summary(rc)
+
+    def on_start(rc, lv):
+        """Reads the RunConfig; starts a run and views it."""
+        try:
+            cfg = validate_config(rc)
+            client = ctx.extras.get("chat_client")
+            if client is not None:
+                client.shutdown()  # the chat model would compete with training for GPU memory
+            run_dir = runner.start_run(ws, cfg)
+        except BAD_INPUT as e:
+            return [lv, f"<span class='ft-error'>{html.escape(str(e))}</span>"] + [gr.skip()] * 5
+        except OSError as e:
+            return [lv, f"<span class='ft-error'>The run could not be started: {html.escape(str(e))}</span>"] \
+                + [gr.skip()] * 5
+        return render(new_live(str(run_dir)), force=True)
+
+    def on_stop(lv):
+        """Reads the viewed run; asks it to stop (checkpoint + adapter), escalating after 30 s."""
+        if not lv.get("run_dir"):
+            return [lv, TEXT["no_run"]] + [gr.skip()] * 5
+        status = runs.read_status(Path(lv["run_dir"]))
+        if status.get("state") not in runs.ACTIVE_STATES:
+            return [lv, f"Run **{Path(lv['run_dir']).name}** is not running "
+                        f"({status.get('state')}); nothing to stop."] + [gr.skip()] * 5
+        runner.stop_run(Path(lv["run_dir"]), timeout=30)
+        return render(lv, force=True)
+
+    def on_resume(lv):
+        """Reads the viewed run; resumes it from its last checkpoint in the same directory."""
+        if not lv.get("run_dir"):
+            return [lv, TEXT["pick_run"]] + [gr.skip()] * 5
+        try:
+            runner.resume_run(Path(lv["run_dir"]))
+        except BAD_INPUT as e:
+            return [lv, f"<span class='ft-error'>{html.escape(str(e))}</span>"] + [gr.skip()] * 5
+        return render(lv, force=True)
+
+    def on_select(evt: gr.SelectData, lv):
+        """Reads the clicked table row; views that run from its first event."""
+        row = evt.row_value if evt.row_value is not None else []
+        if not row:
+            return [lv] + [gr.skip()] * 6
+        return render(new_live(str(runs.runs_root(ws) / str(row[0]))), force=True)
+
+    def on_refresh(chosen):
+        """Reads the workspace; writes the runs table and the compare choices."""
+        rows = runs_rows(ws)
+        ids = [r[0] for r in rows]
+        return rows, gr.update(choices=ids, value=[c for c in (chosen or []) if c in ids])
+
+    def on_compare(chosen):
+        """Reads the chosen runs' events; writes the overlay chart."""
+        series = {}
+        for run_id in chosen or []:
+            run_dir = runs.runs_root(ws) / str(run_id)
+            if run_dir.is_dir():
+                series[str(run_id)] = series_of(run_dir)
+        return overlay_figure(series)
+
+    tick.tick(on_tick, live, view_outputs, queue=False, show_progress="hidden")
+    slow_tick.tick(on_refresh, compare, [table, compare], queue=False, show_progress="hidden")
+    ctx.run_config.change(on_config, ctx.run_config, [summary, yaml_view], queue=False)
+    start.click(on_start, [ctx.run_config, live], view_outputs, concurrency_id="train-control",
+                concurrency_limit=1).then(on_refresh, compare, [table, compare])
+    stop.click(on_stop, live, view_outputs, concurrency_id="train-control", concurrency_limit=1) \
+        .then(on_refresh, compare, [table, compare])
+    resume.click(on_resume, live, view_outputs, concurrency_id="train-control", concurrency_limit=1)
+    table.select(on_select, live, view_outputs, queue=False)
+    refresh.click(on_refresh, compare, [table, compare], queue=False)
+    compare.change(on_compare, compare, overlay)
+    ctx.extras["train_live"] = live
