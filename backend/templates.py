@@ -166,9 +166,16 @@ def _assistant_spans(tokenizer, jinja: str, msgs: list[dict], full: str, last_on
     if last_only and turns:
         turns = turns[-1:]
     spans = []
+    prefixes = {len(msgs): full}  # a prefix can serve two turns (the end of one, the start of the next)
+
+    def prefix(n: int) -> str:
+        if n not in prefixes:
+            prefixes[n] = _render(tokenizer, jinja, msgs[:n])
+        return prefixes[n]
+
     for k in turns:
-        before = _render(tokenizer, jinja, msgs[:k])
-        upto = _render(tokenizer, jinja, msgs[:k + 1])
+        before = prefix(k)
+        upto = prefix(k + 1)
         seg_start = _common_prefix(before, full)
         seg_end = len(upto) if full.startswith(upto) else _common_prefix(upto, full)
         reply = msgs[k]["content"].strip()

@@ -49,3 +49,16 @@ def test_rows_table_and_cache_reuse_the_loaded_file(tmp_path):
 def test_samples_are_offered_by_file_name():
     names = tab.sample_choices()
     assert "instructions.jsonl" in names and not any(n.endswith(".py") for n in names)
+
+
+@pytest.mark.parametrize("sample", ["instructions.jsonl", "preference.jsonl", "corpus.txt", "chat.jsonl"])
+def test_settings_written_by_the_tab_reload_to_the_same_rows_for_training(sample):
+    from backend.config import DataConfig
+    from backend.data import load_for_training, load_rows
+
+    path = str(tab.SAMPLES_DIR / sample)
+    ds = load_rows(path)
+    rc = tab.with_data(default_run_config(), path=path, format=ds.format, mapping=ds.mapping,
+                       validation_split=0.0)
+    loaded, train, val = load_for_training(DataConfig(**rc["data"]), seed=1)
+    assert loaded.format == ds.format and train == ds.rows and val == []

@@ -1,0 +1,101 @@
+"""How long the data pipeline takes on this machine: load + detect + normalize, full tokenization
+with labels, and the preview of one row once the dataset is loaded. Prints one JSON object.
+
+    python bench/data_speed.py [--rows 10000] [--model smollm2-135m-instruct] [--turns 1]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = ("the model reads every token of the prompt and learns to write only the answer while "
+         "masked positions carry minus one hundred in the label array").split()
+
+
+def sentence(rng: random.Random, lo: int, hi: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))).capitalize() + "."
+
+
+def make_file(path: Path, rows: int, turns: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as fh:
+        for _ in range(rows):
+            if turns <= 1:
+                rec = {"instruction": sentence(rng, 5, 30), "input": sentence(rng, 0, 20), "output": sentence(rng, 5, 60)}
+            else:
+                msgs = []
+                for _ in range(turns):
+                    msgs += [{"role": "user", "content": sentence(rng, 5, 30)},
+                             {"role": "assistant", "content": sentence(rng, 5, 60)}]
+                rec = {"messages": msgs}
+            fh.write(json.dumps(rec) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=10_000)
+    ap.add_argument("--turns", type=int, default=1, help="1: alpaca rows; more: multi-turn chats")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--preview-repeats", type=int, default=30)
+    args = ap.parse_args()
+
+    from backend.config import DataConfig
+    from backend.data import load_rows
+    from backend.models import DEFAULT_MODEL
+    from backend.templates import build_sft_dataset, get_tokenizer, preview_row
+
+    model = args.model or DEFAULT_MODEL
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.jsonl"
+        make_file(path, args.rows, args.turns)
+        file_bytes = path.stat().st_size
+        t0 = time.perf_counter()
+        tok = get_tokenizer(model)
+        t_tok = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        ds = load_rows(str(path))
+        t_load = time.perf_counter() - t0
+
+        cfg = DataConfig(path=str(path), max_length=512)
+        t0 = time.perf_counter()
+        train = build_sft_dataset(tok, ds.rows, cfg)
+        t_encode = time.perf_counter() - t0
+
+        times = []
+        rng = random.Random(1)
+        for _ in range(args.preview_repeats):
+            i = rng.randrange(len(ds.rows))
+            t0 = time.perf_counter()
+            preview_row(tok, ds.rows[i], cfg)
+            times.append(time.perf_counter() - t0)
+
+    tokens = sum(len(x) for x in train["input_ids"])
+    print(json.dumps({
+        "rows": args.rows, "turns": args.turns, "model": model, "file_bytes": file_bytes,
+        "format": ds.format, "source_format": ds.source_format,
+        "tokenizer_load_s": round(t_tok, 3),
+        "load_detect_normalize_s": round(t_load, 3),
+        "tokenize_labels_dataset_s": round(t_encode, 3),
+        "tokens": tokens, "tokens_per_s": round(tokens / t_encode) if t_encode else None,
+        "preview_one_row_ms": {"median": round(1000 * statistics.median(times), 2),
+                               "p95": round(1000 * sorted(times)[int(0.95 * (len(times) - 1))], 2),
+                               "max": round(1000 * max(times), 2)},
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+    }))
+
+
+if __name__ == "__main__":
+    main()
