@@ -41,6 +41,7 @@ class Modelfile:
     system: Optional[str]
     stops: list[str]
     notes: list[str]
+    preamble: str = ""
 
 
 def _render_hf(tok: Any, messages: list[dict[str, str]]) -> str:
@@ -58,31 +59,43 @@ def _tokenizer_adds_bos(tok: Any) -> bool:
     return bool(ids) and ids[0] == getattr(tok, "bos_token_id", None)
 
 
-def detect_style(tok: Any) -> tuple[Optional[str], Optional[str]]:
-    """(style, default system prompt) of the tokenizer's chat template, or (None, None)."""
+def _split_preamble(tok: Any, before: str, sys_open: str, turn_end: str) -> Optional[tuple[str, Optional[str]]]:
+    """What precedes the first user turn: (literal preamble, default system prompt), or None if unknown.
+
+    The preamble is a BOS the template writes and the tokenizer does not add on its own."""
+    bos = getattr(tok, "bos_token", None)
+    for pre in ("", bos) if bos else ("",):
+        if not before.startswith(pre):
+            continue
+        rest = before[len(pre):]
+        if not rest:
+            return pre, None
+        if rest.startswith(sys_open) and rest.endswith(turn_end):
+            return pre, rest[len(sys_open):-len(turn_end)]
+    return None
+
+
+def detect_style(tok: Any) -> tuple[Optional[str], Optional[str], str]:
+    """(style, default system prompt, preamble) of the tokenizer's chat template; style None if unknown."""
     if not getattr(tok, "chat_template", None):
-        return None, None
+        return None, None, ""
     try:
         text = _render_hf(tok, PROBE)
     except Exception:  # noqa: BLE001 - a template that cannot render a plain user turn is not ours to translate
-        return None, None
+        return None, None, ""
     for name, (start, end, turn_end) in CHAT_STYLES.items():
         user_turn = f"{start}user{end}{PROBE[0]['content']}{turn_end}"
         if user_turn not in text or not text.endswith(f"{start}assistant{end}"):
             continue
-        before = text[:text.index(user_turn)]
-        sys_open, system = f"{start}system{end}", None
-        if before.startswith(sys_open) and before.endswith(turn_end):
-            system = before[len(sys_open):-len(turn_end)]
-        elif before:
-            continue  # something else precedes the first turn: not a shape we translate
-        return name, system
-    return None, None
+        found = _split_preamble(tok, text[:text.index(user_turn)], f"{start}system{end}", turn_end)
+        if found is not None:
+            return name, found[1], found[0]
+    return None, None, ""
 
 
-def go_template(style: str) -> str:
+def go_template(style: str, preamble: str = "") -> str:
     start, end, turn_end = CHAT_STYLES[style]
-    return ("{{- range $i, $_ := .Messages }}"
+    return (preamble + "{{- range $i, $_ := .Messages }}"
             "{{- $last := eq (len (slice $.Messages $i)) 1 }}"
             f"{start}{{{{ .Role }}}}{end}{{{{ .Content }}}}{turn_end}"
             f"{{{{ if and $last (ne .Role \"assistant\") }}}}{start}assistant{end}{{{{ end }}}}"
@@ -104,19 +117,19 @@ def _quote(value: str) -> str:
 
 
 def build_modelfile(tok: Any, gguf_name: str) -> Modelfile:
-    style, system = detect_style(tok)
+    style, system, preamble = detect_style(tok)
     stops = stop_tokens(tok, style)
     notes: list[str] = []
     lines = ["# Ollama Modelfile written by Fine-Tune Studio.", f"FROM ./{gguf_name}"]
     if style:
-        lines.append(f'TEMPLATE """{go_template(style)}"""')
+        lines.append(f'TEMPLATE """{go_template(style, preamble)}"""')
         if system:
             lines.append(f'SYSTEM """{system}"""')
     else:
         notes.append("The chat template is neither ChatML nor Llama 3, so the Modelfile has no TEMPLATE line; "
                      "Ollama then uses the template stored in the GGUF if it recognises it.")
     lines += [f"PARAMETER stop {_quote(s)}" for s in stops]
-    return Modelfile("\n".join(lines) + "\n", style, system, stops, notes)
+    return Modelfile("\n".join(lines) + "\n", style, system, stops, notes, preamble)
 
 
 def ollama_model_name(stem: str) -> str:
@@ -128,7 +141,7 @@ def render_ollama(modelfile: Modelfile, messages: list[dict[str, str]]) -> str:
     """The prompt Ollama builds: SYSTEM first when the conversation has no system message."""
     if modelfile.system and not any(m["role"] == "system" for m in messages):
         messages = [{"role": "system", "content": modelfile.system}] + list(messages)
-    return render_go_template(go_template(modelfile.style), {"Messages": messages})
+    return render_go_template(go_template(modelfile.style, modelfile.preamble), {"Messages": messages})
 
 
 def template_equivalence(tok: Any, modelfile: Modelfile) -> tuple[bool, str]:
