@@ -36,6 +36,9 @@ def goto_studio(page, url: str) -> None:
     page.goto(url, wait_until="domcontentloaded")
     # Gradio renders client-side: the page is usable once the tab bar exists.
     expect(tab_button(page, TABS[0])).to_be_visible(timeout=60_000)
+    # The Dataset tab loads the default sample on page load; an action taken before that
+    # finishes would be overwritten by it, so a test starts once the page has settled.
+    expect(page.locator("#dataset-status")).not_to_contain_text("No dataset loaded yet", timeout=90_000)
 
 
 def tab_button(page, title: str):
@@ -63,3 +66,43 @@ def save_screenshot(page, name: str) -> Path:
         DOCS_SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
         (DOCS_SCREENSHOT_DIR / f"{name}.png").write_bytes(path.read_bytes())
     return path
+
+
+def field(page, elem_id: str):
+    return page.locator(f"#{elem_id}")
+
+
+def set_value(page, elem_id: str, value) -> None:
+    """Set a Gradio input by elem_id, whatever its widget: dropdown, radio, checkbox, number or text."""
+    root = field(page, elem_id)
+    root.wait_for(state="visible")
+    combo = root.locator("input[role=combobox]")
+    if combo.count():
+        combo.click()
+        option = page.get_by_role("option", name=str(value), exact=True)
+        if option.count():
+            option.first.click()
+        else:  # a dropdown that accepts custom values (a model path, say)
+            combo.fill(str(value))
+            combo.press("Enter")
+        return
+    radios = root.locator("input[type=radio]")
+    if radios.count():
+        root.locator(f"input[type=radio][value='{value}']").check()
+        return
+    box = root.locator("input[type=checkbox]")
+    if box.count():
+        box.set_checked(bool(value))
+        return
+    entry = root.locator("input[type=number], textarea, input[type=text]").first
+    entry.fill(str(value))
+    # Gradio fires .change on input and .blur/.submit on leaving; leave so both have happened.
+    entry.press("Tab")
+
+
+def plot_points(page, elem_id: str) -> int:
+    """How many y values the plotly figure inside elem_id draws (0 when there is no figure yet)."""
+    plot = field(page, elem_id).locator(".js-plotly-plot")
+    if not plot.count():
+        return 0
+    return plot.first.evaluate("e => (e.data || []).reduce((n, t) => n + ((t.y || []).length), 0)")
