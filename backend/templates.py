@@ -81,11 +81,25 @@ def get_tokenizer(model: str, trust_remote_code: bool = False):
     with _TOK_LOCK:
         tok = _TOKENIZERS.get(key)
         if tok is None:
-            from backend.models import load_tokenizer
-
-            tok = load_tokenizer(model, trust_remote_code=trust_remote_code)
+            tok = _load_tokenizer_retrying(model, trust_remote_code)
             _TOKENIZERS[key] = tok
         return tok
+
+
+def _load_tokenizer_retrying(model: str, trust_remote_code: bool, attempts: int = 3):
+    import time
+
+    from backend.models import load_tokenizer
+
+    for attempt in range(attempts):
+        try:
+            return load_tokenizer(model, trust_remote_code=trust_remote_code)
+        except ImportError:
+            # transformers' lazy module can fail a first import that races another thread's
+            # (the studio prepares the bundled model in the background); a retry succeeds.
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 # ---------------------------------------------------------------- rendering

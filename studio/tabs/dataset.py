@@ -461,6 +461,15 @@ def build(ctx: StudioContext) -> None:
     val_file.upload(on_split, split_in, split_out)
     ctx.extras["dataset_status"] = status
 
+    def sync_from_config(run_config, maxlen, pack):
+        """Reads run_config (the Method tab edits max_length/packing too); writes those two widgets."""
+        data = (run_config or {}).get("data") or {}
+        new_len, new_pack = data.get("max_length", maxlen), bool(data.get("packing", pack))
+        return (gr.update(value=new_len) if new_len != maxlen else gr.update(),
+                gr.update(value=new_pack) if new_pack != bool(pack) else gr.update())
+
+    ctx.run_config.change(sync_from_config, [ctx.run_config, max_length, packing], [max_length, packing])
+
     # Show the default sample on page load: the RunConfig already points at it, so the
     # page should say what would train if the user changes nothing.
     root = gr.context.Context.root_block
