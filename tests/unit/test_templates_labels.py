@@ -139,3 +139,22 @@ def test_packing_plan_fills_in_order_and_never_overflows():
     enc = [{"input_ids": [i] * n, "attention_mask": [1] * n, "labels": [i] * n} for i, n in enumerate([3, 3, 5, 2])]
     packed = pack(enc, 8)
     assert [p["input_ids"] for p in packed] == [[0, 0, 0, 1, 1, 1], [2, 2, 2, 2, 2, 3, 3]]
+
+
+def test_tokenizer_cache_loads_once_and_retries_a_raced_import(monkeypatch):
+    import backend.models
+    from backend import templates
+
+    calls = []
+
+    def flaky(model, trust_remote_code=False):
+        calls.append(model)
+        if len(calls) == 1:
+            raise ImportError("cannot import name 'AutoTokenizer' (partially initialized module)")
+        return object()
+
+    monkeypatch.setattr(backend.models, "load_tokenizer", flaky)
+    monkeypatch.setattr(templates, "_TOKENIZERS", {})
+    first = templates.get_tokenizer("some-model")
+    assert templates.get_tokenizer("some-model") is first
+    assert calls == ["some-model", "some-model"]
