@@ -96,11 +96,19 @@ def _check_disk(folder: Path, needed: int, what: str) -> None:
                         f"and {free / 1e9:.2f} GB is free. Free some space or choose another output folder.")
 
 
-def _model_name(config: Any, source: ExportSource) -> str:
+def _model_name(source: ExportSource) -> str:
     name = source.path.name if source.path.name not in ("adapter", "") else source.path.parent.name
-    if getattr(config, "model_type", "") == "mistral" and "mistral" not in name.lower():
-        name = f"{name}-mistral"  # llama.cpp stores Mistral as `llama`; readers tell them apart by name
-    return name
+    # transformers' GGUF loader reads a `llama` file whose general.name is exactly "mistral" as a
+    # Mistral architecture that gguf-py cannot map; any other name loads as Llama.
+    return f"{name}-model" if name.lower() == "mistral" else name
+
+
+def _architecture_notes(config: Any) -> list[str]:
+    window = getattr(config, "sliding_window", None)
+    if getattr(config, "model_type", "") == "mistral" and window and window < config.max_position_embeddings:
+        return [f"Mistral's sliding attention window ({window} tokens) has no place in GGUF's llama architecture: "
+                f"prompts longer than {window} tokens attend further back in llama.cpp/Ollama than in transformers."]
+    return []
 
 
 def _write_modelfile(out: Path, tok: Any) -> tuple[Path, str, dict[str, Any]]:
@@ -135,8 +143,8 @@ def export_gguf(src: str | Path, out_file: str | Path, quant: str = "f16", progr
     from backend.gguf_write import architecture_of, check_quant, estimate_bytes, plan_tensors, write_gguf
 
     quant = check_quant(quant)
-    out = _check_out(Path(out_file))
     source = locate_source(src, base)
+    out = _check_out(Path(out_file))
     notes: list[str] = []
     work = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
     try:
@@ -153,6 +161,7 @@ def export_gguf(src: str | Path, out_file: str | Path, quant: str = "f16", progr
             notes += merged.get("notes", [])
         config = AutoConfig.from_pretrained(str(model_dir))
         architecture_of(config)
+        notes += _architecture_notes(config)
         plans = plan_tensors(model_dir, config, quant)
         _check_disk(out.parent, estimate_bytes(plans), f"the {quant} GGUF")
         tok = AutoTokenizer.from_pretrained(str(source.tokenizer_dir))
@@ -160,7 +169,7 @@ def export_gguf(src: str | Path, out_file: str | Path, quant: str = "f16", progr
         notes += described.notes
         _say(progress, 0.2, f"Writing the {quant} GGUF")
         tmp = work / out.name
-        write_gguf(model_dir, config, described, plans, tmp, quant, _model_name(config, source), progress)
+        write_gguf(model_dir, config, described, plans, tmp, quant, _model_name(source), progress)
         check = check_export(tmp, model_dir, tok, quant, base=source.base, progress=progress)
         if check.checked:
             os.replace(tmp, out)

@@ -19,6 +19,7 @@ PROMPTS = (
     "The capital of France is",
     "def add(a, b):\n    return a +",
     "Once upon a time, a small robot found a",
+    "In 2024, 12345 people said:  'héllo wörld' \u2014 ok?",  # digits, runs of spaces, non-ASCII
 )
 # Relative to the largest |logit| of the source on the prompts. f16 rounds each weight to 11
 # significant bits (relative error <= 2**-11 ~ 5e-4), which stays well under 1% of the logit

@@ -72,8 +72,10 @@ def describe_tokenizer(tok: Any, n_vocab: int) -> GGUFTokenizer:
     data = json.loads(tok.backend_tokenizer.to_str())
     model = data.get("model") or {}
     if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise UserError("Only byte-level BPE tokenizers (Llama 3, Qwen2, SmolLM2 style) can be exported to GGUF "
-                        "here; this model's tokenizer is a SentencePiece/other kind.")
+        raise UserError("This model's tokenizer is SentencePiece-style (as in Llama 2 and Mistral 7B v0.1-v0.3), "
+                        "which this GGUF exporter does not write yet; it handles the byte-level BPE tokenizers of "
+                        "Llama 3, Qwen2, Mistral Nemo (tekken) and SmolLM2. Convert this one with llama.cpp's "
+                        "convert_hf_to_gguf.py from the merged model folder.")
     pre = _pre_tokenizer_name(data)
     vocab: dict[str, int] = dict(model["vocab"])
     added = {t["content"]: t for t in data.get("added_tokens", [])}
