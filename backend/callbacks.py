@@ -62,6 +62,8 @@ class EventsCallback(TrainerCallback):
             runs.write_status(self.run_dir, **fields)
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
         self._last_time = time.monotonic()
         self._last_tokens = state.num_input_tokens_seen or 0
         # On resume the trainer state carries the best so far.
@@ -143,11 +145,26 @@ class StopRequestCallback(TrainerCallback):
         self.stopped = False
 
     def on_step_end(self, args, state, control, **kwargs):
-        if runs.stop_requested(self.run_dir):
+        if _any_rank(runs.stop_requested(self.run_dir)):
             self.stopped = True
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+def _any_rank(flag: bool) -> bool:
+    """With several processes (accelerate launch) all ranks must stop at the same step, or DDP hangs."""
+    try:
+        import torch.distributed as dist
+        if not (dist.is_available() and dist.is_initialized()):
+            return flag
+        import torch
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+        t = torch.tensor([1 if flag else 0], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+    except Exception:  # noqa: BLE001 - without a working collective, each rank decides alone
+        return flag
 
 
 # ---- test-only fault injection -------------------------------------------------------------
