@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -391,11 +392,13 @@ def run_merge_subprocess(cmd: list[str], cwd: Optional[Path] = None) -> Iterator
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     repo = Path(__file__).resolve().parent.parent
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    # stdout goes to a file: a chatty library filling a stdout pipe while we read stderr would deadlock.
+    out_file = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, stdout=out_file, stderr=subprocess.PIPE, text=True, env=env,
                             cwd=str(cwd or repo), start_new_session=True)
     tail: list[str] = []
     try:
-        assert proc.stderr is not None and proc.stdout is not None
+        assert proc.stderr is not None
         for line in proc.stderr:
             if line.startswith(PROGRESS_PREFIX):
                 try:
@@ -404,11 +407,14 @@ def run_merge_subprocess(cmd: list[str], cwd: Optional[Path] = None) -> Iterator
                 except json.JSONDecodeError:
                     pass
             tail = (tail + [line.rstrip()])[-20:]
-        out = proc.stdout.read()
         code = proc.wait()
+        out_file.seek(0)
+        out = out_file.read()
     except GeneratorExit:
         proc.kill()
         raise
+    finally:
+        out_file.close()
     result = None
     for line in reversed(out.strip().splitlines()):
         try:
