@@ -128,6 +128,18 @@ def _write_modelfile(out: Path, tok: Any) -> tuple[Path, str, dict[str, Any]]:
     return path, command, info
 
 
+def _merged_model(source: ExportSource, work: Path, progress: Progress, notes: list[str]) -> Path:
+    """Fold the adapter into its base, in the export's temporary folder (removed afterwards)."""
+    from backend.merge import estimate_merged_bytes, merge_adapter
+
+    merged_size = estimate_merged_bytes(source.base or "") or 0
+    _check_disk(work, merged_size * 2, "the merged model and its GGUF")
+    _say(progress, 0.02, f"Merging the adapter into {source.base}")
+    merged = merge_adapter(source.path, work / "merged", progress=lambda f, m: _say(progress, 0.02 + 0.15 * f, m))
+    notes += merged.get("notes", [])
+    return Path(merged["out"])
+
+
 def export_gguf(src: str | Path, out_file: str | Path, quant: str = "f16", progress: Progress = None,
                 base: Optional[str] = None) -> dict[str, Any]:
     """Write `out_file` (GGUF) and `<stem>.Modelfile` beside it; check the GGUF against the source.
@@ -146,26 +158,21 @@ def export_gguf(src: str | Path, out_file: str | Path, quant: str = "f16", progr
     source = locate_source(src, base)
     out = _check_out(Path(out_file))
     notes: list[str] = []
+    if source.kind == "adapter":  # refuse an unsupported base before spending time on the merge
+        architecture_of(AutoConfig.from_pretrained(_model_dir(source.base)))
     work = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
     try:
-        model_dir = source.path
-        if source.kind == "adapter":
-            from backend.merge import estimate_merged_bytes, merge_adapter
-
-            merged_size = estimate_merged_bytes(source.base or "") or 0
-            _check_disk(out.parent, merged_size * 2, "the merged model and its GGUF")
-            _say(progress, 0.02, f"Merging the adapter into {source.base}")
-            merged = merge_adapter(source.path, work / "merged",
-                                   progress=lambda f, m: _say(progress, 0.02 + 0.15 * f, m))
-            model_dir = Path(merged["out"])
-            notes += merged.get("notes", [])
+        model_dir = _merged_model(source, work, progress, notes) if source.kind == "adapter" else source.path
         config = AutoConfig.from_pretrained(str(model_dir))
         architecture_of(config)
         notes += _architecture_notes(config)
         plans = plan_tensors(model_dir, config, quant)
         _check_disk(out.parent, estimate_bytes(plans), f"the {quant} GGUF")
         tok = AutoTokenizer.from_pretrained(str(source.tokenizer_dir))
-        described = describe_tokenizer(tok, next(p.shape[0] for p in plans if p.gguf_name == "token_embd.weight"))
+        n_vocab = next((p.shape[0] for p in plans if p.gguf_name == "token_embd.weight"), None)
+        if n_vocab is None:
+            raise UserError(f"{model_dir} has no token embedding weight, so it is not a complete model.")
+        described = describe_tokenizer(tok, n_vocab)
         notes += described.notes
         _say(progress, 0.2, f"Writing the {quant} GGUF")
         tmp = work / out.name
