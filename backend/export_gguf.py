@@ -151,7 +151,7 @@ def export_gguf(src: str | Path, out_file: str | Path, quant: str = "f16", progr
     from transformers import AutoConfig, AutoTokenizer
 
     from backend.gguf_check import check_export
-    from backend.gguf_tokenizer import describe_tokenizer
+    from backend.gguf_tokenizer import READER_UNKNOWN_PRE, describe_tokenizer
     from backend.gguf_write import architecture_of, check_quant, estimate_bytes, plan_tensors, write_gguf
 
     quant = check_quant(quant)
@@ -177,7 +177,11 @@ def export_gguf(src: str | Path, out_file: str | Path, quant: str = "f16", progr
         _say(progress, 0.2, f"Writing the {quant} GGUF")
         tmp = work / out.name
         write_gguf(model_dir, config, described, plans, tmp, quant, _model_name(source), progress)
-        check = check_export(tmp, model_dir, tok, quant, base=source.base, progress=progress)
+        check = check_export(tmp, model_dir, tok, quant, base=source.base, progress=progress, pre=described.pre)
+        if described.pre in READER_UNKNOWN_PRE:
+            notes.append(f"The tokenizer's '{described.pre}' pre-tokenizer ({READER_UNKNOWN_PRE[described.pre]}) is "
+                         "applied by llama.cpp and Ollama but not by transformers' GGUF reader, so prompts with "
+                         "digits were left out of the tokenizer comparison.")
         if check.checked:
             os.replace(tmp, out)
             _say(progress, 0.95, "Writing the Ollama Modelfile")

@@ -15,6 +15,10 @@ from backend.errors import UserError
 # llama.cpp token types (gguf.TokenType), spelled out so this module needs no gguf import.
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 
+# llama.cpp pre-tokenizers that transformers' GGUF reader does not rebuild (it falls back to the
+# GPT-2 split); the check cannot compare their digit handling.
+READER_UNKNOWN_PRE = {"smollm": "digits are split one by one"}
+
 # Turn-end markers of the chat formats the Modelfile understands; each is also a stop token.
 TURN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_turn|>", "<end_of_turn>")
 
@@ -45,7 +49,10 @@ def _pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
     splits = [p for p in parts if p.get("type") == "Split"]
     if not splits:
         if any(p.get("type") == "ByteLevel" and p.get("use_regex", True) for p in parts):
-            return "gpt2"  # the plain GPT-2 regex inside ByteLevel (SmolLM2, GPT-2 itself)
+            # The GPT-2 regex inside ByteLevel; SmolLM2's own tokenizer.json first cuts digits one by
+            # one, which llama.cpp calls "smollm" (a tokenizer rebuilt from a GGUF has lost that step).
+            digits = any(p.get("type") == "Digits" and p.get("individual_digits") for p in parts)
+            return "smollm" if digits else "gpt2"
         raise UserError("The tokenizer's pre-tokenizer is not a byte-level one, so it cannot be written to GGUF "
                         "by this exporter. Export models with a byte-level BPE tokenizer (Llama 3, Qwen2, SmolLM2).")
     pattern = (splits[0].get("pattern") or {}).get("Regex")

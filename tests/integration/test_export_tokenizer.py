@@ -60,3 +60,12 @@ def test_sentencepiece_style_tokenizer_is_refused_with_a_way_out():
 def test_tokenizer_larger_than_the_model_is_refused(tok):
     with pytest.raises(UserError, match="49152 tokens but the model only 1000 embedding rows"):
         describe_tokenizer(tok, 1000)
+
+
+def test_smollm2_digit_split_is_named_smollm(tok):
+    from tokenizers import pre_tokenizers
+
+    # SmolLM2's own tokenizer.json cuts digits one by one before the GPT-2 split.
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    assert describe_tokenizer(tok, 49152).pre == "smollm"
