@@ -1,0 +1,315 @@
+"""The run queue: WORKSPACE/queue.json holds configs to train one after another.
+
+The queue lives in a file (written atomically, under a lock) so a restarted studio finds it
+and carries on. `queue_step` is one look at the queue: it records runs that ended and starts
+the next queued config through `backend.runner` when no training holds the device. The
+`QueueWorker` thread only calls `queue_step` on a timer; training always happens in the
+runner's subprocess, never in the process that hosts the worker.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from backend import runner, runs
+from backend.config import ConfigError, RunConfig, validate_config
+from backend.errors import UserError
+from backend.io_utils import atomic_write_json
+from backend.models import BUNDLED, ModelError, resolve_model
+
+log = logging.getLogger(__name__)
+
+QUEUE_FILE = "queue.json"
+QUEUE_VERSION = 1
+QUEUED, RUNNING = "queued", "running"
+OPEN_STATES = frozenset({QUEUED, RUNNING})
+
+
+def queue_path(workspace: Path) -> Path:
+    return Path(workspace) / QUEUE_FILE
+
+
+@contextlib.contextmanager
+def _locked(workspace: Path) -> Iterator[None]:
+    # The UI's buttons and the worker thread (or a second studio) all read-modify-write the file.
+    Path(workspace).mkdir(parents=True, exist_ok=True)
+    with open(Path(workspace) / ".queue.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _entry_ok(e: Any) -> bool:
+    return (isinstance(e, dict) and isinstance(e.get("id"), str) and isinstance(e.get("config"), dict)
+            and isinstance(e.get("state"), str))
+
+
+def _set_aside(path: Path, move: bool) -> Path:
+    aside = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+    if move:
+        os.replace(path, aside)
+    else:
+        aside.write_bytes(path.read_bytes())
+    return aside
+
+
+def _load(workspace: Path) -> dict[str, Any]:
+    """The queue as stored. A file that is not a queue is moved aside with a sentence for the UI;
+    entries that make no sense are dropped from a copy set aside, and the rest kept."""
+    path = queue_path(workspace)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {"version": QUEUE_VERSION, "entries": [], "notice": None}
+    except (OSError, UnicodeDecodeError) as e:
+        text, err = None, e
+    else:
+        err = None
+    data: Any = None
+    if text is not None:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            err = e
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
+        aside = _set_aside(path, move=True)
+        why = f" ({err})" if err else ""
+        notice = (f"The queue file {path} could not be read{why}, so it was moved aside to {aside.name} and the "
+                  "queue starts empty. Open that file to recover what was queued, and add the configs again.")
+        log.warning(notice)
+        fresh = {"version": QUEUE_VERSION, "entries": [], "notice": notice}
+        atomic_write_json(path, fresh)
+        return fresh
+    good = [e for e in data["entries"] if _entry_ok(e)]
+    if len(good) != len(data["entries"]):
+        aside = _set_aside(path, move=False)
+        dropped = len(data["entries"]) - len(good)
+        data["notice"] = (f"{dropped} entr{'y' if dropped == 1 else 'ies'} of the queue file {path} made no sense "
+                          f"and {'was' if dropped == 1 else 'were'} left out; the original file is kept as "
+                          f"{aside.name}. The other entries are unchanged.")
+        data["entries"] = good
+        atomic_write_json(path, data)
+    data.setdefault("notice", None)
+    return data
+
+
+def _save(workspace: Path, data: dict[str, Any]) -> None:
+    data["version"] = QUEUE_VERSION
+    atomic_write_json(queue_path(workspace), data)
+
+
+def read_queue(workspace: Path) -> dict[str, Any]:
+    """{"entries": [...], "notice": sentence or None}. Entries keep their order; finished ones stay, marked."""
+    with _locked(workspace):
+        return _load(workspace)
+
+
+def _mutate(workspace: Path, fn: Callable[[dict[str, Any]], Any]) -> Any:
+    with _locked(workspace):
+        data = _load(workspace)
+        result = fn(data)
+        _save(workspace, data)
+        return result
+
+
+def _find(data: dict[str, Any], entry_id: str) -> int:
+    for i, e in enumerate(data["entries"]):
+        if e["id"] == entry_id:
+            return i
+    raise UserError(f"That queue entry ({entry_id}) is no longer in the queue; refresh the list.")
+
+
+def _absolute(cfg: RunConfig) -> RunConfig:
+    # Paths are fixed when queued: a studio restarted from another directory still finds the files.
+    return runner._absolute_paths(cfg)  # noqa: SLF001 - the runner's own rule, applied earlier
+
+
+def add_to_queue(workspace: Path, cfg: RunConfig, label: Optional[str] = None) -> dict[str, Any]:
+    """Append a validated config at the end of the queue; returns the new entry."""
+    cfg = _absolute(cfg)
+    entry = {"id": uuid.uuid4().hex[:12], "config": cfg.model_dump(mode="json"), "state": QUEUED,
+             "label": label or cfg.name or f"{cfg.method.name} on {Path(cfg.model).name or cfg.model}",
+             "added": runs.now_iso()}
+
+    def add(data):
+        data["entries"].append(entry)
+    _mutate(workspace, add)
+    return entry
+
+
+def remove_entry(workspace: Path, entry_id: str) -> None:
+    """Take an entry out of the queue. A running entry stays: stop its run first."""
+    def remove(data):
+        i = _find(data, entry_id)
+        if data["entries"][i]["state"] == RUNNING:
+            raise UserError("That queue entry is training right now; stop its run first, then remove it.")
+        del data["entries"][i]
+    _mutate(workspace, remove)
+
+
+def move_entry(workspace: Path, entry_id: str, offset: int) -> None:
+    """Move an entry `offset` places (negative: earlier), within the list's bounds."""
+    def move(data):
+        entries = data["entries"]
+        i = _find(data, entry_id)
+        j = max(0, min(len(entries) - 1, i + offset))
+        entries.insert(j, entries.pop(i))
+    _mutate(workspace, move)
+
+
+def clear_queue(workspace: Path) -> int:
+    """Empty the queue (a running entry stays until its run ends); returns how many entries went."""
+    def clear(data):
+        before = len(data["entries"])
+        data["entries"] = [e for e in data["entries"] if e["state"] == RUNNING]
+        data["notice"] = None
+        return before - len(data["entries"])
+    return _mutate(workspace, clear)
+
+
+def dismiss_notice(workspace: Path) -> None:
+    def dismiss(data):
+        data["notice"] = None
+    _mutate(workspace, dismiss)
+
+
+def pending_count(workspace: Path) -> int:
+    return sum(1 for e in read_queue(workspace)["entries"] if e["state"] in OPEN_STATES)
+
+
+def _check_startable(config: dict[str, Any]) -> RunConfig:
+    """The config as a RunConfig, or UserError/ConfigError/ModelError with the sentence for this entry."""
+    cfg = validate_config(config, source="the queued config")
+    if cfg.model not in BUNDLED:  # the bundled model is converted on first use, never missing
+        resolved = resolve_model(cfg.model)
+        if resolved.kind == "local" and not Path(resolved.source).is_dir():
+            raise ModelError(f"The model directory {resolved.source} no longer exists.")
+    for field in ("path", "validation_path"):
+        value = getattr(cfg.data, field)
+        if value and not Path(value).exists():
+            raise UserError(f"The data file {value} ({field.replace('_', ' ')}) no longer exists; "
+                            "remove this entry and queue the config again with a file that exists.")
+    return cfg
+
+
+def _finish(entry: dict[str, Any], state: str, error: Optional[str], **more: Any) -> dict[str, Any]:
+    entry.update(state=state, error=error, ended=runs.now_iso(), **more)
+    return {"kind": "run_end", "entry": entry["id"], "label": entry.get("label"), "state": state,
+            "run_dir": entry.get("run_dir"), "error": error}
+
+
+def queue_step(workspace: Path) -> list[dict[str, Any]]:
+    """Look at the queue once: record runs that ended, start the next config if the device is free.
+
+    Returns what happened as events: {"kind": "run_end" | "run_start" | "queue_end", ...}.
+    """
+    workspace = Path(workspace).resolve()
+    events: list[dict[str, Any]] = []
+    with _locked(workspace):
+        data = _load(workspace)
+        entries = data["entries"]
+        had_open = any(e["state"] in OPEN_STATES for e in entries)
+        busy = False
+        for e in entries:
+            if e["state"] != RUNNING:
+                continue
+            status = runs.read_status(Path(e.get("run_dir") or ""))
+            if status.get("state") in runs.ACTIVE_STATES:
+                busy = True
+                continue
+            state = status.get("state") if status.get("state") in runs.FINAL_STATES else "failed"
+            events.append(_finish(e, state, status.get("error"), best_val_loss=status.get("best_val_loss")))
+        # A run started by hand (the Start button, the CLI) holds the device too.
+        busy = busy or bool(runner.find_active_runs(workspace))
+        while not busy:
+            nxt = next((e for e in entries if e["state"] == QUEUED), None)
+            if nxt is None:
+                break
+            try:
+                cfg = _check_startable(nxt["config"])
+                run_dir = runner.start_run(workspace, cfg)
+            except (UserError, ConfigError, ModelError, OSError) as exc:
+                if runner.find_active_runs(workspace):
+                    break  # someone else started a run in between: try again on the next look
+                events.append(_finish(nxt, "failed", str(exc)))
+                continue
+            nxt.update(state=RUNNING, run_dir=str(run_dir), run_id=run_dir.name, started=runs.now_iso(),
+                       error=None)
+            events.append({"kind": "run_start", "entry": nxt["id"], "label": nxt.get("label"),
+                           "run_dir": str(run_dir)})
+            busy = True
+        if had_open and not any(e["state"] in OPEN_STATES for e in entries):
+            done = [e for e in entries if e["state"] not in OPEN_STATES]
+            ok = sum(1 for e in done if e["state"] == "completed")
+            events.append({"kind": "queue_end", "completed": ok, "not_completed": len(done) - ok})
+        if events:
+            _save(workspace, data)
+    return events
+
+
+class QueueWorker:
+    """A daemon thread that calls `queue_step` every `poll` seconds until stopped."""
+
+    def __init__(self, workspace: Path, poll: float = 2.0,
+                 on_event: Optional[Callable[[dict[str, Any]], None]] = None):
+        self.workspace = Path(workspace).resolve()
+        self.poll = poll
+        self.on_event = on_event
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> "QueueWorker":
+        if not self.alive:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, daemon=True, name=f"queue-{self.workspace.name}")
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stops looking at the queue; a run it started keeps training and is picked up by the next worker."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for ev in queue_step(self.workspace):
+                    log.info("queue: %s", ev)
+                    if self.on_event is not None:
+                        self.on_event(ev)
+            except Exception:  # noqa: BLE001 - the worker must outlive one bad look at the queue
+                log.exception("queue worker: one pass failed; trying again")
+            self._stop.wait(self.poll)
+
+
+_workers: dict[Path, QueueWorker] = {}
+_workers_lock = threading.Lock()
+
+
+def ensure_worker(workspace: Path, poll: float = 2.0) -> QueueWorker:
+    """The one worker of this process for `workspace`, started if it was not (studio start, restart)."""
+    key = Path(workspace).resolve()
+    with _workers_lock:
+        worker = _workers.get(key)
+        if worker is None or not worker.alive:
+            worker = _workers[key] = QueueWorker(key, poll=poll).start()
+        return worker
