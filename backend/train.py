@@ -297,6 +297,9 @@ def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool,
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tb")
     if "wandb" in cfg.report_to and not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")  # never wait at a login prompt
+    if "mlflow" in cfg.report_to:
+        # Without a server configured, MLflow writes into the run directory instead of asking for one.
+        os.environ.setdefault("MLFLOW_TRACKING_URI", (run_dir / "mlruns").resolve().as_uri())
     torch.manual_seed(cfg.train.seed)
     note(f"Loading {cfg.model} for {cfg.method.name} ({cfg.train.precision}).")
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
@@ -332,12 +335,46 @@ def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool,
     return 0
 
 
+def notify_end(run_dir: Path, wait_s: float = 10.0) -> None:
+    """POST the final state to cfg.notify.webhook, if set. The final state is already written; the POST
+    runs in a daemon thread joined for at most `wait_s`, so a hanging hook cannot keep the process alive."""
+    import threading
+
+    from backend.config import load_config
+    from backend.notify import post_webhook, run_end_payload
+
+    try:
+        url = load_config(run_dir / runs.CONFIG_FILE).notify.webhook
+    except Exception:  # noqa: BLE001 - no readable config, no webhook to call
+        return
+    if not url:
+        return
+    status = runs.read_status(run_dir)
+    started, ended = runs.parse_iso(status.get("started")), runs.parse_iso(status.get("ended"))
+    if started is not None and ended is not None:
+        status = {**status, "duration_s": round(ended - started, 1)}
+    outcome: list[str] = []
+
+    def post() -> None:
+        ok, sentence = post_webhook(url, run_end_payload(run_dir.name, status), timeout=wait_s / 2)
+        outcome.append(("Webhook delivered: " if ok else "Webhook not delivered: ") + sentence)
+
+    thread = threading.Thread(target=post, daemon=True, name="webhook")
+    thread.start()
+    thread.join(wait_s)
+    note(outcome[0] if outcome else f"Webhook not delivered: {url} did not answer within {wait_s:.0f} s; "
+                                    "the run itself is unaffected.")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backend.train", description="Train one run directory.")
     parser.add_argument("run_dir")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     args = parser.parse_args(argv)
-    return run(Path(args.run_dir), resume=args.resume)
+    code = run(Path(args.run_dir), resume=args.resume)
+    if is_main_process():
+        notify_end(Path(args.run_dir).resolve())
+    return code
 
 
 if __name__ == "__main__":
