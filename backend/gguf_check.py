@@ -95,6 +95,23 @@ def _load(path: str, gguf_file: Optional[str] = None):
     return model.eval()
 
 
+def _apply_rope_freqs(model: Any, gguf_path: Path) -> bool:
+    """Divide the reloaded model's rotary frequencies by the file's `rope_freqs`, as llama.cpp does.
+
+    transformers' GGUF reader ignores that tensor (Llama 3.1+ rotary scaling), so without this the
+    comparison would test transformers' default rope instead of what llama.cpp and Ollama run."""
+    import gguf
+    import torch
+
+    tensor = next((t for t in gguf.GGUFReader(str(gguf_path)).tensors if t.name == "rope_freqs.weight"), None)
+    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
+    if tensor is None or rotary is None:
+        return False
+    factors = torch.from_numpy(gguf.dequantize(tensor.data, tensor.tensor_type).copy()).reshape(-1)
+    rotary.inv_freq = rotary.original_inv_freq / factors.to(rotary.original_inv_freq.dtype)
+    return True
+
+
 def _tokenizer_problems(ref: Any, got: Any, prompts: list[str], pre: Optional[str] = None) -> list[str]:
     problems: list[str] = []
     if (getattr(ref, "chat_template", None) or None) != (getattr(got, "chat_template", None) or None):
@@ -137,7 +154,10 @@ def check_export(gguf_path: Path, source_dir: Path, ref_tok: Any, quant: str,
         progress(0.85, "Checking: loading the GGUF back with transformers")
     with _reuse_gguf_reader():
         got_tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-        exported = _logits(_load(str(gguf_path.parent), gguf_path.name), batches)
+        reloaded = _load(str(gguf_path.parent), gguf_path.name)
+        _apply_rope_freqs(reloaded, gguf_path)
+        exported = _logits(reloaded, batches)
+        del reloaded
     tol = TOLERANCE[quant] * scale
     result = CheckResult(True, _max_diff(exported, source), tol, scale)
     if result.max_logit_diff > tol:

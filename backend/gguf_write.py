@@ -7,6 +7,7 @@ transformers' GGUF loader) expect:
   rotates the two halves of each head, so Q and K rows of Llama/Mistral are reordered per head
   (pairs (i, i + d/2) become adjacent). Qwen2 uses the half-rotation in llama.cpp too: no reorder;
 - 1-D tensors (norms, biases) stay float32, as llama.cpp's converter keeps them;
+- Llama 3.1+ rotary scaling becomes llama.cpp's `rope_freqs` tensor (one divisor per frequency);
 - Q8_0 packs 32 weights as one fp16 scale + 32 int8 (34 bytes); rows whose length is not a
   multiple of 32 fall back to f16.
 Tensors are streamed from the safetensors files one at a time, so memory stays near one tensor.
@@ -32,11 +33,12 @@ _METADATA_ALLOWANCE = 32 * 2**20  # header, vocabulary, merges and alignment pad
 @dataclass(frozen=True)
 class TensorPlan:
     hf_name: str
-    file: Path
+    file: Optional[Path]   # None for a tensor computed here (rope_freqs)
     gguf_name: str
     shape: tuple[int, ...]
-    qtype: Any          # gguf.GGMLQuantizationType
+    qtype: Any             # gguf.GGMLQuantizationType
     nbytes: int
+    data: Any = None       # the computed tensor, when file is None
 
 
 def check_quant(quant: str) -> str:
@@ -52,13 +54,36 @@ def architecture_of(config: Any) -> tuple[str, bool]:
     if model_type not in ARCHITECTURES:
         raise UserError(f"GGUF export supports {SUPPORTED_TEXT} models; this model is '{model_type}'. "
                         "Use the merged model folder with transformers instead, or convert it with llama.cpp.")
-    rope = getattr(config, "rope_parameters", None) or {}
-    rope_type = rope.get("rope_type", "default") if isinstance(rope, dict) else "default"
-    if rope_type not in (None, "default"):
+    rope_type = _rope_type(config)
+    if rope_type not in (None, "default") and not (rope_type == "llama3" and ARCHITECTURES[model_type][1]):
         raise UserError(f"This model uses '{rope_type}' rotary scaling, which this GGUF exporter does not "
-                        "write yet (the exported model would answer differently). Use the merged model folder "
+                        "write (it writes Llama 3's; others would make the exported model answer differently). "
+                        "Use the merged model folder "
                         "with transformers, or convert it with llama.cpp's convert_hf_to_gguf.py.")
     return ARCHITECTURES[model_type]
+
+
+def _rope_type(config: Any) -> Optional[str]:
+    rope = getattr(config, "rope_parameters", None) or {}
+    return rope.get("rope_type", "default") if isinstance(rope, dict) else "default"
+
+
+def rope_factors(config: Any):
+    """Llama 3.1+ rotary scaling as llama.cpp stores it: one divisor per rotary frequency.
+
+    transformers computes the scaled inverse frequencies itself; llama.cpp divides its default
+    frequencies by the `rope_freqs` tensor, so that tensor is the ratio of the two.
+    """
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    if _rope_type(config) != "llama3":
+        return None
+    import torch
+
+    dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    default = 1.0 / (config.rope_parameters["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config)
+    return (default / scaled.to(torch.float64)).to(torch.float32).numpy()
 
 
 def _weight_files(model_dir: Path) -> list[Path]:
@@ -116,6 +141,11 @@ def plan_tensors(model_dir: Path, config: Any, quant: str) -> list[TensorPlan]:
                 shape = tuple(f.get_slice(hf_name).get_shape())
                 qtype = _qtype_for(shape, quant)
                 plans.append(TensorPlan(hf_name, file, gguf_name, shape, qtype, _nbytes(shape, qtype)))
+    factors = rope_factors(config)
+    if factors is not None:
+        # First, because _iter_tensors yields computed tensors before those read from files.
+        plans.insert(0, TensorPlan("(llama3 rope scaling)", None, "rope_freqs.weight", tuple(factors.shape),
+                                   gguf.GGMLQuantizationType.F32, factors.nbytes, factors))
     return plans
 
 
@@ -150,6 +180,9 @@ def _iter_tensors(plans: list[TensorPlan]) -> Iterator[tuple[TensorPlan, Any]]:
 
     by_file: dict[Path, list[TensorPlan]] = {}
     for p in plans:
+        if p.file is None:
+            yield p, None
+            continue
         by_file.setdefault(p.file, []).append(p)
     order = {p.hf_name: i for i, p in enumerate(plans)}
     for file, group in by_file.items():
@@ -206,7 +239,7 @@ def write_gguf(model_dir: Path, config: Any, tokenizer: GGUFTokenizer, plans: li
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for i, (plan, tensor) in enumerate(_iter_tensors(plans)):
-            data = _tensor_data(plan, tensor, config, permute)
+            data = plan.data if plan.file is None else _tensor_data(plan, tensor, config, permute)
             if data.nbytes != plan.nbytes:
                 raise RuntimeError(f"{plan.gguf_name}: {data.nbytes} bytes written, {plan.nbytes} planned")
             writer.write_tensor_data(data)

@@ -125,6 +125,42 @@ def test_untrained_adapter_is_reported_and_nothing_is_replaced(sharp_model, tmp_
     assert sorted(p.name for p in out.parent.iterdir()) == ["model.gguf"]
 
 
+def test_llama3_rope_scaling_is_written_as_llama_cpp_rope_freqs(sharp_model, tmp_path):
+    import numpy as np
+    from gguf import GGUFReader
+
+    from backend.export_gguf import export_gguf
+
+    model_dir = tmp_path / "llama31-like"
+    shutil.copytree(sharp_model, model_dir)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    # Llama 3.1's scaling, with the original context shrunk to 16 so short prompts feel it: without
+    # the factors the logits move by ~0.46 here, 700x the f16 error.
+    cfg["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                              "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+    (model_dir / "config.json").write_text(json.dumps(cfg))
+    res = export_gguf(model_dir, tmp_path / "r.gguf")
+    assert res["checked"] is True, res["problems"]
+    assert res["max_logit_diff"] < F16_TOL
+    freqs = next(t for t in GGUFReader(res["out"]).tensors if t.name == "rope_freqs.weight")
+    factors = np.asarray(freqs.data)
+    assert factors.shape == (8,)  # head_dim 16 -> 8 rotary frequencies
+    assert factors[0] == pytest.approx(1.7359, abs=1e-3) and np.allclose(factors[1:], 8.0, atol=1e-5)
+
+
+def test_other_rope_scaling_is_refused(sharp_model, tmp_path):
+    from backend.export_gguf import export_gguf
+
+    model_dir = tmp_path / "yarn"
+    shutil.copytree(sharp_model, model_dir)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg["rope_parameters"] = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}
+    (model_dir / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="'linear' rotary scaling"):
+        export_gguf(model_dir, tmp_path / "y.gguf")
+    assert not (tmp_path / "y.gguf").exists()
+
+
 def test_unsupported_architecture_names_the_supported_ones(tmp_path):
     from transformers import GPT2Config
 
