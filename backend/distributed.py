@@ -139,18 +139,26 @@ RUN_DIR="${{FTSTUDIO_RUN_DIR:-$HERE/run}}"
 export FTSTUDIO_RENDEZVOUS_TIMEOUT="${{FTSTUDIO_RENDEZVOUS_TIMEOUT:-{timeout}}}"
 mkdir -p "$RUN_DIR"
 [ -f "$RUN_DIR/config.yaml" ] || cp "$HERE/config.yaml" "$RUN_DIR/config.yaml"
+set +e
 if "$PYTHON" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-  exec "$PYTHON" -m accelerate.commands.launch --config_file "$HERE/accelerate.yaml" \\
+  "$PYTHON" -m accelerate.commands.launch --config_file "$HERE/accelerate.yaml" \\
     --machine_rank "$NODE_RANK" --main_process_ip "$MAIN_ADDR" --main_process_port "$MAIN_PORT" \\
     -m backend.train "$RUN_DIR"
 else
   # No GPU here: torchrun with the gloo backend, one process per requested device.
-  exec timeout --foreground "${{FTSTUDIO_JOB_TIMEOUT:-0}}" "$PYTHON" -m torch.distributed.run \\
+  "$PYTHON" -m torch.distributed.run \\
     --nnodes={nodes} --nproc_per_node={gpus} --node_rank="$NODE_RANK" \\
     --master_addr="$MAIN_ADDR" --master_port="$MAIN_PORT" \\
     --rdzv_conf=timeout="$FTSTUDIO_RENDEZVOUS_TIMEOUT" \\
     -m backend.train "$RUN_DIR"
 fi
+rc=$?
+if [ "$rc" -ne 0 ]; then
+  echo "launch.sh: node $NODE_RANK stopped with exit code $rc. If the log above says the client socket timed out," \\
+       "this node could not reach the main node at $MAIN_ADDR:$MAIN_PORT within ${{FTSTUDIO_RENDEZVOUS_TIMEOUT}}s:" \\
+       "start node 0 first, and check the address, the port and the firewall. The run's state is in $RUN_DIR/status.json." >&2
+fi
+exit "$rc"
 """
 
 SBATCH = """#!/usr/bin/env bash
