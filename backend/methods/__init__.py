@@ -14,11 +14,15 @@ from backend.methods.inspect import ModelInfo, inspect_model, target_shortcuts
 # Method modules register themselves on import; the order here is the order the UI lists them.
 from backend.methods import full as _full  # noqa: E402,F401
 from backend.methods import lora as _lora  # noqa: E402,F401
+from backend.methods import reparam as _reparam  # noqa: E402,F401
+from backend.methods import additive as _additive  # noqa: E402,F401
+from backend.methods import prompt as _prompt  # noqa: E402,F401
+from backend.methods.hooks import method_callbacks, save_trained  # noqa: E402
 
 __all__ = [
     "METHODS", "MethodSpec", "register", "get_method", "always_mergeable", "complete_model",
     "build_meta_model", "count_parameters", "decoder_layers", "linear_layer_names",
     "apply_method", "create_optimizer", "exact_counts", "load_dtype", "load_trainable_model", "optimizer_class",
     "available_precisions", "bitsandbytes_problem", "check_run", "validate_for_model",
-    "ModelInfo", "inspect_model", "target_shortcuts",
+    "ModelInfo", "inspect_model", "target_shortcuts", "method_callbacks", "save_trained",
 ]
