@@ -178,6 +178,7 @@ def export_gguf(src: str | Path, out_file: str | Path, quant: str = "f16", progr
         tmp = work / out.name
         write_gguf(model_dir, config, described, plans, tmp, quant, _model_name(source), progress)
         check = check_export(tmp, model_dir, tok, quant, base=source.base, progress=progress, pre=described.pre)
+        notes += check.notes
         if described.pre in READER_UNKNOWN_PRE:
             notes.append(f"The tokenizer's '{described.pre}' pre-tokenizer ({READER_UNKNOWN_PRE[described.pre]}) is "
                          "applied by llama.cpp and Ollama but not by transformers' GGUF reader, so prompts with "

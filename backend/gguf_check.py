@@ -42,6 +42,7 @@ class CheckResult:
     base_diff: Optional[float] = None        # max |gguf - base|
     adapter_effect: Optional[float] = None   # max |source - base|
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -143,13 +144,22 @@ def check_export(gguf_path: Path, source_dir: Path, ref_tok: Any, quant: str,
         progress(0.75, "Checking: logits of the source model")
     source = _logits(_load(str(source_dir)), batches)
     scale = max(1.0, max(float(x.abs().max()) for x in source))
-    base_logits = None
+    base_logits, notes = None, []
     if base:
-        from backend.models import resolve_model
+        from backend.models import ModelError, resolve_model
 
         if progress:
             progress(0.8, "Checking: logits of the untrained base model")
-        base_logits = _logits(_load(resolve_model(base).source), batches)
+        try:
+            base_logits = _logits(_load(resolve_model(base).source), batches)
+        except (ModelError, OSError) as e:
+            reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            notes.append(f"The base model {base} could not be loaded ({reason}), so the export was not compared "
+                         "with it; only with the merged model.")
+        if base_logits is not None and [x.shape for x in base_logits] != [x.shape for x in source]:
+            base_logits = None  # a resized vocabulary: positions no longer line up one to one
+            notes.append(f"The base model {base} has a different vocabulary size, so the export was not "
+                         "compared with it; only with the merged model.")
     if progress:
         progress(0.85, "Checking: loading the GGUF back with transformers")
     with _reuse_gguf_reader():
@@ -159,7 +169,7 @@ def check_export(gguf_path: Path, source_dir: Path, ref_tok: Any, quant: str,
         exported = _logits(reloaded, batches)
         del reloaded
     tol = TOLERANCE[quant] * scale
-    result = CheckResult(True, _max_diff(exported, source), tol, scale)
+    result = CheckResult(True, _max_diff(exported, source), tol, scale, notes=notes)
     if result.max_logit_diff > tol:
         result.problems.append(
             f"the GGUF's logits differ from the source model's by up to {result.max_logit_diff:.4g} "
