@@ -159,7 +159,7 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_ds, val_ds, faults
 
     from backend.callbacks import EventsCallback, FaultCallback, GuardedCollator, StopRequestCallback, \
         install_save_fault
-    from backend.methods import create_optimizer
+    from backend.methods import create_optimizer, method_callbacks
     from backend.templates import SftCollator
 
     args = training_args(cfg, run_dir, has_eval=val_ds is not None)
@@ -176,6 +176,7 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_ds, val_ds, faults
     callbacks += [events, stop]
     if faults:
         callbacks.append(FaultCallback(faults))
+    callbacks += method_callbacks(model, cfg, run_dir)  # AdaLoRA's ranks, unfreezing, Fish Mask
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
@@ -192,7 +193,8 @@ def save_adapter(trainer, run_dir: Path) -> Path:
     final = runs.adapter_dir(run_dir)
     tmp = final.with_name(final.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
+    from backend.methods import save_trained
+    save_trained(trainer, str(tmp))  # bottleneck adapters write their own format
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
