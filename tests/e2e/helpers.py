@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +63,7 @@ def save_screenshot(page, name: str) -> Path:
     """Save a screenshot of the current page; with FTSTUDIO_UPDATE_SCREENSHOTS=1 also the README copy."""
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOT_DIR / f"{name}.png"
+    print(f"[e2e] {time.strftime('%H:%M:%S')} screenshot {name}", file=sys.stderr)
     page.screenshot(path=str(path), full_page=True)
     if os.environ.get("FTSTUDIO_UPDATE_SCREENSHOTS") == "1":
         DOCS_SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
@@ -97,6 +100,34 @@ def set_value(page, elem_id: str, value) -> None:
     entry = root.locator("input[type=number], textarea, input[type=text]").first
     entry.fill(str(value))
     # Gradio fires .change on input and .blur/.submit on leaving; leave so both have happened.
+    entry.press("Tab")
+
+
+def pick_option(page, elem_id: str, pattern) -> str:
+    """Open a dropdown and click the first option matching a regex (labels often hold run ids); returns its text."""
+    import re
+
+    combo = field(page, elem_id).locator("input[role=combobox]")
+    combo.click()
+    option = page.get_by_role("option", name=re.compile(pattern)).first
+    option.wait_for(state="visible")
+    text = option.inner_text()
+    option.click()
+    return text
+
+
+def set_labelled(scope, label: str, value) -> None:
+    """Set a number, text or dropdown field inside scope (a tab panel) by the start of its label."""
+    import re
+
+    name = re.compile("^" + re.escape(label))
+    combo = scope.get_by_role("combobox", name=name)
+    if combo.count():
+        combo.first.click()
+        scope.page.get_by_role("option", name=str(value), exact=True).first.click()
+        return
+    entry = scope.get_by_label(name).first
+    entry.fill("" if value is None else str(value))
     entry.press("Tab")
 
 
