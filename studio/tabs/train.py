@@ -19,9 +19,11 @@ from backend.errors import UserError
 from backend.models import ModelError
 from studio.context import StudioContext
 from studio.plots import RunSeries, loss_figure, lr_grad_figure, overlay_figure
+from studio.tabs import train_queue
 
 BAD_INPUT = (UserError, ConfigError, ModelError, FileNotFoundError)
-RUN_COLUMNS = ["run", "state", "method", "model", "best val loss", "duration"]
+RUN_COLUMNS = ["run", "state", "method", "model", "best val loss", "duration", "adapter eval loss",
+               "eval loss vs base"]
 TEXT = {
     "intro": "Start trains the configuration below (dataset from the **Dataset** tab, model and method from "
              "the **Method** tab) in its own process. Charts update every second; you can close the page or "
@@ -128,7 +130,8 @@ def runs_rows(workspace: Path) -> list[list[Any]]:
         best = r.get("best_val_loss")
         model = r.get("model") or ""
         rows.append([r["id"], r["state"], r.get("method") or "", Path(model).name if "/" in model else model,
-                     round(best, 4) if isinstance(best, (int, float)) else None, fmt_duration(r.get("duration"))])
+                     round(best, 4) if isinstance(best, (int, float)) else None, fmt_duration(r.get("duration")),
+                     *train_queue.eval_numbers(Path(r["dir"]))])
     return rows
 
 
@@ -181,6 +184,9 @@ def build(ctx: StudioContext) -> None:
         start = gr.Button("Start", variant="primary", elem_id="train-start")
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
         resume = gr.Button("Resume", elem_id="train-resume")
+        add_queue = gr.Button("Add to queue", elem_id="train-add-queue")
+        preview = gr.Button("Preview command", elem_id="train-preview")
+    train_queue.build_preview(ctx, preview)
     state_md = gr.Markdown(TEXT["no_run"], elem_id="train-state")
     progress = gr.HTML(progress_html(RunSeries(), {}), elem_id="train-progress-bar")
     stats = gr.Markdown("", elem_id="train-stats")
@@ -297,3 +303,4 @@ def build(ctx: StudioContext) -> None:
     refresh.click(on_refresh, compare, [table, compare], queue=False)
     compare.change(on_compare, compare, overlay)
     ctx.extras["train_live"] = live
+    train_queue.mount(ctx, add_queue, start, table, live)

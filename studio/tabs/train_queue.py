@@ -1,0 +1,303 @@
+"""The Train tab's overnight pieces: the run queue, the command preview, the evaluation report and
+browser notifications. Mounted by studio/tabs/train.py.
+
+The queue lives in WORKSPACE/queue.json (backend.queue); a worker thread in this process starts the
+next run through the runner when the device is free. The evaluation runs as `python -m backend.cli
+eval RUN_DIR --json` in a child process, so no model is ever loaded in the UI process.
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import gradio as gr
+
+from backend import queue as run_queue
+from backend import runs
+from backend.config import ConfigError, config_to_yaml, save_config, validate_config
+from backend.errors import UserError
+from backend.evaluate import EVAL_FILE
+from backend.io_utils import read_json
+from backend.models import ModelError
+from backend.runner import REPO_ROOT
+from studio.context import StudioContext
+
+BAD_INPUT = (UserError, ConfigError, ModelError, FileNotFoundError)
+QUEUE_COLUMNS = ["#", "config", "state", "run", "note", "id"]
+SAMPLE_COLUMNS = ["prompt", "reference", "base model", "adapter"]
+EVAL_TIMEOUT_S = 3 * 3600
+STATE_LABELS = {"queued": "queued", "running": "running", "completed": "completed", "stopped": "stopped",
+                "failed": "failed", "out_of_memory": "out of memory"}
+# Zero-width separator: the text after it only makes each notification a new value, so it always fires.
+NOTE_SEP = "\u2063"
+NOTIFY_JS = """(msg) => {
+  const body = (msg || '').split('\\u2063')[0];
+  if (body && 'Notification' in window && Notification.permission === 'granted') {
+    new Notification('Fine-Tune Studio', {body: body});
+  }
+  return [];
+}"""
+PERMISSION_JS = """() => {
+  if ('Notification' in window && Notification.permission === 'default') { Notification.requestPermission(); }
+  return [];
+}"""
+
+
+def error_html(text: str) -> str:
+    return f"<span class='ft-error'>{html.escape(text)}</span>"
+
+
+# ---- pure helpers (tested without a browser) --------------------------------------------------
+
+def queue_rows(workspace: Path) -> tuple[list[list[Any]], Optional[str]]:
+    """(rows of the queue table, the queue's notice sentence or None)."""
+    data = run_queue.read_queue(workspace)
+    rows = []
+    for i, e in enumerate(data["entries"], 1):
+        rows.append([i, e.get("label") or "", STATE_LABELS.get(e["state"], e["state"]), e.get("run_id") or "",
+                     e.get("error") or "", e["id"]])
+    return rows, data.get("notice")
+
+
+def preview_command(workspace: Path, rc: dict[str, Any]) -> tuple[str, str]:
+    """(markdown with the exact command, the YAML). The YAML is saved under WORKSPACE/configs so the
+    command shown runs as is; the same config always gets the same file."""
+    try:
+        cfg = validate_config(rc)
+    except ConfigError as e:
+        return error_html(str(e)), ""
+    text = config_to_yaml(cfg)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+    path = Path(workspace).resolve() / "configs" / f"{runs.slugify(cfg.name or cfg.method.name) or 'run'}-{digest}.yaml"
+    save_config(cfg, path)
+    cmd = f"ftstudio train --workspace {Path(workspace).resolve()} {path}"
+    md = (f"The exact command that trains this configuration without the studio (the YAML below is saved "
+          f"as `{path}`):\n\n```bash\n{cmd}\n```")
+    return md, text
+
+
+def eval_numbers(run_dir: Path) -> tuple[Optional[float], Optional[float]]:
+    """(adapter validation loss, adapter minus base) from the run's eval.json; Nones without a report."""
+    report = read_json(Path(run_dir) / EVAL_FILE, None)
+    try:
+        adapter, base = float(report["adapter"]["loss"]), float(report["base"]["loss"])
+    except (TypeError, KeyError, ValueError):
+        return None, None
+    return round(adapter, 4), round(adapter - base, 4)
+
+
+def report_view(run_dir: Optional[Path]) -> tuple[str, list[list[str]]]:
+    """(markdown: base vs adapter loss and perplexity, rows of the samples table) for one run."""
+    if not run_dir:
+        return "Select a run in the table above, then press **Evaluate**.", []
+    report = read_json(Path(run_dir) / EVAL_FILE, None)
+    if not isinstance(report, dict) or "base" not in report:
+        return (f"Run **{Path(run_dir).name}** has no evaluation report yet. Press **Evaluate** to compare its "
+                "adapter with the base model (it runs in a separate process)."), []
+    return report_markdown(Path(run_dir).name, report), sample_rows(report)
+
+
+def report_markdown(run_id: str, report: dict[str, Any]) -> str:
+    try:
+        b, a = report["base"], report["adapter"]
+        delta = a["loss"] - b["loss"]
+    except (KeyError, TypeError):
+        return error_html(f"The evaluation report of run {run_id} is incomplete; press Evaluate to write it again.")
+    verdict = "better than" if delta < 0 else "not better than"
+    return (f"**{run_id}**: on {report.get('rows', '?')} rows ({html.escape(str(report.get('data', '')))}), "
+            f"the adapter is **{verdict}** the base model.\n\n"
+            f"| | loss | perplexity |\n|---|---|---|\n"
+            f"| base model | {b['loss']:.4f} | {b['perplexity']:.2f} |\n"
+            f"| adapter | {a['loss']:.4f} | {a['perplexity']:.2f} |\n"
+            f"| difference | {delta:+.4f} | {a['perplexity'] - b['perplexity']:+.2f} |")
+
+
+def sample_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [[s.get("prompt", ""), s.get("reference", ""), s.get("base", ""), s.get("adapter", "")]
+            for s in report.get("samples") or [] if isinstance(s, dict)]
+
+
+def run_eval_process(run_dir: Path, samples: int, timeout: float = EVAL_TIMEOUT_S) -> dict[str, Any]:
+    """`python -m backend.cli eval RUN_DIR --json` in a child process; its JSON result, or UserError
+    with the sentence it printed."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-m", "backend.cli", "eval", str(run_dir), "--json", "--samples", str(int(samples))]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(REPO_ROOT), env=env,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"The evaluation of {Path(run_dir).name} took more than {timeout / 60:.0f} minutes and "
+                        "was stopped; try fewer samples.") from None
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
+    result: Any = None
+    if lines:
+        try:
+            result = json.loads(lines[-1])
+        except json.JSONDecodeError:
+            result = None
+    if isinstance(result, dict) and "error" in result:
+        raise UserError(str(result["error"]))
+    if proc.returncode != 0 or not isinstance(result, dict):
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"The evaluation process ended with code {proc.returncode}: {last}")
+    return result
+
+
+def notifications(watch: dict[str, Any], workspace: Path) -> tuple[dict[str, Any], list[str]]:
+    """Compare the runs and the queue with the last look; sentences for runs that ended and a queue that
+    emptied since then. The first look only takes note, so old runs never notify."""
+    states = {r["id"]: r["state"] for r in runs.list_runs(workspace)}
+    entries = run_queue.read_queue(workspace)["entries"]
+    queue_open = any(e["state"] in run_queue.OPEN_STATES for e in entries)
+    messages: list[str] = []
+    if watch.get("init"):
+        before = watch.get("runs", {})
+        for run_id, state in states.items():
+            if before.get(run_id) in runs.ACTIVE_STATES and state in runs.FINAL_STATES:
+                messages.append(f"Run {run_id} {STATE_LABELS.get(state, state)}.")
+        if watch.get("queue_open") and not queue_open:
+            ok = sum(1 for e in entries if e["state"] == "completed")
+            messages.append(f"The queue has finished: {ok} of {len(entries)} run(s) completed.")
+    return {"init": True, "runs": states, "queue_open": queue_open}, messages
+
+
+# ---- the UI -------------------------------------------------------------------------------------
+
+def build_preview(ctx: StudioContext, button: gr.Button) -> None:
+    """The output of the "Preview command" button, placed right under the Start row."""
+    with gr.Group(visible=False) as box:
+        cmd_md = gr.Markdown(elem_id="train-preview-command")
+        yaml_code = gr.Code(language="yaml", interactive=False, label="Full configuration (YAML)",
+                            elem_id="train-preview-yaml")
+
+    def on_preview(rc):
+        """Reads the RunConfig; shows the headless command and the YAML it saved."""
+        md, text = preview_command(ctx.workspace, rc)
+        return gr.update(visible=True), md, text
+
+    button.click(on_preview, ctx.run_config, [box, cmd_md, yaml_code], queue=False)
+
+
+def mount(ctx: StudioContext, add_button: gr.Button, start_button: gr.Button, runs_table: gr.Dataframe,
+          live: gr.State) -> None:
+    """The queue list and its controls, the evaluation report, and notifications (end of the Train tab)."""
+    ws = ctx.workspace
+    run_queue.ensure_worker(ws)  # a restarted studio carries on with what was queued
+    rows0, notice0 = queue_rows(ws)
+
+    gr.Markdown("### Queue\n<span class='ft-help'>**Add to queue** puts the configuration above at the end; "
+                "runs start one after another when the device is free, also after a studio restart. A run "
+                "that fails is marked and the next one starts.</span>")
+    notice = gr.Markdown(error_html(notice0) if notice0 else "", elem_id="queue-notice")
+    qtable = gr.Dataframe(value=rows0, headers=QUEUE_COLUMNS, interactive=False, wrap=True, elem_id="queue-table")
+    with gr.Row():
+        up = gr.Button("▲ Move up", elem_id="queue-up", size="sm")
+        down = gr.Button("▼ Move down", elem_id="queue-down", size="sm")
+        remove = gr.Button("Remove", elem_id="queue-remove", size="sm")
+        empty = gr.Button("Empty the queue", elem_id="queue-clear", size="sm", variant="stop")
+    picked = gr.State(None)
+
+    with gr.Accordion("Evaluation report (selected run)", open=False, elem_id="eval-report"):
+        gr.Markdown("<span class='ft-help'>Validation loss and perplexity of the base model and of the trained "
+                    "adapter, and prompts answered by both next to the reference. Runs in a separate process; "
+                    "kept in the run's eval.json.</span>")
+        with gr.Row():
+            n_samples = gr.Number(5, precision=0, minimum=0, maximum=100, label="Sample prompts",
+                                  elem_id="eval-samples", scale=1)
+            evaluate = gr.Button("Evaluate", elem_id="eval-run", scale=1)
+        eval_md = gr.Markdown(report_view(None)[0], elem_id="eval-summary")
+        eval_table = gr.Dataframe(value=[], headers=SAMPLE_COLUMNS, interactive=False, wrap=True,
+                                  elem_id="eval-samples-table")
+
+    note_box = gr.Textbox(visible="hidden", elem_id="notify-text")
+    watch = gr.State({})
+    timer = gr.Timer(2.0)
+
+    def render_queue(message: Optional[str] = None):
+        rows, qnotice = queue_rows(ws)
+        shown = message if message is not None else (error_html(qnotice) if qnotice else "")
+        return rows, shown
+
+    def on_add(rc):
+        """Reads the RunConfig; appends it to the queue."""
+        try:
+            cfg = validate_config(rc)
+            entry = run_queue.add_to_queue(ws, cfg)
+        except BAD_INPUT as e:
+            return render_queue(error_html(str(e)))
+        run_queue.ensure_worker(ws)
+        return render_queue(f"Queued **{html.escape(entry['label'])}**. It starts when the runs before it "
+                            "have ended.")
+
+    def on_pick(evt: gr.SelectData):
+        """Reads the clicked queue row; remembers its entry id."""
+        row = evt.row_value or []
+        return row[-1] if row else None
+
+    def edit(action, entry_id):
+        if not entry_id and action != "clear":
+            return render_queue("Click a row of the queue first.")
+        try:
+            if action == "clear":
+                gone = run_queue.clear_queue(ws)
+                return render_queue(f"Emptied the queue ({gone} entr{'y' if gone == 1 else 'ies'} removed; a "
+                                    "running run keeps going until it ends).")
+            if action == "remove":
+                run_queue.remove_entry(ws, entry_id)
+            else:
+                run_queue.move_entry(ws, entry_id, -1 if action == "up" else 1)
+        except BAD_INPUT as e:
+            return render_queue(error_html(str(e)))
+        return render_queue()
+
+    def on_timer(w):
+        """Timer (2 s): the queue list, and a notification when a run or the queue has ended."""
+        w, messages = notifications(w, ws)
+        rows, _ = queue_rows(ws)
+        text = (" ".join(messages) + NOTE_SEP + str(len(w["runs"])) + runs.now_iso()) if messages else gr.skip()
+        return w, rows, text
+
+    def on_select_run(evt: gr.SelectData):
+        """Reads the clicked runs-table row; shows that run's evaluation report if it has one."""
+        row = evt.row_value or []
+        if not row:
+            return gr.skip(), gr.skip()
+        return report_view(runs.runs_root(ws) / str(row[0]))
+
+    def on_evaluate(lv, n):
+        """Reads the viewed run; runs `ftstudio eval` in a child process and shows the report."""
+        run_dir = (lv or {}).get("run_dir")
+        if not run_dir:
+            yield report_view(None)
+            return
+        run_dir = Path(run_dir)
+        yield (f"Evaluating **{run_dir.name}**: loading the base model and the adapter in a separate process "
+               "and answering the sample prompts. This takes a while on a CPU."), []
+        try:
+            report = run_eval_process(run_dir, int(n or 0))
+        except UserError as e:
+            yield error_html(str(e)), []
+            return
+        yield report_markdown(run_dir.name, report), sample_rows(report)
+
+    add_button.click(on_add, ctx.run_config, [qtable, notice], queue=False)
+    add_button.click(None, None, None, js=PERMISSION_JS, queue=False)
+    start_button.click(None, None, None, js=PERMISSION_JS, queue=False)
+    qtable.select(on_pick, None, picked, queue=False)
+    up.click(lambda i: edit("up", i), picked, [qtable, notice], queue=False)
+    down.click(lambda i: edit("down", i), picked, [qtable, notice], queue=False)
+    remove.click(lambda i: edit("remove", i), picked, [qtable, notice], queue=False)
+    empty.click(lambda: edit("clear", None), None, [qtable, notice], queue=False)
+    timer.tick(on_timer, watch, [watch, qtable, note_box], queue=False, show_progress="hidden")
+    note_box.change(None, note_box, None, js=NOTIFY_JS, queue=False)
+    runs_table.select(on_select_run, None, [eval_md, eval_table], queue=False)
+    evaluate.click(on_evaluate, [live, n_samples], [eval_md, eval_table], concurrency_id="eval",
+                   concurrency_limit=1)
+    ctx.extras["queue_table"] = qtable
