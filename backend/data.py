@@ -35,6 +35,9 @@ MAPPING_ROLES = ("messages", "prompt", "input", "completion", "system", "text", 
 # Everything is held in memory as Python objects (several times the file size), so the
 # bound is about the machine's RAM, not the disk. Override with FTSTUDIO_MAX_DATA_MB.
 DEFAULT_MAX_MB = 512
+# Python's JSON parser recurses once per level; a hostile file must end in a sentence, not a crash.
+TOO_DEEP = ("nests lists or objects too deeply to read (thousands of levels). Flatten the data: "
+            "training rows need at most a few levels.")
 
 MESSAGE_KEYS = ("messages", "conversations", "conversation", "chat", "dialog", "dialogue", "turns")
 PROMPT_KEYS = ("prompt", "instruction", "question", "query", "input", "user", "human", "request",
@@ -162,6 +165,9 @@ def _read_jsonl(p: Path) -> tuple[list[tuple[int, dict]], list[RowError]]:
                 errors.append(RowError(lineno, None, f"is not valid JSON ({e.msg} at column {e.colno}). "
                                                      "Fix or remove this line."))
                 continue
+            except RecursionError:
+                errors.append(RowError(lineno, None, TOO_DEEP))
+                continue
             if not isinstance(obj, dict):
                 errors.append(RowError(lineno, None, f"holds a JSON {type(obj).__name__}, not an object "
                                                      "with named fields. Each line must be one {...} object."))
@@ -184,6 +190,8 @@ def _read_json(p: Path) -> tuple[list[tuple[int, dict]], list[RowError], str]:
         return recs, errs, "line"
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise UserError(f"{p}: {TOO_DEEP}") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{p}, line {e.lineno}, column {e.colno}: the file is not valid JSON ({e.msg}). "
                         "Fix the file, or save one object per line as .jsonl so bad lines can be "
@@ -209,7 +217,7 @@ def _parses(text: str) -> bool:
     try:
         json.loads(text)
         return True
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return False
 
 
@@ -323,7 +331,7 @@ def _looks_like_conversation(value: Any) -> Optional[str]:
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return None
     if not isinstance(value, list) or not value or not all(isinstance(m, dict) for m in value):
         return None
@@ -489,7 +497,7 @@ def _messages(value: Any, field: str, need_assistant: bool = True) -> list[dict[
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise _Bad(field, "is text, but a list of messages was expected.") from None
     if not isinstance(value, list) or not value:
         raise _Bad(field, "is not a non-empty list of messages (each {\"role\": ..., \"content\": ...}).")

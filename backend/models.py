@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import socket
@@ -140,6 +141,10 @@ def resolve_model(ref: str) -> ResolvedModel:
 
 
 def _hub_guard(resolved: ResolvedModel, exc: Exception) -> ModelError:
+    if "safetensors" in str(exc) and ".bin" in str(exc):
+        return ModelError(
+            f"'{resolved.ref}' has no safetensors weights, only pickled .bin files, which the studio does not "
+            "load (a pickle can run code). Convert it to safetensors first, or pick another copy of the model.")
     if resolved.kind == "hub":
         return ModelError(
             f"Could not fetch '{resolved.ref}' from the model hub ({type(exc).__name__}). "
@@ -148,10 +153,23 @@ def _hub_guard(resolved: ResolvedModel, exc: Exception) -> ModelError:
     return ModelError(f"Could not load the model from {resolved.source}: {exc}")
 
 
+log = logging.getLogger("ftstudio.models")
+_WARNED_REMOTE_CODE: set[str] = set()
+
+
+def warn_remote_code(ref: str, trust_remote_code: bool) -> None:
+    """Running a model's own Python code is a choice made per model; say so once per model when it is on."""
+    if trust_remote_code and ref not in _WARNED_REMOTE_CODE:
+        _WARNED_REMOTE_CODE.add(ref)
+        log.warning("trust_remote_code is on for %s: the Python code shipped with this model runs on this "
+                    "machine with your permissions. Turn it off unless you trust the model's author.", ref)
+
+
 def load_model_config(ref: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoConfig
 
     r = resolve_model(ref)
+    warn_remote_code(ref, trust_remote_code)
     try:
         return AutoConfig.from_pretrained(r.source, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - turned into a sentence
@@ -171,6 +189,7 @@ def load_tokenizer(ref: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     r = resolve_model(ref)
+    warn_remote_code(ref, trust_remote_code)
     try:
         tok = AutoTokenizer.from_pretrained(r.source, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001
@@ -185,10 +204,12 @@ def load_causal_lm(ref: str, dtype: Any = None, trust_remote_code: bool = False,
     from transformers import AutoModelForCausalLM
 
     r = resolve_model(ref)
+    warn_remote_code(ref, trust_remote_code)
+    # Pickled weights (.bin) can run code when loaded; only safetensors are read, hub models included.
+    kwargs.setdefault("use_safetensors", True)
     try:
         return AutoModelForCausalLM.from_pretrained(
-            r.source, dtype=dtype, trust_remote_code=trust_remote_code,
-            use_safetensors=None if r.kind == "hub" else True, **kwargs)
+            r.source, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
     except (MemoryError, RuntimeError) as e:
         if "out of memory" in str(e).lower() or isinstance(e, MemoryError):
             raise ModelError(

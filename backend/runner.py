@@ -152,9 +152,12 @@ def resume_run(run_dir: Path) -> Path:
         raise UserError(status["error"])
     if status["state"] in runs.ACTIVE_STATES:
         raise UserError(f"Run {run_dir.name} is still {status['state']}; stop it before resuming.")
-    checkpoint = runs.last_checkpoint(run_dir)
+    checkpoint, bad = runs.checkpoint_report(run_dir)
+    bad_text = "; ".join(f"{p.name} is damaged ({why})" for p, why in bad)
     if checkpoint is None:
-        raise UserError(f"Run {run_dir.name} has no complete checkpoint to resume from; start it again instead.")
+        extra = f" ({bad_text})" if bad else ""
+        raise UserError(f"Run {run_dir.name} has no complete checkpoint to resume from{extra}; start it again instead.")
+    fallback = (f"{bad_text}: resuming from the previous checkpoint, {checkpoint.name}." if bad else None)
     cfg = load_config(run_dir / runs.CONFIG_FILE)
     workspace = run_dir.parent.parent
     devices = run_devices(cfg)
@@ -163,7 +166,11 @@ def resume_run(run_dir: Path) -> Path:
         runs.clear_stop_request(run_dir)
         runs.write_status(run_dir, state="starting", error=None, ended=None, early_stopped=None,
                           resume_from=str(checkpoint), resume_count=int(status.get("resume_count") or 0) + 1,
-                          created=runs.now_iso(), pid=None, pid_start=None)
+                          created=runs.now_iso(), pid=None, pid_start=None, resume_note=fallback, note=fallback)
+        if fallback:
+            runs.append_event(run_dir, {"type": "resume_fallback", "checkpoint": str(checkpoint),
+                                        "skipped": [{"path": str(p), "problem": why} for p, why in bad],
+                                        "message": fallback})
         _launch(run_dir, cfg, devices, resume=True)
     return run_dir
 

@@ -197,9 +197,12 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         elif not pid_alive(pid, status.get("pid_start")):
             last = _log_tail(run_dir)
             hint = f" The last line of train.log: {last}" if last else " See train.log."
+            ckpt = last_checkpoint(run_dir)
+            then = (f" Resume it from the last checkpoint ({ckpt.name}, kept) or start it again." if ckpt
+                    else " No checkpoint had been saved; start it again.")
             status.update(state="failed", error=(
                 f"The training process (pid {pid}) ended without reporting a result: it was killed or "
-                f"crashed.{hint} Resume it from the last checkpoint or start it again."))
+                f"crashed.{hint}{then}"))
             status["ended"] = status.get("ended") or status.get("updated")
     return status
 
@@ -215,8 +218,13 @@ def append_event(run_dir: Path, event: dict[str, Any]) -> None:
     """Append one JSON line to events.jsonl with a single write, so a reader never sees two events interleaved."""
     record = {"time": time.time(), **{k: _clean_number(v) for k, v in event.items()}}
     line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-    fd = os.open(Path(run_dir) / EVENTS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(Path(run_dir) / EVENTS_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        # A process killed mid-line (or a full disk) left a torn last line: start on a fresh line,
+        # or this event would be glued to it and lost with it.
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
         os.write(fd, line)
     finally:
         os.close(fd)
@@ -263,19 +271,76 @@ def checkpoints_dir(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINTS_DIR
 
 
-def last_checkpoint(run_dir: Path) -> Optional[Path]:
-    """The newest complete checkpoint. trainer_state.json is the Trainer's last write, so a
-    checkpoint without it was cut short (disk full, kill) and is not resumable."""
-    best: tuple[int, Optional[Path]] = (-1, None)
+WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json",
+                "adapter_model.bin", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _safetensors_problem(path: Path) -> Optional[str]:
+    # Reads only the header: a file cut short (kill, full disk) is shorter than its header says.
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            size = path.stat().st_size
+            if n <= 0 or 8 + n > size:
+                return f"{path.name} is truncated"
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return f"{path.name} is unreadable"
+    ends = [v["data_offsets"][1] for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and isinstance(v.get("data_offsets"), list)]
+    if ends and 8 + n + max(ends) > size:
+        return f"{path.name} is truncated"
+    return None
+
+
+def checkpoint_problem(ckpt: Path) -> Optional[str]:
+    """Why a checkpoint directory cannot be resumed from, or None when it looks complete.
+
+    trainer_state.json is the Trainer's last write, so without it (or with it cut short) the
+    save was interrupted; a checkpoint must also hold readable weights."""
+    state = ckpt / "trainer_state.json"
+    if not state.is_file():
+        return "trainer_state.json is missing (the save was cut short)"
+    try:
+        parsed = json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return "trainer_state.json is truncated or unreadable"
+    if not isinstance(parsed, dict) or "global_step" not in parsed:
+        return "trainer_state.json does not hold a trainer state"
+    weights = [ckpt / name for name in WEIGHT_FILES if (ckpt / name).is_file()]
+    if not weights:
+        return "the model weights file is missing"
+    for w in weights:
+        if w.suffix == ".safetensors":
+            problem = _safetensors_problem(w)
+            if problem:
+                return problem
+    return None
+
+
+def _numbered_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     try:
         entries = list(checkpoints_dir(run_dir).iterdir())
     except OSError:
-        return None
-    for p in entries:
-        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
-        if m and (p / "trainer_state.json").is_file() and int(m.group(1)) > best[0]:
-            best = (int(m.group(1)), p)
-    return best[1]
+        return []
+    found = [(int(m.group(1)), p) for p in entries if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    return sorted(found, reverse=True)
+
+
+def checkpoint_report(run_dir: Path) -> tuple[Optional[Path], list[tuple[Path, str]]]:
+    """(newest usable checkpoint, [(newer checkpoint passed over, why)])."""
+    skipped: list[tuple[Path, str]] = []
+    for _, p in _numbered_checkpoints(run_dir):
+        problem = checkpoint_problem(p)
+        if problem is None:
+            return p, skipped
+        skipped.append((p, problem))
+    return None, skipped
+
+
+def last_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The newest complete checkpoint; incomplete or corrupt ones (see checkpoint_problem) are passed over."""
+    return checkpoint_report(run_dir)[0]
 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:

@@ -36,6 +36,22 @@ def _quietly(fn, *args) -> None:
         print(f"note: preparing the bundled model failed: {e}", file=sys.stderr)
 
 
+def _patient_localhost_probe() -> None:
+    """Gradio probes its own page once with a 3 s timeout and refuses to start if that times out;
+    on a busy machine (a training on every core) the first render can take longer. Retry a while."""
+    from gradio import networking
+
+    probe = networking.url_ok
+    if getattr(probe, "_ftstudio_patient", False):
+        return
+
+    def patient(url: str) -> bool:
+        return any(probe(url) for _ in range(10))
+
+    patient._ftstudio_patient = True  # type: ignore[attr-defined]
+    networking.url_ok = patient
+
+
 def launch_from_args(args: argparse.Namespace) -> None:
     workspace = Path(args.workspace).expanduser().resolve()
     workspace.mkdir(parents=True, exist_ok=True)
@@ -53,6 +69,7 @@ def launch_from_args(args: argparse.Namespace) -> None:
     threading.Thread(target=lambda: _quietly(ensure_bundled, DEFAULT_MODEL), daemon=True).start()
 
     demo = build_app(workspace)
+    _patient_localhost_probe()
     demo.queue(default_concurrency_limit=4)
     print(f"Fine-Tune Studio: http://{args.host}:{args.port}  (workspace {workspace})", flush=True)
     demo.launch(server_name=args.host, server_port=args.port, auth=auth, inbrowser=False,

@@ -155,7 +155,10 @@ def test_last_checkpoint_skips_checkpoints_cut_short(tmp_path):
         ckpt = run_dir / "checkpoints" / f"checkpoint-{step}"
         ckpt.mkdir(parents=True)
         if complete:
-            (ckpt / "trainer_state.json").write_text("{}")
+            from safetensors.numpy import save_file
+            import numpy as np
+            save_file({"w": np.zeros(2, dtype=np.float32)}, str(ckpt / "adapter_model.safetensors"))
+            (ckpt / "trainer_state.json").write_text('{"global_step": %d}' % step)
     assert runs.last_checkpoint(run_dir).name == "checkpoint-10"
 
 

@@ -1,0 +1,51 @@
+"""Path containment for names that come from outside (uploads, run names, preset names).
+
+A name a user or a browser chose must never decide where a file lands: it is reduced to a
+safe file name, and the joined path is checked to stay inside its root after resolving `..`
+and symbolic links.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import Path
+
+from backend.errors import UserError
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_NAME = 100
+
+
+def is_within(root: Path | str, path: Path | str) -> bool:
+    """True when `path`, with `..` and symlinks resolved, is `root` or lies under it."""
+    root_r = Path(root).resolve()
+    try:
+        Path(path).resolve().relative_to(root_r)
+    except ValueError:
+        return False
+    return True
+
+
+def safe_filename(name: str, default: str = "file", limit: int = MAX_NAME) -> str:
+    """A single path component made of ASCII letters, digits, '.', '_' and '-'.
+
+    Separators and `..` cannot survive: the last component is kept, unsafe runs become '_',
+    and leading dots are dropped so the result is never '.', '..' or a hidden file.
+    """
+    text = unicodedata.normalize("NFKD", str(name or "")).encode("ascii", "ignore").decode("ascii")
+    text = text.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    text = _UNSAFE.sub("_", text).lstrip(".")
+    if len(text) > limit:
+        stem, dot, ext = text.rpartition(".")
+        # Keep the extension: the loader picks the reader by it.
+        text = (stem[: limit - len(ext) - 1] + "." + ext) if dot and len(ext) < 12 else text[:limit]
+    return text.strip("_") or default
+
+
+def safe_join(root: Path | str, *parts: str) -> Path:
+    """`root / parts...` when the result stays inside `root`; UserError otherwise."""
+    root_p = Path(root)
+    candidate = root_p.joinpath(*parts)
+    if any(Path(p).is_absolute() for p in parts) or not is_within(root_p, candidate):
+        raise UserError(f"The name {'/'.join(parts)!r} points outside {root_p}; choose a plain file name.")
+    return candidate
