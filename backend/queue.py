@@ -223,6 +223,8 @@ def queue_step(workspace: Path) -> list[dict[str, Any]]:
         data = _load(workspace)
         entries = data["entries"]
         had_open = any(e["state"] in OPEN_STATES for e in entries)
+        if not had_open:
+            return events  # nothing to watch: no need to look at the runs
         busy = False
         for e in entries:
             if e["state"] != RUNNING:
