@@ -19,7 +19,7 @@ from backend.errors import UserError
 from backend.models import ModelError
 from studio.context import StudioContext
 from studio.plots import RunSeries, loss_figure, lr_grad_figure, overlay_figure
-from studio.tabs import train_queue
+from studio.tabs import trackers, train_queue
 
 BAD_INPUT = (UserError, ConfigError, ModelError, FileNotFoundError)
 RUN_COLUMNS = ["run", "state", "method", "model", "best val loss", "duration", "adapter eval loss",
@@ -180,6 +180,7 @@ def build(ctx: StudioContext) -> None:
     with gr.Accordion("Full configuration (YAML) and the command that repeats it", open=False):
         yaml_view = gr.Code(yaml0, language="yaml", interactive=False, elem_id="train-yaml")
         gr.Markdown("From a shell: save the YAML as `run.yaml` and run `ftstudio train run.yaml`.")
+    trackers.build_trackers(ctx)
     with gr.Row():
         start = gr.Button("Start", variant="primary", elem_id="train-start")
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")

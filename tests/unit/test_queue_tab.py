@@ -96,3 +96,17 @@ def test_the_train_tab_builds_with_the_queue_and_report(tmp_path):
             "queue-clear", "eval-run", "eval-samples-table", "notify-text"} <= ids
     assert q.ensure_worker(tmp_path).alive
     q.ensure_worker(tmp_path).stop()
+
+
+def test_trackers_offer_only_installed_packages_and_say_how_to_get_the_rest(monkeypatch):
+    from studio.tabs import trackers
+
+    real = trackers.importlib.util.find_spec
+    monkeypatch.setattr(trackers.importlib.util, "find_spec", lambda n: None if n in ("mlflow", "wandb") else real(n))
+    avail = trackers.installed_trackers()
+    assert avail == ["tensorboard"]
+    note = trackers.tracker_note(avail)
+    assert "pip install mlflow / wandb" in note and "are not installed" in note
+    assert trackers.chosen({"report_to": ["tensorboard", "wandb"]}, avail) == ["tensorboard"]
+    monkeypatch.setattr(trackers.importlib.util, "find_spec", lambda n: object())
+    assert trackers.installed_trackers() == ["tensorboard", "mlflow", "wandb"]
