@@ -51,6 +51,8 @@ class MethodConfig(Strict):
     init_r: int = Field(12, ge=1, description="AdaLoRA: initial rank.")
     unfreeze_every: int = Field(0, ge=0, description="Gradual unfreezing: steps between unfreezing groups (0 = each epoch).")
     fish_mask_density: float = Field(0.005, gt=0, le=1, description="Fish Mask: share of parameters that train.")
+    adapter_activation: Literal["relu", "gelu", "silu", "tanh"] = Field(
+        "relu", description="Bottleneck adapters: non-linearity between the down and up projections.")
 
     @field_validator("target_modules")
     @classmethod
