@@ -284,7 +284,8 @@ def precise_estimate(cfg: Any, batch: Optional[int] = None, seq: Optional[int] =
         mt = _tracker()
         mt.track_external(model, opt, ids, mask)
         with mt, _cuda_like_head_kernels():
-            phases["load"] = _snapshot(mt, "current")["total"]
+            now = _snapshot(mt, "current")
+            phases["load"] = now["total"] - now["inputs"]
             step(mt, first=True)
             mt.reset_mod_stats()
             step(mt, first=False)
