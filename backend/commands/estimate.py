@@ -14,6 +14,8 @@ def add_parser(sub) -> None:
                    help="number of cards (with --gpu-memory: hypothetical cards; alone: the first N found)")
     p.add_argument("--gpu-memory", type=float, default=None, metavar="GB",
                    help="memory of a hypothetical card, in GB as cards are sold (GiB); else the GPUs found")
+    p.add_argument("--precise", action="store_true",
+                   help="also trace one real training step on fake tensors on the CPU (slower; adds 'precise')")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.set_defaults(func=run)
 
@@ -27,4 +29,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.gpu_memory is not None and args.gpu_memory <= 0:
         raise UserError(f"--gpu-memory must be a positive number of GB (got {args.gpu_memory}).")
     cfg = load_config(args.config)
-    return estimate(cfg, gpu_count=args.gpus, gpu_memory_gb=args.gpu_memory).to_json()
+    out = estimate(cfg, gpu_count=args.gpus, gpu_memory_gb=args.gpu_memory).to_json()
+    if getattr(args, "precise", False):
+        from backend.estimator.precise import precise_estimate
+        out["precise"] = precise_estimate(cfg)
+    return out

@@ -69,3 +69,25 @@ def test_fused_head_bytes_counts_one_tile_and_the_head_gradient_only_when_it_tra
     assert frozen == 4096 * 32768 * 2 + 8 * 2048 * 1024 * 4
     trained = fused_head_bytes(8, 2049, 50_000, 1024, 2, head_trainable=True, head_param_bytes=2)
     assert trained - frozen == 50_000 * 1024 * 6
+
+
+def test_cli_precise_flag_traces_a_config_only_model(tmp_path, capsys, monkeypatch):
+    """`ftstudio estimate CONFIG --precise --json` on a directory holding only config.json."""
+    import json
+
+    import yaml
+    from transformers import LlamaConfig
+
+    from backend.cli import main
+
+    monkeypatch.setattr("backend.estimator.core.list_gpus", lambda: [])
+    model = tmp_path / "config-only"
+    LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                vocab_size=1000, max_position_embeddings=512).save_pretrained(model)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"model": str(model), "method": {"name": "lora", "r": 4},
+                                    "train": {"batch_size": 2}, "data": {"max_length": 64}}))
+    assert main(["estimate", str(path), "--precise", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["precise"]["peak_bytes"] > data["precise"]["phases_bytes"]["load"] > 0
+    assert (data["precise"]["batch"], data["precise"]["seq"]) == (2, 64)

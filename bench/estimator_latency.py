@@ -1,0 +1,80 @@
+"""How fast the VRAM estimate follows an edit in the Method tab. Prints one JSON object.
+
+    python bench/estimator_latency.py [--model smollm2-135m-instruct] [--repeats 200]
+
+The first call for a model builds its meta skeleton (the "first inspection"); every later edit --
+batch size, sequence length, optimizer, precision, checkpointing, LoRA alpha -- should cost only
+arithmetic. Edits that change the method's structure (rank, target modules) rebuild the skeleton
+once per distinct structure and are timed separately. Times are wall-clock per estimate() call.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    return {"p50": round(1000 * statistics.median(values), 3), "p95": round(1000 * _quantile(values, 0.95), 3),
+            "max": round(1000 * max(values), 3), "n": len(values)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--repeats", type=int, default=200)
+    args = ap.parse_args()
+
+    from backend.config import RunConfig
+    from backend.estimator import estimate
+    from backend.models import DEFAULT_MODEL, ensure_bundled
+
+    model = args.model or str(ensure_bundled(DEFAULT_MODEL))
+    base = RunConfig.model_validate({"model": model, "method": {"name": "lora"}})
+    t0 = time.perf_counter()
+    estimate(base, gpus=[])
+    first = time.perf_counter() - t0
+
+    edits = [
+        ("train", {"batch_size": b}) for b in (1, 2, 4, 8, 16)
+    ] + [("data", {"max_length": s}) for s in (256, 512, 1024, 2048)] + [
+        ("train", {"optimizer": o}) for o in ("adamw_torch", "adamw_8bit", "paged_adamw_8bit")
+    ] + [("train", {"precision": p}) for p in ("bf16", "fp16", "fp32")] + [
+        ("train", {"gradient_checkpointing": g}) for g in (True, False)
+    ] + [("method", {"alpha": a}) for a in (8.0, 16.0, 32.0)]
+    updates = []
+    for i in range(args.repeats):
+        section, change = edits[i % len(edits)]
+        cfg = base.model_copy(update={section: getattr(base, section).model_copy(update=change)})
+        t0 = time.perf_counter()
+        estimate(cfg, gpus=[])
+        updates.append(time.perf_counter() - t0)
+
+    structural = []
+    for r in (4, 8, 32, 64):
+        cfg = base.model_copy(update={"method": base.method.model_copy(update={"r": r})})
+        t0 = time.perf_counter()
+        estimate(cfg, gpus=[])
+        structural.append(time.perf_counter() - t0)
+
+    print(json.dumps({
+        "model": model, "first_inspection_s": round(first, 3), "update_ms": _ms(updates),
+        "structural_change_first_time_ms": _ms(structural),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }))
+
+
+if __name__ == "__main__":
+    main()
