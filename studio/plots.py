@@ -6,6 +6,7 @@ each tick); the figure functions turn a series into plotly figures.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
@@ -65,6 +66,7 @@ class RunSeries:
                 self.first_step, self.first_step_time = ev.get("step"), ev.get("time")
             elif kind == "train" and isinstance(step, int):
                 changed = True
+                self._rewind(step)
                 self.step, self.epoch = step, ev.get("epoch", self.epoch)
                 self.last_step_time = ev.get("time")
                 if _finite(ev.get("loss")):
@@ -83,6 +85,7 @@ class RunSeries:
                     self.gpu_mem = int(mem)
             elif kind == "eval" and _finite(ev.get("val_loss")):
                 changed = True
+                self._rewind_series(self.val_steps, self.val_loss, int(step or 0))
                 self.val_steps.append(int(step or 0))
                 self.val_loss.append(float(ev["val_loss"]))
                 if _finite(ev.get("best_val_loss")):
@@ -93,8 +96,22 @@ class RunSeries:
                 self.best_step = ev.get("best_step", self.best_step)
             elif kind == "resume":
                 changed = True
-                self.resumes.append(self.step)
+                digits = re.search(r"checkpoint-(\d+)", str(ev.get("checkpoint") or ""))
+                self.resumes.append(int(digits.group(1)) if digits else self.step)
         return changed
+
+    @staticmethod
+    def _rewind_series(xs: list[int], ys: list[float], step: int) -> None:
+        while xs and xs[-1] >= step:
+            xs.pop()
+            ys.pop()
+
+    def _rewind(self, step: int) -> None:
+        """A resumed run repeats the steps after its checkpoint: the new points replace the old ones,
+        so the curve joins at the checkpoint instead of doubling back."""
+        for xs, ys in ((self.steps, self.loss), (self.lr_steps, self.lr), (self.gn_steps, self.grad_norm),
+                       (self.val_steps, self.val_loss)):
+            self._rewind_series(xs, ys, step)
 
     def eta_seconds(self) -> Optional[float]:
         if not (self.total_steps and self.first_step is not None and self.first_step_time and self.last_step_time):
