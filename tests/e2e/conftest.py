@@ -22,6 +22,7 @@ import pytest
 
 from tests.e2e.helpers import CHROMIUM, CHROMIUM_ARGS, REPO, Studio, goto_studio
 
+STEP_TIMEOUT_MS = 60_000
 SERVER_START_TIMEOUT_S = 180  # cold imports of torch/transformers/gradio on a busy 2-core box
 E2E_DIR = Path(__file__).resolve().parent
 
@@ -148,8 +149,12 @@ def chromium_browser(studio_server):
 @pytest.fixture()
 def studio_page(chromium_browser, studio_server, request):
     """A fresh page on the studio, loaded and showing its tabs. Dumps the server log tail on failure."""
+    from playwright.sync_api import expect
+
+    # Every step waits on a server event; on a busy 2-core machine one can take tens of seconds.
+    expect.set_options(timeout=STEP_TIMEOUT_MS)
     context = chromium_browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(30_000)
+    context.set_default_timeout(STEP_TIMEOUT_MS)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -56,7 +57,41 @@ def open_tab(page, title: str):
     expect(button).to_have_attribute("aria-selected", "true")
     panel = page.locator(f"#tab-{title.lower()}")
     expect(panel).to_be_visible()
+    wait_settled(page)
     return panel
+
+
+def wait_settled(page, timeout_ms: int = 90_000) -> None:
+    """Wait until no visible component shows Gradio's pending/progress overlay (a page-load event, say):
+    a value typed while an event is still writing its outputs can be overwritten by it."""
+    page.wait_for_function(
+        "() => ![...document.querySelectorAll('[data-testid=status-tracker]')].some(e =>"
+        " !e.classList.contains('hide') && e.offsetParent !== null"
+        " && /processing|queue|\\d\\.\\ds/.test(e.innerText))",
+        timeout=timeout_ms)
+
+
+def choose_lora_on(page, model_dir, steps: int) -> None:
+    """The CPU preset, then the tiny test model and a handful of steps: a real run in seconds."""
+    from playwright.sync_api import expect
+
+    panel = open_tab(page, "Method")
+    pick_option(page, "method-preset", "Quick try on CPU")
+    field(page, "method-apply-preset").click()
+    expect(panel).to_contain_text("Applied preset")
+    wait_settled(page)
+    set_value(page, "method-model", str(model_dir))
+    expect(field(page, "method-model-info")).to_contain_text("2 layers, hidden size 64", timeout=60_000)
+    wait_settled(page)
+    pick_option(page, "method-name", "^LoRA$")
+    set_labelled(panel, "Max steps", steps)
+    set_labelled(panel, "Evaluate every N steps", min(steps, 20))
+    wait_settled(page)
+    # The estimate is a stacked bar of memory terms; the verdict says whether it fits.
+    page.wait_for_function(
+        "() => { const p = document.querySelector('#method-estimate .js-plotly-plot');"
+        " return p && p.data && p.data.length >= 3; }", timeout=60_000)
+    expect(field(page, "method-fits")).to_contain_text(re.compile(r"\d"))
 
 
 def save_screenshot(page, name: str) -> Path:
@@ -105,8 +140,6 @@ def set_value(page, elem_id: str, value) -> None:
 
 def pick_option(page, elem_id: str, pattern) -> str:
     """Open a dropdown and click the first option matching a regex (labels often hold run ids); returns its text."""
-    import re
-
     combo = field(page, elem_id).locator("input[role=combobox]")
     combo.click()
     option = page.get_by_role("option", name=re.compile(pattern)).first
@@ -118,8 +151,6 @@ def pick_option(page, elem_id: str, pattern) -> str:
 
 def set_labelled(scope, label: str, value) -> None:
     """Set a number, text or dropdown field inside scope (a tab panel) by the start of its label."""
-    import re
-
     name = re.compile("^" + re.escape(label))
     combo = scope.get_by_role("combobox", name=name)
     if combo.count():
@@ -137,3 +168,22 @@ def plot_points(page, elem_id: str) -> int:
     if not plot.count():
         return 0
     return plot.first.evaluate("e => (e.data || []).reduce((n, t) => n + ((t.y || []).length), 0)")
+
+
+def end_runs_of(workspace: Path) -> None:
+    """Kill any training this workspace still has going (a failed test must not leave the next one busy)."""
+    import json
+    import signal
+
+    for status in workspace.glob("runs/*/status.json"):
+        try:
+            data = json.loads(status.read_text())
+        except (OSError, ValueError):
+            continue
+        pgid = data.get("pgid")
+        if data.get("state") in ("starting", "running", "stopping") and isinstance(pgid, int) and pgid > 1 \
+                and pgid != os.getpgid(0):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass

@@ -9,11 +9,10 @@ import re
 
 from playwright.sync_api import expect
 
-from tests.e2e.helpers import field, open_tab, pick_option, plot_points, save_screenshot, set_labelled, set_value
+from tests.e2e.helpers import choose_lora_on, field, open_tab, pick_option, plot_points, save_screenshot, set_value
 
 SAMPLE = "instructions.jsonl"
 TRAIN_STEPS = 4
-MAX_STEPS_LABEL = "Max steps"
 TRAIN_TIMEOUT_MS = 150_000
 MERGE_TIMEOUT_MS = 120_000
 CHAT_TIMEOUT_MS = 120_000
@@ -38,24 +37,6 @@ def choose_sample_dataset(page) -> None:
     assert "ANSWER" in "".join(graded.all_inner_texts())
 
 
-def choose_lora_on(page, model_dir) -> None:
-    """The CPU preset, then the tiny test model and a handful of steps: a real run in seconds."""
-    panel = open_tab(page, "Method")
-    pick_option(page, "method-preset", "Quick try on CPU")
-    field(page, "method-apply-preset").click()
-    expect(panel).to_contain_text("Quick try on CPU")
-    set_value(page, "method-model", str(model_dir))
-    expect(field(page, "method-model-info")).to_contain_text(re.compile(r"\d"), timeout=60_000)
-    pick_option(page, "method-name", "^LoRA$")
-    for label, value in ((MAX_STEPS_LABEL, TRAIN_STEPS), ("Evaluate every N steps", TRAIN_STEPS)):
-        set_labelled(panel, label, value)
-    # The estimate is a stacked bar of memory terms; the verdict says whether it fits.
-    page.wait_for_function(
-        "() => { const p = document.querySelector('#method-estimate .js-plotly-plot');"
-        " return p && p.data && p.data.length >= 3; }", timeout=60_000)
-    expect(field(page, "method-fits")).to_contain_text(re.compile(r"\d"))
-
-
 def watch_reply_lengths(page, elem_id: str) -> None:
     """Record every length the last bot message passes through, to tell streaming from one update."""
     page.evaluate(
@@ -73,7 +54,7 @@ def test_new_user_flow_dataset_to_chat(studio_page, tiny_model_dir):
     choose_sample_dataset(page)
     save_screenshot(page, "dataset")
 
-    choose_lora_on(page, tiny_model_dir)
+    choose_lora_on(page, tiny_model_dir, TRAIN_STEPS)
     save_screenshot(page, "method")
 
     panel = open_tab(page, "Train")
