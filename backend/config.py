@@ -108,6 +108,14 @@ class DistributedConfig(Strict):
     strategy: Literal[STRATEGIES] = Field("ddp", description="How work and memory are split across GPUs.")
 
 
+class AlignmentConfig(Strict):
+    beta: float = Field(0.1, gt=0, le=100, description=(
+        "DPO/KTO: how strongly the model is held to the reference model (lower lets it move further); "
+        "ORPO: weight of the odds-ratio preference term."))
+    desirable_weight: float = Field(1.0, gt=0, description="KTO: loss weight of desirable (label true) examples.")
+    undesirable_weight: float = Field(1.0, gt=0, description="KTO: loss weight of undesirable (label false) examples.")
+
+
 class NotifyConfig(Strict):
     webhook: Optional[str] = Field(None, description="URL that receives one JSON POST when the run ends.")
 
@@ -121,6 +129,7 @@ class RunConfig(Strict):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    alignment: AlignmentConfig = Field(default_factory=AlignmentConfig)
     trust_remote_code: bool = Field(False, description="Run code shipped with the model (only for models you trust).")
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=lambda: ["tensorboard"])
     name: Optional[str] = Field(None, max_length=80, description="A label for the run (the run id is generated).")

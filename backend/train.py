@@ -100,6 +100,9 @@ def build_datasets(cfg, tokenizer):
     from backend.templates import build_sft_dataset
     from backend.errors import UserError
 
+    from backend.objectives import build_alignment_datasets, is_alignment
+    if is_alignment(cfg.objective):
+        return build_alignment_datasets(cfg)  # TRL's preference/KTO trainers tokenize these themselves
     if cfg.objective not in ("sft", "pretrain"):
         raise UserError(f"Training with the '{cfg.objective}' objective is not available yet; use sft or pretrain.")
     loaded, train_rows, val_rows = load_for_training(cfg.data, cfg.train.seed)
@@ -177,6 +180,12 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_ds, val_ds, faults
     if faults:
         callbacks.append(FaultCallback(faults))
     callbacks += method_callbacks(model, cfg, run_dir)  # AdaLoRA's ranks, unfreezing, Fish Mask
+    from backend.objectives import build_alignment_trainer, is_alignment
+    if is_alignment(cfg.objective):
+        trainer = build_alignment_trainer(cfg, args, model, tokenizer, train_ds, val_ds, callbacks,
+                                          create_optimizer(model, cfg))
+        install_save_fault(trainer, faults)
+        return trainer, events, stop
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,

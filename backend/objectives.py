@@ -1,0 +1,195 @@
+"""Alignment objectives (DPO, ORPO, KTO): TRL's trainers behind one small spec each.
+
+An objective combines with any parameter method (DPO + QLoRA, KTO + full, ...): the model arrives
+from methods.load_trainable_model already frozen/wrapped; a PEFT model's reference is the same
+model with its adapter switched off, otherwise TRL loads a frozen copy of the base as reference.
+ORPO lives in trl.experimental in TRL 1.x; only this file knows where each trainer is imported
+from, so an upstream move touches one line.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from backend import runs
+from backend.errors import UserError
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    name: str
+    title: str
+    help: str
+    data_format: str                 # the normalized dataset format it trains on
+    classes: Callable[[], tuple[type, type]]  # (Config class, Trainer class), imported lazily
+    settings: Callable[[Any], dict[str, Any]]  # objective-specific Config kwargs from the RunConfig
+    uses_reference: bool
+
+
+def _dpo_classes():
+    from trl import DPOConfig, DPOTrainer
+    return DPOConfig, DPOTrainer
+
+
+def _orpo_classes():
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+    return ORPOConfig, ORPOTrainer
+
+
+def _kto_classes():
+    from trl import KTOConfig, KTOTrainer
+    return KTOConfig, KTOTrainer
+
+
+OBJECTIVES: dict[str, ObjectiveSpec] = {
+    "dpo": ObjectiveSpec(
+        "dpo", "DPO (direct preference optimization)",
+        ("Learns from chosen/rejected answer pairs without a reward model, held near the starting model by beta: "
+         "the usual alignment step after SFT; costs two forward passes per pair (policy and reference)."),
+        "preference", _dpo_classes,
+        lambda cfg: {"beta": cfg.alignment.beta, "max_length": cfg.data.max_length}, True),
+    "orpo": ObjectiveSpec(
+        "orpo", "ORPO (odds-ratio preference optimization)",
+        ("SFT and preference learning in one step, with no reference model: cheaper than DPO (one model) and "
+         "usable straight from a base model; beta weighs the preference term."),
+        "preference", _orpo_classes,
+        lambda cfg: {"beta": cfg.alignment.beta, "max_length": cfg.data.max_length}, False),
+    "kto": ObjectiveSpec(
+        "kto", "KTO (Kahneman-Tversky optimization)",
+        ("Learns from single answers marked good or bad (no pairs needed): choose it when you have thumbs-up/"
+         "down data; like DPO it needs a reference pass, and both labels should be present in each batch."),
+        "kto", _kto_classes,
+        lambda cfg: {"beta": cfg.alignment.beta, "max_length": cfg.data.max_length,
+                     "desirable_weight": cfg.alignment.desirable_weight,
+                     "undesirable_weight": cfg.alignment.undesirable_weight,
+                     # KTO's KL estimate pairs each example with its batch neighbours, in a fixed order.
+                     "train_sampling_strategy": "sequential"}, True),
+}
+
+# What the trainers log that the charts show (reward margins and accuracies above all).
+ALIGNMENT_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                     "logps/chosen", "logps/rejected", "kl", "log_odds_ratio", "log_odds_chosen", "nll_loss")
+
+
+def is_alignment(objective: str) -> bool:
+    return objective in OBJECTIVES
+
+
+def get_objective(name: str) -> ObjectiveSpec:
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise UserError(f"Training with the '{name}' objective is not available yet; choose sft, pretrain, "
+                        f"{', '.join(OBJECTIVES)}.") from None
+
+
+def validate_objective(cfg: Any) -> dict[str, str]:
+    """Field -> sentence for combinations that cannot train."""
+    if not is_alignment(cfg.objective):
+        return {}
+    from backend.methods import get_method
+
+    spec = get_method(cfg.method.name)
+    if spec.family == "prompt":
+        return {"method.name": (f"{cfg.objective.upper()} cannot train a prompt method ({spec.title}): the "
+                                "trainer needs the model's own outputs with and without the adapter; choose LoRA.")}
+    return {}
+
+
+def _conversation(rows: list[dict], fmt: str, system: Optional[str]) -> list[dict]:
+    """Rows in TRL's conversational form, so the tokenizer's chat template frames them exactly as in SFT."""
+    def turns(value: Any, role: str) -> list[dict]:
+        return value if isinstance(value, list) else [{"role": role, "content": value}]
+
+    out = []
+    for row in rows:
+        prompt = turns(row["prompt"], "user") if row.get("prompt") not in ("", None) else []
+        if system and not (prompt and prompt[0]["role"] == "system"):
+            prompt = [{"role": "system", "content": system}] + prompt
+        if fmt == "preference":
+            out.append({"prompt": prompt, "chosen": turns(row["chosen"], "assistant"),
+                        "rejected": turns(row["rejected"], "assistant")})
+        else:
+            out.append({"prompt": prompt, "completion": turns(row["completion"], "assistant"),
+                        "label": bool(row["label"])})
+    return out
+
+
+def build_alignment_datasets(cfg: Any) -> tuple[Any, Any]:
+    from datasets import Dataset
+
+    from backend.data import load_for_training
+
+    spec = get_objective(cfg.objective)
+    loaded, train_rows, val_rows = load_for_training(cfg.data, cfg.train.seed)
+    fmt = getattr(loaded, "format", None)
+    if fmt != spec.data_format:
+        need = ("prompt/chosen/rejected pairs" if spec.data_format == "preference"
+                else "prompt/completion/label rows")
+        raise UserError(f"{spec.title} trains on {need}, but {cfg.data.path} holds '{fmt}' data; pick a "
+                        f"{spec.data_format} dataset in the Dataset tab or change the objective.")
+    if not train_rows:
+        raise UserError(f"The training file {cfg.data.path} has no usable rows; check it in the Dataset tab.")
+    if spec.data_format == "kto" and len({bool(r["label"]) for r in train_rows}) < 2:
+        raise UserError(f"KTO needs both desirable (label true) and undesirable (label false) examples, but "
+                        f"every row of {cfg.data.path} has the same label; add the other kind or use SFT.")
+    train = Dataset.from_list(_conversation(train_rows, spec.data_format, cfg.data.system_prompt))
+    val = Dataset.from_list(_conversation(val_rows, spec.data_format, cfg.data.system_prompt)) if val_rows else None
+    return train, val
+
+
+def _common_args(sft_args: Any, config_cls: type) -> dict[str, Any]:
+    """The run's TrainingArguments (already built for SFT) carried over to the objective's Config."""
+    from transformers import TrainingArguments
+
+    base = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    wanted = {f.name for f in dataclasses.fields(config_cls) if f.init}
+    skip = {"gradient_checkpointing", "learning_rate"}  # set by the method; learning rate passed below
+    out = {k: getattr(sft_args, k) for k in base & wanted if k not in skip and hasattr(sft_args, k)}
+    out["learning_rate"] = sft_args.learning_rate
+    out["gradient_checkpointing"] = False
+    out["remove_unused_columns"] = False
+    # Enums go back as their values; TrainingArguments parses strings.
+    return {k: (v.value if hasattr(v, "value") and not isinstance(v, (int, float, str)) else v)
+            for k, v in out.items()}
+
+
+def build_alignment_trainer(cfg: Any, sft_args: Any, model: Any, tokenizer: Any, train_ds: Any, val_ds: Any,
+                            callbacks: list, optimizer: Any) -> Any:
+    spec = get_objective(cfg.objective)
+    problems = validate_objective(cfg)
+    if problems:
+        raise UserError(" ".join(problems.values()))
+    config_cls, trainer_cls = spec.classes()
+    kwargs = {**_common_args(sft_args, config_cls), **spec.settings(cfg)}
+    if "disable_dropout" in {f.name for f in dataclasses.fields(config_cls)}:
+        kwargs["disable_dropout"] = True
+    args = config_cls(**kwargs)
+    callbacks = list(callbacks) + [AlignmentEventsCallback(Path(sft_args.output_dir).parent)]
+    return trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                       processing_class=tokenizer, callbacks=callbacks, optimizers=(optimizer, None))
+
+
+def _alignment_callback_base():
+    from transformers import TrainerCallback
+    return TrainerCallback
+
+
+class AlignmentEventsCallback(_alignment_callback_base()):
+    """Writes the trainers' reward margins and accuracies as "alignment" events for the charts
+    (train and eval alike; eval keys keep their "eval_" prefix)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        picked = {k: v for k, v in logs.items()
+                  if k.removeprefix("eval_") in ALIGNMENT_METRICS and isinstance(v, (int, float))}
+        if picked:
+            runs.append_event(self.run_dir, {"type": "alignment", "step": state.global_step,
+                                             "epoch": state.epoch, "phase": "eval" if "eval_loss" in logs
+                                             else "train", **picked})

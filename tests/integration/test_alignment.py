@@ -1,0 +1,89 @@
+"""DPO, ORPO and KTO through the training subprocess's code path on the tiny model (in-process):
+they train with or without LoRA, log reward margins/accuracies as chart events, and save an
+adapter (or model) where only the method's parameters moved."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from backend import runs
+from backend.config import RunConfig
+from backend.models import load_causal_lm
+from backend.objectives import OBJECTIVES, validate_objective
+
+pytestmark = pytest.mark.timeout(600)
+SAMPLES = Path(__file__).resolve().parents[2] / "assets" / "samples"
+
+
+def small_copy(tmp_path: Path, name: str, n: int = 4) -> Path:
+    out = tmp_path / name
+    out.write_text("".join((SAMPLES / name).read_text().splitlines(keepends=True)[:n]))
+    return out
+
+
+def config(model_dir, data: Path, objective: str, method: str) -> RunConfig:
+    return RunConfig.model_validate({
+        "model": str(model_dir), "objective": objective, "early_stopping": {"patience": None},
+        "method": {"name": method, "r": 4, "dropout": 0.0, "num_layers": 1},
+        "alignment": {"beta": 0.2},
+        "data": {"path": str(data), "validation_split": 0.0, "max_length": 48},
+        "train": {"max_steps": 2, "batch_size": 2, "gradient_accumulation": 1, "precision": "fp32",
+                  "gradient_checkpointing": False, "learning_rate": 1e-2, "eval_steps": 50, "warmup_ratio": 0.0,
+                  "scheduler": "constant"}})
+
+
+def train(tmp_path: Path, cfg: RunConfig) -> tuple[Path, list[dict]]:
+    from backend.train import run
+
+    run_dir = runs.create_run(tmp_path / "ws", cfg)
+    code = run(run_dir)
+    assert code == 0, runs.read_status(run_dir).get("error")
+    return run_dir, runs.read_events(run_dir)[0]
+
+
+@pytest.mark.parametrize("objective,method", [("dpo", "lora"), ("orpo", "lora"), ("kto", "lora"),
+                                              ("dpo", "last_layers")])
+def test_alignment_objective_trains_and_logs_rewards(tiny_model_dir, tmp_path, objective, method):
+    data = small_copy(tmp_path, "kto.jsonl" if objective == "kto" else "preference.jsonl")
+    run_dir, events = train(tmp_path, config(tiny_model_dir, data, objective, method))
+    alignment = [e for e in events if e["type"] == "alignment"]
+    assert len(alignment) == 2 and all(any(k.startswith("rewards/") for k in e) for e in alignment)
+    if objective == "kto":  # KTO logs margins only when a batch holds both labels
+        assert all("kl" in e for e in alignment)
+    else:
+        assert all("rewards/margins" in e and "rewards/accuracies" in e for e in alignment)
+    assert [e["step"] for e in events if e["type"] == "train"] == [1, 2]
+
+    adapter = runs.adapter_dir(run_dir)
+    base = load_causal_lm(str(tiny_model_dir), dtype=torch.float32)
+    if method == "lora":
+        from safetensors.torch import load_file
+
+        weights = load_file(str(adapter / "adapter_model.safetensors"))
+        assert weights and all("lora_" in k for k in weights)
+        assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)  # B moved off zero
+    else:
+        tuned = dict(load_causal_lm(str(adapter), dtype=torch.float32).named_parameters())
+        moved = {n for n, p in base.named_parameters() if not torch.equal(p, tuned[n])}
+        assert moved and all(n.startswith(("model.layers.1.", "model.norm.")) for n in moved)
+
+
+def test_preference_objective_on_sft_data_says_what_to_pick(tiny_model_dir, tmp_path):
+    from backend.train import run
+
+    data = small_copy(tmp_path, "instructions.jsonl")
+    run_dir = runs.create_run(tmp_path / "ws", config(tiny_model_dir, data, "dpo", "lora"))
+    assert run(run_dir) == 1
+    error = runs.read_status(run_dir)["error"]
+    assert "prompt/chosen/rejected" in error and "Dataset tab" in error
+
+
+def test_prompt_methods_cannot_be_aligned_and_every_objective_has_help(tiny_model_dir, tmp_path):
+    cfg = config(tiny_model_dir, tmp_path / "x.jsonl", "dpo", "prompt_tuning")
+    assert "method.name" in validate_objective(cfg)
+    assert validate_objective(config(tiny_model_dir, tmp_path / "x.jsonl", "dpo", "qlora")) == {}
+    for spec in OBJECTIVES.values():
+        assert 20 < len(spec.help) < 300 and spec.data_format in ("preference", "kto")
