@@ -109,6 +109,14 @@ def _tracker() -> Any:
     from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
 
     class _Tracker(MemTracker):
+        def _update_peak_stats(self, peak_state: Any) -> None:
+            # Only the global peak is read here; MemTracker also refreshes every active module's
+            # peak on every op, which makes a 30-layer model's trace quadratic in its module count.
+            for dev, snap in self._curr_mem_snap.items():
+                if self._peak_mem.get(dev, 0) < snap["Total"]:
+                    self._peak_mem[dev] = snap["Total"]
+                    self._peak_mem_snap[dev] = dict(snap)
+
         def _track_module_params_and_buffers(self, module: nn.Module, install_grad_hooks: bool = True):
             out = super()._track_module_params_and_buffers(module, install_grad_hooks=False)
             if not install_grad_hooks:
