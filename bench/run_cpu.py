@@ -35,7 +35,7 @@ BUNDLED_CONFIG = ".test-cache/models/smollm2-135m-instruct"
 # on a 2-core machine.
 JOBS: list[tuple[str, list[str], int]] = [
     ("data_10k", ["bench/data_speed.py", "--rows", "10000"], 240),
-    ("data_100k", ["bench/data_speed.py", "--rows", "100000", "--preview-repeats", "10"], 600),
+    ("data_100k", ["bench/data_speed.py", "--rows", "100000", "--preview-repeats", "10"], 1200),
     ("estimator_latency", ["bench/estimator_latency.py", "--repeats", "200"], 240),
     ("precise_vs_closed", ["bench/run_cpu.py", "--job", "precise"], 600),
     ("train_overhead_tiny", ["bench/train_overhead.py", "--model", TINY, "--steps", "20", "--repeats", "1"], 600),

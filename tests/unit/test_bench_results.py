@@ -84,3 +84,41 @@ def test_without_a_gpu_the_matrix_exits_2_with_a_sentence(matrix, capsys):
         pytest.skip("a GPU is present")
     assert matrix.main([]) == 2
     assert "No CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return _load("run_cpu")
+
+
+MACHINE = {"cpu": "AMD EPYC", "cores": 2, "python": "3.11", "platform": "Linux",
+           "versions": {"torch": "2.13.0", "transformers": "5.24"}}
+
+
+def _record(job, result=None, status="ok", error=None):
+    return {"job": job, "command": f"python bench/{job}.py --x", "date": "2026-01-01 00:00:00", "seconds": 1.5,
+            "status": status, "result": result, "error": error}
+
+
+def test_results_md_is_rendered_from_records_with_commands_machine_and_the_gpu_gap(runner):
+    latency = {"first_inspection_s": 1.25, "update_ms": {"p50": 0.061, "p95": 0.2, "max": 3, "n": 200},
+               "structural_change_first_time_ms": {"p50": 900.0, "p95": 1200.0, "max": 1200.0, "n": 4}}
+    records = {"estimator_latency": _record("estimator_latency", latency),
+               "data_10k": _record("data_10k", status="failed", error="timed out after 240 s")}
+    text = runner.render(records, MACHINE, gpu=None)
+    assert "AMD EPYC, 2 cores" in text and "torch 2.13.0" in text
+    assert "`python bench/estimator_latency.py --x`" in text
+    assert "p50 0.061 ms, p95 0.2 ms" in text
+    assert "**Not measured**: timed out after 240 s" in text
+    assert "GPU matrix: not measured -- no GPU was available to this task" in text
+    assert "Data path: 100k rows" in text and "the job has not run yet" in text
+
+
+def test_results_md_embeds_the_gpu_matrix_report_when_a_gpu_run_left_one(runner, matrix):
+    cells = matrix.build_cells(models=["bundled"], methods=["lora"], optimizers=["adamw_torch"])[:2]
+    gpu = {"device": {"name": "NVIDIA H200"}, "command": "python bench/gpu_memory_matrix.py",
+           "cells": [_result(matrix, cells[0], 10, 11), _result(matrix, cells[1], 10, 9)]}
+    text = runner.render({}, MACHINE, gpu=gpu)
+    assert "not measured -- no GPU" not in text
+    assert re.search(r"^estimator median abs error: 10\.0%$", text, re.M)
+    assert text.index("NVIDIA H200") < text.index("estimator worst abs error")
