@@ -45,21 +45,30 @@ def _prefix(model: nn.Module, cfg: Any, projection: bool) -> nn.Module:
 
 
 def apply_prefix_tuning(model: nn.Module, cfg: Any) -> nn.Module:
-    # Li & Liang's prefix tuning trains the prefixes through a small MLP (more stable than direct training).
-    return _prefix(model, cfg, projection=True)
-
-
-def apply_p_tuning_v2(model: nn.Module, cfg: Any) -> nn.Module:
-    # P-tuning v2: the deep prompts (keys and values at every layer) train directly, no reparameterization.
+    # The prefixes (keys and values at every layer) train directly: the parameter count is the
+    # seed documents' 2 x tokens x layers x hidden.
     return _prefix(model, cfg, projection=False)
 
 
-def _validate_prompt_text(cfg: Any, _model_config: Any) -> dict[str, str]:
+def apply_p_tuning_v2(model: nn.Module, cfg: Any) -> nn.Module:
+    # P-tuning v2's deep prompts at every layer, reparameterized through a small MLP (the paper's
+    # option that stabilizes training on harder tasks); the MLP of bottleneck width trains too.
+    return _prefix(model, cfg, projection=True)
+
+
+def _validate_prompt_method(cfg: Any, _model_config: Any) -> dict[str, str]:
+    from backend.objectives import validate_objective
+
+    return validate_objective(cfg)
+
+
+def _validate_prompt_text(cfg: Any, model_config: Any) -> dict[str, str]:
+    errors = _validate_prompt_method(cfg, model_config)
     text = cfg.method.prompt_init_text
     if text is not None and not text.strip():
-        return {"method.prompt_init_text": "The initialisation text is empty; write a short task description "
-                                           "or leave it unset for a random start."}
-    return {}
+        errors["method.prompt_init_text"] = ("The initialisation text is empty; write a short task description "
+                                             "or leave it unset for a random start.")
+    return errors
 
 
 register(MethodSpec(
@@ -72,17 +81,17 @@ register(MethodSpec(
 
 register(MethodSpec(
     name="prefix_tuning", title="Prefix tuning", family="prompt",
-    help=("Learns keys and values prepended at every attention layer, trained through a small MLP of the "
-          "bottleneck size: stronger than prompt tuning at a similar inference cost; the MLP adds training memory."),
-    params=["num_virtual_tokens", "bottleneck"], uses_peft=True, quantized=False, can_merge=_prompt_merge,
-    apply=apply_prefix_tuning,
+    help=("Learns keys and values prepended at every attention layer: stronger than prompt tuning with tiny "
+          "adapters (2 x tokens x layers x hidden values); each prefix token costs attention memory."),
+    params=["num_virtual_tokens"], uses_peft=True, quantized=False, can_merge=_prompt_merge,
+    apply=apply_prefix_tuning, validate=_validate_prompt_method,
 ))
 
 register(MethodSpec(
     name="p_tuning_v2", title="P-tuning v2 (deep prompts)", family="prompt",
-    help=("Deep prompts: learned keys and values at every layer, trained directly (no MLP): close to full "
-          "fine-tuning on understanding tasks with well under 1% of the parameters; each prompt token costs "
-          "attention memory."),
-    params=["num_virtual_tokens"], uses_peft=True, quantized=False, can_merge=_prompt_merge,
-    apply=apply_p_tuning_v2,
+    help=("Deep prompts at every layer trained through a small MLP of the bottleneck width: more stable than "
+          "plain prefix tuning on harder tasks, close to full fine-tuning on understanding tasks; the MLP adds "
+          "training memory."),
+    params=["num_virtual_tokens", "bottleneck"], uses_peft=True, quantized=False, can_merge=_prompt_merge,
+    apply=apply_p_tuning_v2, validate=_validate_prompt_method,
 ))

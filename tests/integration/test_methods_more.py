@@ -21,12 +21,12 @@ INTENDED = {
     "ia3": r".*\.(k_proj|v_proj|down_proj)\.ia3_l\.",
     "longlora": r".*(\.(q_proj|v_proj)\.lora_[AB]\.|embed_tokens\.modules_to_save\.|norm\.modules_to_save\.)",
     "prompt_tuning": r"prompt_encoder\.default\.embedding\.",
-    "prefix_tuning": r"prompt_encoder\.default\.(embedding|transform)\.",
-    "p_tuning_v2": r"prompt_encoder\.default\.embedding\.",
+    "prefix_tuning": r"prompt_encoder\.default\.embedding\.",
+    "p_tuning_v2": r"prompt_encoder\.default\.(embedding|transform)\.",
 }
 METHOD_SETTINGS = {"vera": {"r": 8}, "adalora": {"r": 2, "init_r": 4}, "prompt_tuning": {"num_virtual_tokens": 4},
-                   "prefix_tuning": {"num_virtual_tokens": 4, "bottleneck": 16},
-                   "p_tuning_v2": {"num_virtual_tokens": 4}}
+                   "prefix_tuning": {"num_virtual_tokens": 4},
+                   "p_tuning_v2": {"num_virtual_tokens": 4, "bottleneck": 16}}
 
 
 def run_cfg(model_dir, name: str, method: dict | None = None, **train) -> RunConfig:
