@@ -138,3 +138,28 @@ def test_methods_without_a_merge_say_why():
     for name in ("prompt_tuning", "prefix_tuning", "p_tuning_v2"):
         ok, reason = METHODS[name].can_merge(None)
         assert not ok and "virtual tokens" in reason
+
+
+@pytest.mark.parametrize("name", ["adalora", "prompt_tuning", "lora_fa"])
+def test_trainer_trains_and_saves_a_reloadable_adapter(tiny_model_dir, tmp_path, name):
+    """The real training path: our SFT batches (PEFT pads labels for virtual tokens), the method's
+    callbacks (AdaLoRA's rank allocation) and optimizer (LoRA-FA), then a PEFT adapter on disk."""
+    import json
+
+    from backend import runs
+    from backend.train import run
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Say {i}.", "completion": "apple pie"}) + "\n" for i in range(8)))
+    cfg = RunConfig.model_validate({
+        "model": str(tiny_model_dir), "method": {"name": name, "r": 2, "init_r": 4, "num_virtual_tokens": 4,
+                                                 "prompt_init_text": "Answer:"},
+        "early_stopping": {"patience": None}, "data": {"path": str(data), "validation_split": 0.0, "max_length": 32},
+        "train": {"max_steps": 2, "batch_size": 2, "gradient_accumulation": 1, "precision": "fp32",
+                  "gradient_checkpointing": False, "learning_rate": 1e-2, "eval_steps": 50}})
+    run_dir = runs.create_run(tmp_path / "ws", cfg)
+    assert run(run_dir) == 0, runs.read_status(run_dir).get("error")
+    adapter = runs.adapter_dir(run_dir)
+    losses = [e["loss"] for e in runs.read_events(run_dir)[0] if e["type"] == "train"]
+    assert len(losses) == 2 and all(loss == loss for loss in losses)  # finite, not NaN
+    assert logits(reload_peft(tiny_model_dir, adapter)).isfinite().all()
