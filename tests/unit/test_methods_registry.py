@@ -25,8 +25,8 @@ def cfg_for(name: str, **method) -> RunConfig:
     return RunConfig(method=MethodConfig(name=name, **method))
 
 
-def test_first_cut_methods_are_registered_in_order_with_config_names():
-    assert list(METHODS)[:7] == FIRST_CUT
+def test_first_cut_methods_are_registered_with_config_names():
+    assert set(FIRST_CUT) <= set(METHODS)
     assert set(METHODS) <= set(METHOD_NAMES)
 
 

@@ -1,0 +1,103 @@
+"""How the Method tab shows an estimate and validation problems: plotly figure and sentences.
+
+Pure functions of the estimator's JSON and the validation dict, so they are tested without a browser.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import plotly.graph_objects as go
+
+TERM_LABELS = {"weights": "Weights", "gradients": "Gradients", "optimizer": "Optimizer states",
+               "activations": "Activations", "logits": "Logits and loss", "overhead": "Runtime overhead"}
+TERM_COLORS = {"weights": "#2563eb", "gradients": "#f59e0b", "optimizer": "#dc2626", "activations": "#16a34a",
+               "logits": "#9333ea", "overhead": "#6b7280"}
+_NO_GPU_NOTE = "No GPU was found"
+_PYDANTIC = [
+    (r"^Input should be greater than or equal to (.+)$", r"must be at least \1"),
+    (r"^Input should be greater than (.+)$", r"must be more than \1"),
+    (r"^Input should be less than or equal to (.+)$", r"must be at most \1"),
+    (r"^Input should be less than (.+)$", r"must be less than \1"),
+    (r"^Input should be a valid integer.*$", "must be a whole number"),
+    (r"^Input should be a valid number.*$", "must be a number"),
+    (r"^Input should be a valid boolean.*$", "must be on or off"),
+    (r"^Input should be (.+)$", r"must be \1"),
+]
+
+
+def gb(n: float | int | None) -> str:
+    # GiB, the unit cards are sold in ("24 GB" = 24 GiB) and that nvidia-smi shows.
+    return "?" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def _rewrite(msg: str) -> str | None:
+    """pydantic's "Input should be ..." as "must be ..."; None for any other message."""
+    head, sep, got = msg.partition(" (got ")
+    for pattern, repl in _PYDANTIC:
+        if re.match(pattern, head):
+            return re.sub(pattern, repl, head) + (f" (got {got}" if sep else "")
+    return None
+
+
+def humanize_errors(errors: dict[str, str], labels: dict[str, str]) -> dict[str, str]:
+    """Field path -> a sentence naming the field; the backend's own sentences pass through unchanged."""
+    out: dict[str, str] = {}
+    for path, msg in errors.items():
+        label = labels.get(path, path or "Configuration")
+        text = _rewrite(msg)
+        if text is None and (msg[:1].isupper() or not path):  # already a sentence from the backend
+            out[path] = msg if msg.endswith(".") else msg + "."
+        else:
+            text = text or msg
+            out[path] = f"{label} {text}" + ("" if text.endswith(".") else ".")
+    return out
+
+
+def estimate_figure(data: dict[str, Any]) -> go.Figure:
+    """One horizontal stacked bar, a segment per term, its formula on hover; the card's size as a line."""
+    fig = go.Figure()
+    formulas = data.get("formulas") or {}
+    for term, value in (data.get("terms_bytes") or {}).items():
+        label = TERM_LABELS.get(term, term)
+        fig.add_bar(y=["needed"], x=[value / 2**30], name=label, orientation="h",
+                    marker_color=TERM_COLORS.get(term), customdata=[[formulas.get(term, ""), gb(value)]],
+                    hovertemplate=f"<b>{label}</b>: %{{customdata[1]}}<br>%{{customdata[0]}}<extra></extra>")
+    for gpu in (data.get("per_gpu") or data.get("gpus") or [])[:1]:
+        free = gpu.get("free_bytes") or gpu.get("total_bytes")
+        if free:
+            fig.add_vline(x=free / 2**30, line_dash="dash", line_color="#111827",
+                          annotation_text=f"{gpu.get('name', 'GPU')}: {gb(free)} free", annotation_position="top")
+    fig.update_layout(barmode="stack", height=260, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="GiB",
+                      legend=dict(orientation="h", y=-0.35), yaxis=dict(showticklabels=False))
+    return fig
+
+
+def estimate_summary(data: dict[str, Any]) -> tuple[str, str]:
+    """(fits sentence, details markdown) for an estimate's JSON."""
+    need, alloc = data.get("total_bytes"), data.get("allocated_bytes")
+    gpus = data.get("gpus") or []
+    if not gpus:
+        fits = (f"**No GPU found**: this machine trains on the CPU. On a GPU this run would need "
+                f"**{gb(need)}** free ({gb(alloc)} allocated by tensors); enter a card size above to check one.")
+    else:
+        first = (data.get("per_gpu") or [{}])[0]
+        name, free = first.get("name", gpus[0].get("name", "GPU")), first.get("free_bytes")
+        head = data.get("headroom_bytes")
+        if data.get("fits"):
+            fits = f"✅ **Fits** on {name}: needs {gb(need)} of {gb(free)} free, {gb(head)} headroom."
+        else:
+            short = gb(-head) if head is not None else "?"
+            fits = f"❌ **Does not fit** on {name}: needs {gb(need)}, {gb(free)} free ({short} short)."
+    t, total = data.get("trainable_params") or 0, data.get("total_params") or 0
+    share = f" ({100 * t / total:.3g}%)" if total else ""
+    lines = [f"**Trainable parameters:** {t:,} of {total:,}{share}", "",
+             f"**Allocated by tensors** (peak): {gb(alloc)} · **card must have free**: {gb(need)}", ""]
+    for term, value in (data.get("terms_bytes") or {}).items():
+        lines.append(f"- {TERM_LABELS.get(term, term)}: {gb(value)} — {(data.get('formulas') or {}).get(term, '')}")
+    if data.get("suggestions"):
+        lines += ["", "**To make it fit, by effect:**"] + [f"{i}. {s}" for i, s in enumerate(data["suggestions"], 1)]
+    notes = [n for n in data.get("notes") or [] if not n.startswith(_NO_GPU_NOTE)]
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    return fits, "\n".join(lines)

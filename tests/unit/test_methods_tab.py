@@ -1,0 +1,100 @@
+"""The Method tab's pure helpers: field generation, config writing, estimate rendering, error sentences."""
+from __future__ import annotations
+
+from backend.methods import METHODS, available_precisions
+from studio.tabs.method import (
+    LABELS, METHOD_FIELDS, effective_batch_text, label_of, field_kind, shown_fields, widget_to_value, with_fields,
+)
+from studio.tabs.method_view import estimate_figure, estimate_summary, humanize_errors
+
+EST = {
+    "terms_bytes": {"weights": 2**30, "gradients": 2**29, "optimizer": 2**31, "activations": 2**28,
+                    "logits": 2**30, "overhead": 2**29},
+    "formulas": {"weights": "7,000 params x 2 B = 14 kB", "logits": "4 x 512 x 49,152 x 14 B"},
+    "total_bytes": 5 * 2**30, "allocated_bytes": 4 * 2**30, "trainable_params": 10, "total_params": 1000,
+    "gpus": [], "fits": None, "suggestions": [], "notes": ["No GPU was found (no NVIDIA driver)", "A note."],
+}
+
+
+def test_every_method_param_gets_a_generated_widget_with_a_label():
+    for spec in METHODS.values():
+        for p in spec.params:
+            if p != "target_modules":
+                assert f"method.{p}" in METHOD_FIELDS and label_of(f"method.{p}")
+    assert label_of("method.r") == LABELS["method.r"]
+    assert label_of("method.some_new_field") == "Some new field"
+
+
+def test_field_kinds_come_from_the_config_types():
+    assert field_kind("method.r") == ("int", [], False)
+    assert field_kind("train.max_steps") == ("int", [], True)
+    assert field_kind("data.packing")[0] == "bool"
+    kind, choices, _ = field_kind("train.optimizer")
+    assert kind == "choice" and "paged_adamw_8bit" in choices
+    assert field_kind("train.precision")[1] == available_precisions()
+
+
+def test_only_the_chosen_methods_fields_are_shown():
+    assert shown_fields("lora") == {"method.r", "method.alpha", "method.dropout", "method.target_modules"}
+    assert "method.loraplus_lr_ratio" in shown_fields("loraplus")
+    assert shown_fields("full") == set()
+
+
+def test_writing_fields_keeps_the_dataset_tabs_choices():
+    rc = {"data": {"path": "mine.jsonl", "template": "chatml", "max_length": 128}, "method": {"name": "full"}}
+    out = with_fields(rc, " smollm2-135m-instruct ", "lora", ["q_proj"], False,
+                      {"method.r": 8.0, "train.max_steps": None, "data.max_length": 256})
+    assert out["data"] == {"path": "mine.jsonl", "template": "chatml", "max_length": 256}
+    assert out["model"] == "smollm2-135m-instruct" and out["method"]["r"] == 8 and isinstance(out["method"]["r"], int)
+    assert out["train"]["max_steps"] is None and rc["data"]["max_length"] == 128  # the input is not modified
+    assert with_fields(rc, "m", "lora", ["q_proj"], True, {})["method"]["target_modules"] == "all-linear"
+
+
+def test_blank_widgets_become_none_and_checkboxes_false():
+    assert widget_to_value("early_stopping.patience", "") is None
+    assert widget_to_value("train.max_steps", 0) is None  # a cleared number box arrives as 0
+    assert widget_to_value("train.seed", 0) == 0
+    assert widget_to_value("data.packing", None) is False
+
+
+def test_effective_batch_multiplies_batch_accumulation_and_gpus():
+    text = effective_batch_text({"train": {"batch_size": 4, "gradient_accumulation": 8}, "distributed": {"gpus": 2}})
+    assert "**64**" in text
+    assert effective_batch_text({"train": {"batch_size": None}}) == ""
+
+
+def test_pydantic_range_messages_become_sentences_naming_the_field():
+    out = humanize_errors({"method.r": "Input should be greater than or equal to 1 (got 0)",
+                           "train.learning_rate": "Input should be greater than 0 (got 0.0)",
+                           "model": "The model type 't5' is not a causal language model."}, LABELS)
+    assert out["method.r"] == "Rank (r) must be at least 1 (got 0)."
+    assert out["train.learning_rate"] == "Learning rate must be more than 0 (got 0.0)."
+    assert out["model"] == "The model type 't5' is not a causal language model."
+
+
+def test_figure_has_one_segment_per_term_with_its_formula_on_hover():
+    fig = estimate_figure(EST)
+    assert [t.name for t in fig.data] == ["Weights", "Gradients", "Optimizer states", "Activations",
+                                          "Logits and loss", "Runtime overhead"]
+    assert fig.layout.barmode == "stack" and fig.data[0].x[0] == 1.0
+    assert fig.data[0].customdata[0][0] == "7,000 params x 2 B = 14 kB"
+    assert "customdata[0]" in fig.data[0].hovertemplate
+    with_gpu = estimate_figure({**EST, "per_gpu": [{"name": "RTX", "free_bytes": 24 * 2**30}]})
+    assert with_gpu.layout.shapes and with_gpu.layout.shapes[0].x0 == 24
+
+
+def test_summary_says_no_gpu_on_a_cpu_machine_and_lists_counts():
+    fits, details = estimate_summary(EST)
+    assert "No GPU found" in fits and "5.00 GiB" in fits
+    assert "10 of 1,000 (1%)" in details and "A note." in details and "No GPU was found" not in details
+
+
+def test_summary_says_fits_or_not_with_headroom_and_suggestions():
+    gpu = {"name": "RTX 4090", "free_bytes": 24 * 2**30}
+    fits, _ = estimate_summary({**EST, "gpus": [gpu], "per_gpu": [gpu], "fits": True, "headroom_bytes": 19 * 2**30})
+    assert fits.startswith("✅") and "19.00 GiB headroom" in fits
+    small = {"name": "T4", "free_bytes": 4 * 2**30}
+    fits, details = estimate_summary({**EST, "gpus": [small], "per_gpu": [small], "fits": False,
+                                      "headroom_bytes": -(2**30), "suggestions": ["Enable checkpointing", "Use QLoRA"]})
+    assert fits.startswith("❌") and "1.00 GiB short" in fits
+    assert "1. Enable checkpointing\n2. Use QLoRA" in details
