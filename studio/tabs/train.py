@@ -300,8 +300,8 @@ def build(ctx: StudioContext) -> None:
     stop.click(on_stop, live, view_outputs, concurrency_id="train-control", concurrency_limit=1) \
         .then(on_refresh, compare, [table, compare])
     resume.click(on_resume, live, view_outputs, concurrency_id="train-control", concurrency_limit=1)
-    table.select(on_select, live, view_outputs, queue=False)
+    selected = table.select(on_select, live, view_outputs, queue=False)
     refresh.click(on_refresh, compare, [table, compare], queue=False)
     compare.change(on_compare, compare, overlay)
     ctx.extras["train_live"] = live
-    train_queue.mount(ctx, add_queue, start, table, live)
+    train_queue.mount(ctx, add_queue, start, selected, live)

@@ -185,7 +185,7 @@ def build_preview(ctx: StudioContext, button: gr.Button) -> None:
     button.click(on_preview, ctx.run_config, [box, cmd_md, yaml_code], queue=False)
 
 
-def mount(ctx: StudioContext, add_button: gr.Button, start_button: gr.Button, runs_table: gr.Dataframe,
+def mount(ctx: StudioContext, add_button: gr.Button, start_button: gr.Button, run_selected: Any,
           live: gr.State) -> None:
     """The queue list and its controls, the evaluation report, and notifications (end of the Train tab)."""
     ws = ctx.workspace
@@ -264,12 +264,10 @@ def mount(ctx: StudioContext, add_button: gr.Button, start_button: gr.Button, ru
         text = (" ".join(messages) + NOTE_SEP + str(len(w["runs"])) + runs.now_iso()) if messages else gr.skip()
         return w, rows, text
 
-    def on_select_run(evt: gr.SelectData):
-        """Reads the clicked runs-table row; shows that run's evaluation report if it has one."""
-        row = evt.row_value or []
-        if not row:
-            return gr.skip(), gr.skip()
-        return report_view(runs.runs_root(ws) / str(row[0]))
+    def on_select_run(lv):
+        """Reads the run just selected in the runs table; shows its evaluation report if it has one."""
+        run_dir = (lv or {}).get("run_dir")
+        return report_view(Path(run_dir) if run_dir else None)
 
     def on_evaluate(lv, n):
         """Reads the viewed run; runs `ftstudio eval` in a child process and shows the report."""
@@ -297,7 +295,8 @@ def mount(ctx: StudioContext, add_button: gr.Button, start_button: gr.Button, ru
     empty.click(lambda: edit("clear", None), None, [qtable, notice], queue=False)
     timer.tick(on_timer, watch, [watch, qtable, note_box], queue=False, show_progress="hidden")
     note_box.change(None, note_box, None, js=NOTIFY_JS, queue=False)
-    runs_table.select(on_select_run, None, [eval_md, eval_table], queue=False)
+    # Chained after the runs table's own select (a second listener on the same select never fired).
+    run_selected.then(on_select_run, live, [eval_md, eval_table], queue=False)
     evaluate.click(on_evaluate, [live, n_samples], [eval_md, eval_table], concurrency_id="eval",
                    concurrency_limit=1)
     ctx.extras["queue_table"] = qtable
