@@ -71,6 +71,8 @@ def locate_adapter(path: str | Path) -> AdapterSource:
         raise UserError(
             f"{adapter_dir} holds no adapter_config.json, so {where} has no saved adapter. "
             "Pick a run that completed, or the folder a PEFT adapter was saved to.")
+    from backend.security import refuse_pickled_weights
+    refuse_pickled_weights(adapter_dir)
     base = cfg.model if cfg else acfg.get("base_model_name_or_path")
     if not base:
         raise UserError(

@@ -49,3 +49,20 @@ def safe_join(root: Path | str, *parts: str) -> Path:
     if any(Path(p).is_absolute() for p in parts) or not is_within(root_p, candidate):
         raise UserError(f"The name {'/'.join(parts)!r} points outside {root_p}; choose a plain file name.")
     return candidate
+
+
+PICKLED_WEIGHTS = ("adapter_model.bin", "pytorch_model.bin", "model.pt", "model.pth")
+
+
+def refuse_pickled_weights(folder: Path | str) -> None:
+    """UserError when a weights folder holds only pickled files: unpickling can run code, and every
+    loader in the studio reads safetensors (PEFT would otherwise fall back to adapter_model.bin)."""
+    folder = Path(folder)
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = [name for name in PICKLED_WEIGHTS if (folder / name).is_file()]
+    if pickled:
+        raise UserError(
+            f"{folder} holds only pickled weights ({', '.join(pickled)}), which the studio does not load "
+            "because a pickle can run code. Convert them to safetensors (save_pretrained with "
+            "safe_serialization=True) and pick the folder again.")

@@ -158,3 +158,16 @@ def test_a_model_with_only_pickled_weights_is_refused_with_a_sentence(tmp_path, 
     (pickled / "pytorch_model.bin").write_bytes(b"not really a pickle")
     with pytest.raises(models.ModelError, match="safetensors"):
         models.load_causal_lm(str(pickled))
+
+
+def test_an_adapter_with_only_pickled_weights_is_refused_before_peft_falls_back_to_it(tmp_path):
+    from backend.merge import locate_adapter
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "x", "peft_type": "LORA"}')
+    (adapter / "adapter_model.bin").write_bytes(b"pickle")
+    with pytest.raises(UserError, match="pickled weights"):
+        locate_adapter(adapter)
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    assert locate_adapter(adapter).adapter_dir == adapter
