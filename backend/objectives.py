@@ -68,9 +68,24 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
                      "train_sampling_strategy": "sequential"}, True),
 }
 
+def _reward_classes():
+    from trl import RewardConfig, RewardTrainer
+    return RewardConfig, RewardTrainer
+
+
+OBJECTIVES["reward"] = ObjectiveSpec(
+    "reward", "Reward model",
+    ("Trains a scorer (the model with a one-number head) that ranks chosen above rejected answers, for RLHF or "
+     "filtering; the result scores text and does not chat. Costs like SFT on both answers of each pair."),
+    "preference", _reward_classes, lambda cfg: {"max_length": cfg.data.max_length}, False)
+
+# Methods a reward model can train with: the score head must train too, which these handle.
+REWARD_METHODS = ("full", "last_layers", "lora", "dora", "rslora")
+
 # What the trainers log that the charts show (reward margins and accuracies above all).
 ALIGNMENT_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-                     "logps/chosen", "logps/rejected", "kl", "log_odds_ratio", "log_odds_chosen", "nll_loss")
+                     "logps/chosen", "logps/rejected", "kl", "log_odds_ratio", "log_odds_chosen", "nll_loss",
+                     "accuracy", "margin", "mean_reward", "min_reward", "max_reward")
 
 
 def is_alignment(objective: str) -> bool:
@@ -92,10 +107,56 @@ def validate_objective(cfg: Any) -> dict[str, str]:
     from backend.methods import get_method
 
     spec = get_method(cfg.method.name)
+    if cfg.objective == "reward" and spec.name not in REWARD_METHODS:
+        return {"method.name": (f"A reward model cannot train with {spec.title} here; choose one of "
+                                f"{', '.join(REWARD_METHODS)}.")}
     if spec.family == "prompt":
         return {"method.name": (f"{cfg.objective.upper()} cannot train a prompt method ({spec.title}): the "
                                 "trainer needs the model's own outputs with and without the adapter; choose LoRA.")}
     return {}
+
+
+def load_objective_model(cfg: Any) -> Any:
+    """The trainable model for cfg: the method's causal LM, or for a reward model the same base with a
+    one-output classification head (the head always trains; LoRA gets SEQ_CLS so PEFT saves it)."""
+    from backend.methods import load_trainable_model
+
+    if cfg.objective != "reward":
+        return load_trainable_model(cfg)
+    problems = validate_objective(cfg)
+    if problems:
+        raise UserError(" ".join(problems.values()))
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from backend.methods import load_dtype
+    from backend.methods.full import apply_full, apply_last_layers
+    from backend.models import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    torch.manual_seed(cfg.train.seed)  # the new head starts random; the seed makes it repeatable
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(resolve_model(cfg.model).source), num_labels=1, dtype=load_dtype(cfg),
+        trust_remote_code=cfg.trust_remote_code)
+    model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+        else tokenizer.eos_token_id
+    if cfg.method.name == "full":
+        model = apply_full(model, cfg)
+    elif cfg.method.name == "last_layers":
+        model = apply_last_layers(model, cfg)
+        for p in model.score.parameters():
+            p.requires_grad_(True)
+    else:
+        from peft import get_peft_model
+
+        from backend.methods.lora import lora_config
+
+        config = lora_config(cfg)
+        config.task_type = "SEQ_CLS"
+        config.modules_to_save = ["score"]
+        model = get_peft_model(model, config)
+    model.train()
+    return model
 
 
 def _conversation(rows: list[dict], fmt: str, system: Optional[str]) -> list[dict]:
@@ -168,8 +229,12 @@ def build_alignment_trainer(cfg: Any, sft_args: Any, model: Any, tokenizer: Any,
         kwargs["disable_dropout"] = True
     args = config_cls(**kwargs)
     callbacks = list(callbacks) + [AlignmentEventsCallback(Path(sft_args.output_dir).parent)]
-    return trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                       processing_class=tokenizer, callbacks=callbacks, optimizers=(optimizer, None))
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                          processing_class=tokenizer, callbacks=callbacks, optimizers=(optimizer, None))
+    if len(trainer.train_dataset) == 0:  # the reward trainer drops what does not fit max_length
+        raise UserError(f"Every example of {cfg.data.path} is longer than the maximum length "
+                        f"({cfg.data.max_length} tokens, chat template included); raise data.max_length.")
+    return trainer
 
 
 def _alignment_callback_base():

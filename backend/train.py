@@ -301,7 +301,6 @@ def run(run_dir: Path, resume: bool = False) -> int:
 
 def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool, started: float) -> int:
     import torch
-    from backend.methods import load_trainable_model
     from backend.models import load_tokenizer
 
     cfg = effective_config(cfg)
@@ -314,7 +313,8 @@ def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool,
     torch.manual_seed(cfg.train.seed)
     note(f"Loading {cfg.model} for {cfg.method.name} ({cfg.train.precision}).")
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    model = load_trainable_model(cfg)
+    from backend.objectives import load_objective_model
+    model = load_objective_model(cfg)  # load_trainable_model, or a scorer for the reward objective
     train_ds, val_ds = build_datasets(cfg, tokenizer)
     trainer, events, stop = build_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, faults)
     checkpoint = runs.last_checkpoint(run_dir) if resume else None

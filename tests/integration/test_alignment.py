@@ -87,3 +87,26 @@ def test_prompt_methods_cannot_be_aligned_and_every_objective_has_help(tiny_mode
     assert validate_objective(config(tiny_model_dir, tmp_path / "x.jsonl", "dpo", "qlora")) == {}
     for spec in OBJECTIVES.values():
         assert 20 < len(spec.help) < 300 and spec.data_format in ("preference", "kto")
+
+
+def test_reward_model_trains_a_score_head_with_lora(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    data = small_copy(tmp_path, "preference.jsonl")
+    cfg = config(tiny_model_dir, data, "reward", "lora")
+    # The reward trainer drops pairs longer than max_length (SmolLM2's template adds a system turn).
+    cfg.data.max_length = 128
+    run_dir, events = train(tmp_path, cfg)
+    alignment = [e for e in events if e["type"] == "alignment"]
+    assert len(alignment) == 2 and all("accuracy" in e and "margin" in e for e in alignment)
+    adapter = runs.adapter_dir(run_dir)
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    assert any(".score." in k for k in weights) and any("lora_B" in k for k in weights)
+    base = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=1)
+    scorer = PeftModel.from_pretrained(base, str(adapter)).eval()
+    with torch.no_grad():
+        assert scorer(input_ids=torch.arange(10, 20).unsqueeze(0)).logits.shape == (1, 1)
+    bad = config(tiny_model_dir, data, "reward", "ia3")
+    assert "method.name" in validate_objective(bad)
