@@ -3,11 +3,9 @@ sentence (UserError) or a clean load with skipped-row counts, within a time boun
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 import tracemalloc
-from pathlib import Path
 from typing import Callable
 
 import pytest
