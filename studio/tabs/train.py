@@ -17,6 +17,7 @@ from backend import runner, runs
 from backend.config import ConfigError, RunConfig, config_to_yaml, load_config, validate_config
 from backend.errors import UserError
 from backend.models import ModelError
+from backend.notify import webhook_problem
 from studio.context import StudioContext
 from studio.plots import RunSeries, loss_figure, lr_grad_figure, overlay_figure
 from studio.tabs import trackers, train_queue
@@ -238,6 +239,8 @@ def build(ctx: StudioContext) -> None:
         """Reads the RunConfig; starts a run and views it."""
         try:
             cfg = validate_config(rc)
+            if webhook_problem(cfg.notify.webhook):
+                raise UserError(webhook_problem(cfg.notify.webhook))
             client = ctx.extras.get("chat_client")
             if client is not None:
                 client.shutdown()  # the chat model would compete with training for GPU memory

@@ -25,6 +25,7 @@ from backend.errors import UserError
 from backend.evaluate import EVAL_FILE
 from backend.io_utils import read_json
 from backend.models import ModelError
+from backend.notify import webhook_problem
 from backend.runner import REPO_ROOT
 from studio.context import StudioContext
 
@@ -63,6 +64,15 @@ def queue_rows(workspace: Path) -> tuple[list[list[Any]], Optional[str]]:
         rows.append([i, e.get("label") or "", STATE_LABELS.get(e["state"], e["state"]), e.get("run_id") or "",
                      e.get("error") or "", e["id"]])
     return rows, data.get("notice")
+
+
+def queue_config(workspace: Path, rc: dict[str, Any]) -> dict[str, Any]:
+    """Validate the session's RunConfig (a malformed webhook too) and append it to the queue."""
+    cfg = validate_config(rc)
+    problem = webhook_problem(cfg.notify.webhook)
+    if problem:
+        raise UserError(problem)
+    return run_queue.add_to_queue(workspace, cfg)
 
 
 def preview_command(workspace: Path, rc: dict[str, Any]) -> tuple[str, str]:
@@ -228,8 +238,7 @@ def mount(ctx: StudioContext, add_button: gr.Button, start_button: gr.Button, ru
     def on_add(rc):
         """Reads the RunConfig; appends it to the queue."""
         try:
-            cfg = validate_config(rc)
-            entry = run_queue.add_to_queue(ws, cfg)
+            entry = queue_config(ws, rc)
         except BAD_INPUT as e:
             return render_queue(error_html(str(e)))
         run_queue.ensure_worker(ws)

@@ -110,3 +110,13 @@ def test_trackers_offer_only_installed_packages_and_say_how_to_get_the_rest(monk
     assert trackers.chosen({"report_to": ["tensorboard", "wandb"]}, avail) == ["tensorboard"]
     monkeypatch.setattr(trackers.importlib.util, "find_spec", lambda n: object())
     assert trackers.installed_trackers() == ["tensorboard", "mlflow", "wandb"]
+
+
+def test_queueing_a_config_with_a_malformed_webhook_or_bad_field_is_refused_with_a_sentence(tmp_path):
+    with pytest.raises(UserError, match="not an http"):
+        tq.queue_config(tmp_path, RunConfig(notify={"webhook": "ftp//nowhere"}).model_dump(mode="json"))
+    with pytest.raises(Exception, match="learning_rate"):
+        tq.queue_config(tmp_path, {"train": {"learning_rate": -1}})
+    assert q.read_queue(tmp_path)["entries"] == []
+    entry = tq.queue_config(tmp_path, RunConfig(name="ok").model_dump(mode="json"))
+    assert [e["id"] for e in q.read_queue(tmp_path)["entries"]] == [entry["id"]]
