@@ -57,7 +57,7 @@ TEXT = {
     "fix_first": "Fix the fields marked in red to see the estimate.",
 }
 LABELS = {
-    "model": "Model", "method.name": "Method", "method.target_modules": "Target modules",
+    "model": "Model", "method.name": "Method", "objective": "Objective (sft; dpo/orpo/kto need a preference dataset)", "method.target_modules": "Target modules",
     "method.r": "Rank (r)", "method.alpha": "Alpha", "method.dropout": "Dropout",
     "method.loraplus_lr_ratio": "LoRA+ ratio (B / A learning rate)", "method.num_layers": "Top layers that train",
     "method.quant_type": "4-bit data type", "method.double_quant": "Double quantization",
@@ -88,6 +88,10 @@ def label_of(path: str) -> str:
 
 
 def field_info(path: str):
+    if "." not in path:  # a top-level RunConfig field (objective)
+        from backend.config import RunConfig
+
+        return RunConfig.model_fields[path]
     section, name = path.split(".", 1)
     return SECTIONS[section].model_fields[name]
 
@@ -248,8 +252,10 @@ def build(ctx: StudioContext) -> None:
                                         label="Preset", scale=4, elem_id="method-preset")
                 preset_btn = gr.Button("Apply preset", scale=1, elem_id="method-apply-preset")
             preset_md = gr.Markdown(elem_classes=["ft-help"])
-            method = gr.Dropdown(choices=[(s.title, n) for n, s in METHODS.items()], value=rc0["method"]["name"],
-                                 label=LABELS["method.name"], elem_id="method-name")
+            with gr.Row():
+                method = gr.Dropdown(choices=[(s.title, n) for n, s in METHODS.items()], value=rc0["method"]["name"],
+                                     label=LABELS["method.name"], elem_id="method-name", scale=2)
+                cols["objective"], widgets["objective"], errs["objective"] = _field("objective", rc0)
             help_md = gr.Markdown(METHODS[rc0["method"]["name"]].help, elem_id="method-help",
                                   elem_classes=["ft-help"])
             errs["method.name"] = gr.Markdown(visible=False, elem_classes=["ft-error"], elem_id="method-err-method-name")

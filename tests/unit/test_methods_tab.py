@@ -32,6 +32,7 @@ def test_field_kinds_come_from_the_config_types():
     kind, choices, _ = field_kind("train.optimizer")
     assert kind == "choice" and "paged_adamw_8bit" in choices
     assert field_kind("train.precision")[1] == available_precisions()
+    assert field_kind("objective")[0] == "choice" and "dpo" in field_kind("objective")[1]
 
 
 def test_only_the_chosen_methods_fields_are_shown():
