@@ -13,12 +13,12 @@ from backend.methods.inspect import ModelInfo, inspect_model, target_shortcuts
 
 # Method modules register themselves on import; the order here is the order the UI lists them.
 from backend.methods import full as _full  # noqa: E402,F401
-from backend.methods import selective as _selective  # noqa: E402,F401
 from backend.methods import lora as _lora  # noqa: E402,F401
 from backend.methods import reparam as _reparam  # noqa: E402,F401
 from backend.methods import additive as _additive  # noqa: E402,F401
 from backend.methods import adapters as _adapters  # noqa: E402,F401
 from backend.methods import prompt as _prompt  # noqa: E402,F401
+from backend.methods import selective as _selective  # noqa: E402,F401
 from backend.methods.hooks import method_callbacks, save_trained  # noqa: E402
 
 __all__ = [

@@ -27,7 +27,7 @@ def small_copy(tmp_path: Path, name: str, n: int = 4) -> Path:
 def config(model_dir, data: Path, objective: str, method: str) -> RunConfig:
     return RunConfig.model_validate({
         "model": str(model_dir), "objective": objective, "early_stopping": {"patience": None},
-        "method": {"name": method, "r": 4, "dropout": 0.0, "num_layers": 1},
+        "method": {"name": method, "r": 4, "dropout": 0.0, "num_layers": 1, "compute_dtype": "fp32"},
         "alignment": {"beta": 0.2},
         "data": {"path": str(data), "validation_split": 0.0, "max_length": 48},
         "train": {"max_steps": 2, "batch_size": 2, "gradient_accumulation": 1, "precision": "fp32",
@@ -44,7 +44,7 @@ def train(tmp_path: Path, cfg: RunConfig) -> tuple[Path, list[dict]]:
     return run_dir, runs.read_events(run_dir)[0]
 
 
-@pytest.mark.parametrize("objective,method", [("dpo", "lora"), ("orpo", "lora"), ("kto", "lora"),
+@pytest.mark.parametrize("objective,method", [("dpo", "qlora"), ("orpo", "lora"), ("kto", "lora"),
                                               ("dpo", "last_layers")])
 def test_alignment_objective_trains_and_logs_rewards(tiny_model_dir, tmp_path, objective, method):
     data = small_copy(tmp_path, "kto.jsonl" if objective == "kto" else "preference.jsonl")
@@ -59,7 +59,7 @@ def test_alignment_objective_trains_and_logs_rewards(tiny_model_dir, tmp_path, o
 
     adapter = runs.adapter_dir(run_dir)
     base = load_causal_lm(str(tiny_model_dir), dtype=torch.float32)
-    if method == "lora":
+    if method in ("lora", "qlora"):
         from safetensors.torch import load_file
 
         weights = load_file(str(adapter / "adapter_model.safetensors"))
