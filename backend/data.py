@@ -297,10 +297,21 @@ def _read_text(p: Path) -> tuple[list[tuple[int, dict]], list[RowError]]:
     return records, []
 
 
+def _refuse_utf16(p: Path) -> None:
+    # Windows tools save "Unicode" text as UTF-16; every line would fail on its own, so say it once.
+    with open(p, "rb") as fh:
+        head = fh.read(4)
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise UserError(f"{p} is saved as UTF-16 text; the studio reads UTF-8. Re-save it with UTF-8 encoding "
+                        "(in a spreadsheet: 'CSV UTF-8'; in an editor: Save As, encoding UTF-8).")
+
+
 def read_records(path: str) -> tuple[list[tuple[int, dict]], list[RowError], str, str]:
     """(line or row number, raw record) pairs, read errors, the unit ('line'/'row') and the file kind."""
     p = _check_file(path)
     kind = _kind_of(p)
+    if kind != "parquet":
+        _refuse_utf16(p)
     if kind == "jsonl":
         recs, errs = _read_jsonl(p)
         unit = "line"

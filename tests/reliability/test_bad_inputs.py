@@ -144,3 +144,12 @@ def test_a_file_over_the_size_bound_is_refused_before_reading(tmp_path, monkeypa
         assert tracemalloc.get_traced_memory()[1] < 1 * MB
     finally:
         tracemalloc.stop()
+
+
+@pytest.mark.parametrize("name", ["utf-16.jsonl", "utf-16.csv"])
+def test_utf16_files_are_named_as_utf16_once(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(CORPUS[name][0]())
+    with pytest.raises(UserError, match="saved as UTF-16") as e:
+        load_rows(str(path))
+    assert "line" not in str(e.value).split("UTF-16")[0], "one sentence for the file, not one per line"
