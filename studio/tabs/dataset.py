@@ -216,9 +216,18 @@ def keep_upload(workspace: Path, tmp_path: str) -> str:
     dest_dir = workspace / "uploads"
     dest_dir.mkdir(parents=True, exist_ok=True)
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in src.name)[-100:] or "data"
-    dest = dest_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}"
-    shutil.copyfile(src, dest)
-    return str(dest)
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    for n in range(1, 1000):
+        dest = dest_dir / (f"{stamp}-{safe}" if n == 1 else f"{stamp}-{n}-{safe}")
+        try:
+            # Exclusive: a second upload of the same name in the same second must not replace the
+            # copy a run's config already points at.
+            with open(dest, "xb") as out, open(src, "rb") as inp:
+                shutil.copyfileobj(inp, out)
+        except FileExistsError:
+            continue
+        return str(dest)
+    raise OSError(f"no free upload name for {safe} in {dest_dir}")
 
 
 # ---------------------------------------------------------------- the tab

@@ -171,3 +171,17 @@ def test_an_adapter_with_only_pickled_weights_is_refused_before_peft_falls_back_
         locate_adapter(adapter)
     (adapter / "adapter_model.safetensors").write_bytes(b"")
     assert locate_adapter(adapter).adapter_dir == adapter
+
+
+def test_two_uploads_with_the_same_name_in_the_same_second_are_both_kept(tmp_path):
+    from studio.tabs.dataset import keep_upload
+
+    ws = tmp_path / "ws"
+    kept = []
+    for i in range(3):
+        src = tmp_path / f"g{i}" / "data.jsonl"
+        src.parent.mkdir()
+        src.write_text(f'{{"text": "version {i}"}}\n')
+        kept.append(Path(keep_upload(ws, str(src))))
+    assert len(set(kept)) == 3
+    assert [p.read_text() for p in kept] == [f'{{"text": "version {i}"}}\n' for i in range(3)]
