@@ -20,7 +20,7 @@ from backend.models import ModelError
 from backend.notify import webhook_problem
 from studio.context import StudioContext
 from studio.plots import RunSeries, loss_figure, lr_grad_figure, overlay_figure
-from studio.tabs import trackers, train_queue
+from studio.tabs import cluster_bundle, trackers, train_queue
 
 BAD_INPUT = (UserError, ConfigError, ModelError, FileNotFoundError)
 RUN_COLUMNS = ["run", "state", "method", "model", "best val loss", "duration", "adapter eval loss",
@@ -189,6 +189,7 @@ def build(ctx: StudioContext) -> None:
         add_queue = gr.Button("Add to queue", elem_id="train-add-queue")
         preview = gr.Button("Preview command", elem_id="train-preview")
     train_queue.build_preview(ctx, preview)
+    cluster_bundle.build(ctx)
     state_md = gr.Markdown(TEXT["no_run"], elem_id="train-state")
     progress = gr.HTML(progress_html(RunSeries(), {}), elem_id="train-progress-bar")
     stats = gr.Markdown("", elem_id="train-stats")
