@@ -16,6 +16,7 @@ from backend.config import ConfigError
 from backend.errors import UserError
 from backend.models import ModelError
 from studio.context import StudioContext
+from studio.tabs import merge_export
 
 BAD_INPUT = (UserError, ConfigError, ModelError)
 TEXT = {
@@ -191,4 +192,5 @@ def build(ctx: StudioContext) -> None:
     zip_btn.click(on_zip, run, [zip_file, zip_status])
     combine_btn.click(on_combine, [picks, weights, method, density, combo_out, into_base], combo_status,
                       concurrency_id="merge", concurrency_limit=1)
+    merge_export.build(ctx, run)
     ctx.extras["merge_run"] = run
