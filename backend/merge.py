@@ -182,6 +182,10 @@ def merge_adapter(adapter_or_run_dir: str | Path, out_dir: str | Path, progress:
             notes.append(f"QLoRA run: merged into the base loaded in 16-bit ({str(dtype).replace('torch.', '')}), "
                          "not into the 4-bit weights it trained against, so answers can differ slightly "
                          "from the 4-bit model used during training.")
+        elif str(base.dtype) in ("torch.bfloat16", "torch.float16"):
+            # Kept in the base's own precision so the merged model is no bigger than the base.
+            notes.append(f"Merged in the base's own precision ({str(base.dtype).replace('torch.', '')}); greedy "
+                         "answers can differ in a token here and there from the adapter run at full precision.")
         _say(progress, 0.45, f"Attaching the adapter from {src.adapter_dir}")
         try:
             model = PeftModel.from_pretrained(base, str(src.adapter_dir))
