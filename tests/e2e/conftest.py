@@ -84,6 +84,58 @@ def _kill_group(pgid: int, grace_s: float = 10.0) -> None:
         pass
 
 
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, start time) from /proc."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            table[int(stat.parent.name)] = (int(fields[1]), fields[19])
+        except (OSError, IndexError, ValueError):
+            continue
+    return table
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of pid's children at any depth: the chat worker and merges run in their own sessions."""
+    table = _proc_table()
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for child, (ppid, started) in table.items():
+            if ppid == parent:
+                found.append((child, started))
+                todo.append(child)
+    return found
+
+
+def _kill_pids(procs: list[tuple[int, str]]) -> None:
+    table = _proc_table()
+    for pid, started in procs:
+        if pid in table and table[pid][1] == started:  # the same process, not a reused pid
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _stop_studio(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    # Wait on the Popen itself: an exited but unreaped child still counts as a member of its group.
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 def _kill_run_groups(workspace: Path) -> None:
     """Training/merge/chat subprocesses run in their own sessions; end the ones this workspace started."""
     import json
@@ -129,8 +181,10 @@ def studio_server(tmp_path_factory) -> Iterator[Studio]:
             time.sleep(0.5)
         yield studio
     finally:
-        _kill_group(proc.pid)
+        helpers = _descendants(proc.pid)
+        _stop_studio(proc)
         _kill_run_groups(workspace)
+        _kill_pids(helpers)
         log.close()
 
 

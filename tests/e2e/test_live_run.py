@@ -18,7 +18,7 @@ RUN_TIMEOUT_MS = 150_000
 def test_reload_mid_run_finds_the_run_and_stop_ends_it(studio_page, studio_server, tiny_model_dir):
     page = studio_page
     try:
-        choose_lora_on(page, tiny_model_dir, LONG_RUN_STEPS)
+        choose_lora_on(page, tiny_model_dir, LONG_RUN_STEPS, pick_method=False)
         open_tab(page, "Train")
         field(page, "train-start").click()
         state = field(page, "train-state")
