@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -67,7 +69,15 @@ class _Interrupted(Exception):
         self.status = status
 
 
+def _sigterm_as_interrupt(signum, frame) -> None:
+    # The trainer lives in its own process group, so a `timeout` or `kill` aimed at this command
+    # would leave it running: turn SIGTERM into the same graceful stop as Ctrl-C.
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     configs = [(path, load_config(path)) for path in args.configs]  # a bad config stops everything: exit 2
     workspace = Path(args.workspace)
     results: list[dict[str, Any]] = []

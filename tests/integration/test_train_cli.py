@@ -35,3 +35,35 @@ def test_a_bad_config_exits_2_and_starts_nothing(tmp_path, capsys):
     out = capsys.readouterr()
     assert code == 2 and "learning_rat" in json.loads(out.out)["error"]
     assert runs.list_runs(tmp_path / "ws") == []
+
+
+def test_sigterm_to_the_command_stops_its_training_instead_of_orphaning_it(tmp_path, tiny_model_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from backend import runner
+
+    cfg = tiny_config(tiny_model_dir, tmp_path, with_validation=False, max_steps=200)
+    save_config(cfg, tmp_path / "long.yaml")
+    env = dict(os.environ, FTSTUDIO_FAULT="slow@300")
+    proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "train", str(tmp_path / "long.yaml"),
+                             "--workspace", str(tmp_path / "ws"), "--no-progress"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        found = runs.list_runs(tmp_path / "ws")
+        if found and any(e.get("type") == "train" for e in runs.read_events(Path(found[0]["dir"]))[0]):
+            break
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        raise AssertionError("the run never started training")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    run_dir = Path(out.strip().splitlines()[-1])
+    status = runs.read_status(run_dir)
+    assert status["state"] == "stopped"
+    assert not runner._group_alive(status["pgid"])
