@@ -65,6 +65,13 @@ def locate_adapter(path: str | Path) -> AdapterSource:
     method = cfg.method.name if cfg else None
     acfg = read_json(adapter_dir / "adapter_config.json")
     if acfg is None:
+        from backend.methods.adapters import is_bottleneck_adapter
+
+        if is_bottleneck_adapter(adapter_dir):
+            raise UserError(
+                f"{adapter_dir} holds bottleneck adapters: they add layers to the model and cannot be merged "
+                "into it or combined. Use them as they are (they reload with the base model), or train LoRA to "
+                "get a mergeable adapter.")
         if (adapter_dir / "config.json").exists():
             return AdapterSource(adapter_dir, run_dir, str(adapter_dir), method or "full", None)
         where = f"the run {run_dir.name}" if run_dir else str(adapter_dir)

@@ -124,6 +124,10 @@ def validate_for_model(cfg: Any, model_config: Any) -> dict[str, str]:
                                          "install it or choose adamw_torch.")
     if spec.validate:
         errors.update(spec.validate(cfg, model_config))
+    from backend.objectives import validate_objective  # late: objectives imports the registry
+
+    for field, sentence in validate_objective(cfg).items():
+        errors.setdefault(field, sentence)
     return errors
 
 

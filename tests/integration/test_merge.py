@@ -205,3 +205,12 @@ def test_pickers_list_runs_with_adapters_and_merged_models(tiny_model_dir, tmp_p
     assert str(done) in values and str(tmp_path / "merged" / "m1") in values
     assert split_choice(str(done)) == (None, str(done))
     assert split_choice(str(tmp_path / "merged" / "m1")) == (str(tmp_path / "merged" / "m1"), None)
+
+
+def test_bottleneck_adapter_folder_is_refused_with_the_reason(tmp_path):
+    from backend.merge import locate_adapter
+    from backend.methods.adapters import CONFIG_FILE
+
+    (tmp_path / CONFIG_FILE).write_text("{}")
+    with pytest.raises(UserError, match="bottleneck adapters.*cannot be merged"):
+        locate_adapter(tmp_path)

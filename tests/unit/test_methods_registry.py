@@ -157,3 +157,14 @@ def test_check_run_reports_ranges_and_a_missing_model_as_fields(tmp_path):
     (tmp_path / "empty").mkdir()
     _, errors = check_run({"model": str(tmp_path / "empty")})
     assert "no config.json" in errors["model"]
+
+
+def test_objective_and_method_mismatch_is_reported_before_training(tiny_model_dir):
+    from backend.config import RunConfig
+    from backend.methods import validate_for_model
+    from backend.models import load_model_config
+
+    cfg = RunConfig.model_validate({"model": str(tiny_model_dir), "objective": "dpo",
+                                    "method": {"name": "prompt_tuning"}})
+    errors = validate_for_model(cfg, load_model_config(str(tiny_model_dir)))
+    assert "method.name" in errors
