@@ -17,6 +17,10 @@ SMOOTHING = 0.8
 COLORS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777")
 
 
+# The alignment metrics worth a curve (the rest stay in events.jsonl).
+ALIGNMENT_SHOWN = ("rewards/margins", "rewards/accuracies", "accuracy", "margin", "kl")
+
+
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -54,6 +58,9 @@ class RunSeries:
     first_step_time: Optional[float] = None
     last_step_time: Optional[float] = None
     resumes: list[int] = field(default_factory=list)
+    unfreezes: list[tuple[int, str]] = field(default_factory=list)   # gradual unfreezing: (step, label)
+    # Alignment trainers' own metrics (reward margins, accuracies, ...): name -> (steps, values)
+    alignment: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
 
     def add(self, events: Iterable[dict[str, Any]]) -> bool:
         """Fold in new events; True when anything a chart shows changed."""
@@ -94,6 +101,18 @@ class RunSeries:
                 changed = True
                 self.early_stop_step = step
                 self.best_step = ev.get("best_step", self.best_step)
+            elif kind == "unfreeze" and isinstance(step, int):
+                changed = True
+                self.unfreezes.append((step, f"layer {ev.get('layer')} unfrozen"))
+            elif kind == "alignment" and isinstance(step, int):
+                changed = True
+                prefix = "val " if ev.get("phase") == "eval" else ""
+                for key in ALIGNMENT_SHOWN:
+                    if _finite(ev.get(key)):
+                        xs, ys = self.alignment.setdefault(prefix + key, ([], []))
+                        self._rewind_series(xs, ys, step)
+                        xs.append(step)
+                        ys.append(float(ev[key]))
             elif kind == "resume":
                 changed = True
                 digits = re.search(r"checkpoint-(\d+)", str(ev.get("checkpoint") or ""))
@@ -151,23 +170,32 @@ def loss_figure(s: RunSeries, title: str = "Loss") -> go.Figure:
                       annotation_text="early stop", annotation_position="top left")
     for step in s.resumes:
         fig.add_vline(x=step, line_dash="dot", line_color="#9ca3af", annotation_text="resumed")
+    for step, label in s.unfreezes:
+        fig.add_vline(x=step, line_dash="dashdot", line_color="#0d9488", annotation_text=label,
+                      annotation_position="bottom right")
     fig.update_layout(title=title, height=320, margin=dict(l=40, r=20, t=40, b=40), xaxis_title="step",
                       yaxis_title="loss", legend=dict(orientation="h", y=-0.25), uirevision="loss")
     return fig
 
 
 def lr_grad_figure(s: RunSeries) -> go.Figure:
-    """Learning rate and gradient norm, one above the other, sharing the step axis."""
+    """Learning rate and gradient norm, one above the other, sharing the step axis; alignment runs get a
+    third panel with the reward margins and accuracies their trainers log."""
     if not s.lr_steps and not s.gn_steps:
         return _empty("Learning rate and gradient norm", "Nothing logged yet")
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
-                        subplot_titles=("learning rate", "gradient norm"))
+    rows = 3 if s.alignment else 2
+    titles = ("learning rate", "gradient norm") + (("rewards (alignment)",) if s.alignment else ())
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.1, subplot_titles=titles)
     fig.add_trace(go.Scatter(x=s.lr_steps, y=s.lr, name="learning rate", mode="lines",
                              line=dict(color=COLORS[2])), row=1, col=1)
     fig.add_trace(go.Scatter(x=s.gn_steps, y=s.grad_norm, name="gradient norm", mode="lines",
                              line=dict(color=COLORS[3])), row=2, col=1)
-    fig.update_layout(height=320, margin=dict(l=50, r=20, t=40, b=40), showlegend=False, uirevision="lr")
-    fig.update_xaxes(title_text="step", row=2, col=1)
+    for i, (name, (xs, ys)) in enumerate(sorted(s.alignment.items())):
+        fig.add_trace(go.Scatter(x=xs, y=ys, name=name, mode="lines+markers",
+                                 line=dict(color=COLORS[(4 + i) % len(COLORS)])), row=3, col=1)
+    fig.update_layout(height=320 + (140 if s.alignment else 0), margin=dict(l=50, r=20, t=40, b=40),
+                      showlegend=bool(s.alignment), legend=dict(orientation="h", y=-0.15), uirevision="lr")
+    fig.update_xaxes(title_text="step", row=rows, col=1)
     return fig
 
 
