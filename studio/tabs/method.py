@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 import gradio as gr
 
 from backend.config import (
-    ConfigError, DataConfig, DistributedConfig, EarlyStoppingConfig, MethodConfig, TrainConfig, config_to_yaml,
+    AlignmentConfig, ConfigError, DataConfig, DistributedConfig, EarlyStoppingConfig, MethodConfig, TrainConfig, config_to_yaml,
     validate_config,
 )
 from backend.errors import UserError
@@ -26,7 +26,8 @@ from studio.context import StudioContext
 from studio.tabs.method_view import estimate_figure, estimate_summary, humanize_errors
 
 SECTIONS = {"method": MethodConfig, "train": TrainConfig, "data": DataConfig,
-            "early_stopping": EarlyStoppingConfig, "distributed": DistributedConfig}
+            "early_stopping": EarlyStoppingConfig, "distributed": DistributedConfig,
+            "alignment": AlignmentConfig}
 METHOD_FIELDS = [f"method.{n}" for n in MethodConfig.model_fields if n not in ("name", "target_modules")]
 TRAIN_ROWS = [
     ["train.epochs", "train.max_steps", "train.learning_rate", "train.scheduler"],
@@ -37,6 +38,8 @@ TRAIN_ROWS = [
 MORE_ROWS = [
     ["early_stopping.patience", "early_stopping.threshold", "early_stopping.metric"],
     ["train.logging_steps", "train.max_grad_norm", "distributed.gpus", "distributed.strategy"],
+    # Read only by the dpo/orpo/kto objectives.
+    ["alignment.beta", "alignment.desirable_weight", "alignment.undesirable_weight"],
 ]
 STEPS = {"train.learning_rate": 1e-5, "method.dropout": 0.01, "train.warmup_ratio": 0.01,
          "train.weight_decay": 0.01, "method.alpha": 1, "early_stopping.threshold": 0.001,
@@ -283,7 +286,7 @@ def build(ctx: StudioContext) -> None:
                         for path in row:
                             cols[path], widgets[path], errs[path] = _field(path, rc0)
                 batch_md = gr.Markdown(effective_batch_text(rc0), elem_id="method-effective-batch")
-            with gr.Accordion("Early stopping, logging and GPUs", open=False):
+            with gr.Accordion("Early stopping, logging, GPUs and alignment (DPO/ORPO/KTO)", open=False):
                 for row in MORE_ROWS:
                     with gr.Row():
                         for path in row:

@@ -99,3 +99,13 @@ def test_summary_says_fits_or_not_with_headroom_and_suggestions():
                                       "headroom_bytes": -(2**30), "suggestions": ["Enable checkpointing", "Use QLoRA"]})
     assert fits.startswith("❌") and "1.00 GiB short" in fits
     assert "1. Enable checkpointing\n2. Use QLoRA" in details
+
+
+def test_alignment_settings_are_fields_of_the_method_tab():
+    from studio.context import default_run_config
+    from studio.tabs.method import MORE_ROWS, with_fields
+
+    assert ["alignment.beta", "alignment.desirable_weight", "alignment.undesirable_weight"] in MORE_ROWS
+    rc = with_fields(default_run_config(), "smollm2-135m-instruct", "lora", ["q_proj"], False,
+                     {"alignment.beta": 0.3})
+    assert rc["alignment"]["beta"] == 0.3
