@@ -100,6 +100,7 @@ def save_screenshot(page, name: str) -> Path:
     """Save a screenshot of the current page; with FTSTUDIO_UPDATE_SCREENSHOTS=1 also the README copy."""
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOT_DIR / f"{name}.png"
+    wait_settled(page)  # no half-drawn progress overlays in the picture
     print(f"[e2e] {time.strftime('%H:%M:%S')} screenshot {name}", file=sys.stderr)
     page.screenshot(path=str(path), full_page=True)
     if os.environ.get("FTSTUDIO_UPDATE_SCREENSHOTS") == "1":

@@ -48,7 +48,7 @@ def watch_reply_lengths(page, elem_id: str) -> None:
         elem_id)
 
 
-def test_new_user_flow_dataset_to_chat(studio_page, tiny_model_dir):
+def test_new_user_flow_dataset_to_chat(studio_page, studio_server, tiny_model_dir):
     page = studio_page
 
     choose_sample_dataset(page)
@@ -82,7 +82,11 @@ def test_new_user_flow_dataset_to_chat(studio_page, tiny_model_dir):
     pick_option(page, "merge-run", "completed")
     expect(field(page, "merge-info")).to_contain_text("Base model")
     field(page, "merge-button").click()
-    expect(field(page, "merge-status")).to_contain_text("Merged model saved to", timeout=MERGE_TIMEOUT_MS)
+    # Progress lines stream first; the result is the green sentence naming the folder.
+    expect(field(page, "merge-status").locator(".ft-ok")).to_contain_text("Merged model saved to",
+                                                                          timeout=MERGE_TIMEOUT_MS)
+    merged = studio_server.workspace / "merged"
+    assert any((d / "config.json").exists() for d in merged.iterdir())
     save_screenshot(page, "merge")
 
     open_tab(page, "Chat")
