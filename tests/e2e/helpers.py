@@ -71,7 +71,8 @@ def wait_settled(page, timeout_ms: int = 90_000) -> None:
         timeout=timeout_ms)
 
 
-def choose_lora_on(page, model_dir, steps: int, pick_method: bool = True) -> None:
+def choose_lora_on(page, model_ref, steps: int, pick_method: bool = True,
+                   model_info: str = "2 layers, hidden size 64") -> None:
     """The CPU preset, then the tiny test model and a handful of steps: a real run in seconds.
 
     Every change re-runs the estimate (seconds each on a busy CPU), so only what matters is set."""
@@ -82,8 +83,8 @@ def choose_lora_on(page, model_dir, steps: int, pick_method: bool = True) -> Non
     field(page, "method-apply-preset").click()
     expect(panel).to_contain_text("Applied preset")
     wait_settled(page)
-    set_value(page, "method-model", str(model_dir))
-    expect(field(page, "method-model-info")).to_contain_text("2 layers, hidden size 64", timeout=60_000)
+    set_value(page, "method-model", str(model_ref))
+    expect(field(page, "method-model-info")).to_contain_text(model_info)
     wait_settled(page)
     if pick_method:  # the preset is LoRA already; the flow test picks it as a user would
         pick_option(page, "method-name", "^LoRA$")
