@@ -14,6 +14,8 @@ from backend.estimator import terms as T
 from backend.estimator.skeleton import PEFT_LORA_FAMILY, ModelShape, cached_shape
 from backend.gpu import GpuInfo, hypothetical_gpus, list_gpus
 
+# Objectives whose TRL trainer uses the fused (chunked) LM head; the others materialize full logits.
+FUSED_HEAD_OBJECTIVES = ("sft", "pretrain", "dpo", "kto")
 TERMS = ("weights", "gradients", "optimizer", "activations", "logits", "overhead")
 PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 PAGED = ("paged_adamw_8bit", "paged_adamw_32bit")
@@ -221,10 +223,24 @@ def _activations(cfg: Any, shape: ModelShape, plan: _Plan) -> tuple[int, str, in
         text += f" (sequence lengthened by {vt} virtual tokens)"
 
     logit_seq = seq if shape.virtual_tokens_in_kv_only else seq + vt
-    logits = T.logits_bytes(batch, logit_seq, shape.vocab, plan.compute)
-    per = T.dtype_bytes(plan.compute) + 4 * T.LOGITS_FP32_COPIES
-    ltext = (f"{batch} x {logit_seq} tokens x {T.fmt_count(shape.vocab)} vocab x {per:g} B "
-             f"({plan.compute} logits + fp32 copies for the loss) = {T.fmt_bytes(logits)}")
+    if cfg.objective in FUSED_HEAD_OBJECTIVES:
+        # TRL's SFT/DPO/KTO trainers score tokens through a chunked LM head and never hold the full
+        # batch x sequence x vocabulary logits; what remains is one logits tile, the fp32 gradient of the
+        # hidden states and, when the head trains, its fp32 gradient accumulator.
+        from backend.estimator.precise import fused_head_bytes
+
+        head_trains = any(is_base and tuple(dims) == (shape.vocab, shape.hidden)
+                          for dims, is_base, _ in shape.trainable_shapes)
+        logits = fused_head_bytes(batch, logit_seq, shape.vocab, shape.hidden, c, head_trains,
+                                  T.dtype_bytes(plan.base))
+        ltext = (f"chunked LM head (TRL): one logits tile of min({batch} x {logit_seq - 1}, 4096) tokens x "
+                 f"min({T.fmt_count(shape.vocab)}, 32768) vocab + fp32 hidden-state gradient"
+                 + (" + fp32 head gradient" if head_trains else "") + f" = {T.fmt_bytes(logits)}")
+    else:
+        logits = T.logits_bytes(batch, logit_seq, shape.vocab, plan.compute)
+        per = T.dtype_bytes(plan.compute) + 4 * T.LOGITS_FP32_COPIES
+        ltext = (f"{batch} x {logit_seq} tokens x {T.fmt_count(shape.vocab)} vocab x {per:g} B "
+                 f"({plan.compute} logits + fp32 copies for the loss) = {T.fmt_bytes(logits)}")
     return acts, text, logits, ltext
 
 
