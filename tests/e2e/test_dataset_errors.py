@@ -1,9 +1,12 @@
 """A file the studio cannot fully read says what is wrong and where, and the app stays usable."""
 from __future__ import annotations
 
+import pytest
 from playwright.sync_api import expect
 
 from tests.e2e.helpers import field, open_tab
+
+pytestmark = pytest.mark.e2e
 
 
 def upload(page, path) -> None:

@@ -14,6 +14,8 @@ from playwright.sync_api import expect
 
 from tests.e2e.helpers import choose_lora_on, field, open_tab, pick_option, plot_points, save_screenshot, set_value
 
+pytestmark = pytest.mark.e2e
+
 SAMPLE = "instructions.jsonl"
 # README screenshots are taken on the bundled model, whose replies read as language; the test
 # itself uses the tiny random model, which trains in seconds.

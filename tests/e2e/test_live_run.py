@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from playwright.sync_api import expect
 
 from tests.e2e.helpers import choose_lora_on, end_runs_of, field, goto_studio, open_tab, plot_points
+
+pytestmark = pytest.mark.e2e
 
 LONG_RUN_STEPS = 5000  # far more than the test waits for: the run is always mid-way
 RUN_TIMEOUT_MS = 150_000

@@ -1,9 +1,12 @@
 """The studio loads in a real browser with its five tabs, and each tab opens."""
 from __future__ import annotations
 
+import pytest
 from playwright.sync_api import expect
 
 from tests.e2e.helpers import TABS, open_tab, tab_button
+
+pytestmark = pytest.mark.e2e
 
 
 def test_page_shows_the_five_tabs_in_flow_order(studio_page):
