@@ -98,7 +98,10 @@ def test_peft_method_trains_exactly_its_parameters_and_reloads(tiny_model_dir, t
     train_steps(model, cfg)
     after = snapshot(model)
     changed = {n for n in before if not torch.equal(before[n], after[n])}
-    assert changed == trainable
+    # AdaLoRA's rank allocator may prune a module's whole budget back to zero singular values right
+    # away (E starts at zero), so such an E can end where it began; everything else must move.
+    pruned = {n for n in trainable - changed if ".lora_E." in n and not after[n].any()}
+    assert changed == trainable - pruned and (name == "adalora" or not pruned)
 
     expected = logits(model)
     model.save_pretrained(str(tmp_path / "adapter"))
