@@ -29,6 +29,18 @@ _PROMPT_TYPES = {"PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT
 _BOTTLENECK_METHODS = {"adapter_houlsby", "adapter_pfeiffer"}
 COMBINE_METHODS = ("linear", "ties", "dare_linear", "dare_ties")
 PROGRESS_PREFIX = "ftstudio-progress "
+
+
+def progress_printer(machine: bool):
+    """A progress callback for the merge/export commands: JSON lines a parent process parses
+    (--progress-json), or a readable percentage for a person at a terminal; both on stderr."""
+    def say(fraction: float, message: str) -> None:
+        if machine:
+            line = PROGRESS_PREFIX + json.dumps({"progress": round(fraction, 3), "message": message})
+        else:
+            line = f"[{int(fraction * 100):3d}%] {message}"
+        print(line, file=sys.stderr, flush=True)
+    return say
 _MERGED_MARK = ".ftstudio-merged"
 
 

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
 
 from backend.errors import UserError
@@ -27,14 +25,9 @@ def add_parser(sub) -> None:
 
 
 def _progress(machine: bool):
-    def say(fraction: float, message: str) -> None:
-        if machine:
-            from backend.merge import PROGRESS_PREFIX
-            line = PROGRESS_PREFIX + json.dumps({"progress": round(fraction, 3), "message": message})
-        else:
-            line = f"[{int(fraction * 100):3d}%] {message}"
-        print(line, file=sys.stderr, flush=True)
-    return say
+    from backend.merge import progress_printer
+
+    return progress_printer(machine)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
