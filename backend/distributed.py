@@ -138,7 +138,12 @@ RUN_DIR="${{FTSTUDIO_RUN_DIR:-$HERE/run}}"
 # A node that cannot reach the main address gives up after this many seconds instead of hanging.
 export FTSTUDIO_RENDEZVOUS_TIMEOUT="${{FTSTUDIO_RENDEZVOUS_TIMEOUT:-{timeout}}}"
 mkdir -p "$RUN_DIR"
-[ -f "$RUN_DIR/config.yaml" ] || cp "$HERE/config.yaml" "$RUN_DIR/config.yaml"
+# Nodes sharing a filesystem start at once: copy under a private name, then rename (atomic), so two
+# nodes never race on creating the same file.
+if [ ! -f "$RUN_DIR/config.yaml" ]; then
+  cp "$HERE/config.yaml" "$RUN_DIR/.config.yaml.$NODE_RANK.$$"
+  mv -f "$RUN_DIR/.config.yaml.$NODE_RANK.$$" "$RUN_DIR/config.yaml"
+fi
 set +e
 if "$PYTHON" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
   "$PYTHON" -m accelerate.commands.launch --config_file "$HERE/accelerate.yaml" \\
