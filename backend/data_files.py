@@ -125,14 +125,19 @@ def _read_jsonl(p: Path) -> tuple[list[tuple[int, dict]], list[RowError]]:
     return records, errors
 
 
-def _read_json(p: Path) -> tuple[list[tuple[int, dict]], list[RowError], str]:
+def _read_utf8(p: Path) -> str:
+    """The whole file as text, or a sentence naming the first line with bytes that are not UTF-8."""
     raw = p.read_bytes()
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
         raise UserError(f"{p}, line {line}: has bytes that are not UTF-8 text. Re-save the file with "
                         "UTF-8 encoding.") from None
+
+
+def _read_json(p: Path) -> tuple[list[tuple[int, dict]], list[RowError], str]:
+    text = _read_utf8(p)
     stripped = text.lstrip()
     if stripped.startswith("{") and "\n" in stripped.strip() and not _parses(stripped):
         recs, errs = _read_jsonl(p)  # JSON Lines saved with a .json extension
@@ -218,13 +223,7 @@ def _read_with_datasets(p: Path, kind: str) -> list[tuple[int, dict]]:
 
 def _read_text(p: Path) -> tuple[list[tuple[int, dict]], list[RowError]]:
     """Plain text: one document per paragraph (blank-line separated), else one per line."""
-    raw = p.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise UserError(f"{p}, line {line}: has bytes that are not UTF-8 text. Re-save the file with "
-                        "UTF-8 encoding.") from None
+    text = _read_utf8(p)
     lines = text.splitlines()
     has_paragraphs = any(not ln.strip() for ln in lines) and sum(1 for ln in lines if ln.strip()) > 1
     records: list[tuple[int, dict]] = []
