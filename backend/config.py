@@ -19,8 +19,7 @@ METHOD_NAMES = (
     "ia3", "adapter_houlsby", "adapter_pfeiffer", "bitfit", "fish_mask",
     "prompt_tuning", "prefix_tuning", "p_tuning_v2", "longlora",
 )
-# GRPO (RLHF with reward functions) is not offered yet: no objective is listed that cannot train.
-OBJECTIVES = ("sft", "pretrain", "dpo", "orpo", "kto", "reward")
+OBJECTIVES = ("sft", "pretrain", "dpo", "orpo", "kto", "reward", "grpo", "rloo")
 OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd", "adafactor")
 PRECISIONS = ("fp32", "fp16", "bf16")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -54,6 +53,8 @@ class MethodConfig(Strict):
     fish_mask_density: float = Field(0.005, gt=0, le=1, description="Fish Mask: share of parameters that train.")
     adapter_activation: Literal["relu", "gelu", "silu", "tanh"] = Field(
         "relu", description="Bottleneck adapters: non-linearity between the down and up projections.")
+    s2_attn_group_ratio: float = Field(0.25, gt=0, le=1, description=(
+        "LongLoRA: attention group size as a share of the sequence length while training (1.0 turns S²-Attn off)."))
 
     @field_validator("target_modules")
     @classmethod
@@ -115,6 +116,19 @@ class AlignmentConfig(Strict):
         "ORPO: weight of the odds-ratio preference term."))
     desirable_weight: float = Field(1.0, gt=0, description="KTO: loss weight of desirable (label true) examples.")
     undesirable_weight: float = Field(1.0, gt=0, description="KTO: loss weight of undesirable (label false) examples.")
+    # GRPO / RLOO: answers are sampled and scored while training.
+    num_generations: int = Field(4, ge=2, le=256, description=(
+        "GRPO/RLOO: answers sampled per prompt; each is judged against the others of its group."))
+    max_completion_length: int = Field(64, ge=1, le=131_072, description="GRPO/RLOO: longest sampled answer, in tokens.")
+    temperature: float = Field(1.0, gt=0, le=5, description="GRPO/RLOO: sampling temperature (variety of the answers).")
+    kl_coef: float = Field(0.0, ge=0, le=10, description=(
+        "GRPO/RLOO: KL penalty toward the starting model; 0 skips the reference pass (cheaper)."))
+    reward_model: Optional[str] = Field(None, description=(
+        "GRPO/RLOO: a finished reward-model run directory (or a reward model directory) that scores answers."))
+    reward_pattern: Optional[str] = Field(None, description=(
+        "GRPO/RLOO: a regular expression; an answer that matches it scores 1, else 0."))
+    reward_reference: bool = Field(False, description=(
+        "GRPO/RLOO: score answers by word overlap (F1) with the dataset's own answer."))
 
 
 class NotifyConfig(Strict):
@@ -137,7 +151,7 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _cross_field(self):
-        if self.objective in ("dpo", "orpo", "kto", "reward") and self.data.packing:
+        if self.objective in ("dpo", "orpo", "kto", "reward", "grpo", "rloo") and self.data.packing:
             raise ValueError(f"packing is not available for the {self.objective} objective; turn packing off")
         return self
 

@@ -1,10 +1,10 @@
-"""Alignment objectives (DPO, ORPO, KTO): TRL's trainers behind one small spec each.
+"""Alignment objectives (DPO, ORPO, KTO, reward models, GRPO, RLOO): TRL's trainers behind one small spec each.
 
 An objective combines with any parameter method (DPO + QLoRA, KTO + full, ...): the model arrives
 from methods.load_trainable_model already frozen/wrapped; a PEFT model's reference is the same
 model with its adapter switched off, otherwise TRL loads a frozen copy of the base as reference.
 ORPO lives in trl.experimental in TRL 1.x; only this file knows where each trainer is imported
-from, so an upstream move touches one line.
+from, so an upstream move touches one line. GRPO/RLOO's prompts and rewards are in online_rl.py.
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ class ObjectiveSpec:
     classes: Callable[[], tuple[type, type]]  # (Config class, Trainer class), imported lazily
     settings: Callable[[Any], dict[str, Any]]  # objective-specific Config kwargs from the RunConfig
     uses_reference: bool
+    # Extra trainer arguments built from the config (GRPO/RLOO's reward functions).
+    trainer_kwargs: Callable[[Any], dict[str, Any]] = lambda cfg: {}
 
 
 def _dpo_classes():
@@ -79,13 +81,55 @@ OBJECTIVES["reward"] = ObjectiveSpec(
      "filtering; the result scores text and does not chat. Costs like SFT on both answers of each pair."),
     "preference", _reward_classes, lambda cfg: {"max_length": cfg.data.max_length}, False)
 
+def _grpo_classes():
+    from trl import GRPOConfig, GRPOTrainer
+    return GRPOConfig, GRPOTrainer
+
+
+def _rloo_classes():
+    from trl import RLOOConfig, RLOOTrainer
+    return RLOOConfig, RLOOTrainer
+
+
+def _online_settings(cfg: Any) -> dict[str, Any]:
+    from backend import online_rl
+    return online_rl.settings(cfg)
+
+
+def _reward_kwargs(cfg: Any) -> dict[str, Any]:
+    from backend import online_rl
+    from backend.methods import load_dtype
+
+    funcs, classes = online_rl.reward_functions(cfg, load_dtype(cfg))
+    return {"reward_funcs": funcs, "reward_processing_classes": classes}
+
+
+OBJECTIVES["grpo"] = ObjectiveSpec(
+    "grpo", "GRPO (RLHF: group-relative policy optimization)",
+    ("Samples several answers per prompt, scores them with your rewards (a reward model, a pattern, or overlap "
+     "with the dataset's answer) and moves the model toward the better ones: choose it to sharpen a skill you can "
+     "score; each step costs generation time on top of training."),
+    "prompts", _grpo_classes, _online_settings, False, _reward_kwargs)
+OBJECTIVES["rloo"] = ObjectiveSpec(
+    "rloo", "RLOO (RLHF: REINFORCE leave-one-out)",
+    ("Like GRPO, scored answers sampled per prompt, but each answer is compared with the mean of the others in "
+     "its group; a simpler, often steadier update at the same generation cost."),
+    "prompts", _rloo_classes, _online_settings, False, _reward_kwargs)
+
 # Methods a reward model can train with: the score head must train too, which these handle.
 REWARD_METHODS = ("full", "last_layers", "lora", "dora", "rslora")
 
 # What the trainers log that the charts show (reward margins and accuracies above all).
 ALIGNMENT_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                      "logps/chosen", "logps/rejected", "kl", "log_odds_ratio", "log_odds_chosen", "nll_loss",
-                     "accuracy", "margin", "mean_reward", "min_reward", "max_reward")
+                     "accuracy", "margin", "mean_reward", "min_reward", "max_reward",
+                     # GRPO/RLOO: the summed reward and each reward source's mean ("rewards/<name>/mean").
+                     "reward", "reward_std", "completions/mean_length", "frac_reward_zero_std", "entropy")
+
+
+def is_alignment_metric(key: str) -> bool:
+    key = key.removeprefix("eval_")
+    return key in ALIGNMENT_METRICS or (key.startswith("rewards/") and key.endswith("/mean"))
 
 
 def is_alignment(objective: str) -> bool:
@@ -113,6 +157,9 @@ def validate_objective(cfg: Any) -> dict[str, str]:
     if spec.family == "prompt":
         return {"method.name": (f"{cfg.objective.upper()} cannot train a prompt method ({spec.title}): the "
                                 "trainer needs the model's own outputs with and without the adapter; choose LoRA.")}
+    from backend import online_rl
+    if online_rl.is_online(cfg.objective):
+        return online_rl.validate_online(cfg)
     return {}
 
 
@@ -178,7 +225,7 @@ def _conversation(rows: list[dict], fmt: str, system: Optional[str]) -> list[dic
     return out
 
 
-def build_alignment_datasets(cfg: Any) -> tuple[Any, Any]:
+def build_alignment_datasets(cfg: Any, tokenizer: Any = None) -> tuple[Any, Any]:
     from datasets import Dataset
 
     from backend.data import load_for_training
@@ -186,6 +233,8 @@ def build_alignment_datasets(cfg: Any) -> tuple[Any, Any]:
     spec = get_objective(cfg.objective)
     loaded, train_rows, val_rows = load_for_training(cfg.data, cfg.train.seed)
     fmt = getattr(loaded, "format", None)
+    if spec.data_format == "prompts":
+        return _prompt_dataset(cfg, tokenizer, fmt, train_rows, val_rows), None
     if fmt != spec.data_format:
         need = ("prompt/chosen/rejected pairs" if spec.data_format == "preference"
                 else "prompt/completion/label rows")
@@ -199,6 +248,27 @@ def build_alignment_datasets(cfg: Any) -> tuple[Any, Any]:
     train = Dataset.from_list(_conversation(train_rows, spec.data_format, cfg.data.system_prompt))
     val = Dataset.from_list(_conversation(val_rows, spec.data_format, cfg.data.system_prompt)) if val_rows else None
     return train, val
+
+
+def _prompt_dataset(cfg: Any, tokenizer: Any, fmt: Optional[str], train_rows: list, val_rows: list) -> Any:
+    """GRPO/RLOO train on prompts; their validation would mean sampling too, and its loss says nothing
+    about quality, so the held-out rows are left unused and the reward curve shows progress."""
+    from datasets import Dataset
+
+    from backend import online_rl
+
+    prompts = online_rl.prompt_rows(train_rows, fmt, cfg.data.system_prompt)
+    dropped = 0
+    if tokenizer is not None:
+        prompts, dropped = online_rl.drop_long_prompts(prompts, tokenizer, cfg.data.max_length)
+    if not prompts:
+        raise UserError(f"{cfg.data.path} has no prompt that fits {cfg.data.max_length} tokens with a user turn; "
+                        "check the dataset in the Dataset tab or raise data.max_length.")
+    print(f"[ftstudio] Data: {len(prompts)} prompts for {cfg.objective.upper()}"
+          + (f", {dropped} longer than {cfg.data.max_length} tokens left out" if dropped else "")
+          + (f"; the {len(val_rows)} validation rows are not used (the reward curve shows progress)."
+             if val_rows else "."), flush=True)
+    return Dataset.from_list(prompts)
 
 
 def _common_args(sft_args: Any, config_cls: type) -> dict[str, Any]:
@@ -227,10 +297,13 @@ def build_alignment_trainer(cfg: Any, sft_args: Any, model: Any, tokenizer: Any,
     kwargs = {**_common_args(sft_args, config_cls), **spec.settings(cfg)}
     if "disable_dropout" in {f.name for f in dataclasses.fields(config_cls)}:
         kwargs["disable_dropout"] = True
+    if spec.data_format == "prompts":
+        kwargs["include_num_input_tokens_seen"] = "no"  # GRPO/RLOO count their own tokens (num_tokens)
     args = config_cls(**kwargs)
     callbacks = list(callbacks) + [AlignmentEventsCallback(Path(sft_args.output_dir).parent)]
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                          processing_class=tokenizer, callbacks=callbacks, optimizers=(optimizer, None))
+                          processing_class=tokenizer, callbacks=callbacks, optimizers=(optimizer, None),
+                          **spec.trainer_kwargs(cfg))
     if len(trainer.train_dataset) == 0:  # the reward trainer drops what does not fit max_length
         raise UserError(f"Every example of {cfg.data.path} is longer than the maximum length "
                         f"({cfg.data.max_length} tokens, chat template included); raise data.max_length.")
@@ -252,8 +325,7 @@ class AlignmentEventsCallback(_alignment_callback_base()):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        picked = {k: v for k, v in logs.items()
-                  if k.removeprefix("eval_") in ALIGNMENT_METRICS and isinstance(v, (int, float))}
+        picked = {k: v for k, v in logs.items() if is_alignment_metric(k) and isinstance(v, (int, float))}
         if picked:
             runs.append_event(self.run_dir, {"type": "alignment", "step": state.global_step,
                                              "epoch": state.epoch, "phase": "eval" if "eval_loss" in logs

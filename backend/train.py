@@ -102,7 +102,7 @@ def build_datasets(cfg, tokenizer):
 
     from backend.objectives import build_alignment_datasets, is_alignment
     if is_alignment(cfg.objective):
-        return build_alignment_datasets(cfg)  # TRL's preference/KTO trainers tokenize these themselves
+        return build_alignment_datasets(cfg, tokenizer)  # TRL tokenizes these itself (GRPO/RLOO: prompts only)
     if cfg.objective not in ("sft", "pretrain"):
         raise UserError(f"Training with the '{cfg.objective}' objective is not available yet; use sft or pretrain.")
     loaded, train_rows, val_rows = load_for_training(cfg.data, cfg.train.seed)

@@ -86,7 +86,7 @@ def test_prompt_methods_cannot_be_aligned_and_every_objective_has_help(tiny_mode
     assert "method.name" in validate_objective(cfg)
     assert validate_objective(config(tiny_model_dir, tmp_path / "x.jsonl", "dpo", "qlora")) == {}
     for spec in OBJECTIVES.values():
-        assert 20 < len(spec.help) < 300 and spec.data_format in ("preference", "kto")
+        assert 20 < len(spec.help) < 300 and spec.data_format in ("preference", "kto", "prompts")
 
 
 def test_reward_model_trains_a_score_head_with_lora(tiny_model_dir, tmp_path):

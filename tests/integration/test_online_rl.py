@@ -1,0 +1,114 @@
+"""RLHF on the tiny model, through the training subprocess's code path (in-process): a reward model
+trained by the studio scores GRPO's sampled answers; RLOO trains on pattern and reference rewards.
+Only the adapter moves, the chart events carry the rewards, and the saved adapter reloads to the
+same logits."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from backend import runs
+from backend.config import RunConfig
+from backend.models import load_causal_lm
+
+pytestmark = pytest.mark.timeout(600)
+SAMPLES = Path(__file__).resolve().parents[2] / "assets" / "samples"
+
+
+def small_copy(tmp_path: Path, name: str, n: int = 4) -> Path:
+    out = tmp_path / name
+    out.write_text("".join((SAMPLES / name).read_text().splitlines(keepends=True)[:n]))
+    return out
+
+
+def config(model_dir, data: Path, objective: str, alignment: dict, steps: int = 2) -> RunConfig:
+    return RunConfig.model_validate({
+        "model": str(model_dir), "objective": objective, "early_stopping": {"patience": None},
+        "method": {"name": "lora", "r": 4, "dropout": 0.0},
+        "alignment": {"num_generations": 2, "max_completion_length": 8, **alignment},
+        "data": {"path": str(data), "validation_split": 0.0, "max_length": 128},
+        "train": {"max_steps": steps, "batch_size": 2, "gradient_accumulation": 1, "precision": "fp32",
+                  "gradient_checkpointing": False, "learning_rate": 1e-2, "warmup_ratio": 0.0,
+                  "scheduler": "constant"}})
+
+
+def train(workspace: Path, cfg: RunConfig) -> tuple[Path, list[dict]]:
+    from backend.train import run
+
+    run_dir = runs.create_run(workspace, cfg)
+    assert run(run_dir) == 0, runs.read_status(run_dir).get("error")
+    return run_dir, runs.read_events(run_dir)[0]
+
+
+def test_grpo_learns_from_a_studio_reward_model_and_only_the_adapter_moves(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    ws = tmp_path / "ws"
+    reward_cfg = config(tiny_model_dir, small_copy(tmp_path, "preference.jsonl"), "reward", {})
+    reward_run, _ = train(ws, reward_cfg)
+
+    prompts = small_copy(tmp_path, "instructions.jsonl", 8)
+    cfg = config(tiny_model_dir, prompts, "grpo", {"reward_model": str(reward_run), "reward_reference": True},
+                 steps=3)
+    run_dir, events = train(ws, cfg)
+
+    alignment = [e for e in events if e["type"] == "alignment"]
+    assert [e["step"] for e in alignment] == [1, 2, 3]
+    assert all("reward" in e and "rewards/reward_model/mean" in e and "rewards/reference_overlap/mean" in e
+               for e in alignment)
+    # A reward model's scores differ between answers, so the group-relative advantage is not zero.
+    assert all(e["reward_std"] > 0 for e in alignment)
+    assert any(e["grad_norm"] > 0 for e in events if e["type"] == "train")
+
+    adapter = runs.adapter_dir(run_dir)
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    assert weights and all("lora_" in k for k in weights)
+    assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)  # B moved off zero
+
+    ids = torch.arange(5, 25).unsqueeze(0)
+    base = load_causal_lm(str(tiny_model_dir), dtype=torch.float32).eval()
+    with torch.no_grad():
+        before = base(input_ids=ids).logits
+        tuned = PeftModel.from_pretrained(base, str(adapter)).eval()
+        after = tuned(input_ids=ids).logits
+        again = PeftModel.from_pretrained(load_causal_lm(str(tiny_model_dir), dtype=torch.float32),
+                                          str(adapter)).eval()(input_ids=ids).logits
+    assert not torch.allclose(before, after)
+    assert torch.allclose(after, again, atol=1e-6)
+
+
+def test_rloo_trains_on_pattern_and_reference_rewards(tiny_model_dir, tmp_path):
+    prompts = small_copy(tmp_path, "instructions.jsonl", 8)
+    cfg = config(tiny_model_dir, prompts, "rloo", {"reward_pattern": r"\s", "reward_reference": True})
+    run_dir, events = train(tmp_path / "ws", cfg)
+    alignment = [e for e in events if e["type"] == "alignment"]
+    assert len(alignment) == 2
+    assert all("rewards/pattern/mean" in e and "rewards/reference_overlap/mean" in e for e in alignment)
+    assert (runs.adapter_dir(run_dir) / "adapter_model.safetensors").exists()
+    assert runs.read_status(run_dir)["state"] == "completed"
+
+
+def test_grpo_on_plain_text_fails_with_a_sentence(tiny_model_dir, tmp_path):
+    from backend.train import run
+
+    data = tmp_path / "corpus.txt"
+    data.write_text("Plain text with no prompts at all.\n" * 6)
+    cfg = config(tiny_model_dir, data, "grpo", {"reward_reference": True})
+    run_dir = runs.create_run(tmp_path / "ws", cfg)
+    assert run(run_dir) == 1
+    error = runs.read_status(run_dir)["error"]
+    assert "plain text" in error and "Dataset tab" in error
+
+
+def test_grpo_refuses_a_reward_run_that_is_not_a_reward_model(tiny_model_dir, tmp_path):
+    from backend.objectives import validate_objective
+
+    ws = tmp_path / "ws"
+    sft_run = runs.create_run(ws, config(tiny_model_dir, tmp_path / "x.jsonl", "sft", {}))
+    (sft_run / "adapter").mkdir()
+    cfg = config(tiny_model_dir, tmp_path / "x.jsonl", "grpo", {"reward_model": str(sft_run)})
+    problems = validate_objective(cfg)
+    assert "not a reward model" in problems["alignment.reward_model"]
