@@ -122,9 +122,36 @@ def _embedding_name(model: nn.Module) -> str:
     return "embed_tokens"
 
 
+def _note(message: str) -> None:
+    """A line for train.log; one per run, not one per distributed worker."""
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"[ftstudio] {message}", flush=True)
+
+
+def _use_shifted_attention(model: nn.Module, ratio: float) -> None:
+    """S²-Attn while training where the model's attention allows it; full attention otherwise, said in train.log."""
+    from backend.methods import shifted_attention
+
+    if ratio >= 1.0:
+        _note("LongLoRA: the S²-Attn group ratio is 1.0, so training uses full attention "
+              "(LoRA + embeddings + norms only).")
+        return
+    reason = shifted_attention.unsupported_reason(model)
+    if reason:
+        _note(f"LongLoRA: {reason}; training with full attention (LoRA + embeddings + norms only).")
+        return
+    shifted_attention.enable(model, ratio)
+    _note(f"LongLoRA: training with shifted sparse attention (S²-Attn) in groups of {ratio:g} × the sequence "
+          "length; evaluation and the saved model use full attention.")
+
+
 def apply_longlora(model: nn.Module, cfg: Any) -> nn.Module:
     from peft import get_peft_model
 
+    if not is_meta(model):  # the estimator's skeleton neither runs attention nor should print notes
+        _use_shifted_attention(model, cfg.method.s2_attn_group_ratio)
     config = lora_config(cfg)
     # LongLoRA's finding: for long contexts LoRA alone is not enough, the embeddings and the
     # normalization layers must train too. modules_to_save keeps trainable full copies of them.
@@ -163,9 +190,10 @@ register(MethodSpec(
 
 register(MethodSpec(
     name="longlora", title="LongLoRA (long contexts)", family="hybrid",
-    help=("LoRA plus trainable embeddings and normalization layers, for extending a model to longer contexts; "
-          "costs the embedding matrix's gradients and optimizer states on top of LoRA. Shifted sparse "
-          "attention is not applied: the model keeps its own full attention."),
-    params=list(LORA_PARAMS), uses_peft=True, quantized=False, can_merge=_longlora_merge,
+    help=("LoRA plus trainable embeddings and norms for extending a model to longer contexts, trained with "
+          "shifted sparse attention (S²-Attn: attention in groups, full attention at inference) where the model "
+          "allows it; costs the embedding matrix's gradients and optimizer states on top of LoRA."),
+    params=list(LORA_PARAMS) + ["s2_attn_group_ratio"], uses_peft=True, quantized=False,
+    can_merge=_longlora_merge,
     apply=apply_longlora,
 ))

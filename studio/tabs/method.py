@@ -21,6 +21,7 @@ from backend.errors import UserError
 from backend.io_utils import atomic_write_text
 from backend.methods import METHODS, available_precisions, check_run, inspect_model
 from backend.models import BUNDLED, ModelError
+from backend.online_rl import reward_runs as reward_run_choices
 from backend.presets import apply_preset, list_presets, preset_info, save_preset
 from studio.context import StudioContext
 from studio.tabs.method_view import estimate_figure, estimate_summary, humanize_errors
@@ -40,11 +41,14 @@ MORE_ROWS = [
     ["train.logging_steps", "train.max_grad_norm", "distributed.gpus", "distributed.strategy"],
     # Read only by the dpo/orpo/kto objectives.
     ["alignment.beta", "alignment.desirable_weight", "alignment.undesirable_weight"],
+    # Read only by grpo/rloo: sampling, then the rewards that score the samples.
+    ["alignment.num_generations", "alignment.max_completion_length", "alignment.temperature", "alignment.kl_coef"],
+    ["alignment.reward_model", "alignment.reward_pattern", "alignment.reward_reference"],
 ]
 STEPS = {"train.learning_rate": 1e-5, "method.dropout": 0.01, "train.warmup_ratio": 0.01,
          "train.weight_decay": 0.01, "method.alpha": 1, "early_stopping.threshold": 0.001,
          "method.fish_mask_density": 0.001, "train.max_grad_norm": 0.1, "train.epochs": 0.5,
-         "method.loraplus_lr_ratio": 1}
+         "method.loraplus_lr_ratio": 1, "method.s2_attn_group_ratio": 0.05}
 
 TEXT = {
     "intro": ("Choose the model and how it learns. The estimate on the right updates with every change; "
@@ -60,7 +64,7 @@ TEXT = {
     "fix_first": "Fix the fields marked in red to see the estimate.",
 }
 LABELS = {
-    "model": "Model", "method.name": "Method", "objective": "Objective (sft; dpo/orpo/kto need a preference dataset)", "method.target_modules": "Target modules",
+    "model": "Model", "method.name": "Method", "objective": "Objective (sft; dpo/orpo/kto/reward need preference data; grpo/rloo need prompts)", "method.target_modules": "Target modules",
     "method.r": "Rank (r)", "method.alpha": "Alpha", "method.dropout": "Dropout",
     "method.loraplus_lr_ratio": "LoRA+ ratio (B / A learning rate)", "method.num_layers": "Top layers that train",
     "method.quant_type": "4-bit data type", "method.double_quant": "Double quantization",
@@ -68,6 +72,7 @@ LABELS = {
     "method.prompt_init_text": "Initialise prompt from text", "method.bottleneck": "Adapter bottleneck size",
     "method.init_r": "Initial rank", "method.unfreeze_every": "Unfreeze a group every N steps (0: each epoch)",
     "method.fish_mask_density": "Share of parameters that train", "method.adapter_activation": "Adapter non-linearity",
+    "method.s2_attn_group_ratio": "S²-Attn group size (share of the sequence; 1: off)",
     "train.epochs": "Epochs", "train.max_steps": "Max steps (0 or blank: use epochs)", "train.learning_rate": "Learning rate",
     "train.scheduler": "Scheduler", "train.warmup_ratio": "Warmup share", "train.weight_decay": "Weight decay",
     "train.batch_size": "Batch size", "train.gradient_accumulation": "Gradient accumulation",
@@ -79,7 +84,13 @@ LABELS = {
     "early_stopping.patience": "Early-stopping patience (0 or blank: off)",
     "early_stopping.threshold": "Minimum improvement", "early_stopping.metric": "Watched metric",
     "distributed.gpus": "GPUs", "distributed.strategy": "Multi-GPU strategy",
+    "alignment.num_generations": "Answers sampled per prompt", "alignment.max_completion_length": "Longest answer (tokens)",
+    "alignment.temperature": "Sampling temperature", "alignment.kl_coef": "KL penalty (0: no reference pass)",
+    "alignment.reward_model": "Reward model run", "alignment.reward_pattern": "Reward pattern (regular expression)",
+    "alignment.reward_reference": "Reward overlap with the dataset's answer",
 }
+OBJECTIVE_HELP = {"sft": "Supervised fine-tuning: learn the answers of the dataset, token by token.",
+                  "pretrain": "Continued pre-training: learn every token of plain text."}
 BAD_INPUT = (UserError, ModelError, ConfigError)
 
 
@@ -209,9 +220,18 @@ def compute_estimate(rc: dict[str, Any], card_gb: Optional[float]) -> tuple[Any,
 
 # ---------------------------------------------------------------- layout
 
-def _widget(path: str, value: Any) -> gr.components.Component:
+def objective_help(name: str) -> str:
+    from backend.objectives import OBJECTIVES
+
+    spec = OBJECTIVES.get(name)
+    return f"**{spec.title}**: {spec.help}" if spec else OBJECTIVE_HELP.get(name, "")
+
+
+def _widget(path: str, value: Any, options: Optional[list] = None) -> gr.components.Component:
     kind, choices, optional = field_kind(path)
     label, info = label_of(path), field_info(path).description
+    if options is not None:  # suggestions from the workspace; any other value may still be typed
+        return gr.Dropdown(choices=options, value=value, label=label, info=info, allow_custom_value=True)
     if kind == "choice":
         if value not in choices and value is not None:
             choices = choices + [value]  # keep an unavailable value visible so its error shows at the field
@@ -224,9 +244,9 @@ def _widget(path: str, value: Any) -> gr.components.Component:
     return gr.Textbox(value=value or "", label=label, info=info)
 
 
-def _field(path: str, rc: dict[str, Any], visible: bool = True) -> tuple[Any, Any, Any]:
+def _field(path: str, rc: dict[str, Any], visible: bool = True, options: Optional[list] = None) -> tuple[Any, Any, Any]:
     with gr.Column(visible=visible, min_width=160, elem_id=f"method-col-{path.replace('.', '-')}") as col:
-        widget = _widget(path, get_path(rc, path))
+        widget = _widget(path, get_path(rc, path), options)
         err = gr.Markdown("", visible=False, elem_classes=["ft-error"], elem_id=f"method-err-{path.replace('.', '-')}")
     return col, widget, err
 
@@ -259,6 +279,8 @@ def build(ctx: StudioContext) -> None:
                 method = gr.Dropdown(choices=[(s.title, n) for n, s in METHODS.items()], value=rc0["method"]["name"],
                                      label=LABELS["method.name"], elem_id="method-name", scale=2)
                 cols["objective"], widgets["objective"], errs["objective"] = _field("objective", rc0)
+            objective_md = gr.Markdown(objective_help(rc0["objective"]), elem_id="method-objective-help",
+                                       elem_classes=["ft-help"])
             help_md = gr.Markdown(METHODS[rc0["method"]["name"]].help, elem_id="method-help",
                                   elem_classes=["ft-help"])
             errs["method.name"] = gr.Markdown(visible=False, elem_classes=["ft-error"], elem_id="method-err-method-name")
@@ -286,11 +308,12 @@ def build(ctx: StudioContext) -> None:
                         for path in row:
                             cols[path], widgets[path], errs[path] = _field(path, rc0)
                 batch_md = gr.Markdown(effective_batch_text(rc0), elem_id="method-effective-batch")
-            with gr.Accordion("Early stopping, logging, GPUs and alignment (DPO/ORPO/KTO)", open=False):
+            with gr.Accordion("Early stopping, logging, GPUs and alignment (DPO/ORPO/KTO/GRPO/RLOO)", open=False):
                 for row in MORE_ROWS:
                     with gr.Row():
                         for path in row:
-                            cols[path], widgets[path], errs[path] = _field(path, rc0)
+                            options = reward_run_choices(ctx.workspace) if path == "alignment.reward_model" else None
+                            cols[path], widgets[path], errs[path] = _field(path, rc0, options=options)
         with gr.Column(scale=2):
             card_gb = gr.Number(value=None, label="Check against a card of … GB (blank: the GPUs found)",
                                 elem_id="method-card-gb")
@@ -332,13 +355,14 @@ def build(ctx: StudioContext) -> None:
         shown_now = shown_fields(rc["method"]["name"])
         spec = METHODS.get(rc["method"]["name"])
         out = {ctx.run_config: rc, help_md: spec.help if spec else "", batch_md: effective_batch_text(rc),
+               objective_md: objective_help(rc.get("objective") or ""),
                targets_box: gr.update(visible="method.target_modules" in shown_now)}
         for path in METHOD_FIELDS:
             out[cols[path]] = gr.update(visible=path in shown_now)
         out.update(error_updates(errors, rc["method"]["name"]))
         return out
 
-    edit_outputs = {ctx.run_config, help_md, batch_md, targets_box, errors_md, *errs.values(),
+    edit_outputs = {ctx.run_config, help_md, objective_md, batch_md, targets_box, errors_md, *errs.values(),
                     *(cols[p] for p in METHOD_FIELDS)}
 
     def on_inspect(model_v, targets_v, all_v, rc):
@@ -440,6 +464,9 @@ def build(ctx: StudioContext) -> None:
         comp.input(on_edit, edit_inputs, edit_outputs)
     # .change, not .input: a multiselect's typed (custom) value only raises change events.
     targets.change(on_edit, edit_inputs, edit_outputs)
+    # A reward-model run finished since the page was built shows up when the list is opened.
+    widgets["alignment.reward_model"].focus(lambda: gr.update(choices=reward_run_choices(ctx.workspace)), None,
+                                            widgets["alignment.reward_model"])
     # Not model.change: that also fires for programmatic updates and would race the page-load inspection.
     for trigger in (inspect_btn.click, model.select, model.blur):
         trigger(on_inspect, inspect_inputs, inspect_outputs)
