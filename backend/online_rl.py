@@ -271,3 +271,23 @@ def settings(cfg: Any) -> dict[str, Any]:
             "temperature": a.temperature, "beta": a.kl_coef, "log_completions": False,
             # The batch is counted in answers; one generation round feeds one optimizer step.
             "steps_per_generation": cfg.train.gradient_accumulation}
+
+
+def reward_runs(workspace: Path) -> list[tuple[str, str]]:
+    """(label, run directory) of the workspace's finished reward-model runs, newest first: the
+    choices for alignment.reward_model."""
+    from backend import runs
+    from backend.config import load_config
+
+    out = []
+    for row in runs.list_runs(Path(workspace)):
+        if row["state"] != "completed" or not (Path(row["dir"]) / "adapter").is_dir():
+            continue
+        try:
+            objective = load_config(Path(row["dir"]) / runs.CONFIG_FILE).objective
+        except Exception:  # noqa: BLE001 - an unreadable run is simply not offered
+            continue
+        if objective == "reward":
+            label = f"{row['name'] or row['id']} ({row['method']}, {row['model']})"
+            out.append((label, row["dir"]))
+    return out

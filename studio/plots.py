@@ -18,7 +18,7 @@ COLORS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca
 
 
 # The alignment metrics worth a curve (the rest stay in events.jsonl).
-ALIGNMENT_SHOWN = ("rewards/margins", "rewards/accuracies", "accuracy", "margin", "kl")
+ALIGNMENT_SHOWN = ("rewards/margins", "rewards/accuracies", "accuracy", "margin", "kl", "reward")
 
 
 def _finite(v: Any) -> bool:
@@ -107,7 +107,9 @@ class RunSeries:
             elif kind == "alignment" and isinstance(step, int):
                 changed = True
                 prefix = "val " if ev.get("phase") == "eval" else ""
-                for key in ALIGNMENT_SHOWN:
+                # GRPO/RLOO log one mean per reward source ("rewards/<name>/mean") next to their sum.
+                keys = [*ALIGNMENT_SHOWN, *sorted(k for k in ev if k.startswith("rewards/") and k.endswith("/mean"))]
+                for key in keys:
                     if _finite(ev.get(key)):
                         xs, ys = self.alignment.setdefault(prefix + key, ([], []))
                         self._rewind_series(xs, ys, step)

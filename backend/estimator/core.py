@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from backend.estimator import online
 from backend.estimator import terms as T
 from backend.estimator.skeleton import PEFT_LORA_FAMILY, ModelShape, cached_shape
 from backend.gpu import GpuInfo, hypothetical_gpus, list_gpus
@@ -174,6 +175,8 @@ def _activations(cfg: Any, shape: ModelShape, plan: _Plan) -> tuple[int, str, in
     """(activation bytes, formula, logits bytes, formula)."""
     c = T.dtype_bytes(plan.compute)
     batch, seq = cfg.train.batch_size, cfg.data.max_length
+    if online.is_online(cfg):
+        seq = online.sequence_length(cfg)  # prompt + sampled answer
     vt = shape.virtual_tokens
     hidden_seq = seq if shape.virtual_tokens_in_kv_only else seq + vt
     kv_len = seq + vt
@@ -223,7 +226,13 @@ def _activations(cfg: Any, shape: ModelShape, plan: _Plan) -> tuple[int, str, in
         text += f" (sequence lengthened by {vt} virtual tokens)"
 
     logit_seq = seq if shape.virtual_tokens_in_kv_only else seq + vt
-    if cfg.objective in FUSED_HEAD_OBJECTIVES:
+    if online.is_online(cfg):
+        positions = online.logits_positions(cfg)
+        logits = T.logits_bytes(batch, positions, shape.vocab, plan.compute)
+        per = T.dtype_bytes(plan.compute) + 4 * T.LOGITS_FP32_COPIES
+        ltext = (f"{batch} answers x {positions} answer tokens x {T.fmt_count(shape.vocab)} vocab x {per:g} B "
+                 f"(GRPO/RLOO keep logits of the answer only) = {T.fmt_bytes(logits)}")
+    elif cfg.objective in FUSED_HEAD_OBJECTIVES:
         # TRL's SFT/DPO/KTO trainers score tokens through a chunked LM head and never hold the full
         # batch x sequence x vocabulary logits; what remains is one logits tile, the fp32 gradient of the
         # hidden states and, when the head trains, its fp32 gradient accumulator.
@@ -269,10 +278,19 @@ def _compute(cfg: Any, shape: ModelShape) -> Estimate:
         sharded["gradients"] += grads
         gf += f" + DDP buckets {T.fmt_bytes(grads)}"
 
+    generation = 0
+    if online.is_online(cfg):
+        extra = online.online_terms(cfg, shape, plan.compute, plan.base, uses_peft)
+        if extra.extra_weights:
+            sharded["weights"] += extra.extra_weights
+            wf += f" + {extra.weights_text}"
+        generation = extra.generation
+        notes.append("GRPO/RLOO sample answers before each update; the " + extra.generation_text +
+                     " is a phase of its own, counted when it is larger than the training step's.")
     paged = sharded["optimizer"] if cfg.train.optimizer in PAGED else 0
     backward = acts + logits + (sharded["gradients"] if cfg.train.gradient_accumulation > 1 else 0)
     step = sharded["gradients"] + temps
-    allocated = sharded["weights"] + (sharded["optimizer"] - paged) + max(backward, step)
+    allocated = sharded["weights"] + (sharded["optimizer"] - paged) + max(backward, step, generation)
     overhead = T.overhead_bytes(allocated)
     total = allocated + paged + overhead
     of_extra = f"; step temporaries {T.fmt_bytes(temps)}" if temps else ""
@@ -297,7 +315,8 @@ def _compute(cfg: Any, shape: ModelShape) -> Estimate:
                      "optimizer": sharded["optimizer"], "activations": acts, "logits": logits, "overhead": overhead},
         formulas=formulas, total_bytes=int(total), allocated_bytes=int(allocated),
         trainable_params=shape.trainable_params, total_params=shape.total_params, notes=notes,
-        phases={"forward_backward": int(backward), "optimizer_step": int(step)},
+        phases={"forward_backward": int(backward), "optimizer_step": int(step),
+                **({"generation": int(generation)} if generation else {})},
     )
 
 

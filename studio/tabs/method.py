@@ -84,6 +84,8 @@ LABELS = {
     "early_stopping.patience": "Early-stopping patience (0 or blank: off)",
     "early_stopping.threshold": "Minimum improvement", "early_stopping.metric": "Watched metric",
     "distributed.gpus": "GPUs", "distributed.strategy": "Multi-GPU strategy",
+    "alignment.beta": "Beta (DPO/KTO/ORPO)", "alignment.desirable_weight": "KTO weight of good answers",
+    "alignment.undesirable_weight": "KTO weight of bad answers",
     "alignment.num_generations": "Answers sampled per prompt", "alignment.max_completion_length": "Longest answer (tokens)",
     "alignment.temperature": "Sampling temperature", "alignment.kl_coef": "KL penalty (0: no reference pass)",
     "alignment.reward_model": "Reward model run", "alignment.reward_pattern": "Reward pattern (regular expression)",

@@ -109,3 +109,33 @@ def test_alignment_settings_are_fields_of_the_method_tab():
     rc = with_fields(default_run_config(), "smollm2-135m-instruct", "lora", ["q_proj"], False,
                      {"alignment.beta": 0.3})
     assert rc["alignment"]["beta"] == 0.3
+
+
+def test_every_objective_explains_itself_and_every_alignment_setting_has_a_labelled_field():
+    from backend.config import OBJECTIVES, AlignmentConfig
+    from studio.tabs.method import LABELS, MORE_ROWS, objective_help
+
+    for name in OBJECTIVES:
+        assert len(objective_help(name)) > 40, name
+    shown = {p for row in MORE_ROWS for p in row}
+    for name in AlignmentConfig.model_fields:
+        assert f"alignment.{name}" in shown and f"alignment.{name}" in LABELS
+
+
+def test_reward_model_choices_list_only_finished_reward_runs(tmp_path):
+    from backend import runs
+    from backend.config import RunConfig
+    from backend.online_rl import reward_runs
+
+    ws = tmp_path / "ws"
+    done = runs.create_run(ws, RunConfig.model_validate({"objective": "reward", "name": "scorer"}))
+    runs.write_status(done, state="completed")
+    (done / "adapter").mkdir()
+    sft = runs.create_run(ws, RunConfig.model_validate({"objective": "sft"}))
+    runs.write_status(sft, state="completed")
+    (sft / "adapter").mkdir()
+    running = runs.create_run(ws, RunConfig.model_validate({"objective": "reward"}))
+    runs.write_status(running, state="running")
+    choices = reward_runs(ws)
+    assert [path for _, path in choices] == [str(done)]
+    assert choices[0][0].startswith("scorer")

@@ -32,3 +32,14 @@ def test_plain_sft_runs_keep_two_panels():
     s = RunSeries()
     s.add([_train(1)])
     assert {t.name for t in lr_grad_figure(s).data} == {"learning rate", "gradient norm"}
+
+
+def test_grpo_rewards_show_their_sum_and_each_source():
+    s = RunSeries()
+    s.add([_train(1), {"type": "alignment", "step": 1, "phase": "train", "reward": 0.2, "reward_std": 0.1,
+                       "rewards/pattern/mean": 0.5, "rewards/pattern/std": 0.2,
+                       "rewards/reward_model/mean": -0.3}])
+    names = {t.name: list(t.y) for t in lr_grad_figure(s).data}
+    assert names["reward"] == [0.2]
+    assert names["rewards/pattern/mean"] == [0.5] and names["rewards/reward_model/mean"] == [-0.3]
+    assert "rewards/pattern/std" not in names
