@@ -45,7 +45,7 @@ TEXT = {
                "<span class='tok boundary'>│</span> packed rows joined. Hover a token for its id and label."),
     "mapping": "Which column plays which part. Leave a role on (none) if the file has no such column.",
     "objective_hint": {"preference": "Preference pairs train with DPO, ORPO or a reward model: pick that "
-                                     "objective on the Method tab.",
+                                     "objective on the Method tab (their prompts also feed GRPO/RLOO).",
                        "kto": "Labelled completions train with KTO: pick it on the Method tab.",
                        "text": "Plain text trains every token (continued pre-training)."},
 }
