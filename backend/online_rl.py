@@ -291,3 +291,11 @@ def reward_runs(workspace: Path) -> list[tuple[str, str]]:
             label = f"{row['name'] or row['id']} ({row['method']}, {row['model']})"
             out.append((label, row["dir"]))
     return out
+
+
+def drop_reference_adapter(model: Any) -> None:
+    """With a KL penalty TRL keeps a frozen copy of the starting adapter named "ref"; the saved
+    adapter should hold only what was trained, so the copy goes once training is over."""
+    peft_config = getattr(model, "peft_config", None)
+    if isinstance(peft_config, dict) and "ref" in peft_config and len(peft_config) > 1:
+        model.delete_adapter("ref")

@@ -323,6 +323,9 @@ def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool,
     note("Training" + (f" from {checkpoint.name}." if checkpoint else "."))
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
+    from backend.online_rl import drop_reference_adapter, is_online
+    if is_online(cfg.objective):
+        drop_reference_adapter(trainer.model)
     adapter = save_adapter(trainer, run_dir) if main else None
     if not main:
         return 0

@@ -112,3 +112,35 @@ def test_grpo_refuses_a_reward_run_that_is_not_a_reward_model(tiny_model_dir, tm
     cfg = config(tiny_model_dir, tmp_path / "x.jsonl", "grpo", {"reward_model": str(sft_run)})
     problems = validate_objective(cfg)
     assert "not a reward model" in problems["alignment.reward_model"]
+
+
+@pytest.fixture()
+def tiny_reward_model(tiny_model_dir, tmp_path) -> Path:
+    """A randomly initialised one-output scorer on the tiny model's config: scores that differ per answer."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    conf = AutoConfig.from_pretrained(str(tiny_model_dir), num_labels=1)
+    torch.manual_seed(0)
+    out = tmp_path / "scorer"
+    AutoModelForSequenceClassification.from_config(conf).save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(str(out))
+    return out
+
+
+@pytest.mark.parametrize("method,kl", [("qlora", 0.0), ("full", 0.04), ("lora", 0.04)])
+def test_grpo_with_qlora_full_and_a_kl_penalty(tiny_model_dir, tiny_reward_model, tmp_path, method, kl):
+    prompts = small_copy(tmp_path, "instructions.jsonl", 8)
+    cfg = config(tiny_model_dir, prompts, "grpo", {"reward_model": str(tiny_reward_model), "kl_coef": kl})
+    cfg.method.name = method
+    cfg.method.compute_dtype = "fp32"
+    run_dir, events = train(tmp_path / "ws", cfg)
+    alignment = [e for e in events if e["type"] == "alignment"]
+    assert len(alignment) == 2 and all(("kl" in e) == (kl > 0) for e in alignment)
+    adapter = runs.adapter_dir(run_dir)
+    assert not (adapter / "ref").exists()  # the KL reference copy is not part of what was trained
+    if method == "full":
+        base = dict(load_causal_lm(str(tiny_model_dir), dtype=torch.float32).named_parameters())
+        tuned = dict(load_causal_lm(str(adapter), dtype=torch.float32).named_parameters())
+        assert any(not torch.equal(base[n], tuned[n]) for n in base)
+    else:
+        assert (adapter / "adapter_model.safetensors").exists()
