@@ -462,8 +462,14 @@ def build(ctx: StudioContext) -> None:
 
     # Every handler writes run_config; its change event (which the Dataset tab's edits raise too)
     # is the one place the estimate is recomputed.
+    # always_last: .input's default ("once") drops a keystroke that lands while the estimate of the
+    # previous one is computing, and the field would keep a stale value.
     for comp in [method, all_linear, *field_widgets]:
-        comp.input(on_edit, edit_inputs, edit_outputs)
+        comp.input(on_edit, edit_inputs, edit_outputs, trigger_mode="always_last")
+    # A pasted or browser-filled text raises no input event in every browser; leaving the field does.
+    for comp in field_widgets:
+        if isinstance(comp, gr.Textbox):
+            comp.blur(on_edit, edit_inputs, edit_outputs, trigger_mode="always_last")
     # .change, not .input: a multiselect's typed (custom) value only raises change events.
     targets.change(on_edit, edit_inputs, edit_outputs)
     # A reward-model run finished since the page was built shows up when the list is opened.
@@ -476,7 +482,7 @@ def build(ctx: StudioContext) -> None:
         btn.click(shortcut(which), [model], {targets, all_linear, errs["model"]}).then(
             on_edit, edit_inputs, edit_outputs)
     ctx.run_config.change(on_state, state_inputs, state_outputs)
-    card_gb.input(on_state, state_inputs, state_outputs)
+    card_gb.input(on_state, state_inputs, state_outputs, trigger_mode="always_last")
     preset_btn.click(on_preset, [preset_dd, ctx.run_config], preset_outputs).then(
         on_inspect, inspect_inputs, inspect_outputs).then(on_edit, edit_inputs, edit_outputs)
     save_btn.click(on_save, [preset_name, ctx.run_config], {status_md, preset_dd})
