@@ -63,12 +63,13 @@ def launch_from_args(args: argparse.Namespace) -> None:
               file=sys.stderr)
     from studio.app import build_app, CSS
 
+    demo = build_app(workspace)
     # Convert the bundled default model in the background so the first tab that needs it
-    # does not wait; failures surface later as sentences where the model is used.
+    # does not wait; failures surface later as sentences where the model is used. Started only
+    # after the tabs are built: transformers' lazy imports are not safe to race from two threads,
+    # and the build imports parts of it (the trainers' callbacks) that the conversion imports too.
     from backend.models import DEFAULT_MODEL, ensure_bundled
     threading.Thread(target=lambda: _quietly(ensure_bundled, DEFAULT_MODEL), daemon=True).start()
-
-    demo = build_app(workspace)
     _patient_localhost_probe()
     demo.queue(default_concurrency_limit=4)
     print(f"Fine-Tune Studio: http://{args.host}:{args.port}  (workspace {workspace})", flush=True)
