@@ -17,6 +17,8 @@ from backend.gpu import GpuInfo, hypothetical_gpus, list_gpus
 
 # Objectives whose TRL trainer uses the fused (chunked) LM head; the others materialize full logits.
 FUSED_HEAD_OBJECTIVES = ("sft", "pretrain", "dpo", "kto")
+# Objectives whose trainer scores against a reference model.
+REFERENCE_OBJECTIVES = ("dpo", "kto")
 TERMS = ("weights", "gradients", "optimizer", "activations", "logits", "overhead")
 PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 PAGED = ("paged_adamw_8bit", "paged_adamw_32bit")
@@ -278,6 +280,12 @@ def _compute(cfg: Any, shape: ModelShape) -> Estimate:
         sharded["gradients"] += grads
         gf += f" + DDP buckets {T.fmt_bytes(grads)}"
 
+    if cfg.objective in REFERENCE_OBJECTIVES and not uses_peft:
+        # Without an adapter to switch off, TRL keeps a frozen copy of the starting model for the
+        # reference log-probabilities (with PEFT the reference is the same model, adapter disabled).
+        ref = int(shape.total_params * T.dtype_bytes(plan.base))
+        sharded["weights"] += ref
+        wf += f" + frozen reference model {T.fmt_count(shape.total_params)} params x {T.dtype_bytes(plan.base):g} B"
     generation = 0
     if online.is_online(cfg):
         extra = online.online_terms(cfg, shape, plan.compute, plan.base, uses_peft)

@@ -36,3 +36,16 @@ def test_sampling_is_a_phase_of_its_own_growing_with_answers_in_flight():
     one, many = est(), est(max_completion_length=2048)
     assert "generation" in one.phases and many.phases["generation"] > 4 * one.phases["generation"]
     assert "generation" not in est(objective="sft").phases
+
+
+def test_dpo_without_an_adapter_counts_a_frozen_reference_model_and_with_lora_does_not():
+    def weights(objective, method):
+        cfg = RunConfig.model_validate({"objective": objective, "method": {"name": method},
+                                        "train": {"precision": "bf16"}})
+        return estimate(cfg, gpu_memory_gb=24)
+
+    full_sft, full_dpo = weights("sft", "full"), weights("dpo", "full")
+    assert full_dpo.terms_bytes["weights"] - full_sft.terms_bytes["weights"] == full_sft.total_params * 2
+    assert "frozen reference model" in full_dpo.formulas["weights"]
+    assert weights("kto", "lora").terms_bytes["weights"] == weights("sft", "lora").terms_bytes["weights"]
+    assert weights("orpo", "full").terms_bytes["weights"] == full_sft.terms_bytes["weights"]
