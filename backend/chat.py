@@ -74,11 +74,18 @@ def split_choice(value: str) -> tuple[Optional[str], Optional[str]]:
 
 
 def chat_choices(workspace: str | Path) -> list[tuple[str, str]]:
-    """What the Chat tab offers: each run's adapter, merged models, and the bundled base alone."""
+    """What the Chat tab offers: each run's final adapter and its checkpoints, merged models, and the
+    bundled base alone."""
     from backend.merge import adapter_runs, merged_models
     from backend.models import BUNDLED
 
-    runs = [(f"run: {label}", d) for label, d in adapter_runs(workspace)]
+    from backend.runs import usable_checkpoints
+
+    runs = []
+    for label, d in adapter_runs(workspace):
+        runs.append((f"run: {label}", d))
+        # Earlier states of the same run: a checkpoint holds the adapter (or model) as it was at that step.
+        runs += [(f"run: {label} · checkpoint at step {step}", str(p)) for step, p in usable_checkpoints(Path(d))]
     bases = [(f"base only: {name}", name) for name in BUNDLED]
     return runs + merged_models(workspace) + bases
 

@@ -72,7 +72,8 @@ def locate_adapter(path: str | Path) -> AdapterSource:
         run_dir, adapter_dir = p, p / "adapter"
     else:
         adapter_dir = p
-        run_dir = p.parent if (p.parent / "config.yaml").exists() else None
+        # An adapter folder sits in its run (run/adapter) or in the run's checkpoints (run/checkpoints/checkpoint-N).
+        run_dir = next((d for d in (p.parent, p.parent.parent) if (d / "config.yaml").exists()), None)
     cfg = _run_config(run_dir) if run_dir else None
     method = cfg.method.name if cfg else None
     acfg = read_json(adapter_dir / "adapter_config.json")

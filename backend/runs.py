@@ -327,6 +327,11 @@ def _numbered_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
+def usable_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint, newest first: what the Chat tab can load."""
+    return [(step, p) for step, p in _numbered_checkpoints(run_dir) if checkpoint_problem(p) is None]
+
+
 def checkpoint_report(run_dir: Path) -> tuple[Optional[Path], list[tuple[Path, str]]]:
     """(newest usable checkpoint, [(newer checkpoint passed over, why)])."""
     skipped: list[tuple[Path, str]] = []

@@ -23,7 +23,7 @@ TEXT = {
     "intro": "Pick a run's adapter, a merged model, or a base model alone, press **Load**, and chat. "
              "**Compare** answers every message twice: with the adapter and with it switched off (the base), "
              "side by side. The model runs in its own process and is unloaded when a training starts.",
-    "pick": "A run (its adapter on its base), a merged model, a base model, or type any model or adapter folder.",
+    "pick": "A run (its final adapter on its base) or one of its checkpoints, a merged model, a base model, or type any model or adapter folder.",
     "quantize": "Load the base in 4-bit (GPU only; for big models or QLoRA runs).",
     "not_loaded": "No model loaded yet: pick one and press Load.",
     "system": "Sent as the system message before the conversation (leave empty for none).",
