@@ -21,7 +21,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.e2e.helpers import CHROMIUM, CHROMIUM_ARGS, REPO, Studio, goto_studio
+from tests.e2e.helpers import CHROMIUM, CHROMIUM_ARGS, REPO, Studio, goto_studio, run_groups
 
 if importlib.util.find_spec("playwright") is None:
     # The test modules import playwright; without it they cannot even be collected.
@@ -145,16 +145,8 @@ def _stop_studio(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
 
 def _kill_run_groups(workspace: Path) -> None:
     """Training/merge/chat subprocesses run in their own sessions; end the ones this workspace started."""
-    import json
-
-    for status in workspace.glob("runs/*/status.json"):
-        try:
-            data = json.loads(status.read_text())
-        except (OSError, ValueError):
-            continue
-        pgid = data.get("pgid")
-        if isinstance(pgid, int) and pgid > 1 and pgid != os.getpgid(0):
-            _kill_group(pgid, grace_s=3.0)
+    for pgid in run_groups(workspace):
+        _kill_group(pgid, grace_s=3.0)
 
 
 @pytest.fixture(scope="session")

@@ -174,20 +174,30 @@ def plot_points(page, elem_id: str) -> int:
     return plot.first.evaluate("e => (e.data || []).reduce((n, t) => n + ((t.y || []).length), 0)")
 
 
-def end_runs_of(workspace: Path) -> None:
-    """Kill any training this workspace still has going (a failed test must not leave the next one busy)."""
+def run_groups(workspace: Path, active_only: bool = False) -> list[int]:
+    """Process groups of the runs this workspace started (each run is its own session), never our own."""
     import json
-    import signal
 
+    out = []
     for status in workspace.glob("runs/*/status.json"):
         try:
             data = json.loads(status.read_text())
         except (OSError, ValueError):
             continue
         pgid = data.get("pgid")
-        if data.get("state") in ("starting", "running", "stopping") and isinstance(pgid, int) and pgid > 1 \
-                and pgid != os.getpgid(0):
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        if active_only and data.get("state") not in ("starting", "running", "stopping"):
+            continue
+        if isinstance(pgid, int) and pgid > 1 and pgid != os.getpgid(0):
+            out.append(pgid)
+    return out
+
+
+def end_runs_of(workspace: Path) -> None:
+    """Kill any training this workspace still has going (a failed test must not leave the next one busy)."""
+    import signal
+
+    for pgid in run_groups(workspace, active_only=True):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
