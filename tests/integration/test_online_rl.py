@@ -13,14 +13,9 @@ from backend import runs
 from backend.config import RunConfig
 from backend.models import load_causal_lm
 
+from tests.samples import small_copy
+
 pytestmark = pytest.mark.timeout(600)
-SAMPLES = Path(__file__).resolve().parents[2] / "assets" / "samples"
-
-
-def small_copy(tmp_path: Path, name: str, n: int = 4) -> Path:
-    out = tmp_path / name
-    out.write_text("".join((SAMPLES / name).read_text().splitlines(keepends=True)[:n]))
-    return out
 
 
 def config(model_dir, data: Path, objective: str, alignment: dict, steps: int = 2) -> RunConfig:
