@@ -139,3 +139,20 @@ def test_grpo_with_qlora_full_and_a_kl_penalty(tiny_model_dir, tiny_reward_model
         assert any(not torch.equal(base[n], tuned[n]) for n in base)
     else:
         assert (adapter / "adapter_model.safetensors").exists()
+
+
+def test_grpo_stops_on_request_and_resumes_from_its_checkpoint(tiny_model_dir, tiny_reward_model, tmp_path):
+    from backend.train import run
+
+    prompts = small_copy(tmp_path, "instructions.jsonl", 8)
+    cfg = config(tiny_model_dir, prompts, "grpo", {"reward_model": str(tiny_reward_model)}, steps=3)
+    cfg.train.save_steps = 1
+    run_dir = runs.create_run(tmp_path / "ws", cfg)
+    runs.request_stop(run_dir)  # honoured at the end of the first step
+    assert run(run_dir) == 0 and runs.read_status(run_dir)["state"] == "stopped"
+    assert runs.last_checkpoint(run_dir).name == "checkpoint-1"
+    runs.clear_stop_request(run_dir)
+    assert run(run_dir, resume=True) == 0
+    status = runs.read_status(run_dir)
+    assert status["state"] == "completed" and status["step"] == 3
+    assert [e["step"] for e in runs.read_events(run_dir)[0] if e["type"] == "alignment"] == [1, 2, 3]
