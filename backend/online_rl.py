@@ -186,7 +186,13 @@ def locate_reward_model(ref: str) -> dict[str, Any]:
     if not p.is_dir():
         raise UserError(f"The reward model {ref} is not a directory; pick a finished reward-model run or a "
                         "directory holding a reward model.")
-    if (p / "config.yaml").exists() and (p / "adapter").is_dir():  # a studio run directory
+    if (p / "config.yaml").exists() and not (p / "adapter").is_dir():
+        from backend import runs
+
+        state = runs.read_status(p).get("state") or "unknown"
+        raise UserError(f"The run {p.name} has no saved model yet (state: {state}); wait until it has finished, "
+                        "or pick a finished reward-model run.")
+    if (p / "config.yaml").exists():  # a studio run directory
         from backend.config import load_config
 
         run_cfg = load_config(p / "config.yaml")

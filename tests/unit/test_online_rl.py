@@ -96,3 +96,12 @@ def test_long_prompts_are_left_out_not_cut():
     rows = [{"prompt": [{"role": "user", "content": "x" * 5}]}, {"prompt": [{"role": "user", "content": "y" * 50}]}]
     kept, dropped = online_rl.drop_long_prompts(rows, Tok(), 10)
     assert kept == rows[:1] and dropped == 1
+
+
+def test_a_reward_run_still_training_is_named_with_its_state(tmp_path):
+    from backend import runs
+
+    run_dir = runs.create_run(tmp_path, RunConfig.model_validate({"objective": "reward"}))
+    runs.write_status(run_dir, state="running")
+    with pytest.raises(UserError, match=r"no saved model yet \(state: running\)"):
+        online_rl.locate_reward_model(str(run_dir))
