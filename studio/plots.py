@@ -198,6 +198,11 @@ def lr_grad_figure(s: RunSeries) -> go.Figure:
     fig.update_layout(height=320 + (140 if s.alignment else 0), margin=dict(l=50, r=20, t=40, b=40),
                       showlegend=bool(s.alignment), legend=dict(orientation="h", y=-0.15), uirevision="lr")
     fig.update_xaxes(title_text="step", row=rows, col=1)
+    # A constant schedule would be drawn around zero on plotly's default ±1 range; start the axis at 0
+    # and show small rates as 2e-4 rather than 0.0002 rounded to 0.
+    fig.update_yaxes(rangemode="tozero", exponentformat="e", row=1, col=1)
+    if s.lr and max(s.lr) == min(s.lr) and s.lr[0] > 0:
+        fig.update_yaxes(range=[0, 1.5 * s.lr[0]], row=1, col=1)
     return fig
 
 

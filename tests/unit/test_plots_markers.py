@@ -43,3 +43,10 @@ def test_grpo_rewards_show_their_sum_and_each_source():
     assert names["reward"] == [0.2]
     assert names["rewards/pattern/mean"] == [0.5] and names["rewards/reward_model/mean"] == [-0.3]
     assert "rewards/pattern/std" not in names
+
+
+def test_a_constant_learning_rate_is_drawn_above_zero_not_on_a_default_range():
+    s = RunSeries()
+    s.add([{"type": "train", "step": i, "loss": 1.0, "lr": 2e-4, "grad_norm": 1.0} for i in (1, 2, 3)])
+    axis = lr_grad_figure(s).layout.yaxis
+    assert axis.range[0] == 0 and abs(axis.range[1] - 3e-4) < 1e-12 and axis.exponentformat == "e"
