@@ -1,8 +1,9 @@
-"""The run queue: WORKSPACE/queue.json holds configs to train one after another.
+"""The run queue: WORKSPACE/queue.json holds configs to train in order.
 
 The queue lives in a file (written atomically, under a lock) so a restarted studio finds it
 and carries on. `queue_step` is one look at the queue: it records runs that ended and starts
-the next queued config through `backend.runner` when no training holds the device. The
+the next queued configs through `backend.runner` while devices are free (one run at a time on a
+CPU or one GPU; on several GPUs, runs side by side, each on the GPUs `runner.pick_devices` gives it). The
 `QueueWorker` thread only calls `queue_step` on a timer; training always happens in the
 runner's subprocess, never in the process that hosts the worker.
 """
@@ -225,35 +226,34 @@ def queue_step(workspace: Path) -> list[dict[str, Any]]:
         had_open = any(e["state"] in OPEN_STATES for e in entries)
         if not had_open:
             return events  # nothing to watch: no need to look at the runs
-        busy = False
         for e in entries:
             if e["state"] != RUNNING:
                 continue
             status = runs.read_status(Path(e.get("run_dir") or ""))
             if status.get("state") in runs.ACTIVE_STATES:
-                busy = True
                 continue
             state = status.get("state") if status.get("state") in runs.FINAL_STATES else "failed"
             events.append(_finish(e, state, status.get("error"), best_val_loss=status.get("best_val_loss")))
-        # A run started by hand (the Start button, the CLI) holds the device too.
-        busy = busy or bool(runner.find_active_runs(workspace))
-        while not busy:
+        # Entries start in order while devices are free: one at a time on a CPU or a single GPU, side by
+        # side on a multi-GPU machine (each on its own GPUs). Runs started by hand hold their devices too.
+        while True:
             nxt = next((e for e in entries if e["state"] == QUEUED), None)
             if nxt is None:
                 break
             try:
                 cfg = _check_startable(nxt["config"])
+                if not runner.devices_free(workspace, cfg):
+                    break  # the head of the queue waits; later entries do not overtake it
                 run_dir = runner.start_run(workspace, cfg)
+            except runner.DevicesBusy:
+                break  # someone else started a run in between: try again on the next look
             except (UserError, ConfigError, ModelError, OSError) as exc:
-                if runner.find_active_runs(workspace):
-                    break  # someone else started a run in between: try again on the next look
                 events.append(_finish(nxt, "failed", str(exc)))
                 continue
             nxt.update(state=RUNNING, run_dir=str(run_dir), run_id=run_dir.name, started=runs.now_iso(),
                        error=None)
             events.append({"kind": "run_start", "entry": nxt["id"], "label": nxt.get("label"),
                            "run_dir": str(run_dir)})
-            busy = True
         if had_open and not any(e["state"] in OPEN_STATES for e in entries):
             done = [e for e in entries if e["state"] not in OPEN_STATES]
             ok = sum(1 for e in done if e["state"] == "completed")

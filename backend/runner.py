@@ -35,11 +35,51 @@ def _gpu_count() -> int:
         return 0
 
 
-def run_devices(cfg: RunConfig) -> list[str]:
-    """The devices a run occupies. Without a GPU the whole machine counts as one device."""
-    if _gpu_count() == 0:
+class DevicesBusy(UserError):
+    """Every device a run would need is taken by a run that is still going."""
+
+
+def _candidate_gpus() -> list[int]:
+    """GPU indices (NVML order) this studio may use: CUDA_VISIBLE_DEVICES when it was set for the studio."""
+    count = _gpu_count()
+    if count == 0:
+        return []
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if visible and all(v.isdigit() for v in visible):
+        return [int(v) for v in visible]
+    return list(range(count))
+
+
+def _held_devices(workspace: Path, exclude: Optional[Path] = None) -> dict[str, str]:
+    """device -> id of the active run holding it. A run that recorded no devices holds them all."""
+    every = ["cpu"] + [f"cuda:{i}" for i in _candidate_gpus()]
+    held: dict[str, str] = {}
+    for row in find_active_runs(workspace):
+        if exclude is not None and Path(row["dir"]) == Path(exclude):
+            continue
+        for device in runs.read_status(Path(row["dir"])).get("devices") or every:
+            held.setdefault(device, row["id"])
+    return held
+
+
+def pick_devices(workspace: Path, cfg: RunConfig, exclude: Optional[Path] = None) -> list[str]:
+    """The devices a new run gets: the lowest-numbered free GPUs, so runs on a multi-GPU machine
+    train side by side, one per GPU (or per group of `distributed.gpus`). Without a GPU the whole
+    machine is one device. When too few are free, the first ones, which the busy check then names."""
+    gpus = _candidate_gpus()
+    if not gpus:
         return ["cpu"]
-    return [f"cuda:{i}" for i in range(cfg.distributed.gpus)]
+    need = cfg.distributed.gpus
+    held = _held_devices(workspace, exclude)
+    free = [i for i in gpus if f"cuda:{i}" not in held]
+    chosen = free[:need] if len(free) >= need else gpus[:need]
+    return [f"cuda:{i}" for i in chosen]
+
+
+def devices_free(workspace: Path, cfg: RunConfig) -> bool:
+    """Whether a run of cfg could start now without waiting for another to end."""
+    held = _held_devices(workspace)
+    return not any(d in held for d in pick_devices(workspace, cfg))
 
 
 @contextlib.contextmanager
@@ -61,15 +101,13 @@ def find_active_runs(workspace: Path) -> list[dict[str, Any]]:
 
 
 def _refuse_if_busy(workspace: Path, devices: list[str], exclude: Optional[Path] = None) -> None:
-    for row in find_active_runs(workspace):
-        if exclude is not None and Path(row["dir"]) == Path(exclude):
-            continue
-        theirs = runs.read_status(Path(row["dir"])).get("devices") or ["cpu", "cuda:0"]
-        busy = sorted(set(theirs) & set(devices))
-        if busy:
-            raise UserError(
-                f"Run {row['id']} is already training on {', '.join(busy)}; only one training per device at a "
-                f"time. Stop it in the Train tab (or wait for it to finish), then start again.")
+    held = _held_devices(workspace, exclude)
+    busy = [d for d in devices if d in held]
+    if busy:
+        owner = held[busy[0]]
+        raise DevicesBusy(
+            f"Run {owner} is already training on {', '.join(busy)}; only one training per device at a "
+            f"time. Stop it in the Train tab (or wait for it to finish), then start again.")
 
 
 def _launch_command(run_dir: Path, cfg: RunConfig, resume: bool) -> list[str]:
@@ -89,8 +127,13 @@ def _launch_command(run_dir: Path, cfg: RunConfig, resume: bool) -> list[str]:
     return [sys.executable] + entry
 
 
-def _spawn(run_dir: Path, cmd: list[str]) -> subprocess.Popen:
+def _spawn(run_dir: Path, cmd: list[str], devices: Optional[list[str]] = None) -> subprocess.Popen:
     env = dict(os.environ)
+    gpus = [d.split(":", 1)[1] for d in devices or [] if d.startswith("cuda:")]
+    if gpus:
+        # The run sees only its own GPUs; PCI order makes CUDA's numbering match NVML's, which picked them.
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     env["PYTHONUNBUFFERED"] = "1"
     # The trainer must import this checkout even when the package is not installed.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
@@ -119,7 +162,7 @@ def _absolute_paths(cfg: RunConfig) -> RunConfig:
 
 def _launch(run_dir: Path, cfg: RunConfig, devices: list[str], resume: bool) -> None:
     cmd = _launch_command(run_dir, cfg, resume)
-    proc = _spawn(run_dir, cmd)
+    proc = _spawn(run_dir, cmd, devices)
     runs.write_status(run_dir, pid=proc.pid, pgid=proc.pid, pid_start=runs.process_start_time(proc.pid),
                       devices=devices, command=cmd, started=runs.now_iso() if not resume else None)
     if resume:
@@ -130,8 +173,8 @@ def start_run(workspace: Path, cfg: RunConfig) -> Path:
     """Create the run directory and launch `python -m backend.train RUN_DIR`; returns the run directory."""
     workspace = Path(workspace).resolve()
     cfg = _absolute_paths(cfg)
-    devices = run_devices(cfg)
     with _start_lock(workspace):
+        devices = pick_devices(workspace, cfg)
         _refuse_if_busy(workspace, devices)
         run_dir = runs.create_run(workspace, cfg)
         runs.write_status(run_dir, devices=devices)
@@ -160,8 +203,8 @@ def resume_run(run_dir: Path) -> Path:
     fallback = (f"{bad_text}: resuming from the previous checkpoint, {checkpoint.name}." if bad else None)
     cfg = load_config(run_dir / runs.CONFIG_FILE)
     workspace = run_dir.parent.parent
-    devices = run_devices(cfg)
     with _start_lock(workspace):
+        devices = pick_devices(workspace, cfg, exclude=run_dir)
         _refuse_if_busy(workspace, devices, exclude=run_dir)
         runs.clear_stop_request(run_dir)
         runs.write_status(run_dir, state="starting", error=None, ended=None, early_stopped=None,

@@ -203,8 +203,8 @@ def mount(ctx: StudioContext, add_button: gr.Button, start_button: gr.Button, ru
     rows0, notice0 = queue_rows(ws)
 
     gr.Markdown("### Queue\n<span class='ft-help'>**Add to queue** puts the configuration above at the end; "
-                "runs start one after another when the device is free, also after a studio restart. A run "
-                "that fails is marked and the next one starts.</span>")
+                "runs start in order when a device is free (on a machine with several GPUs, side by side, each "
+                "on its own GPUs), also after a studio restart. A run that fails is marked and the next one starts.</span>")
     notice = gr.Markdown(error_html(notice0) if notice0 else "", elem_id="queue-notice")
     qtable = gr.Dataframe(value=rows0, headers=QUEUE_COLUMNS, interactive=False, wrap=True, elem_id="queue-table")
     with gr.Row():

@@ -98,7 +98,7 @@ def test_an_entry_whose_model_is_gone_fails_with_a_sentence_and_the_next_starts(
 
 def test_a_busy_device_keeps_the_entry_queued(tmp_path, monkeypatch):
     ws = tmp_path / "ws"
-    monkeypatch.setattr(runner, "find_active_runs", lambda ws: [{"id": "by-hand"}])
+    monkeypatch.setattr(runner, "find_active_runs", lambda ws: [{"id": "by-hand", "dir": str(tmp_path / "by-hand")}])
     monkeypatch.setattr(runner, "start_run", lambda *a: pytest.fail("must not start while busy"))
     q.add_to_queue(ws, cfg(tmp_path, "waits"))
     assert q.queue_step(ws) == []

@@ -160,3 +160,51 @@ def test_more_than_one_gpu_launches_through_accelerate(tmp_path):
     assert cmd[cmd.index("--num_processes") + 1] == "4" and "--use_deepspeed" in cmd
     assert cmd[-4:] == ["-m", "backend.train", str(tmp_path), "--resume"]
     assert runner._launch_command(tmp_path, RunConfig(), resume=False)[1:] == ["-m", "backend.train", str(tmp_path)]
+
+
+def test_on_two_gpus_the_queue_runs_two_trainings_side_by_side_each_on_its_own_gpu(tmp_path, fake_trainer,
+                                                                                     monkeypatch):
+    from backend import queue as q
+
+    monkeypatch.setattr(runner, "_gpu_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    fake_trainer("graceful")
+    real_spawn = runner._spawn
+
+    def spawn(run_dir, cmd, devices=None):  # record what each trainer would see
+        proc = real_spawn(run_dir, cmd, devices)
+        (run_dir / "visible.txt").write_text(",".join(d.split(":")[1] for d in devices if d.startswith("cuda")))
+        return proc
+
+    monkeypatch.setattr(runner, "_spawn", spawn)
+    ws = tmp_path / "ws"
+    for name in ("first", "second", "third"):
+        q.add_to_queue(ws, RunConfig(name=name))
+    started = [e for e in q.queue_step(ws) if e["kind"] == "run_start"]
+    try:
+        assert [e["label"] for e in started] == ["first", "second"]
+        dirs = [Path(e["run_dir"]) for e in started]
+        assert [(d / "visible.txt").read_text() for d in dirs] == ["0", "1"]
+        assert [runs.read_status(d)["devices"] for d in dirs] == [["cuda:0"], ["cuda:1"]]
+        assert [e["state"] for e in q.read_queue(ws)["entries"]] == ["running", "running", "queued"]
+        # A hand-started run finds no free GPU and names the run that holds the first one.
+        with pytest.raises(UserError, match=dirs[0].name):
+            runner.start_run(ws, RunConfig(name="by-hand"))
+        runner.stop_run(dirs[1], timeout=10)
+        third = [e for e in q.queue_step(ws) if e["kind"] == "run_start"]
+        assert [e["label"] for e in third] == ["third"]
+        assert runs.read_status(Path(third[0]["run_dir"]))["devices"] == ["cuda:1"]
+        dirs.append(Path(third[0]["run_dir"]))
+    finally:
+        for d in runs.list_runs(ws):
+            if d["state"] in runs.ACTIVE_STATES:
+                runner.stop_run(Path(d["dir"]), timeout=10)
+
+
+def test_the_studios_own_cuda_visible_devices_limit_the_gpus_runs_get(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "_gpu_count", lambda: 4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert runner.pick_devices(tmp_path, RunConfig()) == ["cuda:2"]
+    assert runner.pick_devices(tmp_path, RunConfig.model_validate({"distributed": {"gpus": 2}})) == ["cuda:2", "cuda:3"]
+    monkeypatch.setattr(runner, "_gpu_count", lambda: 0)  # no driver: the variable alone makes no GPU
+    assert runner.pick_devices(tmp_path, RunConfig()) == ["cpu"]
