@@ -24,6 +24,15 @@ from backend import runs
 STATUS_EVERY_S = 2.0  # status.json is fsynced; the per-line events file carries the fine detail
 
 
+def nvml_index(cuda_index: int) -> int:
+    """NVML's number for the process's CUDA device: a run restricted by CUDA_VISIBLE_DEVICES (the queue
+    gives each run its own GPUs) counts its GPUs from 0, NVML counts every GPU of the machine."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if visible and all(v.isdigit() for v in visible) and cuda_index < len(visible):
+        return int(visible[cuda_index])
+    return cuda_index
+
+
 def _cuda_memory() -> dict[str, Any]:
     try:
         import torch
@@ -35,8 +44,7 @@ def _cuda_memory() -> dict[str, Any]:
         return {}
     try:
         from backend.gpu import gpu_memory_used
-        index = torch.cuda.current_device()
-        out["gpu_mem_used"] = gpu_memory_used(index)
+        out["gpu_mem_used"] = gpu_memory_used(nvml_index(torch.cuda.current_device()))
     except Exception:  # noqa: BLE001
         pass
     return out

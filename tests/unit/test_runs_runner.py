@@ -208,3 +208,12 @@ def test_the_studios_own_cuda_visible_devices_limit_the_gpus_runs_get(tmp_path, 
     assert runner.pick_devices(tmp_path, RunConfig.model_validate({"distributed": {"gpus": 2}})) == ["cuda:2", "cuda:3"]
     monkeypatch.setattr(runner, "_gpu_count", lambda: 0)  # no driver: the variable alone makes no GPU
     assert runner.pick_devices(tmp_path, RunConfig()) == ["cpu"]
+
+
+def test_memory_readings_follow_the_gpu_a_restricted_run_sees(monkeypatch):
+    from backend.callbacks import nvml_index
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert nvml_index(0) == 3 and nvml_index(1) == 5
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert nvml_index(1) == 1
