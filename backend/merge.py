@@ -61,6 +61,17 @@ def _run_config(run_dir: Path):
     return load_config(run_dir / "config.yaml")
 
 
+def is_reward_model(adapter_dir: Path, cfg: Any = None) -> bool:
+    """A reward model scores text (a one-number head); it is no chat model and merges into none."""
+    if cfg is not None and getattr(cfg, "objective", None) == "reward":
+        return True
+    acfg = read_json(adapter_dir / "adapter_config.json") or {}
+    if acfg.get("task_type") == "SEQ_CLS":
+        return True
+    archs = (read_json(adapter_dir / "config.json") or {}).get("architectures") or []
+    return any(str(a).endswith("ForSequenceClassification") for a in archs)
+
+
 def locate_adapter(path: str | Path) -> AdapterSource:
     """Accept a run directory or an adapter directory; say in a sentence when it is neither."""
     p = Path(str(path or "").strip()).expanduser()
@@ -76,6 +87,11 @@ def locate_adapter(path: str | Path) -> AdapterSource:
         run_dir = next((d for d in (p.parent, p.parent.parent) if (d / "config.yaml").exists()), None)
     cfg = _run_config(run_dir) if run_dir else None
     method = cfg.method.name if cfg else None
+    if is_reward_model(adapter_dir, cfg):
+        name = run_dir.name if run_dir else str(adapter_dir)
+        raise UserError(f"{name} is a reward model: it scores answers with a one-number head and cannot chat, "
+                        "be merged or be exported as a chat model. Use it as the reward model of a GRPO or RLOO "
+                        "run (Method tab, alignment settings).")
     acfg = read_json(adapter_dir / "adapter_config.json")
     if acfg is None:
         from backend.methods.adapters import is_bottleneck_adapter
@@ -372,6 +388,8 @@ def adapter_runs(workspace: str | Path) -> list[tuple[str, str]]:
     for row in list_runs(Path(workspace)):
         ad = adapter_dir(Path(row["dir"]))
         if not ((ad / "adapter_config.json").exists() or (ad / "config.json").exists()):
+            continue
+        if is_reward_model(ad):  # offered where it is used: the reward model of GRPO/RLOO
             continue
         bits = [row["id"], row.get("method") or "", row.get("state") or ""]
         if row.get("best_val_loss") is not None:

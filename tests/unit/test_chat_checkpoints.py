@@ -38,3 +38,23 @@ def test_complete_checkpoints_are_offered_and_lead_back_to_their_run(tmp_path):
 
     src = locate_adapter(ckpts[0])
     assert src.run_dir == run_dir and src.base == "smollm2-135m-instruct"
+
+
+def test_reward_models_are_not_offered_for_chat_and_are_refused_with_where_to_use_them(tmp_path):
+    import pytest
+
+    from backend.errors import UserError
+
+    run_dir = runs.create_run(tmp_path, RunConfig.model_validate({"objective": "reward"}))
+    runs.write_status(run_dir, state="completed", method="lora")
+    lora_folder(runs.adapter_dir(run_dir), "/somewhere/base")
+    (runs.adapter_dir(run_dir) / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA",
+                                                                               "task_type": "SEQ_CLS"}))
+    assert str(run_dir) not in [v for _, v in chat_choices(tmp_path)]
+    with pytest.raises(UserError, match="reward model.*GRPO or RLOO"):
+        locate_adapter(run_dir)
+    full = tmp_path / "scorer"
+    full.mkdir()
+    (full / "config.json").write_text(json.dumps({"architectures": ["LlamaForSequenceClassification"]}))
+    with pytest.raises(UserError, match="reward model"):
+        locate_adapter(full)
