@@ -370,6 +370,13 @@ def _variants(cfg: Any) -> list[tuple[str, dict[str, dict[str, Any]]]]:
     if d.max_length > 256:
         out.append((f"Shorten sequences from {d.max_length} to {d.max_length // 2} tokens",
                     {"data": {"max_length": d.max_length // 2}}))
+    if online.is_online(cfg):
+        a = cfg.alignment
+        if a.max_completion_length > 64:
+            out.append((f"Shorten sampled answers from {a.max_completion_length} to {a.max_completion_length // 2} "
+                        "tokens", {"alignment": {"max_completion_length": a.max_completion_length // 2}}))
+        if a.kl_coef > 0:
+            out.append(("Set the KL penalty to 0 (no reference model or adapter copy)", {"alignment": {"kl_coef": 0.0}}))
     return out
 
 

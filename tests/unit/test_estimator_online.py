@@ -49,3 +49,13 @@ def test_dpo_without_an_adapter_counts_a_frozen_reference_model_and_with_lora_do
     assert "frozen reference model" in full_dpo.formulas["weights"]
     assert weights("kto", "lora").terms_bytes["weights"] == weights("sft", "lora").terms_bytes["weights"]
     assert weights("orpo", "full").terms_bytes["weights"] == full_sft.terms_bytes["weights"]
+
+
+def test_a_grpo_run_that_does_not_fit_is_told_to_shorten_answers_or_drop_the_kl_reference():
+    cfg = RunConfig.model_validate({"objective": "grpo", "method": {"name": "full"},
+                                    "alignment": {"reward_reference": True, "max_completion_length": 4096,
+                                                  "kl_coef": 0.05},
+                                    "data": {"max_length": 1024}, "train": {"precision": "bf16"}})
+    tips = " ".join(estimate(cfg, gpu_memory_gb=2).suggestions)
+    assert "Shorten sampled answers from 4096 to 2048 tokens" in tips
+    assert "KL penalty to 0" in tips
