@@ -310,7 +310,8 @@ def build(ctx: StudioContext) -> None:
                         for path in row:
                             cols[path], widgets[path], errs[path] = _field(path, rc0)
                 batch_md = gr.Markdown(effective_batch_text(rc0), elem_id="method-effective-batch")
-            with gr.Accordion("Early stopping, logging, GPUs and alignment (DPO/ORPO/KTO/GRPO/RLOO)", open=False):
+            with gr.Accordion("Early stopping, logging, GPUs and alignment (DPO/ORPO/KTO/GRPO/RLOO)",
+                              open=False) as more_box:
                 for row in MORE_ROWS:
                     with gr.Row():
                         for path in row:
@@ -358,13 +359,15 @@ def build(ctx: StudioContext) -> None:
         spec = METHODS.get(rc["method"]["name"])
         out = {ctx.run_config: rc, help_md: spec.help if spec else "", batch_md: effective_batch_text(rc),
                objective_md: objective_help(rc.get("objective") or ""),
+               # An alignment objective's settings live in this section: open it when one is chosen.
+               more_box: gr.update(open=True) if rc.get("objective") not in (None, "sft", "pretrain") else gr.skip(),
                targets_box: gr.update(visible="method.target_modules" in shown_now)}
         for path in METHOD_FIELDS:
             out[cols[path]] = gr.update(visible=path in shown_now)
         out.update(error_updates(errors, rc["method"]["name"]))
         return out
 
-    edit_outputs = {ctx.run_config, help_md, objective_md, batch_md, targets_box, errors_md, *errs.values(),
+    edit_outputs = {ctx.run_config, help_md, objective_md, more_box, batch_md, targets_box, errors_md, *errs.values(),
                     *(cols[p] for p in METHOD_FIELDS)}
 
     def on_inspect(model_v, targets_v, all_v, rc):

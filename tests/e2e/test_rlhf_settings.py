@@ -12,17 +12,18 @@ pytestmark = pytest.mark.e2e
 
 def test_grpo_asks_for_a_reward_and_accepts_a_pattern(studio_page):
     page = studio_page
-    panel = open_tab(page, "Method")
+    open_tab(page, "Method")
     set_value(page, "method-col-objective", "grpo")
     expect(field(page, "method-objective-help")).to_contain_text("GRPO", timeout=60_000)
     wait_settled(page)
-    panel.get_by_text("Early stopping, logging, GPUs and alignment").click()
+    # Choosing an alignment objective opens the section that holds its settings.
+    expect(field(page, "method-col-alignment-reward_pattern")).to_be_visible(timeout=60_000)
     error = field(page, "method-err-alignment-reward_model")
     expect(error).to_contain_text("needs at least one reward", timeout=60_000)
     set_value(page, "method-col-alignment-reward_pattern", r"^ANSWER: .+ \| WHY: ")
     expect(error).to_be_hidden(timeout=60_000)
     wait_settled(page)
     expect(field(page, "method-estimate-details")).to_contain_text("KV cache", timeout=60_000)
-    # The choice is kept in the run's config for the Train tab.
+    # Answers per update (batch 4 x accumulation 4) must be a multiple of the answers per prompt.
     set_value(page, "method-col-alignment-num_generations", 3)
     expect(field(page, "method-err-alignment-num_generations")).to_contain_text("multiple of 3", timeout=60_000)
