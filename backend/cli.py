@@ -16,7 +16,7 @@ from backend.config import ConfigError
 from backend.errors import UserError
 from backend.models import ModelError
 
-COMMANDS = ("ui", "data", "estimate", "train", "eval", "merge", "chat", "export", "launch_bundle")
+COMMANDS = ("ui", "data", "estimate", "train", "eval", "merge", "chat", "score", "export", "launch_bundle")
 BAD_INPUT = (UserError, ConfigError, ModelError, FileNotFoundError)
 
 

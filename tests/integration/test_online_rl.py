@@ -156,3 +156,24 @@ def test_grpo_stops_on_request_and_resumes_from_its_checkpoint(tiny_model_dir, t
     status = runs.read_status(run_dir)
     assert status["state"] == "completed" and status["step"] == 3
     assert [e["step"] for e in runs.read_events(run_dir)[0] if e["type"] == "alignment"] == [1, 2, 3]
+
+
+def test_score_command_ranks_answers_and_measures_pair_accuracy(tiny_reward_model, tmp_path, capsys):
+    import json
+
+    from backend.cli import main
+
+    code = main(["score", str(tiny_reward_model), "--prompt", "What is 2+2?", "--answer", "4", "--answer",
+                 "five", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and [s["answer"] for s in out["scores"]] == ["4", "five"]
+    assert all(isinstance(s["score"], float) for s in out["scores"])
+
+    code = main(["score", str(tiny_reward_model), "--data", str(small_copy(tmp_path, "preference.jsonl", 6)),
+                 "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["pairs"] == 6 and 0.0 <= result["accuracy"] <= 1.0
+
+    code = main(["score", str(tiny_reward_model), "--data", str(small_copy(tmp_path, "instructions.jsonl")),
+                 "--json"])
+    assert code == 2 and "prompt/chosen/rejected" in json.loads(capsys.readouterr().out)["error"]
