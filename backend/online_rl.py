@@ -239,8 +239,17 @@ def load_reward_model(ref: str, dtype: Any, trust_remote_code: bool = False) -> 
             raise UserError(f"The reward adapter {found['path']} does not name its base model; pick its run "
                             "directory instead.")
         source = resolve_model(base).source
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(source), num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code)
+        from transformers.utils import logging as hf_logging
+
+        # The base has no score head yet ("newly initialized" in transformers' report); the adapter
+        # brings the trained one, so that report would only mislead.
+        previous = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(source), num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code)
+        finally:
+            hf_logging.set_verbosity(previous)
         model = PeftModel.from_pretrained(model, found["path"]).merge_and_unload()
         tokenizer = load_tokenizer(base, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:

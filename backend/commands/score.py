@@ -25,7 +25,10 @@ def run(args: argparse.Namespace) -> dict[str, Any] | int:
 
     if (args.data is None) == (args.prompt is None):
         raise UserError("Give either --prompt with one or more --answer, or --data with a preference file.")
-    model, tokenizer = load_reward_model(args.reward_model, dtype=None)
+    import torch
+
+    # Scores are compared to each other: on a CPU use fp32, where bf16 would round close scores together.
+    model, tokenizer = load_reward_model(args.reward_model, dtype=None if torch.cuda.is_available() else torch.float32)
     if args.data is not None:
         from backend.data import load_rows
 
