@@ -104,7 +104,7 @@ def ensure_bundled(name: str = DEFAULT_MODEL, cache: Optional[Path] = None) -> P
     return out
 
 
-def _looks_like_hub_id(ref: str) -> bool:
+def looks_like_hub_id(ref: str) -> bool:
     parts = ref.split("/")
     return len(parts) == 2 and all(parts) and not ref.startswith((".", "~")) and " " not in ref
 
@@ -133,7 +133,7 @@ def resolve_model(ref: str) -> ResolvedModel:
         if not (p / "config.json").exists():
             raise ModelError(f"{p} has no config.json, so it is not a transformers model directory.")
         return ResolvedModel(ref, str(p.resolve()), "local")
-    if _looks_like_hub_id(ref):
+    if looks_like_hub_id(ref):
         return ResolvedModel(ref, ref, "hub")
     raise ModelError(
         f"'{ref}' is neither the bundled model ({', '.join(BUNDLED)}), an existing directory, "

@@ -177,15 +177,20 @@ def validate_online(cfg: Any) -> dict[str, str]:
 def locate_reward_model(ref: str) -> dict[str, Any]:
     """Where a reward model lives: {"kind": "full"|"adapter", "path", "base"}; a sentence if it is not one.
 
-    Accepts a studio run directory (objective reward, finished), its adapter folder, or a
-    sequence-classification model directory.
+    Accepts a studio run directory (objective reward, finished), its adapter folder, a
+    sequence-classification model directory, or a hub id.
     """
     import json
 
     p = Path(ref).expanduser()
     if not p.is_dir():
-        raise UserError(f"The reward model {ref} is not a directory; pick a finished reward-model run or a "
-                        "directory holding a reward model.")
+        from backend.models import looks_like_hub_id
+
+        if not p.exists() and looks_like_hub_id(ref):
+            # A hub reward model (owner/name): checked when it downloads, like a hub base model.
+            return {"kind": "full", "path": ref, "base": None}
+        raise UserError(f"The reward model {ref} is not a directory; pick a finished reward-model run, a "
+                        "directory holding a reward model, or a hub id (owner/name).")
     if (p / "config.yaml").exists() and not (p / "adapter").is_dir():
         from backend import runs
 
@@ -228,8 +233,9 @@ def load_reward_model(ref: str, dtype: Any, trust_remote_code: bool = False) -> 
 
     found = locate_reward_model(ref)
     if found["kind"] == "full":
+        # safetensors only: a pickled checkpoint from the hub could run code on load.
         model = AutoModelForSequenceClassification.from_pretrained(
-            found["path"], num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code)
+            found["path"], num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True)
         tokenizer = load_tokenizer(found["path"], trust_remote_code=trust_remote_code)
     else:
         from peft import PeftModel

@@ -105,3 +105,8 @@ def test_a_reward_run_still_training_is_named_with_its_state(tmp_path):
     runs.write_status(run_dir, state="running")
     with pytest.raises(UserError, match=r"no saved model yet \(state: running\)"):
         online_rl.locate_reward_model(str(run_dir))
+
+
+def test_a_hub_reward_model_id_is_accepted_without_a_download():
+    assert online_rl.locate_reward_model("someone/reward-model") == {"kind": "full", "path": "someone/reward-model",
+                                                                      "base": None}
