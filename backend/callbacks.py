@@ -93,7 +93,8 @@ class EventsCallback(TrainerCallback):
                 runs.append_event(self.run_dir, {"type": "train_end", **base, **logs})
             return
         now = time.monotonic()
-        tokens = logs.get("num_input_tokens_seen")
+        # GRPO/RLOO count tokens themselves (prompts + sampled answers) as "num_tokens".
+        tokens = logs.get("num_input_tokens_seen", logs.get("num_tokens"))
         tps = None
         if tokens is not None and self._last_tokens is not None and self._last_time is not None:
             dt = now - self._last_time

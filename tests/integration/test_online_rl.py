@@ -57,6 +57,7 @@ def test_grpo_learns_from_a_studio_reward_model_and_only_the_adapter_moves(tiny_
     # A reward model's scores differ between answers, so the group-relative advantage is not zero.
     assert all(e["reward_std"] > 0 for e in alignment)
     assert any(e["grad_norm"] > 0 for e in events if e["type"] == "train")
+    assert all(e["tokens_per_s"] > 0 for e in events if e["type"] == "train" and e["step"] > 1)  # the speed readout
 
     adapter = runs.adapter_dir(run_dir)
     weights = load_file(str(adapter / "adapter_model.safetensors"))
