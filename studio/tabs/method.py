@@ -64,7 +64,7 @@ TEXT = {
     "fix_first": "Fix the fields marked in red to see the estimate.",
 }
 LABELS = {
-    "model": "Model", "method.name": "Method", "objective": "Objective (sft; dpo/orpo/kto/reward need preference data; grpo/rloo need prompts)", "method.target_modules": "Target modules",
+    "model": "Model", "method.name": "Method", "objective": "Objective", "method.target_modules": "Target modules",
     "method.r": "Rank (r)", "method.alpha": "Alpha", "method.dropout": "Dropout",
     "method.loraplus_lr_ratio": "LoRA+ ratio (B / A learning rate)", "method.num_layers": "Top layers that train",
     "method.quant_type": "4-bit data type", "method.double_quant": "Double quantization",
@@ -91,7 +91,9 @@ LABELS = {
     "alignment.reward_model": "Reward model run", "alignment.reward_pattern": "Reward pattern (regular expression)",
     "alignment.reward_reference": "Reward overlap with the dataset's answer",
 }
-OBJECTIVE_HELP = {"sft": "Supervised fine-tuning: learn the answers of the dataset, token by token.",
+OBJECTIVE_HELP = {"sft": ("Supervised fine-tuning: learn the answers of the dataset, token by token. Other "
+                          "objectives: dpo/orpo/kto/reward learn from preference data, grpo/rloo from prompts and "
+                          "rewards."),
                   "pretrain": "Continued pre-training: learn every token of plain text."}
 BAD_INPUT = (UserError, ModelError, ConfigError)
 
