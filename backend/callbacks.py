@@ -27,10 +27,10 @@ STATUS_EVERY_S = 2.0  # status.json is fsynced; the per-line events file carries
 def nvml_index(cuda_index: int) -> int:
     """NVML's number for the process's CUDA device: a run restricted by CUDA_VISIBLE_DEVICES (the queue
     gives each run its own GPUs) counts its GPUs from 0, NVML counts every GPU of the machine."""
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    if visible and all(v.isdigit() for v in visible) and cuda_index < len(visible):
-        return int(visible[cuda_index])
-    return cuda_index
+    from backend.gpu import visible_indices
+
+    visible = visible_indices()
+    return visible[cuda_index] if visible and cuda_index < len(visible) else cuda_index
 
 
 def _cuda_memory() -> dict[str, Any]:

@@ -6,6 +6,7 @@ or None, never an exception.
 """
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
@@ -54,6 +55,15 @@ def _supports_bf16(nvml: Any, handle: Any) -> Optional[bool]:
     except Exception:  # noqa: BLE001
         return None
     return major >= 8  # Ampere and newer have native bf16
+
+
+def visible_indices() -> Optional[list[int]]:
+    """The GPU numbers CUDA_VISIBLE_DEVICES names, or None when it is unset or not plain numbers
+    (UUIDs, MIG names): the GPUs this process is limited to, in the numbering NVML uses."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if visible and all(v.isdigit() for v in visible):
+        return [int(v) for v in visible]
+    return None
 
 
 def list_gpus() -> list[GpuInfo]:

@@ -44,15 +44,14 @@ def _candidate_gpus() -> list[int]:
     count = _gpu_count()
     if count == 0:
         return []
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    if visible and all(v.isdigit() for v in visible):
-        return [int(v) for v in visible]
-    return list(range(count))
+    from backend.gpu import visible_indices
+
+    return visible_indices() or list(range(count))
 
 
-def _held_devices(workspace: Path, exclude: Optional[Path] = None) -> dict[str, str]:
+def _held_devices(workspace: Path, gpus: list[int], exclude: Optional[Path] = None) -> dict[str, str]:
     """device -> id of the active run holding it. A run that recorded no devices holds them all."""
-    every = ["cpu"] + [f"cuda:{i}" for i in _candidate_gpus()]
+    every = ["cpu"] + [f"cuda:{i}" for i in gpus]
     held: dict[str, str] = {}
     for row in find_active_runs(workspace):
         if exclude is not None and Path(row["dir"]) == Path(exclude):
@@ -66,20 +65,26 @@ def pick_devices(workspace: Path, cfg: RunConfig, exclude: Optional[Path] = None
     """The devices a new run gets: the lowest-numbered free GPUs, so runs on a multi-GPU machine
     train side by side, one per GPU (or per group of `distributed.gpus`). Without a GPU the whole
     machine is one device. When too few are free, the first ones, which the busy check then names."""
+    return _plan(workspace, cfg, exclude)[0]
+
+
+def _plan(workspace: Path, cfg: RunConfig, exclude: Optional[Path] = None) -> tuple[list[str], dict[str, str]]:
+    """(the devices pick_devices gives, device -> run holding it), from one look at the active runs."""
     gpus = _candidate_gpus()
+    held = _held_devices(workspace, gpus, exclude)
     if not gpus:
-        return ["cpu"]
+        return ["cpu"], held
     need = cfg.distributed.gpus
-    held = _held_devices(workspace, exclude)
     free = [i for i in gpus if f"cuda:{i}" not in held]
     chosen = free[:need] if len(free) >= need else gpus[:need]
-    return [f"cuda:{i}" for i in chosen]
+    return [f"cuda:{i}" for i in chosen], held
 
 
 def devices_free(workspace: Path, cfg: RunConfig) -> bool:
-    """Whether a run of cfg could start now without waiting for another to end."""
-    held = _held_devices(workspace)
-    return not any(d in held for d in pick_devices(workspace, cfg))
+    """Whether a run of cfg could start now without waiting for another to end (a look without the
+    start lock: start_run checks again under it)."""
+    devices, held = _plan(workspace, cfg)
+    return not any(d in held for d in devices)
 
 
 @contextlib.contextmanager
@@ -100,14 +105,17 @@ def find_active_runs(workspace: Path) -> list[dict[str, Any]]:
     return [r for r in runs.list_runs(workspace) if r["state"] in runs.ACTIVE_STATES]
 
 
-def _refuse_if_busy(workspace: Path, devices: list[str], exclude: Optional[Path] = None) -> None:
-    held = _held_devices(workspace, exclude)
+def _claim_devices(workspace: Path, cfg: RunConfig, exclude: Optional[Path] = None) -> list[str]:
+    """The devices for a run starting now (called under the start lock); DevicesBusy naming the run that
+    holds them when too few are free."""
+    devices, held = _plan(workspace, cfg, exclude)
     busy = [d for d in devices if d in held]
     if busy:
         owner = held[busy[0]]
         raise DevicesBusy(
             f"Run {owner} is already training on {', '.join(busy)}; only one training per device at a "
             f"time. Stop it in the Train tab (or wait for it to finish), then start again.")
+    return devices
 
 
 def _launch_command(run_dir: Path, cfg: RunConfig, resume: bool) -> list[str]:
@@ -174,8 +182,7 @@ def start_run(workspace: Path, cfg: RunConfig) -> Path:
     workspace = Path(workspace).resolve()
     cfg = _absolute_paths(cfg)
     with _start_lock(workspace):
-        devices = pick_devices(workspace, cfg)
-        _refuse_if_busy(workspace, devices)
+        devices = _claim_devices(workspace, cfg)
         run_dir = runs.create_run(workspace, cfg)
         runs.write_status(run_dir, devices=devices)
         try:
@@ -204,8 +211,7 @@ def resume_run(run_dir: Path) -> Path:
     cfg = load_config(run_dir / runs.CONFIG_FILE)
     workspace = run_dir.parent.parent
     with _start_lock(workspace):
-        devices = pick_devices(workspace, cfg, exclude=run_dir)
-        _refuse_if_busy(workspace, devices, exclude=run_dir)
+        devices = _claim_devices(workspace, cfg, exclude=run_dir)
         runs.clear_stop_request(run_dir)
         runs.write_status(run_dir, state="starting", error=None, ended=None, early_stopped=None,
                           resume_from=str(checkpoint), resume_count=int(status.get("resume_count") or 0) + 1,
