@@ -264,10 +264,12 @@ def _prompt_dataset(cfg: Any, tokenizer: Any, fmt: Optional[str], train_rows: li
     if not prompts:
         raise UserError(f"{cfg.data.path} has no prompt that fits {cfg.data.max_length} tokens with a user turn; "
                         "check the dataset in the Dataset tab or raise data.max_length.")
-    print(f"[ftstudio] Data: {len(prompts)} prompts for {cfg.objective.upper()}"
-          + (f", {dropped} longer than {cfg.data.max_length} tokens left out" if dropped else "")
-          + (f"; the {len(val_rows)} validation rows are not used (the reward curve shows progress)."
-             if val_rows else "."), flush=True)
+    from backend.train import note
+
+    note(f"Data: {len(prompts)} prompts for {cfg.objective.upper()}"
+         + (f", {dropped} longer than {cfg.data.max_length} tokens left out" if dropped else "")
+         + (f"; the {len(val_rows)} validation rows are not used (the reward curve shows progress)."
+            if val_rows else "."))
     return Dataset.from_list(prompts)
 
 

@@ -17,8 +17,6 @@ from backend.gpu import GpuInfo, hypothetical_gpus, list_gpus
 
 # Objectives whose TRL trainer uses the fused (chunked) LM head; the others materialize full logits.
 FUSED_HEAD_OBJECTIVES = ("sft", "pretrain", "dpo", "kto")
-# Objectives whose trainer scores against a reference model.
-REFERENCE_OBJECTIVES = ("dpo", "kto")
 TERMS = ("weights", "gradients", "optimizer", "activations", "logits", "overhead")
 PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 PAGED = ("paged_adamw_8bit", "paged_adamw_32bit")
@@ -280,7 +278,10 @@ def _compute(cfg: Any, shape: ModelShape) -> Estimate:
         sharded["gradients"] += grads
         gf += f" + DDP buckets {T.fmt_bytes(grads)}"
 
-    if cfg.objective in REFERENCE_OBJECTIVES and not uses_peft:
+    from backend.objectives import OBJECTIVES  # late: it imports the trainers' callback base (transformers)
+
+    objective = OBJECTIVES.get(cfg.objective)
+    if objective is not None and objective.uses_reference and not uses_peft:
         # Without an adapter to switch off, TRL keeps a frozen copy of the starting model for the
         # reference log-probabilities (with PEFT the reference is the same model, adapter disabled).
         ref = int(shape.total_params * T.dtype_bytes(plan.base))

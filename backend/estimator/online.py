@@ -16,9 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from backend import online_rl
 from backend.estimator import terms as T
-
-ONLINE = ("grpo", "rloo")
 
 
 @dataclass
@@ -30,7 +29,7 @@ class OnlineTerms:
 
 
 def is_online(cfg: Any) -> bool:
-    return cfg.objective in ONLINE
+    return online_rl.is_online(cfg.objective)
 
 
 def sequence_length(cfg: Any) -> int:

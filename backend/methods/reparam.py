@@ -124,10 +124,10 @@ def _embedding_name(model: nn.Module) -> str:
 
 def _note(message: str) -> None:
     """A line for train.log; one per run, not one per distributed worker."""
-    import os
+    from backend.train import is_main_process, note
 
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"[ftstudio] {message}", flush=True)
+    if is_main_process():
+        note(message)
 
 
 def _use_shifted_attention(model: nn.Module, ratio: float) -> None:

@@ -355,6 +355,8 @@ def build(ctx: StudioContext) -> None:
 
     def on_edit(*args):
         """Reads every field; writes run_config, the per-field errors, visibility and help."""
+        from backend.objectives import is_alignment
+
         rc = read(*args)
         _, errors = problems_of(rc)
         shown_now = shown_fields(rc["method"]["name"])
@@ -362,7 +364,7 @@ def build(ctx: StudioContext) -> None:
         out = {ctx.run_config: rc, help_md: spec.help if spec else "", batch_md: effective_batch_text(rc),
                objective_md: objective_help(rc.get("objective") or ""),
                # An alignment objective's settings live in this section: open it when one is chosen.
-               more_box: gr.update(open=True) if rc.get("objective") not in (None, "sft", "pretrain") else gr.skip(),
+               more_box: gr.update(open=True) if is_alignment(rc.get("objective") or "") else gr.skip(),
                targets_box: gr.update(visible="method.target_modules" in shown_now)}
         for path in METHOD_FIELDS:
             out[cols[path]] = gr.update(visible=path in shown_now)
