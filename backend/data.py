@@ -337,6 +337,21 @@ def normalize_record(rec: dict, fmt: str, mapping: dict[str, str]) -> dict:
     raise UserError(f"Unknown dataset format '{fmt}'.")
 
 
+def as_turns(value: Any, role: str) -> list[dict]:
+    """A normalized row's prompt or answer as chat turns: a list of messages (copied), or one message of
+    `role` holding the text; nothing for an empty value."""
+    if isinstance(value, list):
+        return [dict(m) for m in value]
+    return [{"role": role, "content": value}] if value not in (None, "") else []
+
+
+def with_system(turns: list[dict], system: Optional[str]) -> list[dict]:
+    """The turns behind a system message, unless there is no system prompt or they start with their own."""
+    if system and not (turns and turns[0]["role"] == "system"):
+        return [{"role": "system", "content": system}] + turns
+    return turns
+
+
 def load_rows(path: str, mapping: dict[str, str] | None = None, format: str = "auto",
               skip_bad_rows: bool = True) -> LoadedDataset:
     """Read, detect and normalize a dataset file. Raises UserError with a sentence when unusable."""

@@ -208,19 +208,16 @@ def load_objective_model(cfg: Any) -> Any:
 
 def _conversation(rows: list[dict], fmt: str, system: Optional[str]) -> list[dict]:
     """Rows in TRL's conversational form, so the tokenizer's chat template frames them exactly as in SFT."""
-    def turns(value: Any, role: str) -> list[dict]:
-        return value if isinstance(value, list) else [{"role": role, "content": value}]
+    from backend.data import as_turns, with_system
 
     out = []
     for row in rows:
-        prompt = turns(row["prompt"], "user") if row.get("prompt") not in ("", None) else []
-        if system and not (prompt and prompt[0]["role"] == "system"):
-            prompt = [{"role": "system", "content": system}] + prompt
+        prompt = with_system(as_turns(row.get("prompt"), "user"), system)
         if fmt == "preference":
-            out.append({"prompt": prompt, "chosen": turns(row["chosen"], "assistant"),
-                        "rejected": turns(row["rejected"], "assistant")})
+            out.append({"prompt": prompt, "chosen": as_turns(row["chosen"], "assistant"),
+                        "rejected": as_turns(row["rejected"], "assistant")})
         else:
-            out.append({"prompt": prompt, "completion": turns(row["completion"], "assistant"),
+            out.append({"prompt": prompt, "completion": as_turns(row["completion"], "assistant"),
                         "label": bool(row["label"])})
     return out
 

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from backend.data import as_turns, with_system
 from backend.errors import UserError
 
 ONLINE_OBJECTIVES = ("grpo", "rloo")
@@ -43,25 +44,18 @@ def prompt_rows(rows: list[dict], fmt: Optional[str], system: Optional[str]) -> 
         prompt, reference = _split(row, fmt)
         if not prompt or not any(m["role"] == "user" for m in prompt):
             continue
-        if system and prompt[0]["role"] != "system":
-            prompt = [{"role": "system", "content": system}] + prompt
-        out.append({"prompt": prompt, REFERENCE_COLUMN: reference or ""})
+        out.append({"prompt": with_system(prompt, system), REFERENCE_COLUMN: reference or ""})
     return out
 
 
 def _split(row: dict, fmt: Optional[str]) -> tuple[list[dict], Optional[str]]:
-    def turns(value: Any, role: str) -> list[dict]:
-        if isinstance(value, list):
-            return [dict(m) for m in value]
-        return [{"role": role, "content": value}] if value not in (None, "") else []
-
     if "messages" in row:
         msgs = [dict(m) for m in row["messages"]]
         last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
         if last is None:
             return msgs, None
         return msgs[:last], msgs[last]["content"]
-    prompt = turns(row.get("prompt"), "user")
+    prompt = as_turns(row.get("prompt"), "user")
     if fmt == "preference":
         return prompt, _text_of(row.get("chosen"))
     if fmt == "kto":

@@ -13,13 +13,10 @@ from backend.errors import UserError
 
 
 def _texts(tokenizer: Any, prompt: Any, answers: list[Any], system: Optional[str]) -> list[str]:
-    def turns(value: Any, role: str) -> list[dict]:
-        return [dict(m) for m in value] if isinstance(value, list) else [{"role": role, "content": value}]
+    from backend.data import as_turns, with_system
 
-    head = turns(prompt, "user")
-    if system and head[0]["role"] != "system":
-        head = [{"role": "system", "content": system}] + head
-    return [tokenizer.apply_chat_template(head + turns(a, "assistant"), tokenize=False) for a in answers]
+    head = with_system(as_turns(prompt, "user"), system)
+    return [tokenizer.apply_chat_template(head + as_turns(a, "assistant"), tokenize=False) for a in answers]
 
 
 def _scores(model: Any, tokenizer: Any, texts: list[str], max_length: int) -> list[float]:
