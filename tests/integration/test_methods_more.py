@@ -12,6 +12,7 @@ from backend.methods import (
     METHODS, count_parameters, create_optimizer, get_method, load_trainable_model, validate_for_model,
 )
 from backend.models import load_causal_lm, load_model_config
+from tests.method_steps import snapshot, train_steps
 
 # Which parameter names each method must train, and nothing else.
 INTENDED = {
@@ -38,25 +39,6 @@ def run_cfg(model_dir, name: str, method: dict | None = None, **train) -> RunCon
                "weight_decay": 0.0, **train},
         data={"max_length": 64},
     )
-
-
-def train_steps(model, cfg, steps: int = 2) -> None:
-    opt = create_optimizer(model, cfg) or torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate)
-    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
-    # Two steps: zero-initialized factors (LoRA's B, AdaLoRA's E) give their partners a gradient only
-    # from the second step on.
-    for step in range(steps):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        if hasattr(getattr(model, "base_model", None), "update_and_allocate"):
-            model.base_model.update_and_allocate(step)
-        opt.zero_grad()
-
-
-def snapshot(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().float().clone() for n, p in model.named_parameters()}
 
 
 PROBE = torch.arange(10, 30).unsqueeze(0)

@@ -11,6 +11,7 @@ from backend.methods import (
     METHODS, count_parameters, create_optimizer, exact_counts, load_trainable_model, validate_for_model,
 )
 from backend.models import load_model_config
+from tests.method_steps import snapshot, train_steps
 
 # Which parameter names each method must train, and nothing else.
 INTENDED = {
@@ -31,25 +32,6 @@ def run_cfg(model_dir, name: str, **train) -> RunConfig:
         train={"precision": "fp32", "gradient_checkpointing": False, "learning_rate": 1e-2, **train},
         data={"max_length": 64},
     )
-
-
-def two_steps(model, cfg) -> None:
-    opt = create_optimizer(model, cfg) or torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate)
-    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
-    # Two steps: LoRA's B starts at zero, so A only gets a gradient from the second step on.
-    for _ in range(2):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-
-
-def snapshot(model) -> dict[str, torch.Tensor]:
-    # bitsandbytes repacks 4-bit storage into a CPU kernel layout on first use, so those bytes are not
-    # comparable; the base model's logits (adapter off) check them instead.
-    return {n: p.detach().float().clone() for n, p in model.named_parameters()
-            if type(p).__name__ != "Params4bit"}
 
 
 def base_logits(model, ids) -> torch.Tensor | None:
@@ -73,7 +55,7 @@ def test_one_step_changes_exactly_the_intended_parameters(tiny_model_dir, name):
     assert trainable and all(pattern.match(n) for n in trainable), sorted(trainable)[:5]
     probe = torch.arange(10, 30).unsqueeze(0)
     base_before, before = base_logits(model, probe), snapshot(model)
-    two_steps(model, cfg)
+    train_steps(model, cfg)
     after = snapshot(model)
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed == trainable
@@ -124,7 +106,7 @@ def test_gradient_checkpointing_trains_lora_with_frozen_embeddings(tiny_model_di
     model = load_trainable_model(cfg)
     assert model.base_model.model.is_gradient_checkpointing
     before = snapshot(model)
-    two_steps(model, cfg)
+    train_steps(model, cfg)
     assert any(not torch.equal(before[n], p.detach()) for n, p in model.named_parameters() if "lora_B" in n)
 
 
