@@ -12,9 +12,9 @@ import json
 import sys
 import traceback
 
-from backend.config import ConfigError
-from backend.errors import UserError
-from backend.models import ModelError
+from backend.core.config import ConfigError
+from backend.core.errors import UserError
+from backend.core.models import ModelError
 
 COMMANDS = ("ui", "data", "estimate", "train", "eval", "merge", "chat", "score", "export", "launch_bundle")
 BAD_INPUT = (UserError, ConfigError, ModelError, FileNotFoundError)

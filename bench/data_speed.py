@@ -51,10 +51,10 @@ def main() -> None:
     ap.add_argument("--preview-repeats", type=int, default=30)
     args = ap.parse_args()
 
-    from backend.config import DataConfig
-    from backend.data import load_rows
-    from backend.models import DEFAULT_MODEL
-    from backend.templates import build_sft_dataset, get_tokenizer, preview_row
+    from backend.core.config import DataConfig
+    from backend.data.records import load_rows
+    from backend.core.models import DEFAULT_MODEL
+    from backend.data.templates import build_sft_dataset, get_tokenizer, preview_row
 
     model = args.model or DEFAULT_MODEL
     with tempfile.TemporaryDirectory() as tmp:

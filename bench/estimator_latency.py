@@ -37,9 +37,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=200)
     args = ap.parse_args()
 
-    from backend.config import RunConfig
+    from backend.core.config import RunConfig
     from backend.estimator import estimate
-    from backend.models import DEFAULT_MODEL, ensure_bundled
+    from backend.core.models import DEFAULT_MODEL, ensure_bundled
 
     model = args.model or str(ensure_bundled(DEFAULT_MODEL))
     base = RunConfig.model_validate({"model": model, "method": {"name": "lora"}})

@@ -9,7 +9,7 @@ AdamW, x gradient checkpointing on/off, x batch 1 and 8, x sequence 512 and 2048
 
 Each cell runs in its own child process (an out-of-memory error or a fragmented allocator cannot
 leak into the next cell) through the studio's own training path: load_trainable_model, TRL's
-SFTTrainer with backend.train.training_args, two optimizer steps on full-length rows. It records
+SFTTrainer with backend.training.run.training_args, two optimizer steps on full-length rows. It records
 torch.cuda.max_memory_allocated after load, after the first forward, after the first optimizer
 step and after the second (steady-state) step, plus max_memory_reserved, next to the closed-form
 estimate of the same config. Results are appended to gpu_matrix.json as each cell finishes, so a
@@ -71,7 +71,7 @@ def cell_id(cell: dict[str, Any]) -> str:
 
 def cell_config(cell: dict[str, Any], model_dir: str, data_path: str):
     """The RunConfig a person would write for this cell (bf16, no accumulation, two steps)."""
-    from backend.config import RunConfig
+    from backend.core.config import RunConfig
 
     method: dict[str, Any] = {"name": cell["method"]}
     if cell["method"] in ("lora", "qlora", "dora"):
@@ -189,7 +189,7 @@ def _load_model(cfg: Any):
         return load_trainable_model(cfg, device_map={"": 0})
     import torch
     from backend.estimator.skeleton import _fallback_apply
-    from backend.models import load_causal_lm
+    from backend.core.models import load_causal_lm
 
     model = load_causal_lm(cfg.model, dtype=torch.bfloat16, device_map={"": 0})
     if cfg.train.gradient_checkpointing:
@@ -208,9 +208,9 @@ def run_cell(cell: dict[str, Any], model_dir: str) -> dict[str, Any]:
     from trl import SFTTrainer
 
     from backend.methods import create_optimizer
-    from backend.models import load_tokenizer
-    from backend.templates import SftCollator
-    from backend.train import training_args
+    from backend.core.models import load_tokenizer
+    from backend.data.templates import SftCollator
+    from backend.training.run import training_args
 
     measured: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -322,7 +322,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               file=sys.stderr)
         return 2
 
-    from backend.models import ensure_bundled
+    from backend.core.models import ensure_bundled
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bundled = ensure_bundled()

@@ -77,7 +77,7 @@ def machine() -> dict[str, Any]:
 def _ensure_models() -> None:
     """The tiny model and the converted bundled model the jobs use (built once, shared with tests)."""
     os.environ.setdefault("FTSTUDIO_MODEL_CACHE", str(REPO / ".test-cache" / "models"))
-    from backend.models import ensure_bundled
+    from backend.core.models import ensure_bundled
     from tests.tiny import make_tiny_model
     bundled = ensure_bundled()
     make_tiny_model(REPO / TINY, bundled)
@@ -108,7 +108,7 @@ def run_job(name: str, argv: list[str], timeout: int) -> dict[str, Any]:
 
 def precise_job() -> None:
     """Precise (fake-tensor trace) vs closed form on CPU; prints one JSON object."""
-    from backend.config import RunConfig
+    from backend.core.config import RunConfig
     from backend.estimator.precise import compare
 
     out = []

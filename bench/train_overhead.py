@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 
 def make_config(model: str, steps: int, data: str):
-    from backend.config import RunConfig
+    from backend.core.config import RunConfig
     return RunConfig.model_validate({
         "model": model, "name": "bench",
         "method": {"name": "lora", "r": 8, "alpha": 16, "target_modules": "all-linear"},
@@ -37,11 +37,11 @@ def make_config(model: str, steps: int, data: str):
 def plain(config_path: str) -> None:
     """The script a person would write: same model, data, arguments and trainer, none of our callbacks."""
     from trl import SFTTrainer
-    from backend.config import load_config
+    from backend.core.config import load_config
     from backend.methods import create_optimizer, load_trainable_model
-    from backend.models import load_tokenizer
-    from backend.templates import SftCollator
-    from backend.train import build_datasets, training_args
+    from backend.core.models import load_tokenizer
+    from backend.data.templates import SftCollator
+    from backend.training.run import build_datasets, training_args
 
     cfg = load_config(config_path)
     tok = load_tokenizer(cfg.model)
@@ -57,12 +57,13 @@ def plain(config_path: str) -> None:
 
 
 def studio(cfg, workspace: Path) -> float:
-    from backend import runner, runs
+    from backend.runs import runner
+    from backend.runs import rundir
     run_dir = runner.start_run(workspace, cfg)
     status = runner.wait_for_run(run_dir, timeout=3600)
     if status["state"] != "completed":
         raise SystemExit(f"studio run {status['state']}: {status.get('error')}")
-    end = [e for e in runs.read_events(run_dir)[0] if e.get("type") == "train_end"][-1]
+    end = [e for e in rundir.read_events(run_dir)[0] if e.get("type") == "train_end"][-1]
     return cfg.train.max_steps / end["train_runtime"]
 
 
@@ -70,12 +71,12 @@ def callback_cost(n: int = 500) -> float:
     """Seconds our callbacks add per step (a log line, a stop check, a throttled status write), measured
     directly: a bound on the overhead that does not depend on how busy the machine is."""
     from transformers import TrainerControl, TrainerState, TrainingArguments
-    from backend import runs
-    from backend.callbacks import EventsCallback, StopRequestCallback
-    from backend.config import RunConfig
+    from backend.runs import rundir
+    from backend.training.callbacks import EventsCallback, StopRequestCallback
+    from backend.core.config import RunConfig
 
     with tempfile.TemporaryDirectory() as tmp:
-        run_dir = runs.create_run(Path(tmp), RunConfig())
+        run_dir = rundir.create_run(Path(tmp), RunConfig())
         events, stop = EventsCallback(run_dir), StopRequestCallback(run_dir)
         args, state, control = TrainingArguments(output_dir=tmp, report_to="none"), TrainerState(), TrainerControl()
         state.max_steps = n
@@ -99,7 +100,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.plain:
         return plain(args.plain)
-    from backend.config import save_config
+    from backend.core.config import save_config
     cfg = make_config(args.model, args.steps, args.data)
     studio_rates, plain_rates = [], []
     with tempfile.TemporaryDirectory() as tmp:

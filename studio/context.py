@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from backend.config import RunConfig
+from backend.core.config import RunConfig
 
 
 def default_run_config() -> dict[str, Any]:

@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def bundled_dir() -> Path:
-    from backend.models import ensure_bundled
+    from backend.core.models import ensure_bundled
     return ensure_bundled()
 
 

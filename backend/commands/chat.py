@@ -25,8 +25,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any] | int:
-    from backend.chat import build_messages
-    from backend.chat_worker import ChatEngine
+    from backend.inference.chat import build_messages
+    from backend.inference.chat_worker import ChatEngine
 
     settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
                 "top_k": args.top_k, "repetition_penalty": args.repetition_penalty, "seed": args.seed}

@@ -5,7 +5,7 @@ import argparse
 import json
 from typing import Any
 
-from backend.errors import UserError
+from backend.core.errors import UserError
 
 ERRORS_SHOWN = 100
 
@@ -51,7 +51,7 @@ def _mapping(text: str | None) -> dict[str, str] | None:
 
 
 def _data_cfg(args: argparse.Namespace, loaded) -> Any:
-    from backend.config import DataConfig
+    from backend.core.config import DataConfig
 
     if args.max_length < 8:
         raise UserError(f"--max-length {args.max_length} is too small; use at least 8 tokens.")
@@ -62,9 +62,9 @@ def _data_cfg(args: argparse.Namespace, loaded) -> Any:
 
 
 def _load(args: argparse.Namespace):
-    from backend.data import load_rows
-    from backend.models import DEFAULT_MODEL
-    from backend.templates import get_tokenizer
+    from backend.data.records import load_rows
+    from backend.core.models import DEFAULT_MODEL
+    from backend.data.templates import get_tokenizer
 
     loaded = load_rows(args.file, _mapping(args.mapping), args.format, skip_bad_rows=not args.strict)
     tok = get_tokenizer(args.model or DEFAULT_MODEL)
@@ -72,7 +72,7 @@ def _load(args: argparse.Namespace):
 
 
 def inspect(args: argparse.Namespace) -> dict:
-    from backend.templates import resolve_template, token_length_stats
+    from backend.data.templates import resolve_template, token_length_stats
 
     loaded, tok, cfg = _load(args)
     out = loaded.summary()
@@ -101,7 +101,7 @@ def _warnings(loaded, stats: dict, cfg) -> list[str]:
 
 
 def preview(args: argparse.Namespace) -> dict:
-    from backend.templates import preview_row
+    from backend.data.templates import preview_row
 
     loaded, tok, cfg = _load(args)
     n = len(loaded.rows)

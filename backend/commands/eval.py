@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from backend.evaluate import evaluate_run
+    from backend.inference.evaluate import evaluate_run
 
     return evaluate_run(args.run_dir, data_path=args.data, samples=max(0, args.samples),
                         max_new_tokens=args.max_new_tokens,

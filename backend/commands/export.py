@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from backend.errors import UserError
+from backend.core.errors import UserError
 
 
 def add_parser(sub) -> None:
@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
 
 
 def _progress(machine: bool):
-    from backend.merge import progress_printer
+    from backend.export.merge import progress_printer
 
     return progress_printer(machine)
 
@@ -34,7 +34,7 @@ def _progress(machine: bool):
 def run(args: argparse.Namespace) -> dict[str, Any] | int:
     if args.format.lower() != "gguf":
         raise UserError(f"Unknown export format '{args.format}'. The only format is gguf.")
-    from backend.export_gguf import export_gguf
+    from backend.export.gguf import export_gguf
 
     result = export_gguf(args.source, args.out, quant=args.quant, progress=_progress(args.progress_json),
                          base=args.base)

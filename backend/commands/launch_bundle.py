@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from backend.config import load_config
-    from backend.distributed import write_bundle
+    from backend.core.config import load_config
+    from backend.training.distributed import write_bundle
 
     return write_bundle(load_config(args.config), args.nodes, args.gpus_per_node, Path(args.out), port=args.port)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from backend.errors import UserError
+from backend.core.errors import UserError
 
 
 def add_parser(sub) -> None:
@@ -25,13 +25,13 @@ def add_parser(sub) -> None:
 
 
 def _progress(machine: bool):
-    from backend.merge import progress_printer
+    from backend.export.merge import progress_printer
 
     return progress_printer(machine)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from backend import merge
+    from backend.export import merge
 
     say = _progress(args.progress_json)
     if len(args.sources) == 1:

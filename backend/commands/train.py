@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backend import runner, runs
-from backend.config import load_config
-from backend.errors import UserError
+from backend.runs import runner
+from backend.runs import rundir
+from backend.core.config import load_config
+from backend.core.errors import UserError
 
 
 def add_parser(sub) -> None:
@@ -39,8 +40,8 @@ def _progress(run_dir: Path, show: bool, poll: float = 0.5) -> dict[str, Any]:
     offset, postfix = 0, {}
     try:
         while True:
-            status = runs.read_status(run_dir)
-            events, offset = runs.read_events(run_dir, offset)
+            status = rundir.read_status(run_dir)
+            events, offset = rundir.read_events(run_dir, offset)
             for ev in events:
                 if ev.get("total_steps") and bar.total != ev["total_steps"]:
                     bar.total = ev["total_steps"]
@@ -53,7 +54,7 @@ def _progress(run_dir: Path, show: bool, poll: float = 0.5) -> dict[str, Any]:
             if postfix:
                 bar.set_postfix(postfix, refresh=False)
             bar.refresh()
-            if status["state"] not in runs.ACTIVE_STATES:
+            if status["state"] not in rundir.ACTIVE_STATES:
                 return status
             time.sleep(poll)
     except KeyboardInterrupt:

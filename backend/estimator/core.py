@@ -13,7 +13,7 @@ from typing import Any, Optional
 from backend.estimator import online
 from backend.estimator import terms as T
 from backend.estimator.skeleton import PEFT_LORA_FAMILY, ModelShape, cached_shape
-from backend.gpu import GpuInfo, hypothetical_gpus, list_gpus
+from backend.core.gpu import GpuInfo, hypothetical_gpus, list_gpus
 
 # Objectives whose TRL trainer uses the fused (chunked) LM head; the others materialize full logits.
 FUSED_HEAD_OBJECTIVES = ("sft", "pretrain", "dpo", "kto")
@@ -56,7 +56,7 @@ _CONFIGS: dict[tuple, Any] = {}
 
 def _model_config(cfg: Any) -> Any:
     """AutoConfig for cfg.model, cached per reference and config.json modification time."""
-    from backend.models import load_model_config, resolve_model
+    from backend.core.models import load_model_config, resolve_model
 
     stamp: Any = None
     if os.path.isdir(os.path.expanduser(cfg.model)):
@@ -278,7 +278,7 @@ def _compute(cfg: Any, shape: ModelShape) -> Estimate:
         sharded["gradients"] += grads
         gf += f" + DDP buckets {T.fmt_bytes(grads)}"
 
-    from backend.objectives import OBJECTIVES  # late: it imports the trainers' callback base (transformers)
+    from backend.objectives.trainers import OBJECTIVES  # late: it imports the trainers' callback base (transformers)
 
     objective = OBJECTIVES.get(cfg.objective)
     if objective is not None and objective.uses_reference and not uses_peft:
@@ -452,7 +452,7 @@ def estimate(cfg: Any, gpus: Optional[list[GpuInfo]] = None, gpu_count: Optional
     hypothetical = gpu_memory_gb is not None
     if hypothetical:
         if gpu_memory_gb <= 0:
-            from backend.errors import UserError
+            from backend.core.errors import UserError
             raise UserError(f"--gpu-memory must be a positive number of GB (got {gpu_memory_gb}).")
         gpus = hypothetical_gpus(gpu_count or cfg.distributed.gpus, gpu_memory_gb)
     elif gpus is None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from backend import online_rl
+from backend.objectives import online_rl
 from backend.estimator import terms as T
 
 

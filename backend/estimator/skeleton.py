@@ -131,7 +131,7 @@ def _fallback_apply(model: Any, cfg: Any) -> Any:
         from peft import PromptTuningConfig
         return get_peft_model(model, PromptTuningConfig(num_virtual_tokens=m.num_virtual_tokens,
                                                         task_type="CAUSAL_LM"))
-    from backend.errors import UserError
+    from backend.core.errors import UserError
     raise UserError(f"The estimator cannot build the method '{name}' yet; choose LoRA, QLoRA, DoRA, "
                     "rsLoRA, LoRA+, full or last-layers fine-tuning.")
 
@@ -237,7 +237,7 @@ def shape_of(model_config: Any, cfg: Any) -> ModelShape:
 
 @functools.lru_cache(maxsize=128)
 def _shape_cached(config_json: str, config_cls: type, build_json: str, attn: str) -> ModelShape:
-    from backend.config import RunConfig
+    from backend.core.config import RunConfig
 
     config = config_cls.from_dict(json.loads(config_json))
     shape = shape_of(config, RunConfig.model_validate_json(build_json))

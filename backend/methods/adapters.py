@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from backend.errors import UserError
-from backend.io_utils import atomic_write_json
+from backend.core.errors import UserError
+from backend.core.io import atomic_write_json
 from backend.methods.registry import MethodSpec, register
 from backend.methods.skeleton import decoder_layers
 

@@ -44,7 +44,7 @@ def total_training_steps(cfg: Any) -> int:
     t = cfg.train
     if t.max_steps:
         return int(t.max_steps)
-    from backend.data import load_for_training
+    from backend.data.records import load_for_training
 
     _, train_rows, _ = load_for_training(cfg.data, t.seed)
     per_step = t.batch_size * t.gradient_accumulation * cfg.distributed.gpus * cfg.distributed.nodes

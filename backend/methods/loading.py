@@ -12,10 +12,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from backend.errors import UserError
+from backend.core.errors import UserError
 from backend.methods.registry import get_method
 from backend.methods.skeleton import _as_config, build_meta_model, count_parameters
-from backend.models import ModelError, load_causal_lm
+from backend.core.models import ModelError, load_causal_lm
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -34,7 +34,7 @@ def apply_method(model: nn.Module, cfg: Any) -> nn.Module:
 
 def _slim(cfg: Any) -> Any:
     """cfg reduced to what changes the parameter count: the model and the method's shown fields."""
-    from backend.config import MethodConfig, RunConfig
+    from backend.core.config import MethodConfig, RunConfig
 
     spec = get_method(cfg.method.name)
     shown = {p: getattr(cfg.method, p) for p in spec.params}
@@ -44,7 +44,7 @@ def _slim(cfg: Any) -> Any:
 
 @functools.lru_cache(maxsize=256)
 def _counts_cached(config_json: str, config_cls: type, cfg_json: str, trust_remote_code: bool) -> tuple[int, int]:
-    from backend.config import RunConfig
+    from backend.core.config import RunConfig
 
     cfg = RunConfig.model_validate_json(cfg_json)
     model = build_meta_model(config_cls.from_dict(json.loads(config_json)), trust_remote_code)

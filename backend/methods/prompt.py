@@ -21,7 +21,7 @@ def _prompt_merge(_cfg: Any) -> tuple[bool, str]:
 def apply_prompt_tuning(model: nn.Module, cfg: Any) -> nn.Module:
     from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 
-    from backend.models import resolve_model
+    from backend.core.models import resolve_model
 
     m = cfg.method
     kwargs: dict[str, Any] = {"prompt_tuning_init": PromptTuningInit.RANDOM}
@@ -57,7 +57,7 @@ def apply_p_tuning_v2(model: nn.Module, cfg: Any) -> nn.Module:
 
 
 def _validate_prompt_method(cfg: Any, _model_config: Any) -> dict[str, str]:
-    from backend.objectives import validate_objective
+    from backend.objectives.trainers import validate_objective
 
     return validate_objective(cfg)
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 if TYPE_CHECKING:  # torch is heavy; the registry itself must import without it
     import torch
-    from backend.config import RunConfig
+    from backend.core.config import RunConfig
 
 MergeCheck = Callable[["RunConfig"], "tuple[bool, str]"]
 
@@ -41,7 +41,7 @@ def register(spec: MethodSpec) -> MethodSpec:
     """Add a method; a second registration under the same name is a programming error."""
     if spec.name in METHODS:
         raise ValueError(f"A method named '{spec.name}' is already registered.")
-    from backend.config import MethodConfig
+    from backend.core.config import MethodConfig
 
     unknown = [p for p in spec.params if p not in MethodConfig.model_fields]
     if unknown:

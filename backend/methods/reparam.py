@@ -124,7 +124,7 @@ def _embedding_name(model: nn.Module) -> str:
 
 def _note(message: str) -> None:
     """A line for train.log; one per run, not one per distributed worker."""
-    from backend.train import is_main_process, note
+    from backend.training.run import is_main_process, note
 
     if is_main_process():
         note(message)

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 
-from backend.errors import UserError
+from backend.core.errors import UserError
 from backend.methods.full import _final_norm, _set_all
 from backend.methods.registry import MethodSpec, complete_model, register
 from backend.methods.skeleton import build_meta_model, decoder_layers
@@ -107,7 +107,7 @@ def install_mask(model: nn.Module, masks: dict[str, torch.Tensor]) -> int:
 def _fish_callbacks(model: Any, cfg: Any, run_dir: Path) -> list:
     from transformers import TrainerCallback
 
-    from backend import runs
+    from backend.runs import rundir
 
     class FishMaskCallback(TrainerCallback):
         """Measures the Fisher information on a few training batches when training begins (the
@@ -126,7 +126,7 @@ def _fish_callbacks(model: Any, cfg: Any, run_dir: Path) -> list:
                 picked.append({k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)})
             selected = install_mask(model, fisher_mask(model, picked, cfg.method.fish_mask_density))
             if state.is_world_process_zero:
-                runs.append_event(run_dir, {"type": "fish_mask", "step": 0, "selected": selected,
+                rundir.append_event(run_dir, {"type": "fish_mask", "step": 0, "selected": selected,
                                             "density": cfg.method.fish_mask_density, "batches": len(picked)})
 
     return [FishMaskCallback()]
@@ -191,7 +191,7 @@ class UnfreezeSchedule:
 def _unfreeze_callbacks(model: Any, cfg: Any, run_dir: Path) -> list:
     from transformers import TrainerCallback
 
-    from backend import runs
+    from backend.runs import rundir
 
     every = cfg.method.unfreeze_every
     schedule = UnfreezeSchedule(model)
@@ -200,7 +200,7 @@ def _unfreeze_callbacks(model: Any, cfg: Any, run_dir: Path) -> list:
     def record(state, group: int) -> None:
         if state.is_world_process_zero:
             top = n_layers - 1 - group
-            runs.append_event(run_dir, {"type": "unfreeze", "step": state.global_step, "epoch": state.epoch,
+            rundir.append_event(run_dir, {"type": "unfreeze", "step": state.global_step, "epoch": state.epoch,
                                         "group": group, "layer": top, "trainable_layers": schedule.active,
                                         "message": f"layer {top} unfrozen ({schedule.active} of {n_layers} train)"})
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from backend.models import ModelError, check_causal_lm, load_model_config
+from backend.core.models import ModelError, check_causal_lm, load_model_config
 
 
 def _as_config(model_config_or_ref: Any, trust_remote_code: bool = False) -> Any:

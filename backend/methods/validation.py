@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from backend.methods.registry import get_method
 from backend.methods.skeleton import linear_layer_names
-from backend.models import ModelError, check_causal_lm
+from backend.core.models import ModelError, check_causal_lm
 
 _PRECISION_NAMES = {"fp32": "fp32", "bf16": "bf16 (bfloat16)", "fp16": "fp16 (float16)"}
 
@@ -124,7 +124,7 @@ def validate_for_model(cfg: Any, model_config: Any) -> dict[str, str]:
                                          "install it or choose adamw_torch.")
     if spec.validate:
         errors.update(spec.validate(cfg, model_config))
-    from backend.objectives import validate_objective  # late: objectives imports the registry
+    from backend.objectives.trainers import validate_objective  # late: objectives imports the registry
 
     for field, sentence in validate_objective(cfg).items():
         errors.setdefault(field, sentence)
@@ -133,8 +133,8 @@ def validate_for_model(cfg: Any, model_config: Any) -> dict[str, str]:
 
 def check_run(data: dict[str, Any]) -> tuple[Any, dict[str, str]]:
     """Validate a RunConfig dict fully (ranges, model, hardware): (RunConfig or None, field -> sentence)."""
-    from backend.config import ConfigError, validate_config
-    from backend.models import load_model_config
+    from backend.core.config import ConfigError, validate_config
+    from backend.core.models import load_model_config
 
     try:
         cfg = validate_config(data)

@@ -1,6 +1,6 @@
 """The Chat tab: talk to a run's adapter (or a merged model), optionally beside its base.
 
-The model lives in the chat worker subprocess (backend.chat.ChatClient); this module only
+The model lives in the chat worker subprocess (backend.inference.chat.ChatClient); this module only
 keeps the conversations and streams the worker's text into the Chatbots. The client is
 put in ctx.extras["chat_client"] so the Train tab can shut it down before a training.
 """
@@ -12,10 +12,10 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from backend.chat import DEFAULT_SETTINGS, ChatClient, ChatError, build_messages, chat_choices, split_choice
-from backend.config import ConfigError
-from backend.errors import UserError
-from backend.models import DEFAULT_MODEL, ModelError
+from backend.inference.chat import DEFAULT_SETTINGS, ChatClient, ChatError, build_messages, chat_choices, split_choice
+from backend.core.config import ConfigError
+from backend.core.errors import UserError
+from backend.core.models import DEFAULT_MODEL, ModelError
 from studio.context import StudioContext
 
 BAD_INPUT = (UserError, ConfigError, ModelError)

@@ -1,16 +1,16 @@
 """The "cluster bundle" panel of the Train tab: the current RunConfig as a folder that starts the
 training on several machines (launch.sh per node, SLURM script). The files come from
-backend.distributed, the same code the estimator's N x G figures assume."""
+backend.training.distributed, the same code the estimator's N x G figures assume."""
 from __future__ import annotations
 
 import html
 
 import gradio as gr
 
-from backend.config import ConfigError, validate_config
-from backend.distributed import write_bundle
-from backend.errors import UserError
-from backend.security import safe_filename, safe_join
+from backend.core.config import ConfigError, validate_config
+from backend.training.distributed import write_bundle
+from backend.core.errors import UserError
+from backend.core.security import safe_filename, safe_join
 from studio.context import StudioContext
 
 

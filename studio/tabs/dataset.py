@@ -1,6 +1,6 @@
 """The Dataset tab: pick a file, check how it was read, see every token the model will train on.
 
-All parsing, templating and labelling is done by backend.data / backend.templates; this
+All parsing, templating and labelling is done by backend.data.records / backend.data.templates; this
 module only lays out widgets, keeps the loaded dataset in a small per-app cache, and
 writes the chosen settings into the RunConfig's `data` section.
 """
@@ -18,15 +18,15 @@ import gradio as gr
 
 from pydantic import ValidationError
 
-from backend.config import ConfigError, DataConfig, validate_config
-from backend.data import FORMATS, LoadedDataset, load_rows, split_rows
-from backend.errors import UserError
-from backend.models import DEFAULT_MODEL, ModelError
-from backend.templates import (TEMPLATE_TITLES, TEMPLATES, get_tokenizer, preview_packed, preview_row,
+from backend.core.config import ConfigError, DataConfig, validate_config
+from backend.data.records import FORMATS, LoadedDataset, load_rows, split_rows
+from backend.core.errors import UserError
+from backend.core.models import DEFAULT_MODEL, ModelError
+from backend.data.templates import (TEMPLATE_TITLES, TEMPLATES, get_tokenizer, preview_packed, preview_row,
                                token_length_stats)
 from studio.context import StudioContext
+from backend.core.paths import SAMPLES_DIR
 
-SAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "samples"
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 NONE = "(none)"
 MAP_ROLES = ("prompt", "input", "completion", "system", "messages", "text", "chosen", "rejected", "label")

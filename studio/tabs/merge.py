@@ -1,7 +1,7 @@
 """The Merge tab: merge a run's adapter into its base, combine adapters, download an adapter.
 
 Merging loads whole models, so every merge runs as `ftstudio merge` in a child process
-(backend.merge.run_merge_subprocess); this module only shows its progress lines.
+(backend.export.merge.run_merge_subprocess); this module only shows its progress lines.
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from backend import merge as mg
-from backend.config import ConfigError
-from backend.errors import UserError
-from backend.models import ModelError
+from backend.export import merge as mg
+from backend.core.config import ConfigError
+from backend.core.errors import UserError
+from backend.core.models import ModelError
 from studio.context import StudioContext
 from studio.tabs import merge_export
 

@@ -1,7 +1,7 @@
 """The "Export for local runtimes" panel of the Merge tab: GGUF (f16 / Q8_0) plus an Ollama Modelfile.
 
 The export, and the check that loads the file back and compares logits, run as `ftstudio export`
-in a child process (backend.export_gguf.export_command through backend.merge.run_merge_subprocess);
+in a child process (backend.export.gguf.export_command through backend.export.merge.run_merge_subprocess);
 this module only shows progress and the result.
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from backend import merge as mg
-from backend.export_gguf import export_command
-from backend.security import safe_filename, safe_join
+from backend.export import merge as mg
+from backend.export.gguf import export_command
+from backend.core.security import safe_filename, safe_join
 from studio.context import StudioContext
 
 HELP = ("A single-file model for llama.cpp and Ollama (Llama, SmolLM2, Mistral, Qwen2). After writing, the file is "

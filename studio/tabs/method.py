@@ -3,7 +3,7 @@
 The hyperparameter widgets are generated from the RunConfig's field metadata (type, choices,
 description), and which method fields show comes from the method registry, so a method added
 to backend.methods appears here without touching this file. Every decision is the backend's:
-backend.methods (registry, inspection, validation), backend.estimator, backend.presets.
+backend.methods (registry, inspection, validation), backend.estimator, backend.core.presets.
 """
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import gradio as gr
 
-from backend.config import (
+from backend.core.config import (
     AlignmentConfig, ConfigError, DataConfig, DistributedConfig, EarlyStoppingConfig, MethodConfig, TrainConfig, config_to_yaml,
     validate_config,
 )
-from backend.errors import UserError
-from backend.io_utils import atomic_write_text
+from backend.core.errors import UserError
+from backend.core.io import atomic_write_text
 from backend.methods import METHODS, available_precisions, check_run, inspect_model
-from backend.models import BUNDLED, ModelError
-from backend.online_rl import reward_runs as reward_run_choices
-from backend.presets import apply_preset, list_presets, preset_info, save_preset
+from backend.core.models import BUNDLED, ModelError
+from backend.objectives.online_rl import reward_runs as reward_run_choices
+from backend.core.presets import apply_preset, list_presets, preset_info, save_preset
 from studio.context import StudioContext
 from studio.tabs.method_view import estimate_figure, estimate_summary, humanize_errors
 
@@ -107,7 +107,7 @@ def label_of(path: str) -> str:
 
 def field_info(path: str):
     if "." not in path:  # a top-level RunConfig field (objective)
-        from backend.config import RunConfig
+        from backend.core.config import RunConfig
 
         return RunConfig.model_fields[path]
     section, name = path.split(".", 1)
@@ -225,7 +225,7 @@ def compute_estimate(rc: dict[str, Any], card_gb: Optional[float]) -> tuple[Any,
 # ---------------------------------------------------------------- layout
 
 def objective_help(name: str) -> str:
-    from backend.objectives import OBJECTIVES
+    from backend.objectives.trainers import OBJECTIVES
 
     spec = OBJECTIVES.get(name)
     return f"**{spec.title}**: {spec.help}" if spec else OBJECTIVE_HELP.get(name, "")
@@ -355,7 +355,7 @@ def build(ctx: StudioContext) -> None:
 
     def on_edit(*args):
         """Reads every field; writes run_config, the per-field errors, visibility and help."""
-        from backend.objectives import is_alignment
+        from backend.objectives.trainers import is_alignment
 
         rc = read(*args)
         _, errors = problems_of(rc)

@@ -13,11 +13,12 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from backend import runner, runs
-from backend.config import ConfigError, RunConfig, config_to_yaml, load_config, validate_config
-from backend.errors import UserError
-from backend.models import ModelError
-from backend.notify import webhook_problem
+from backend.runs import runner
+from backend.runs import rundir
+from backend.core.config import ConfigError, RunConfig, config_to_yaml, load_config, validate_config
+from backend.core.errors import UserError
+from backend.core.models import ModelError
+from backend.runs.notify import webhook_problem
 from studio.context import StudioContext
 from studio.plots import RunSeries, loss_figure, lr_grad_figure, overlay_figure
 from studio.tabs import cluster_bundle, trackers, train_queue
@@ -86,7 +87,7 @@ def config_summary(rc: dict[str, Any]) -> tuple[str, str]:
 
 def state_sentence(run_id: str, status: dict[str, Any]) -> str:
     state = status.get("state")
-    if state == runs.MISSING:
+    if state == rundir.MISSING:
         return f"<span class='ft-error'>{html.escape(status.get('error', ''))}</span>"
     words = STATE_WORDS.get(state, str(state))
     text = f"Run **{run_id}** {words}."
@@ -111,9 +112,9 @@ def progress_html(series: RunSeries, status: dict[str, Any]) -> str:
 
 
 def stats_markdown(series: RunSeries, status: dict[str, Any], estimate_bytes: Optional[int]) -> str:
-    started = runs.parse_iso(status.get("resumed") or status.get("started"))
-    ended = runs.parse_iso(status.get("ended"))
-    active = status.get("state") in runs.ACTIVE_STATES
+    started = rundir.parse_iso(status.get("resumed") or status.get("started"))
+    ended = rundir.parse_iso(status.get("ended"))
+    active = status.get("state") in rundir.ACTIVE_STATES
     elapsed = ((time.time() if active else (ended or time.time())) - started) if started else None
     eta = series.eta_seconds() if active else None
     tps = f"{series.tokens_per_s:,.0f}" if series.tokens_per_s is not None else "–"
@@ -127,7 +128,7 @@ def stats_markdown(series: RunSeries, status: dict[str, Any], estimate_bytes: Op
 
 def runs_rows(workspace: Path) -> list[list[Any]]:
     rows = []
-    for r in runs.list_runs(workspace):
+    for r in rundir.list_runs(workspace):
         best = r.get("best_val_loss")
         model = r.get("model") or ""
         rows.append([r["id"], r["state"], r.get("method") or "", Path(model).name if "/" in model else model,
@@ -144,7 +145,7 @@ def new_live(run_dir: Optional[str]) -> dict[str, Any]:
 def _estimate_bytes(run_dir: Path) -> Optional[int]:
     try:
         from backend.estimator import estimate
-        return int(estimate(load_config(run_dir / runs.CONFIG_FILE)).total_bytes)
+        return int(estimate(load_config(run_dir / rundir.CONFIG_FILE)).total_bytes)
     except Exception:  # noqa: BLE001 - the estimate is context, never a reason to fail the view
         return None
 
@@ -157,17 +158,17 @@ def refresh_live(live: dict[str, Any], workspace: Path) -> tuple[dict[str, Any],
             return live, False, {}
         live = new_live(active[0]["dir"])
     run_dir = Path(live["run_dir"])
-    status = runs.read_status(run_dir)
-    events, live["offset"] = runs.read_events(run_dir, live["offset"])
+    status = rundir.read_status(run_dir)
+    events, live["offset"] = rundir.read_events(run_dir, live["offset"])
     changed = live["series"].add(events)
-    if not live["estimated"] and status.get("state") != runs.MISSING:
+    if not live["estimated"] and status.get("state") != rundir.MISSING:
         live["estimate"], live["estimated"] = _estimate_bytes(run_dir), True
     return live, changed, status
 
 
 def series_of(run_dir: Path) -> RunSeries:
     s = RunSeries()
-    s.add(runs.read_events(run_dir)[0])
+    s.add(rundir.read_events(run_dir)[0])
     return s
 
 
@@ -226,7 +227,7 @@ def build(ctx: StudioContext) -> None:
         charts = (loss_figure(series, f"Loss: {run_dir.name}"), lr_grad_figure(series)) \
             if (changed or force) else (gr.skip(), gr.skip())
         return [lv, state_sentence(run_dir.name, status), progress_html(series, status),
-                stats_markdown(series, status, lv["estimate"]), *charts, runs.tail_log(run_dir, 30)]
+                stats_markdown(series, status, lv["estimate"]), *charts, rundir.tail_log(run_dir, 30)]
 
     def on_tick(lv):
         """Timer (1 s): tails the viewed run's events from the saved offset."""
@@ -257,8 +258,8 @@ def build(ctx: StudioContext) -> None:
         """Reads the viewed run; asks it to stop (checkpoint + adapter), escalating after 30 s."""
         if not lv.get("run_dir"):
             return [lv, TEXT["no_run"]] + [gr.skip()] * 5
-        status = runs.read_status(Path(lv["run_dir"]))
-        if status.get("state") not in runs.ACTIVE_STATES:
+        status = rundir.read_status(Path(lv["run_dir"]))
+        if status.get("state") not in rundir.ACTIVE_STATES:
             return [lv, f"Run **{Path(lv['run_dir']).name}** is not running "
                         f"({status.get('state')}); nothing to stop."] + [gr.skip()] * 5
         runner.stop_run(Path(lv["run_dir"]), timeout=30)
@@ -279,7 +280,7 @@ def build(ctx: StudioContext) -> None:
         row = evt.row_value if evt.row_value is not None else []
         if not row:
             return [lv] + [gr.skip()] * 6
-        return render(new_live(str(runs.runs_root(ws) / str(row[0]))), force=True)
+        return render(new_live(str(rundir.runs_root(ws) / str(row[0]))), force=True)
 
     def on_refresh(chosen):
         """Reads the workspace; writes the runs table and the compare choices."""
@@ -291,7 +292,7 @@ def build(ctx: StudioContext) -> None:
         """Reads the chosen runs' events; writes the overlay chart."""
         series = {}
         for run_id in chosen or []:
-            run_dir = runs.runs_root(ws) / str(run_id)
+            run_dir = rundir.runs_root(ws) / str(run_id)
             if run_dir.is_dir():
                 series[str(run_id)] = series_of(run_dir)
         return overlay_figure(series)

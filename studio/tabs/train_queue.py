@@ -1,7 +1,7 @@
 """The Train tab's overnight pieces: the run queue, the command preview, the evaluation report and
 browser notifications. Mounted by studio/tabs/train.py.
 
-The queue lives in WORKSPACE/queue.json (backend.queue); a worker thread in this process starts the
+The queue lives in WORKSPACE/queue.json (backend.runs.queue); a worker thread in this process starts the
 next run through the runner when the device is free. The evaluation runs as `python -m backend.cli
 eval RUN_DIR --json` in a child process, so no model is ever loaded in the UI process.
 """
@@ -18,15 +18,15 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from backend import queue as run_queue
-from backend import runs
-from backend.config import ConfigError, config_to_yaml, save_config, validate_config
-from backend.errors import UserError
-from backend.evaluate import EVAL_FILE
-from backend.io_utils import read_json
-from backend.models import ModelError
-from backend.notify import webhook_problem
-from backend.runner import REPO_ROOT
+from backend.runs import queue as run_queue
+from backend.runs import rundir
+from backend.core.config import ConfigError, config_to_yaml, save_config, validate_config
+from backend.core.errors import UserError
+from backend.inference.evaluate import EVAL_FILE
+from backend.core.io import read_json
+from backend.core.models import ModelError
+from backend.runs.notify import webhook_problem
+from backend.core.paths import PROJECT_ROOT
 from studio.context import StudioContext
 
 BAD_INPUT = (UserError, ConfigError, ModelError, FileNotFoundError)
@@ -84,7 +84,7 @@ def preview_command(workspace: Path, rc: dict[str, Any]) -> tuple[str, str]:
         return error_html(str(e)), ""
     text = config_to_yaml(cfg)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
-    path = Path(workspace).resolve() / "configs" / f"{runs.slugify(cfg.name or cfg.method.name) or 'run'}-{digest}.yaml"
+    path = Path(workspace).resolve() / "configs" / f"{rundir.slugify(cfg.name or cfg.method.name) or 'run'}-{digest}.yaml"
     save_config(cfg, path)
     cmd = f"ftstudio train --workspace {Path(workspace).resolve()} {path}"
     md = (f"The exact command that trains this configuration without the studio (the YAML below is saved "
@@ -137,10 +137,10 @@ def run_eval_process(run_dir: Path, samples: int, timeout: float = EVAL_TIMEOUT_
     """`python -m backend.cli eval RUN_DIR --json` in a child process; its JSON result, or UserError
     with the sentence it printed."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "backend.cli", "eval", str(run_dir), "--json", "--samples", str(int(samples))]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(REPO_ROOT), env=env,
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(PROJECT_ROOT), env=env,
                               stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise UserError(f"The evaluation of {Path(run_dir).name} took more than {timeout / 60:.0f} minutes and "
@@ -163,14 +163,14 @@ def run_eval_process(run_dir: Path, samples: int, timeout: float = EVAL_TIMEOUT_
 def notifications(watch: dict[str, Any], workspace: Path) -> tuple[dict[str, Any], list[str]]:
     """Compare the runs and the queue with the last look; sentences for runs that ended and a queue that
     emptied since then. The first look only takes note, so old runs never notify."""
-    states = {r["id"]: r["state"] for r in runs.list_runs(workspace)}
+    states = {r["id"]: r["state"] for r in rundir.list_runs(workspace)}
     entries = run_queue.read_queue(workspace)["entries"]
     queue_open = any(e["state"] in run_queue.OPEN_STATES for e in entries)
     messages: list[str] = []
     if watch.get("init"):
         before = watch.get("runs", {})
         for run_id, state in states.items():
-            if before.get(run_id) in runs.ACTIVE_STATES and state in runs.FINAL_STATES:
+            if before.get(run_id) in rundir.ACTIVE_STATES and state in rundir.FINAL_STATES:
                 messages.append(f"Run {run_id} {STATE_LABELS.get(state, state)}.")
         if watch.get("queue_open") and not queue_open:
             ok = sum(1 for e in entries if e["state"] == "completed")
@@ -270,7 +270,7 @@ def mount(ctx: StudioContext, add_button: gr.Button, start_button: gr.Button, ru
         """Timer (2 s): the queue list, and a notification when a run or the queue has ended."""
         w, messages = notifications(w, ws)
         rows, _ = queue_rows(ws)
-        text = (" ".join(messages) + NOTE_SEP + str(len(w["runs"])) + runs.now_iso()) if messages else gr.skip()
+        text = (" ".join(messages) + NOTE_SEP + str(len(w["runs"])) + rundir.now_iso()) if messages else gr.skip()
         return w, rows, text
 
     def on_select_run(lv):

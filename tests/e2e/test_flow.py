@@ -38,7 +38,7 @@ class FlowModel:
 @pytest.fixture()
 def flow_model(request) -> FlowModel:
     if DOCS_RUN:
-        from backend.models import DEFAULT_MODEL
+        from backend.core.models import DEFAULT_MODEL
 
         request.getfixturevalue("bundled_dir")
         return FlowModel(DEFAULT_MODEL, "30 layers", steps=30, temperature=0, max_new_tokens=40)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend import runs
-from backend.config import RunConfig
-from backend.models import load_causal_lm
-from backend.objectives import OBJECTIVES, validate_objective
+from backend.runs import rundir
+from backend.core.config import RunConfig
+from backend.core.models import load_causal_lm
+from backend.objectives.trainers import OBJECTIVES, validate_objective
 
 from tests.samples import small_copy
 
@@ -31,12 +31,12 @@ def config(model_dir, data: Path, objective: str, method: str) -> RunConfig:
 
 
 def train(tmp_path: Path, cfg: RunConfig) -> tuple[Path, list[dict]]:
-    from backend.train import run
+    from backend.training.run import run
 
-    run_dir = runs.create_run(tmp_path / "ws", cfg)
+    run_dir = rundir.create_run(tmp_path / "ws", cfg)
     code = run(run_dir)
-    assert code == 0, runs.read_status(run_dir).get("error")
-    return run_dir, runs.read_events(run_dir)[0]
+    assert code == 0, rundir.read_status(run_dir).get("error")
+    return run_dir, rundir.read_events(run_dir)[0]
 
 
 @pytest.mark.parametrize("objective,method", [("dpo", "qlora"), ("orpo", "lora"), ("kto", "lora"),
@@ -52,7 +52,7 @@ def test_alignment_objective_trains_and_logs_rewards(tiny_model_dir, tmp_path, o
         assert all("rewards/margins" in e and "rewards/accuracies" in e for e in alignment)
     assert [e["step"] for e in events if e["type"] == "train"] == [1, 2]
 
-    adapter = runs.adapter_dir(run_dir)
+    adapter = rundir.adapter_dir(run_dir)
     base = load_causal_lm(str(tiny_model_dir), dtype=torch.float32)
     if method in ("lora", "qlora"):
         from safetensors.torch import load_file
@@ -67,12 +67,12 @@ def test_alignment_objective_trains_and_logs_rewards(tiny_model_dir, tmp_path, o
 
 
 def test_preference_objective_on_sft_data_says_what_to_pick(tiny_model_dir, tmp_path):
-    from backend.train import run
+    from backend.training.run import run
 
     data = small_copy(tmp_path, "instructions.jsonl")
-    run_dir = runs.create_run(tmp_path / "ws", config(tiny_model_dir, data, "dpo", "lora"))
+    run_dir = rundir.create_run(tmp_path / "ws", config(tiny_model_dir, data, "dpo", "lora"))
     assert run(run_dir) == 1
-    error = runs.read_status(run_dir)["error"]
+    error = rundir.read_status(run_dir)["error"]
     assert "prompt/chosen/rejected" in error and "Dataset tab" in error
 
 
@@ -96,7 +96,7 @@ def test_reward_model_trains_a_score_head_with_lora(tiny_model_dir, tmp_path):
     run_dir, events = train(tmp_path, cfg)
     alignment = [e for e in events if e["type"] == "alignment"]
     assert len(alignment) == 2 and all("accuracy" in e and "margin" in e for e in alignment)
-    adapter = runs.adapter_dir(run_dir)
+    adapter = rundir.adapter_dir(run_dir)
     weights = load_file(str(adapter / "adapter_model.safetensors"))
     assert any(".score." in k for k in weights) and any("lora_B" in k for k in weights)
     base = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=1)

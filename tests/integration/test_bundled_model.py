@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from backend.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, resolve_model
+from backend.core.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, resolve_model
 
 
 @pytest.mark.slow

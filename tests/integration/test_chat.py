@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from backend.chat import ChatClient, ChatError, build_messages, normalize_settings
+from backend.inference.chat import ChatClient, ChatError, build_messages, normalize_settings
 from tests.integration.test_merge import make_lora_run
 
 SAMPLE = {"max_new_tokens": 24, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0, "seed": 3}

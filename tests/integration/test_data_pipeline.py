@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from backend.config import DataConfig
-from backend.data import load_for_training, load_rows
-from backend.templates import (IGNORE, SftCollator, build_sft_dataset, get_tokenizer, preview_packed,
+from backend.core.config import DataConfig
+from backend.data.records import load_for_training, load_rows
+from backend.data.templates import (IGNORE, SftCollator, build_sft_dataset, get_tokenizer, preview_packed,
                                preview_row)
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from backend import runs
-from backend.config import RunConfig
-from backend.distributed import torchrun_command, write_bundle
+from backend.runs import rundir
+from backend.core.config import RunConfig
+from backend.training.distributed import torchrun_command, write_bundle
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -47,7 +47,7 @@ def data_file(tmp_path_factory) -> Path:
 
 
 def _losses(run_dir: Path) -> list[tuple[int, float]]:
-    return [(e["step"], e["loss"]) for e in runs.read_events(run_dir)[0] if e.get("type") == "train"]
+    return [(e["step"], e["loss"]) for e in rundir.read_events(run_dir)[0] if e.get("type") == "train"]
 
 
 def _env() -> dict[str, str]:
@@ -55,14 +55,14 @@ def _env() -> dict[str, str]:
 
 
 def test_two_processes_train_like_one_with_the_same_effective_batch(tmp_path, tiny_model_dir, data_file):
-    one = runs.create_run(tmp_path / "ws1", _config(tiny_model_dir, data_file, batch=4))
-    subprocess.run([sys.executable, "-m", "backend.train", str(one)], check=True, env=_env(), timeout=400,
+    one = rundir.create_run(tmp_path / "ws1", _config(tiny_model_dir, data_file, batch=4))
+    subprocess.run([sys.executable, "-m", "backend.training.run", str(one)], check=True, env=_env(), timeout=400,
                    capture_output=True)
-    two = runs.create_run(tmp_path / "ws2", _config(tiny_model_dir, data_file, batch=2))
+    two = rundir.create_run(tmp_path / "ws2", _config(tiny_model_dir, data_file, batch=2))
     r = subprocess.run(torchrun_command(1, 2, two, main_port=_free_port(), python=sys.executable),
                        env=_env(), timeout=400, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert runs.read_status(two)["state"] == "completed"
+    assert rundir.read_status(two)["state"] == "completed"
     # Only rank 0 writes: each step is logged once, and one adapter is saved.
     steps = [s for s, _ in _losses(two)]
     assert steps == sorted(set(steps)) and steps[-1] == 5
@@ -88,7 +88,7 @@ def test_two_node_bundle_on_loopback_completes(tmp_path, tiny_model_dir, data_fi
     outs = [n.communicate(timeout=400)[0] for n in nodes]
     assert [n.returncode for n in nodes] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
     run_dir = bundle / "run"
-    assert runs.read_status(run_dir)["state"] == "completed"
+    assert rundir.read_status(run_dir)["state"] == "completed"
     assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
     assert [s for s, _ in _losses(run_dir)][-1] == 5
 

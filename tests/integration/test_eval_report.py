@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from backend import runs
-from backend.config import RunConfig
-from backend.errors import UserError
-from backend.evaluate import evaluate_run
+from backend.runs import rundir
+from backend.core.config import RunConfig
+from backend.core.errors import UserError
+from backend.inference.evaluate import evaluate_run
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -37,11 +37,11 @@ def trained_run(tiny_model_dir, tmp_path_factory) -> Path:
                   "scheduler": "constant"},
         "early_stopping": {"patience": None}, "report_to": [],
     })
-    run_dir = runs.create_run(folder / "ws", cfg)
-    r = subprocess.run([sys.executable, "-m", "backend.train", str(run_dir)], capture_output=True, text=True,
+    run_dir = rundir.create_run(folder / "ws", cfg)
+    r = subprocess.run([sys.executable, "-m", "backend.training.run", str(run_dir)], capture_output=True, text=True,
                        timeout=500)
     assert r.returncode == 0, (run_dir / "train.log").read_text()[-3000:] if (run_dir / "train.log").exists() else r.stderr[-3000:]
-    assert runs.read_status(run_dir)["state"] == "completed"
+    assert rundir.read_status(run_dir)["state"] == "completed"
     return run_dir
 
 
@@ -61,7 +61,7 @@ def test_eval_cli_shows_adapter_loss_below_base_and_answers_in_the_taught_format
 
 
 def test_eval_of_a_run_without_adapter_is_a_sentence(tmp_path, tiny_model_dir):
-    run_dir = runs.create_run(tmp_path / "ws", RunConfig(model=str(tiny_model_dir)))
+    run_dir = rundir.create_run(tmp_path / "ws", RunConfig(model=str(tiny_model_dir)))
     with pytest.raises(UserError, match="has no trained adapter yet"):
         evaluate_run(run_dir)
     r = subprocess.run([sys.executable, "-m", "backend.cli", "eval", str(run_dir), "--json"],

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.errors import UserError
+from backend.core.errors import UserError
 
 # f16: each weight keeps 11 significant bits (relative error <= 2**-11); on this 2-layer model
 # the logits move by ~7e-4 (measured), so 3e-3 is tight and still 200x below a broken reorder.
@@ -44,7 +44,7 @@ def _lora_run(root: Path, base_dir: Path, trained: bool) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from backend.config import RunConfig, save_config
+    from backend.core.config import RunConfig, save_config
 
     run = root / ("run-trained" if trained else "run-untrained")
     run.mkdir(parents=True)
@@ -90,7 +90,7 @@ def test_f16_export_via_cli_round_trips_logits_tightly(sharp_model, tmp_path, ca
 def test_trained_adapter_run_exports_q8_0_within_looser_tolerance(sharp_model, tmp_path):
     from gguf import GGMLQuantizationType as Q, GGUFReader
 
-    from backend.export_gguf import export_gguf
+    from backend.export.gguf import export_gguf
 
     run = _lora_run(tmp_path, sharp_model, trained=True)
     seen: list[float] = []
@@ -129,7 +129,7 @@ def test_llama3_rope_scaling_is_written_as_llama_cpp_rope_freqs(sharp_model, tmp
     import numpy as np
     from gguf import GGUFReader
 
-    from backend.export_gguf import export_gguf
+    from backend.export.gguf import export_gguf
 
     model_dir = tmp_path / "llama31-like"
     shutil.copytree(sharp_model, model_dir)
@@ -149,7 +149,7 @@ def test_llama3_rope_scaling_is_written_as_llama_cpp_rope_freqs(sharp_model, tmp
 
 
 def test_other_rope_scaling_is_refused(sharp_model, tmp_path):
-    from backend.export_gguf import export_gguf
+    from backend.export.gguf import export_gguf
 
     model_dir = tmp_path / "yarn"
     shutil.copytree(sharp_model, model_dir)
@@ -164,7 +164,7 @@ def test_other_rope_scaling_is_refused(sharp_model, tmp_path):
 def test_unsupported_architecture_names_the_supported_ones(tmp_path):
     from transformers import GPT2Config
 
-    from backend.export_gguf import export_gguf
+    from backend.export.gguf import export_gguf
 
     model_dir = tmp_path / "gpt2-tiny"
     GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(model_dir)
@@ -177,7 +177,7 @@ def test_unsupported_architecture_names_the_supported_ones(tmp_path):
 
 def test_unknown_quant_is_a_sentence_and_cli_exit_2(tiny_model_dir, tmp_path, capsys):
     from backend.cli import main
-    from backend.export_gguf import export_gguf
+    from backend.export.gguf import export_gguf
 
     with pytest.raises(UserError, match=r"Unknown GGUF quantization 'q4_k_m'.*f16, q8_0"):
         export_gguf(tiny_model_dir, tmp_path / "x.gguf", quant="q4_k_m")
@@ -191,7 +191,7 @@ def test_unknown_quant_is_a_sentence_and_cli_exit_2(tiny_model_dir, tmp_path, ca
 def test_not_enough_disk_space_stops_before_writing(tiny_model_dir, tmp_path, monkeypatch):
     from collections import namedtuple
 
-    import backend.export_gguf as export
+    import backend.export.gguf as export
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(export.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))

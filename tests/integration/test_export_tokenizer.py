@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from backend.errors import UserError
-from backend.gguf_tokenizer import CONTROL, NORMAL, UNUSED, describe_tokenizer
+from backend.core.errors import UserError
+from backend.export.gguf_tokenizer import CONTROL, NORMAL, UNUSED, describe_tokenizer
 
 
 @pytest.fixture()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.errors import UserError
+from backend.core.errors import UserError
 
 
 def make_lora_run(root: Path, base_dir: Path, name: str = "run-a", r: int = 4, seed: int = 1,
@@ -18,7 +18,7 @@ def make_lora_run(root: Path, base_dir: Path, name: str = "run-a", r: int = 4, s
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from backend.config import RunConfig, save_config
+    from backend.core.config import RunConfig, save_config
 
     run = root / "runs" / name
     run.mkdir(parents=True)
@@ -53,7 +53,7 @@ def _peft_logits(base_dir: Path, adapter_dir: Path):
 def test_merged_model_logits_equal_adapter_logits(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from backend.merge import merge_adapter
+    from backend.export.merge import merge_adapter
 
     run = make_lora_run(tmp_path, tiny_model_dir)
     seen = []
@@ -71,7 +71,7 @@ def test_merged_model_logits_equal_adapter_logits(tiny_model_dir, tmp_path):
 
 
 def test_merge_accepts_an_adapter_folder_and_refuses_a_foreign_output(tiny_model_dir, tmp_path):
-    from backend.merge import merge_adapter
+    from backend.export.merge import merge_adapter
 
     run = make_lora_run(tmp_path, tiny_model_dir)
     res = merge_adapter(run / "adapter", tmp_path / "m")
@@ -88,7 +88,7 @@ def test_merge_accepts_an_adapter_folder_and_refuses_a_foreign_output(tiny_model
 def test_qlora_run_merges_into_16bit_base_and_says_so(tiny_model_dir, tmp_path):
     from transformers import AutoConfig
 
-    from backend.merge import merge_adapter
+    from backend.export.merge import merge_adapter
 
     run = make_lora_run(tmp_path, tiny_model_dir, method="qlora")
     res = merge_adapter(run, tmp_path / "merged")
@@ -100,7 +100,7 @@ def test_qlora_run_merges_into_16bit_base_and_says_so(tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize("method", ["linear", "ties", "dare_linear", "dare_ties"])
 def test_combinations_produce_loadable_adapters(tiny_model_dir, tmp_path, method):
-    from backend.merge import combine_adapters
+    from backend.export.merge import combine_adapters
 
     a = make_lora_run(tmp_path, tiny_model_dir, "a", seed=1)
     b = make_lora_run(tmp_path, tiny_model_dir, "b", seed=2)
@@ -117,7 +117,7 @@ def test_combinations_produce_loadable_adapters(tiny_model_dir, tmp_path, method
 def test_combined_adapter_can_be_merged_into_a_full_model(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from backend.merge import combine_adapters
+    from backend.export.merge import combine_adapters
 
     a = make_lora_run(tmp_path, tiny_model_dir, "a", seed=1)
     b = make_lora_run(tmp_path, tiny_model_dir, "b", seed=2, r=8)  # different ranks: re-factored by SVD
@@ -128,7 +128,7 @@ def test_combined_adapter_can_be_merged_into_a_full_model(tiny_model_dir, tmp_pa
 
 
 def test_combining_adapters_of_different_bases_is_refused(tiny_model_dir, tmp_path):
-    from backend.merge import combine_adapters
+    from backend.export.merge import combine_adapters
 
     other = tmp_path / "other-base"
     shutil.copytree(tiny_model_dir, other)
@@ -140,7 +140,7 @@ def test_combining_adapters_of_different_bases_is_refused(tiny_model_dir, tmp_pa
 
 
 def test_bad_adapter_folders_give_sentences(tmp_path):
-    from backend.merge import merge_adapter
+    from backend.export.merge import merge_adapter
 
     with pytest.raises(UserError, match="is not a folder"):
         merge_adapter(tmp_path / "missing", tmp_path / "out")
@@ -155,8 +155,8 @@ def test_bad_adapter_folders_give_sentences(tmp_path):
     ("LORA", "adapter_houlsby", "cannot be folded"),
 ])
 def test_unmergeable_methods_say_why(tiny_model_dir, tmp_path, peft_type, method, words):
-    from backend.config import RunConfig, save_config
-    from backend.merge import can_merge, locate_adapter, merge_adapter
+    from backend.core.config import RunConfig, save_config
+    from backend.export.merge import can_merge, locate_adapter, merge_adapter
 
     run = tmp_path / "run"
     (run / "adapter").mkdir(parents=True)
@@ -169,7 +169,7 @@ def test_unmergeable_methods_say_why(tiny_model_dir, tmp_path, peft_type, method
 
 
 def test_export_zip_and_sizes(tiny_model_dir, tmp_path):
-    from backend.merge import export_zip, sizes
+    from backend.export.merge import export_zip, sizes
 
     run = make_lora_run(tmp_path, tiny_model_dir)
     z = export_zip(run, tmp_path / "dl" / "adapter.zip")
@@ -180,7 +180,7 @@ def test_export_zip_and_sizes(tiny_model_dir, tmp_path):
 
 
 def test_ui_merge_runs_in_a_subprocess_and_streams_progress(tiny_model_dir, tmp_path):
-    from backend.merge import merge_command, run_merge_subprocess
+    from backend.export.merge import merge_command, run_merge_subprocess
 
     run = make_lora_run(tmp_path, tiny_model_dir)
     events = list(run_merge_subprocess(merge_command([str(run)], str(tmp_path / "merged"))))
@@ -191,9 +191,9 @@ def test_ui_merge_runs_in_a_subprocess_and_streams_progress(tiny_model_dir, tmp_
 
 
 def test_pickers_list_runs_with_adapters_and_merged_models(tiny_model_dir, tmp_path):
-    from backend.chat import chat_choices, split_choice
-    from backend.merge import adapter_runs, merge_adapter
-    from backend.runs import write_status
+    from backend.inference.chat import chat_choices, split_choice
+    from backend.export.merge import adapter_runs, merge_adapter
+    from backend.runs.rundir import write_status
 
     done = make_lora_run(tmp_path, tiny_model_dir, "20250101-000000-done")
     write_status(done, state="completed", method="lora", best_val_loss=0.5)
@@ -208,7 +208,7 @@ def test_pickers_list_runs_with_adapters_and_merged_models(tiny_model_dir, tmp_p
 
 
 def test_bottleneck_adapter_folder_is_refused_with_the_reason(tmp_path):
-    from backend.merge import locate_adapter
+    from backend.export.merge import locate_adapter
     from backend.methods.adapters import CONFIG_FILE
 
     (tmp_path / CONFIG_FILE).write_text("{}")

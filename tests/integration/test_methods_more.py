@@ -7,11 +7,11 @@ import re
 import pytest
 import torch
 
-from backend.config import RunConfig
+from backend.core.config import RunConfig
 from backend.methods import (
     METHODS, count_parameters, create_optimizer, get_method, load_trainable_model, validate_for_model,
 )
-from backend.models import load_causal_lm, load_model_config
+from backend.core.models import load_causal_lm, load_model_config
 from tests.method_steps import snapshot, train_steps
 
 # Which parameter names each method must train, and nothing else.
@@ -131,8 +131,8 @@ def test_trainer_trains_and_saves_a_reloadable_adapter(tiny_model_dir, tmp_path,
     callbacks (AdaLoRA's rank allocation) and optimizer (LoRA-FA), then a PEFT adapter on disk."""
     import json
 
-    from backend import runs
-    from backend.train import run
+    from backend.runs import rundir
+    from backend.training.run import run
 
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Say {i}.", "completion": "apple pie"}) + "\n" for i in range(8)))
@@ -142,9 +142,9 @@ def test_trainer_trains_and_saves_a_reloadable_adapter(tiny_model_dir, tmp_path,
         "early_stopping": {"patience": None}, "data": {"path": str(data), "validation_split": 0.0, "max_length": 32},
         "train": {"max_steps": 2, "batch_size": 2, "gradient_accumulation": 1, "precision": "fp32",
                   "gradient_checkpointing": False, "learning_rate": 1e-2, "eval_steps": 50}})
-    run_dir = runs.create_run(tmp_path / "ws", cfg)
-    assert run(run_dir) == 0, runs.read_status(run_dir).get("error")
-    adapter = runs.adapter_dir(run_dir)
-    losses = [e["loss"] for e in runs.read_events(run_dir)[0] if e["type"] == "train"]
+    run_dir = rundir.create_run(tmp_path / "ws", cfg)
+    assert run(run_dir) == 0, rundir.read_status(run_dir).get("error")
+    adapter = rundir.adapter_dir(run_dir)
+    losses = [e["loss"] for e in rundir.read_events(run_dir)[0] if e["type"] == "train"]
     assert len(losses) == 2 and all(loss == loss for loss in losses)  # finite, not NaN
     assert logits(reload_peft(tiny_model_dir, adapter)).isfinite().all()

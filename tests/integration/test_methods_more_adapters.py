@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from backend import runs
-from backend.config import RunConfig
+from backend.runs import rundir
+from backend.core.config import RunConfig
 from backend.methods import count_parameters, get_method, load_trainable_model
 from backend.methods.adapters import CONFIG_FILE, WEIGHTS_FILE, load_bottleneck_adapter
-from backend.models import load_causal_lm
+from backend.core.models import load_causal_lm
 
 IDS = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
 PROBE = torch.arange(10, 30).unsqueeze(0)
@@ -68,7 +68,7 @@ def test_bottleneck_adapter_trains_only_itself_and_reloads(tiny_model_dir, tmp_p
 
 
 def test_trainer_saves_the_adapter_not_the_base_model(tiny_model_dir, tmp_path):
-    from backend.train import run
+    from backend.training.run import run
 
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Say {i}.", "completion": "apple pie"}) + "\n" for i in range(8)))
@@ -78,9 +78,9 @@ def test_trainer_saves_the_adapter_not_the_base_model(tiny_model_dir, tmp_path):
         "data": {"path": str(data), "validation_split": 0.0, "max_length": 32},
         "train": {"max_steps": 2, "batch_size": 2, "gradient_accumulation": 1, "precision": "fp32",
                   "gradient_checkpointing": True, "learning_rate": 1e-2, "eval_steps": 50}})
-    run_dir = runs.create_run(tmp_path / "ws", cfg)
-    assert run(run_dir) == 0, runs.read_status(run_dir)
-    out = runs.adapter_dir(run_dir)
+    run_dir = rundir.create_run(tmp_path / "ws", cfg)
+    assert run(run_dir) == 0, rundir.read_status(run_dir)
+    out = rundir.adapter_dir(run_dir)
     assert (out / CONFIG_FILE).exists() and (out / "tokenizer_config.json").exists()
     assert not (out / "model.safetensors").exists()
     model = load_bottleneck_adapter(load_causal_lm(str(tiny_model_dir), dtype=torch.float32), out)

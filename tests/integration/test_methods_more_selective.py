@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from backend import runs
-from backend.config import RunConfig
+from backend.runs import rundir
+from backend.core.config import RunConfig
 from backend.methods import count_parameters, load_trainable_model, validate_for_model
 from backend.methods.selective import UnfreezeSchedule, fisher_mask, install_mask
-from backend.models import load_causal_lm, load_model_config
+from backend.core.models import load_causal_lm, load_model_config
 
 IDS = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
 PROBE = torch.arange(10, 30).unsqueeze(0)
@@ -148,7 +148,7 @@ def test_fish_mask_updates_only_the_selected_weights(tiny_model_dir, tmp_path):
 
 
 def _train_run(tmp_path, model_dir, method: dict) -> tuple:
-    from backend.train import run
+    from backend.training.run import run
 
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Say {i}.", "completion": "apple pie"}) + "\n" for i in range(8)))
@@ -158,16 +158,16 @@ def _train_run(tmp_path, model_dir, method: dict) -> tuple:
         "train": {"max_steps": 3, "batch_size": 2, "gradient_accumulation": 1, "precision": "fp32",
                   "gradient_checkpointing": False, "learning_rate": 1e-2, "weight_decay": 0.0, "eval_steps": 50},
     })
-    run_dir = runs.create_run(tmp_path / "ws", cfg)
-    assert run(run_dir) == 0, runs.read_status(run_dir)
-    return run_dir, runs.read_events(run_dir)[0]
+    run_dir = rundir.create_run(tmp_path / "ws", cfg)
+    assert run(run_dir) == 0, rundir.read_status(run_dir)
+    return run_dir, rundir.read_events(run_dir)[0]
 
 
 def test_trainer_marks_each_unfreeze_on_the_chart(tiny_model_dir, tmp_path):
     run_dir, events = _train_run(tmp_path, tiny_model_dir, {"name": "gradual_unfreezing", "unfreeze_every": 1})
     unfreeze = [e for e in events if e["type"] == "unfreeze"]
     assert [e["layer"] for e in unfreeze] == [1, 0] and unfreeze[1]["step"] == 1
-    assert (runs.adapter_dir(run_dir) / "config.json").exists()
+    assert (rundir.adapter_dir(run_dir) / "config.json").exists()
 
 
 def test_trainer_measures_the_fish_mask_before_training(tiny_model_dir, tmp_path):
@@ -175,7 +175,7 @@ def test_trainer_measures_the_fish_mask_before_training(tiny_model_dir, tmp_path
     mask = [e for e in events if e["type"] == "fish_mask"]
     assert len(mask) == 1 and mask[0]["selected"] > 0
     base = load_causal_lm(str(tiny_model_dir), dtype=torch.float32)
-    tuned = load_causal_lm(str(runs.adapter_dir(run_dir)), dtype=torch.float32)
+    tuned = load_causal_lm(str(rundir.adapter_dir(run_dir)), dtype=torch.float32)
     total = moved = 0
     for (n, p), q in zip(base.named_parameters(), tuned.parameters()):
         total += p.numel()

@@ -7,7 +7,7 @@ import gradio as gr
 import pytest
 import yaml
 
-from backend.config import validate_config
+from backend.core.config import validate_config
 from studio.context import StudioContext, default_run_config
 
 

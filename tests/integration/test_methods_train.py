@@ -6,11 +6,11 @@ import re
 import pytest
 import torch
 
-from backend.config import RunConfig
+from backend.core.config import RunConfig
 from backend.methods import (
     METHODS, count_parameters, create_optimizer, exact_counts, load_trainable_model, validate_for_model,
 )
-from backend.models import load_model_config
+from backend.core.models import load_model_config
 from tests.method_steps import snapshot, train_steps
 
 # Which parameter names each method must train, and nothing else.

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend import runs
-from backend.config import RunConfig
-from backend.models import load_causal_lm
+from backend.runs import rundir
+from backend.core.config import RunConfig
+from backend.core.models import load_causal_lm
 
 from tests.samples import small_copy
 
@@ -30,11 +30,11 @@ def config(model_dir, data: Path, objective: str, alignment: dict, steps: int = 
 
 
 def train(workspace: Path, cfg: RunConfig) -> tuple[Path, list[dict]]:
-    from backend.train import run
+    from backend.training.run import run
 
-    run_dir = runs.create_run(workspace, cfg)
-    assert run(run_dir) == 0, runs.read_status(run_dir).get("error")
-    return run_dir, runs.read_events(run_dir)[0]
+    run_dir = rundir.create_run(workspace, cfg)
+    assert run(run_dir) == 0, rundir.read_status(run_dir).get("error")
+    return run_dir, rundir.read_events(run_dir)[0]
 
 
 def test_grpo_learns_from_a_studio_reward_model_and_only_the_adapter_moves(tiny_model_dir, tmp_path):
@@ -59,7 +59,7 @@ def test_grpo_learns_from_a_studio_reward_model_and_only_the_adapter_moves(tiny_
     assert any(e["grad_norm"] > 0 for e in events if e["type"] == "train")
     assert all(e["tokens_per_s"] > 0 for e in events if e["type"] == "train" and e["step"] > 1)  # the speed readout
 
-    adapter = runs.adapter_dir(run_dir)
+    adapter = rundir.adapter_dir(run_dir)
     weights = load_file(str(adapter / "adapter_model.safetensors"))
     assert weights and all("lora_" in k for k in weights)
     assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)  # B moved off zero
@@ -83,27 +83,27 @@ def test_rloo_trains_on_pattern_and_reference_rewards(tiny_model_dir, tmp_path):
     alignment = [e for e in events if e["type"] == "alignment"]
     assert len(alignment) == 2
     assert all("rewards/pattern/mean" in e and "rewards/reference_overlap/mean" in e for e in alignment)
-    assert (runs.adapter_dir(run_dir) / "adapter_model.safetensors").exists()
-    assert runs.read_status(run_dir)["state"] == "completed"
+    assert (rundir.adapter_dir(run_dir) / "adapter_model.safetensors").exists()
+    assert rundir.read_status(run_dir)["state"] == "completed"
 
 
 def test_grpo_on_plain_text_fails_with_a_sentence(tiny_model_dir, tmp_path):
-    from backend.train import run
+    from backend.training.run import run
 
     data = tmp_path / "corpus.txt"
     data.write_text("Plain text with no prompts at all.\n" * 6)
     cfg = config(tiny_model_dir, data, "grpo", {"reward_reference": True})
-    run_dir = runs.create_run(tmp_path / "ws", cfg)
+    run_dir = rundir.create_run(tmp_path / "ws", cfg)
     assert run(run_dir) == 1
-    error = runs.read_status(run_dir)["error"]
+    error = rundir.read_status(run_dir)["error"]
     assert "plain text" in error and "Dataset tab" in error
 
 
 def test_grpo_refuses_a_reward_run_that_is_not_a_reward_model(tiny_model_dir, tmp_path):
-    from backend.objectives import validate_objective
+    from backend.objectives.trainers import validate_objective
 
     ws = tmp_path / "ws"
-    sft_run = runs.create_run(ws, config(tiny_model_dir, tmp_path / "x.jsonl", "sft", {}))
+    sft_run = rundir.create_run(ws, config(tiny_model_dir, tmp_path / "x.jsonl", "sft", {}))
     (sft_run / "adapter").mkdir()
     cfg = config(tiny_model_dir, tmp_path / "x.jsonl", "grpo", {"reward_model": str(sft_run)})
     problems = validate_objective(cfg)
@@ -132,7 +132,7 @@ def test_grpo_with_qlora_full_and_a_kl_penalty(tiny_model_dir, tiny_reward_model
     run_dir, events = train(tmp_path / "ws", cfg)
     alignment = [e for e in events if e["type"] == "alignment"]
     assert len(alignment) == 2 and all(("kl" in e) == (kl > 0) for e in alignment)
-    adapter = runs.adapter_dir(run_dir)
+    adapter = rundir.adapter_dir(run_dir)
     assert not (adapter / "ref").exists()  # the KL reference copy is not part of what was trained
     if method == "full":
         base = dict(load_causal_lm(str(tiny_model_dir), dtype=torch.float32).named_parameters())
@@ -143,20 +143,20 @@ def test_grpo_with_qlora_full_and_a_kl_penalty(tiny_model_dir, tiny_reward_model
 
 
 def test_grpo_stops_on_request_and_resumes_from_its_checkpoint(tiny_model_dir, tiny_reward_model, tmp_path):
-    from backend.train import run
+    from backend.training.run import run
 
     prompts = small_copy(tmp_path, "instructions.jsonl", 8)
     cfg = config(tiny_model_dir, prompts, "grpo", {"reward_model": str(tiny_reward_model)}, steps=3)
     cfg.train.save_steps = 1
-    run_dir = runs.create_run(tmp_path / "ws", cfg)
-    runs.request_stop(run_dir)  # honoured at the end of the first step
-    assert run(run_dir) == 0 and runs.read_status(run_dir)["state"] == "stopped"
-    assert runs.last_checkpoint(run_dir).name == "checkpoint-1"
-    runs.clear_stop_request(run_dir)
+    run_dir = rundir.create_run(tmp_path / "ws", cfg)
+    rundir.request_stop(run_dir)  # honoured at the end of the first step
+    assert run(run_dir) == 0 and rundir.read_status(run_dir)["state"] == "stopped"
+    assert rundir.last_checkpoint(run_dir).name == "checkpoint-1"
+    rundir.clear_stop_request(run_dir)
     assert run(run_dir, resume=True) == 0
-    status = runs.read_status(run_dir)
+    status = rundir.read_status(run_dir)
     assert status["state"] == "completed" and status["step"] == 3
-    assert [e["step"] for e in runs.read_events(run_dir)[0] if e["type"] == "alignment"] == [1, 2, 3]
+    assert [e["step"] for e in rundir.read_events(run_dir)[0] if e["type"] == "alignment"] == [1, 2, 3]
 
 
 def test_score_command_ranks_answers_and_measures_pair_accuracy(tiny_reward_model, tmp_path, capsys):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from backend import queue as q
-from backend import runs
+from backend.runs import queue as q
+from backend.runs import rundir
 from tests.integration.test_train_runner import tiny_config, wait_until
 
 pytestmark = pytest.mark.timeout(600)
@@ -48,10 +48,10 @@ def test_queue_runs_in_order_survives_a_failure_and_a_restart(tmp_path, tiny_mod
     assert "no usable rows" in final[ids[1]]["error"].lower()
     assert "deleted-model" in final[ids[2]]["error"] and "run_dir" not in final[ids[2]]
     last_dir = Path(final[ids[3]]["run_dir"])
-    assert (runs.adapter_dir(last_dir) / "adapter_config.json").is_file()
+    assert (rundir.adapter_dir(last_dir) / "adapter_config.json").is_file()
     # One training at a time: each run started after the one before had ended.
-    a, b, c = (runs.read_status(Path(final[i]["run_dir"])) for i in (ids[0], ids[1], ids[3]))
-    assert runs.parse_iso(a["ended"]) <= runs.parse_iso(b["started"])
-    assert runs.parse_iso(b["ended"]) <= runs.parse_iso(c["started"])
-    assert len(runs.list_runs(ws)) == 3
+    a, b, c = (rundir.read_status(Path(final[i]["run_dir"])) for i in (ids[0], ids[1], ids[3]))
+    assert rundir.parse_iso(a["ended"]) <= rundir.parse_iso(b["started"])
+    assert rundir.parse_iso(b["ended"]) <= rundir.parse_iso(c["started"])
+    assert len(rundir.list_runs(ws)) == 3
     assert events[-1] == {"kind": "queue_end", "completed": 2, "not_completed": 2}

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from backend import runner, runs
+from backend.runs import runner
+from backend.runs import rundir
 from tests.integration.test_train_runner import tiny_config
 
 pytestmark = pytest.mark.timeout(300)
@@ -18,7 +19,7 @@ def test_tensorboard_event_files_hold_the_logged_training_losses(tmp_path, tiny_
     assert runner.wait_for_run(run_dir, timeout=240)["state"] == "completed"
     files = list((run_dir / "tb").rglob("events.out.tfevents.*"))
     assert files, f"no event files under {run_dir / 'tb'}"
-    logged = {e["step"]: e["loss"] for e in runs.read_events(run_dir)[0]
+    logged = {e["step"]: e["loss"] for e in rundir.read_events(run_dir)[0]
               if e.get("type") == "train" and e.get("loss") is not None}
     acc = EventAccumulator(str(files[0].parent))
     acc.Reload()

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from backend import cli, runs
-from backend.config import save_config
+from backend import cli
+from backend.runs import rundir
+from backend.core.config import save_config
 from tests.integration.test_train_runner import tiny_config
 
 pytestmark = pytest.mark.timeout(400)
@@ -24,9 +25,9 @@ def test_a_queue_of_two_where_one_fails_prints_both_run_dirs_and_exits_1(tmp_pat
     out = capsys.readouterr()
     lines = out.out.strip().splitlines()
     assert code == 1 and len(lines) == 2
-    assert runs.read_status(Path(lines[0]))["state"] == "failed" and "gone.jsonl" in out.err
-    assert runs.read_status(Path(lines[1]))["state"] == "completed"
-    assert (runs.adapter_dir(Path(lines[1])) / "adapter_config.json").is_file()
+    assert rundir.read_status(Path(lines[0]))["state"] == "failed" and "gone.jsonl" in out.err
+    assert rundir.read_status(Path(lines[1]))["state"] == "completed"
+    assert (rundir.adapter_dir(Path(lines[1])) / "adapter_config.json").is_file()
 
 
 def test_a_bad_config_exits_2_and_starts_nothing(tmp_path, capsys):
@@ -34,7 +35,7 @@ def test_a_bad_config_exits_2_and_starts_nothing(tmp_path, capsys):
     code = cli.main(["train", str(tmp_path / "bad.yaml"), "--workspace", str(tmp_path / "ws"), "--json"])
     out = capsys.readouterr()
     assert code == 2 and "learning_rat" in json.loads(out.out)["error"]
-    assert runs.list_runs(tmp_path / "ws") == []
+    assert rundir.list_runs(tmp_path / "ws") == []
 
 
 def test_sigterm_to_the_command_stops_its_training_instead_of_orphaning_it(tmp_path, tiny_model_dir):
@@ -44,7 +45,7 @@ def test_sigterm_to_the_command_stops_its_training_instead_of_orphaning_it(tmp_p
     import sys
     import time
 
-    from backend import runner
+    from backend.runs import runner
 
     cfg = tiny_config(tiny_model_dir, tmp_path, with_validation=False, max_steps=200)
     save_config(cfg, tmp_path / "long.yaml")
@@ -54,8 +55,8 @@ def test_sigterm_to_the_command_stops_its_training_instead_of_orphaning_it(tmp_p
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        found = runs.list_runs(tmp_path / "ws")
-        if found and any(e.get("type") == "train" for e in runs.read_events(Path(found[0]["dir"]))[0]):
+        found = rundir.list_runs(tmp_path / "ws")
+        if found and any(e.get("type") == "train" for e in rundir.read_events(Path(found[0]["dir"]))[0]):
             break
         time.sleep(0.5)
     else:
@@ -64,6 +65,6 @@ def test_sigterm_to_the_command_stops_its_training_instead_of_orphaning_it(tmp_p
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     run_dir = Path(out.strip().splitlines()[-1])
-    status = runs.read_status(run_dir)
+    status = rundir.read_status(run_dir)
     assert status["state"] == "stopped"
     assert not runner._group_alive(status["pgid"])

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from backend import runner, runs
-from backend.config import RunConfig
+from backend.runs import runner
+from backend.runs import rundir
+from backend.core.config import RunConfig
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -51,7 +52,7 @@ def wait_until(predicate, timeout: float = 240.0, poll: float = 0.2):
 
 
 def events_of(run_dir: Path, kind: str) -> list[dict]:
-    return [e for e in runs.read_events(run_dir)[0] if e.get("type") == kind]
+    return [e for e in rundir.read_events(run_dir)[0] if e.get("type") == kind]
 
 
 def group_gone(pgid: int) -> bool:
@@ -75,7 +76,7 @@ def test_lora_loss_falls_early_stopping_triggers_and_the_best_adapter_loads(tmp_
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-    adapter = runs.adapter_dir(run_dir)
+    adapter = rundir.adapter_dir(run_dir)
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), str(adapter))
     assert any("lora_A" in n for n, _ in model.named_parameters())
@@ -83,7 +84,7 @@ def test_lora_loss_falls_early_stopping_triggers_and_the_best_adapter_loads(tmp_
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["seed"] == 42 and meta["versions"]["transformers"] and "ftstudio train" in meta["command"]
     assert list((run_dir / "tb").rglob("events.out.tfevents*")), "TensorBoard event files are written"
-    row = runs.list_runs(tmp_path / "ws")[0]
+    row = rundir.list_runs(tmp_path / "ws")[0]
     assert row["state"] == "completed" and row["best_val_loss"] == status["best_val_loss"]
 
 
@@ -95,12 +96,12 @@ def test_graceful_stop_after_a_ui_restart_saves_checkpoint_and_adapter(tmp_path,
     # The UI restarted: it knows nothing but the workspace.
     active = runner.find_active_runs(ws)
     assert [a["id"] for a in active] == [run_dir.name]
-    pgid = runs.read_status(run_dir)["pgid"]
+    pgid = rundir.read_status(run_dir)["pgid"]
     status = runner.stop_run(Path(active[0]["dir"]), timeout=120)
     assert status["state"] == "stopped" and "error" not in status, status
     assert status["step"] < 200
-    assert runs.last_checkpoint(run_dir).name == f"checkpoint-{status['step']}"
-    assert (runs.adapter_dir(run_dir) / "adapter_model.safetensors").is_file()
+    assert rundir.last_checkpoint(run_dir).name == f"checkpoint-{status['step']}"
+    assert (rundir.adapter_dir(run_dir) / "adapter_model.safetensors").is_file()
     assert wait_until(lambda: group_gone(pgid), 10)
 
 
@@ -111,11 +112,11 @@ def test_forced_stop_kills_a_hung_trainer_and_its_children_keeping_the_checkpoin
     run_dir = runner.start_run(tmp_path / "ws", tiny_config(tiny_model_dir, tmp_path, with_validation=False))
     child_file = run_dir / "fault_child.pid"
     wait_until(child_file.exists)
-    child, pgid = int(child_file.read_text()), runs.read_status(run_dir)["pgid"]
+    child, pgid = int(child_file.read_text()), rundir.read_status(run_dir)["pgid"]
     status = runner.stop_run(run_dir, timeout=2)
     assert status["state"] == "stopped" and "killed" in status["error"] and "checkpoint-2" in status["error"]
-    assert runs.last_checkpoint(run_dir).name == "checkpoint-2"
-    assert wait_until(lambda: not runs.pid_alive(child) and group_gone(pgid), 10)
+    assert rundir.last_checkpoint(run_dir).name == "checkpoint-2"
+    assert wait_until(lambda: not rundir.pid_alive(child) and group_gone(pgid), 10)
 
 
 def test_killed_from_outside_reads_failed_then_resume_continues_from_the_checkpoint(tmp_path, tiny_model_dir,
@@ -124,10 +125,10 @@ def test_killed_from_outside_reads_failed_then_resume_continues_from_the_checkpo
     cfg = tiny_config(tiny_model_dir, tmp_path, with_validation=False, max_steps=8)
     run_dir = runner.start_run(tmp_path / "ws", cfg)
     wait_until(lambda: events_of(run_dir, "checkpoint"))
-    os.killpg(runs.read_status(run_dir)["pgid"], signal.SIGKILL)
-    status = wait_until(lambda: (s := runs.read_status(run_dir))["state"] == "failed" and s)
+    os.killpg(rundir.read_status(run_dir)["pgid"], signal.SIGKILL)
+    status = wait_until(lambda: (s := rundir.read_status(run_dir))["state"] == "failed" and s)
     assert "killed or crashed" in status["error"]
-    checkpoint = runs.last_checkpoint(run_dir)
+    checkpoint = rundir.last_checkpoint(run_dir)
     assert checkpoint is not None
     resumed_from = int(checkpoint.name.split("-")[1])
 
@@ -136,7 +137,7 @@ def test_killed_from_outside_reads_failed_then_resume_continues_from_the_checkpo
     status = runner.wait_for_run(run_dir, timeout=300)
     assert status["state"] == "completed", (run_dir / "train.log").read_text()[-3000:]
     assert status["step"] == 8
-    events = runs.read_events(run_dir)[0]
+    events = rundir.read_events(run_dir)[0]
     resume_at = next(i for i, e in enumerate(events) if e["type"] == "resume")
     after = [e["step"] for e in events[resume_at:] if e["type"] == "train"]
     assert after and min(after) == resumed_from + 1

@@ -7,20 +7,20 @@ from pathlib import Path
 
 import gradio as gr
 
-from backend import runs
-from backend.config import RunConfig
+from backend.runs import rundir
+from backend.core.config import RunConfig
 from studio.context import StudioContext, default_run_config
 from studio.plots import RunSeries, smooth
 from studio.tabs import train as tab
 
 
 def fake_running_run(workspace: Path) -> Path:
-    run_dir = runs.create_run(workspace, RunConfig(name="live"))
-    runs.write_status(run_dir, state="running", pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()),
-                      started=runs.now_iso())
-    runs.append_event(run_dir, {"type": "train_begin", "step": 0, "total_steps": 10})
+    run_dir = rundir.create_run(workspace, RunConfig(name="live"))
+    rundir.write_status(run_dir, state="running", pid=os.getpid(), pid_start=rundir.process_start_time(os.getpid()),
+                      started=rundir.now_iso())
+    rundir.append_event(run_dir, {"type": "train_begin", "step": 0, "total_steps": 10})
     for step, loss in ((1, 3.0), (2, 2.5)):
-        runs.append_event(run_dir, {"type": "train", "step": step, "epoch": step / 10, "loss": loss,
+        rundir.append_event(run_dir, {"type": "train", "step": step, "epoch": step / 10, "loss": loss,
                                     "lr": 1e-3, "grad_norm": 1.0, "tokens_per_s": 100.0})
     return run_dir
 
@@ -48,8 +48,8 @@ def test_a_restarted_ui_finds_the_running_run_and_tails_only_new_events(tmp_path
     offset = live["offset"]
     live, changed, _ = tab.refresh_live(live, tmp_path)
     assert not changed and live["offset"] == offset
-    runs.append_event(run_dir, {"type": "train", "step": 3, "loss": 2.0})
-    runs.append_event(run_dir, {"type": "eval", "step": 3, "val_loss": 2.2, "best_val_loss": 2.2, "best_step": 3})
+    rundir.append_event(run_dir, {"type": "train", "step": 3, "loss": 2.0})
+    rundir.append_event(run_dir, {"type": "eval", "step": 3, "val_loss": 2.2, "best_val_loss": 2.2, "best_step": 3})
     live, changed, _ = tab.refresh_live(live, tmp_path)
     assert changed and live["series"].loss == [3.0, 2.5, 2.0] and live["series"].val_loss == [2.2]
     assert "step 3 / 10" in tab.progress_html(live["series"], status)
@@ -59,7 +59,7 @@ def test_a_malformed_events_line_is_skipped_and_the_view_keeps_going(tmp_path):
     run_dir = fake_running_run(tmp_path)
     with open(run_dir / "events.jsonl", "a") as fh:
         fh.write("{{{ not json\n")
-    runs.append_event(run_dir, {"type": "train", "step": 3, "loss": 1.0})
+    rundir.append_event(run_dir, {"type": "train", "step": 3, "loss": 1.0})
     live, _, _ = tab.refresh_live(tab.new_live(str(run_dir)), tmp_path)
     assert live["series"].steps == [1, 2, 3]
 
@@ -69,7 +69,7 @@ def test_a_run_directory_deleted_while_viewed_says_so_and_leaves_the_list(tmp_pa
     live, _, _ = tab.refresh_live(tab.new_live(str(run_dir)), tmp_path)
     shutil.rmtree(run_dir)
     live, changed, status = tab.refresh_live(live, tmp_path)
-    assert status["state"] == runs.MISSING and not changed
+    assert status["state"] == rundir.MISSING and not changed
     assert "no longer exists" in tab.state_sentence(run_dir.name, status)
     assert tab.runs_rows(tmp_path) == []
 

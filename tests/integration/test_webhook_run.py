@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from backend import runner, runs
-from backend.config import RunConfig
-from backend.train import notify_end
+from backend.runs import runner
+from backend.runs import rundir
+from backend.core.config import RunConfig
+from backend.training.run import notify_end
 from tests.integration.test_train_runner import tiny_config, wait_until
 
 pytestmark = pytest.mark.timeout(300)
@@ -52,15 +53,15 @@ def test_a_finished_run_posts_its_state_to_the_webhook(tmp_path, tiny_model_dir)
     assert body["run_id"] == run_dir.name and body["state"] == "completed"
     assert isinstance(body["duration_s"], (int, float)) and body["duration_s"] >= 0
     assert "best_val_loss" in body
-    wait_until(lambda: "Webhook delivered" in (run_dir / runs.LOG_FILE).read_text(), timeout=30)
+    wait_until(lambda: "Webhook delivered" in (run_dir / rundir.LOG_FILE).read_text(), timeout=30)
 
 
 def test_a_hanging_webhook_is_given_up_on_and_logged(tmp_path, capsys):
     srv, received = hook_server(delay=5.0)
     try:
         cfg = RunConfig.model_validate({"notify": {"webhook": f"http://127.0.0.1:{srv.server_port}/slow"}})
-        run_dir = runs.create_run(tmp_path / "ws", cfg)
-        runs.write_status(run_dir, state="failed", error="it broke", started=runs.now_iso(), ended=runs.now_iso())
+        run_dir = rundir.create_run(tmp_path / "ws", cfg)
+        rundir.write_status(run_dir, state="failed", error="it broke", started=rundir.now_iso(), ended=rundir.now_iso())
         t0 = time.monotonic()
         notify_end(run_dir, wait_s=1.0)
         took = time.monotonic() - t0
@@ -69,13 +70,13 @@ def test_a_hanging_webhook_is_given_up_on_and_logged(tmp_path, capsys):
     assert took < 3.0
     assert received and received[0]["state"] == "failed" and received[0]["error"] == "it broke"
     assert "Webhook not delivered" in capsys.readouterr().out
-    assert runs.read_status(run_dir)["state"] == "failed"
+    assert rundir.read_status(run_dir)["state"] == "failed"
 
 
 def test_an_unreachable_webhook_is_logged_as_a_sentence(tmp_path, capsys):
     cfg = RunConfig.model_validate({"notify": {"webhook": "http://127.0.0.1:9/nothing-listens"}})
-    run_dir = runs.create_run(tmp_path / "ws", cfg)
-    runs.write_status(run_dir, state="completed")
+    run_dir = rundir.create_run(tmp_path / "ws", cfg)
+    rundir.write_status(run_dir, state="completed")
     notify_end(run_dir, wait_s=4.0)
     out = capsys.readouterr().out
     assert "Webhook not delivered" in out and "could not be reached" in out

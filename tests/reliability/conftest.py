@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import pytest
 
-from backend import runner
+from backend.runs import runner
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,12 +24,12 @@ FAKE_TRAINER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     sys.path.insert(0, {repo!r})
-    from backend import runs
+    from backend.runs import rundir
     run_dir = Path(sys.argv[1])
-    runs.write_status(run_dir, state="running")
-    while not runs.stop_requested(run_dir):
+    rundir.write_status(run_dir, state="running")
+    while not rundir.stop_requested(run_dir):
         time.sleep(0.05)
-    runs.write_status(run_dir, state="stopped", ended=runs.now_iso())
+    rundir.write_status(run_dir, state="stopped", ended=rundir.now_iso())
 """)
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from backend import io_utils, runs
-from backend.config import RunConfig, load_config, save_config
+from backend.core import io as io_utils
+from backend.runs import rundir
+from backend.core.config import RunConfig, load_config, save_config
 from tests.reliability.conftest import REPO
 
 pytestmark = pytest.mark.timeout(120)
@@ -33,20 +34,20 @@ WRITER = textwrap.dedent("""
     kind, target = sys.argv[1], Path(sys.argv[2])
     def blob(v): return (v * {big})
     if kind == "status":
-        from backend import runs
-        write = lambda v: runs.write_status(target, note=blob(v))
+        from backend.runs import rundir
+        write = lambda v: rundir.write_status(target, note=blob(v))
     elif kind == "config":
-        from backend.config import RunConfig, save_config
+        from backend.core.config import RunConfig, save_config
         write = lambda v: save_config(RunConfig.model_validate({{"data": {{"system_prompt": blob(v)}}}}),
                                       target / "config.yaml")
     elif kind == "queue":
-        from backend import queue
+        from backend.runs import queue
         write = lambda v: queue._save(target, {{"entries": [], "marker": blob(v)}})
     elif kind == "preset":
-        from backend.presets import save_preset
+        from backend.core.presets import save_preset
         write = lambda v: save_preset("mine", {{"data": {{"system_prompt": blob(v)}}}}, user=target)
     elif kind == "eval":
-        from backend.io_utils import atomic_write_json
+        from backend.core.io import atomic_write_json
         write = lambda v: atomic_write_json(target / "eval.json", {{"samples": [blob(v)]}})
     elif kind == "naive":  # the control: what a plain write does when killed half-way
         import time
@@ -119,9 +120,9 @@ def test_the_kill_loop_does_catch_a_plain_write_half_way(target):
 
 @pytest.mark.parametrize("where", ["write", "fsync", "replace"])
 def test_a_failure_inside_the_write_keeps_the_old_file_and_no_temp(tmp_path, monkeypatch, where):
-    run_dir = runs.create_run(tmp_path / "ws", RunConfig(name="old"))
-    before_status = (run_dir / runs.STATUS_FILE).read_text()
-    before_config = (run_dir / runs.CONFIG_FILE).read_text()
+    run_dir = rundir.create_run(tmp_path / "ws", RunConfig(name="old"))
+    before_status = (run_dir / rundir.STATUS_FILE).read_text()
+    before_config = (run_dir / rundir.CONFIG_FILE).read_text()
     boom = OSError(28, "No space left on device (injected)")
 
     if where == "write":
@@ -152,24 +153,24 @@ def test_a_failure_inside_the_write_keeps_the_old_file_and_no_temp(tmp_path, mon
         monkeypatch.setattr(io_utils.os, "replace", lambda a, b: (_ for _ in ()).throw(boom))
 
     with pytest.raises(OSError):
-        runs.write_status(run_dir, state="running", note="new" * 1000)
+        rundir.write_status(run_dir, state="running", note="new" * 1000)
     with pytest.raises(OSError):
-        save_config(RunConfig(name="new"), run_dir / runs.CONFIG_FILE)
+        save_config(RunConfig(name="new"), run_dir / rundir.CONFIG_FILE)
     monkeypatch.undo()
-    assert (run_dir / runs.STATUS_FILE).read_text() == before_status
-    assert (run_dir / runs.CONFIG_FILE).read_text() == before_config
-    assert load_config(run_dir / runs.CONFIG_FILE).name == "old"
+    assert (run_dir / rundir.STATUS_FILE).read_text() == before_status
+    assert (run_dir / rundir.CONFIG_FILE).read_text() == before_config
+    assert load_config(run_dir / rundir.CONFIG_FILE).name == "old"
     assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")], "no temp file left behind"
 
 
-# Plain writes that are fine, and why. Anything else that writes a file must use backend.io_utils.
+# Plain writes that are fine, and why. Anything else that writes a file must use backend.core.io.
 PLAIN_WRITES_ALLOWED = {
-    ("backend/io_utils.py", "os.fdopen"): "the atomic writer itself (writes a temp file, then os.replace)",
-    ("backend/callbacks.py", "fault_child.pid"): "test-only fault injection",
-    ("backend/models.py", "_file_lock"): "a lock file; its content is never read",
-    ("backend/queue.py", "aside.write_bytes"): "a copy of a bad queue file set aside under a new name",
-    ("backend/merge.py", "_MERGED_MARK"): "written into a temp directory that is swapped in with os.replace",
-    ("backend/models.py", "_CONVERTED_MARK"): "written into a temp directory that is swapped in with os.replace",
+    ("backend/core/io.py", "os.fdopen"): "the atomic writer itself (writes a temp file, then os.replace)",
+    ("backend/training/callbacks.py", "fault_child.pid"): "test-only fault injection",
+    ("backend/core/models.py", "_file_lock"): "a lock file; its content is never read",
+    ("backend/runs/queue.py", "aside.write_bytes"): "a copy of a bad queue file set aside under a new name",
+    ("backend/export/merge.py", "_MERGED_MARK"): "written into a temp directory that is swapped in with os.replace",
+    ("backend/core/models.py", "_CONVERTED_MARK"): "written into a temp directory that is swapped in with os.replace",
     ("studio/tabs/dataset.py", "Exclusive"): "an upload copied to a new name (exclusive create); nothing points "
                                              "at it until the copy has returned",
 }
@@ -191,4 +192,4 @@ def test_every_json_and_yaml_writer_goes_through_the_atomic_helpers():
                 if re.search(r"open\([^)]*[\"']ab?[\"']", line) and re.search(r"lock|LOG_FILE|\.log", line):
                     continue  # appending to a log, or a lock file for flock: never read back as a whole
                 offenders.append(f"{rel}:{n}: {line.strip()}")
-    assert not offenders, "plain writes (use backend.io_utils.atomic_write_*):\n" + "\n".join(offenders)
+    assert not offenders, "plain writes (use backend.core.io.atomic_write_*):\n" + "\n".join(offenders)

@@ -1,4 +1,4 @@
-"""The bad-input corpus, generated at test time, through backend.data.load_rows: every file ends in a
+"""The bad-input corpus, generated at test time, through backend.data.records.load_rows: every file ends in a
 sentence (UserError) or a clean load with skipped-row counts, within a time bound and a memory bound."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Callable
 
 import pytest
 
-from backend.data import load_rows
-from backend.errors import UserError
+from backend.data.records import load_rows
+from backend.core.errors import UserError
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from backend import models, runs
-from backend.config import RunConfig
-from backend.errors import UserError
-from backend.security import is_within, safe_filename, safe_join
+from backend.core import models
+from backend.runs import rundir
+from backend.core.config import RunConfig
+from backend.core.errors import UserError
+from backend.core.security import is_within, safe_filename, safe_join
 
 HOSTILE_NAMES = ["../../etc/passwd", "..", ".", "/etc/passwd", "..\\..\\windows\\system32", "a/../../b",
                  "~/.ssh/id_rsa", "name\x00.jsonl", "café données 🙂.jsonl", "  spaced  name .csv", "-rf",
@@ -48,10 +49,10 @@ def test_safe_join_refuses_escapes_and_allows_plain_names(tmp_path):
 def test_run_names_cannot_escape_the_runs_folder(tmp_path, name):
     ws = tmp_path / "ws"
     cfg = RunConfig(name=name[:80] or None)
-    run_dir = runs.create_run(ws, cfg)
-    assert run_dir.parent == runs.runs_root(ws) and is_within(runs.runs_root(ws), run_dir)
+    run_dir = rundir.create_run(ws, cfg)
+    assert run_dir.parent == rundir.runs_root(ws) and is_within(rundir.runs_root(ws), run_dir)
     assert all(c.isalnum() or c == "-" for c in run_dir.name) and run_dir.name.isascii()
-    assert runs.read_status(run_dir)["name"] == (name[:80] or None), "the label is kept as text, not as a path"
+    assert rundir.read_status(run_dir)["name"] == (name[:80] or None), "the label is kept as text, not as a path"
     assert sorted(p.name for p in ws.rglob("*") if p.is_dir()) == sorted(["runs", run_dir.name])
 
 
@@ -72,7 +73,7 @@ def test_uploads_are_copied_inside_the_workspace_uploads_folder(tmp_path, upload
 
 
 def test_preset_names_cannot_escape_the_presets_folder(tmp_path):
-    from backend.presets import save_preset
+    from backend.core.presets import save_preset
 
     for name in ("../../escape", "/etc/cron.d/x", "a/../../b"):
         path = save_preset(name, {"train": {"epochs": 1}}, user=tmp_path / "presets")
@@ -161,7 +162,7 @@ def test_a_model_with_only_pickled_weights_is_refused_with_a_sentence(tmp_path, 
 
 
 def test_an_adapter_with_only_pickled_weights_is_refused_before_peft_falls_back_to_it(tmp_path):
-    from backend.merge import locate_adapter
+    from backend.export.merge import locate_adapter
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()

@@ -7,8 +7,9 @@ import urllib.parse
 
 import pytest
 
-from backend import runner, runs
-from backend.config import RunConfig
+from backend.runs import runner
+from backend.runs import rundir
+from backend.core.config import RunConfig
 from tests.reliability.conftest import http_get, wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -23,11 +24,11 @@ def test_ui_killed_and_restarted_mid_run_finds_the_run_again(tmp_path, studio_fa
     first = studio_factory(ws).start()
     assert "http://127.0.0.1:" in first.log.read_text(), "the default bind is loopback"
     run_dir = runner.start_run(ws, RunConfig(name="survives the ui"))
-    wait_until(lambda: runs.read_status(run_dir)["state"] == "running", 30)
-    pid = runs.read_status(run_dir)["pid"]
+    wait_until(lambda: rundir.read_status(run_dir)["state"] == "running", 30)
+    pid = rundir.read_status(run_dir)["pid"]
 
     first.kill()
-    assert runs.pid_alive(pid), "the training process does not depend on the UI process"
+    assert rundir.pid_alive(pid), "the training process does not depend on the UI process"
 
     second = studio_factory(ws).start()
     try:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from backend import runner, runs, train
+from backend.runs import runner
+from backend.runs import rundir
+from backend.training import run as train
 from studio.plots import RunSeries
 from tests.integration.test_train_runner import tiny_config
 from tests.reliability.conftest import wait_until
@@ -30,7 +32,7 @@ def train_steps(events: list[dict]) -> list[int]:
 
 
 def assert_curve_joins(run_dir: Path, resumed_from: int, total: int) -> None:
-    events = runs.read_events(run_dir)[0]
+    events = rundir.read_events(run_dir)[0]
     at = max(i for i, e in enumerate(events) if e["type"] == "resume")
     before, after = train_steps(events[:at]), train_steps(events[at:])
     assert set(range(1, resumed_from + 1)) <= set(before), "nothing up to the checkpoint was lost"
@@ -56,12 +58,12 @@ def test_sigkill_at_a_random_step_keeps_the_checkpoint_and_resume_joins_the_curv
     monkeypatch.setenv("FTSTUDIO_FAULT", "slow@250")
     cfg = tiny_config(tiny_model_dir, tmp_path, with_validation=False, max_steps=MAX_STEPS)
     run_dir = runner.start_run(tmp_path / "ws", cfg)
-    wait_until(lambda: [s for s in train_steps(runs.read_events(run_dir)[0]) if s >= kill_at], 240)
-    os.killpg(runs.read_status(run_dir)["pgid"], signal.SIGKILL)
+    wait_until(lambda: [s for s in train_steps(rundir.read_events(run_dir)[0]) if s >= kill_at], 240)
+    os.killpg(rundir.read_status(run_dir)["pgid"], signal.SIGKILL)
 
-    status = wait_until(lambda: (s := runs.read_status(run_dir))["state"] == "failed" and s, 30)
-    checkpoint = runs.last_checkpoint(run_dir)
-    assert checkpoint is not None and runs.checkpoint_problem(checkpoint) is None
+    status = wait_until(lambda: (s := rundir.read_status(run_dir))["state"] == "failed" and s, 30)
+    checkpoint = rundir.last_checkpoint(run_dir)
+    assert checkpoint is not None and rundir.checkpoint_problem(checkpoint) is None
     assert "killed or crashed" in status["error"] and f"({checkpoint.name}, kept)" in status["error"]
     resumed_from = int(checkpoint.name.split("-")[1])
     assert resumed_from >= 2
@@ -73,10 +75,10 @@ def test_sigkill_at_a_random_step_keeps_the_checkpoint_and_resume_joins_the_curv
     assert status["step"] == MAX_STEPS
     assert_curve_joins(run_dir, resumed_from, MAX_STEPS)
 
-    from backend.merge import merge_adapter
+    from backend.export.merge import merge_adapter
     merged = tmp_path / "merged"
     merge_adapter(run_dir, merged)
-    assert_safetensors_only(runs.adapter_dir(run_dir), runs.checkpoints_dir(run_dir), merged)
+    assert_safetensors_only(rundir.adapter_dir(run_dir), rundir.checkpoints_dir(run_dir), merged)
 
 
 def test_disk_full_while_checkpointing_keeps_the_previous_one_and_resume_finishes(tmp_path, tiny_model_dir,
@@ -85,21 +87,21 @@ def test_disk_full_while_checkpointing_keeps_the_previous_one_and_resume_finishe
     previous = signal.getsignal(signal.SIGTERM)
     monkeypatch.setenv("FTSTUDIO_FAULT", "disk_full@save2")
     cfg = tiny_config(tiny_model_dir, tmp_path, with_validation=False, max_steps=6)
-    run_dir = runs.create_run(tmp_path / "ws", cfg)
+    run_dir = rundir.create_run(tmp_path / "ws", cfg)
     try:
         assert train.run(run_dir) == 1
-        status = runs.read_status(run_dir)
+        status = rundir.read_status(run_dir)
         assert status["state"] == "failed" and "disk is full" in status["error"]
         assert "checkpoint-2" in status["error"] and "resume" in status["error"].lower()
-        bad = runs.checkpoints_dir(run_dir) / "checkpoint-4"
-        assert bad.is_dir() and runs.checkpoint_problem(bad), "the cut-short save is recognised as such"
-        assert runs.last_checkpoint(run_dir).name == "checkpoint-2"
+        bad = rundir.checkpoints_dir(run_dir) / "checkpoint-4"
+        assert bad.is_dir() and rundir.checkpoint_problem(bad), "the cut-short save is recognised as such"
+        assert rundir.last_checkpoint(run_dir).name == "checkpoint-2"
 
         monkeypatch.delenv("FTSTUDIO_FAULT")
         assert train.run(run_dir, resume=True) == 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-    status = runs.read_status(run_dir)
+    status = rundir.read_status(run_dir)
     assert status["state"] == "completed" and status["step"] == 6
     assert_curve_joins(run_dir, 2, 6)
-    assert runs.checkpoint_problem(runs.checkpoints_dir(run_dir) / "checkpoint-6") is None
+    assert rundir.checkpoint_problem(rundir.checkpoints_dir(run_dir) / "checkpoint-6") is None

@@ -7,10 +7,10 @@ import json
 import torch
 from safetensors.torch import save_file
 
-from backend import runs
-from backend.chat import chat_choices
-from backend.config import RunConfig
-from backend.merge import locate_adapter
+from backend.runs import rundir
+from backend.inference.chat import chat_choices
+from backend.core.config import RunConfig
+from backend.export.merge import locate_adapter
 
 
 def lora_folder(path, base: str) -> None:
@@ -20,11 +20,11 @@ def lora_folder(path, base: str) -> None:
 
 
 def test_complete_checkpoints_are_offered_and_lead_back_to_their_run(tmp_path):
-    run_dir = runs.create_run(tmp_path, RunConfig.model_validate({"model": "smollm2-135m-instruct"}))
-    runs.write_status(run_dir, state="completed", method="lora")
-    lora_folder(runs.adapter_dir(run_dir), "/somewhere/base")
+    run_dir = rundir.create_run(tmp_path, RunConfig.model_validate({"model": "smollm2-135m-instruct"}))
+    rundir.write_status(run_dir, state="completed", method="lora")
+    lora_folder(rundir.adapter_dir(run_dir), "/somewhere/base")
     for step in (10, 20, 30):
-        ckpt = runs.checkpoints_dir(run_dir) / f"checkpoint-{step}"
+        ckpt = rundir.checkpoints_dir(run_dir) / f"checkpoint-{step}"
         lora_folder(ckpt, "/somewhere/base")
         if step != 30:  # the newest one was cut short: no trainer state
             (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step}))
@@ -32,7 +32,7 @@ def test_complete_checkpoints_are_offered_and_lead_back_to_their_run(tmp_path):
     values = [v for _, v in chat_choices(tmp_path)]
     ckpts = [v for v in values if "checkpoint-" in v]
     assert str(run_dir) in values
-    assert ckpts == [str(runs.checkpoints_dir(run_dir) / "checkpoint-20"), str(runs.checkpoints_dir(run_dir) / "checkpoint-10")]
+    assert ckpts == [str(rundir.checkpoints_dir(run_dir) / "checkpoint-20"), str(rundir.checkpoints_dir(run_dir) / "checkpoint-10")]
     labels = [label for label, v in chat_choices(tmp_path) if v == ckpts[0]]
     assert labels and "step 20" in labels[0]
 
@@ -43,12 +43,12 @@ def test_complete_checkpoints_are_offered_and_lead_back_to_their_run(tmp_path):
 def test_reward_models_are_not_offered_for_chat_and_are_refused_with_where_to_use_them(tmp_path):
     import pytest
 
-    from backend.errors import UserError
+    from backend.core.errors import UserError
 
-    run_dir = runs.create_run(tmp_path, RunConfig.model_validate({"objective": "reward"}))
-    runs.write_status(run_dir, state="completed", method="lora")
-    lora_folder(runs.adapter_dir(run_dir), "/somewhere/base")
-    (runs.adapter_dir(run_dir) / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA",
+    run_dir = rundir.create_run(tmp_path, RunConfig.model_validate({"objective": "reward"}))
+    rundir.write_status(run_dir, state="completed", method="lora")
+    lora_folder(rundir.adapter_dir(run_dir), "/somewhere/base")
+    (rundir.adapter_dir(run_dir) / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA",
                                                                                "task_type": "SEQ_CLS"}))
     assert str(run_dir) not in [v for _, v in chat_choices(tmp_path)]
     with pytest.raises(UserError, match="reward model.*GRPO or RLOO"):

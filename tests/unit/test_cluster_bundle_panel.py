@@ -2,7 +2,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from backend.config import RunConfig
+from backend.core.config import RunConfig
 from studio.context import StudioContext
 from studio.tabs.cluster_bundle import bundle_for
 

@@ -1,6 +1,6 @@
 import pytest
 
-from backend.config import ConfigError, RunConfig, config_to_yaml, load_config, validate_config
+from backend.core.config import ConfigError, RunConfig, config_to_yaml, load_config, validate_config
 
 
 def test_defaults_round_trip_through_yaml(tmp_path):

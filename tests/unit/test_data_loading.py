@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from backend.data import RowError, load_rows, split_rows
-from backend.errors import UserError
+from backend.data.records import RowError, load_rows, split_rows
+from backend.core.errors import UserError
 
 
 def write_jsonl(path, rows):
@@ -255,8 +255,8 @@ def test_split_keeps_a_training_row_and_zero_means_none():
 
 
 def test_load_for_training_uses_validation_file_when_set(tmp_path):
-    from backend.config import DataConfig
-    from backend.data import load_for_training
+    from backend.core.config import DataConfig
+    from backend.data.records import load_for_training
 
     tr = write_jsonl(tmp_path / "t.jsonl", [{"question": f"q{i}", "answer": "a"} for i in range(10)])
     va = write_jsonl(tmp_path / "v.jsonl", [{"question": "vq", "answer": "va"}])

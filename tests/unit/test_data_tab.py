@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from backend.errors import UserError
+from backend.core.errors import UserError
 from studio.context import default_run_config
 from studio.tabs import dataset as tab
 
@@ -53,8 +53,8 @@ def test_samples_are_offered_by_file_name():
 
 @pytest.mark.parametrize("sample", ["instructions.jsonl", "preference.jsonl", "corpus.txt", "chat.jsonl"])
 def test_settings_written_by_the_tab_reload_to_the_same_rows_for_training(sample):
-    from backend.config import DataConfig
-    from backend.data import load_for_training, load_rows
+    from backend.core.config import DataConfig
+    from backend.data.records import load_for_training, load_rows
 
     path = str(tab.SAMPLES_DIR / sample)
     ds = load_rows(path)

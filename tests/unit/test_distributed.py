@@ -5,9 +5,9 @@ import sys
 import pytest
 import yaml
 
-from backend.config import RunConfig, load_config
-from backend.distributed import accelerate_config, deepspeed_config, distributed_problems, write_bundle
-from backend.errors import UserError
+from backend.core.config import RunConfig, load_config
+from backend.training.distributed import accelerate_config, deepspeed_config, distributed_problems, write_bundle
+from backend.core.errors import UserError
 
 
 def _cfg(**dist):

@@ -3,9 +3,9 @@ import time
 
 import pytest
 
-from backend.config import RunConfig
+from backend.core.config import RunConfig
 from backend.estimator import estimate
-from backend.gpu import GpuInfo
+from backend.core.gpu import GpuInfo
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 a KL penalty needs, and the sampling phase's key/value cache."""
 from __future__ import annotations
 
-from backend.config import RunConfig
+from backend.core.config import RunConfig
 from backend.estimator import estimate
 
 

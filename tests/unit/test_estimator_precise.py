@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from backend.config import RunConfig
+from backend.core.config import RunConfig
 from backend.estimator.precise import compare, fused_head_bytes, precise_estimate
 
 TOLERANCE = 0.15

@@ -3,7 +3,7 @@ import types
 
 import pytest
 
-import backend.gpu as gpu
+import backend.core.gpu as gpu
 
 
 @pytest.fixture()

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import GPT2Config, LlamaConfig
 
-from backend.config import METHOD_NAMES, MethodConfig, RunConfig
+from backend.core.config import METHOD_NAMES, MethodConfig, RunConfig
 from backend.methods import (
     METHODS, MethodSpec, always_mergeable, apply_method, available_precisions, build_meta_model, check_run,
     count_parameters, exact_counts, get_method, linear_layer_names, register, target_shortcuts,
@@ -160,9 +160,9 @@ def test_check_run_reports_ranges_and_a_missing_model_as_fields(tmp_path):
 
 
 def test_objective_and_method_mismatch_is_reported_before_training(tiny_model_dir):
-    from backend.config import RunConfig
+    from backend.core.config import RunConfig
     from backend.methods import validate_for_model
-    from backend.models import load_model_config
+    from backend.core.models import load_model_config
 
     cfg = RunConfig.model_validate({"model": str(tiny_model_dir), "objective": "dpo",
                                     "method": {"name": "prompt_tuning"}})

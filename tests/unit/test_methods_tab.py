@@ -112,7 +112,7 @@ def test_alignment_settings_are_fields_of_the_method_tab():
 
 
 def test_every_objective_explains_itself_and_every_alignment_setting_has_a_labelled_field():
-    from backend.config import OBJECTIVES, AlignmentConfig
+    from backend.core.config import OBJECTIVES, AlignmentConfig
     from studio.tabs.method import LABELS, MORE_ROWS, objective_help
 
     for name in OBJECTIVES:
@@ -123,19 +123,19 @@ def test_every_objective_explains_itself_and_every_alignment_setting_has_a_label
 
 
 def test_reward_model_choices_list_only_finished_reward_runs(tmp_path):
-    from backend import runs
-    from backend.config import RunConfig
-    from backend.online_rl import reward_runs
+    from backend.runs import rundir
+    from backend.core.config import RunConfig
+    from backend.objectives.online_rl import reward_runs
 
     ws = tmp_path / "ws"
-    done = runs.create_run(ws, RunConfig.model_validate({"objective": "reward", "name": "scorer"}))
-    runs.write_status(done, state="completed")
+    done = rundir.create_run(ws, RunConfig.model_validate({"objective": "reward", "name": "scorer"}))
+    rundir.write_status(done, state="completed")
     (done / "adapter").mkdir()
-    sft = runs.create_run(ws, RunConfig.model_validate({"objective": "sft"}))
-    runs.write_status(sft, state="completed")
+    sft = rundir.create_run(ws, RunConfig.model_validate({"objective": "sft"}))
+    rundir.write_status(sft, state="completed")
     (sft / "adapter").mkdir()
-    running = runs.create_run(ws, RunConfig.model_validate({"objective": "reward"}))
-    runs.write_status(running, state="running")
+    running = rundir.create_run(ws, RunConfig.model_validate({"objective": "reward"}))
+    rundir.write_status(running, state="running")
     choices = reward_runs(ws)
     assert [path for _, path in choices] == [str(done)]
     assert choices[0][0].startswith("scorer")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.gguf_modelfile import (CONVERSATIONS, build_modelfile, ollama_model_name, render_go_template,
+from backend.export.modelfile import (CONVERSATIONS, build_modelfile, ollama_model_name, render_go_template,
                                     render_ollama, template_equivalence)
 
 LLAMA3_TEMPLATE = (
@@ -60,7 +60,7 @@ def test_llama3_template_keeps_a_bos_the_tokenizer_does_not_add(llama3_tok):
 
 
 def test_llama3_template_drops_the_bos_llama_cpp_adds(llama3_tok, monkeypatch):
-    import backend.gguf_modelfile as modelfile
+    import backend.export.modelfile as modelfile
 
     # Llama 3's tokenizer adds BOS itself (add_bos_token in the GGUF); llama.cpp does the same,
     # so the Ollama template must not write it a second time.

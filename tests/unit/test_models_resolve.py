@@ -1,6 +1,6 @@
 import pytest
 
-from backend.models import ModelError, resolve_model
+from backend.core.models import ModelError, resolve_model
 
 
 def test_missing_directory_that_is_not_a_hub_id_is_refused_with_a_sentence(tmp_path):

@@ -3,7 +3,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-from backend.notify import post_webhook, run_end_payload, webhook_problem
+from backend.runs.notify import post_webhook, run_end_payload, webhook_problem
 
 
 def _server(handler_cls):

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from backend import online_rl
-from backend.config import ConfigError, RunConfig, validate_config
-from backend.errors import UserError
+from backend.objectives import online_rl
+from backend.core.config import ConfigError, RunConfig, validate_config
+from backend.core.errors import UserError
 
 
 def cfg(**alignment) -> RunConfig:
@@ -99,10 +99,10 @@ def test_long_prompts_are_left_out_not_cut():
 
 
 def test_a_reward_run_still_training_is_named_with_its_state(tmp_path):
-    from backend import runs
+    from backend.runs import rundir
 
-    run_dir = runs.create_run(tmp_path, RunConfig.model_validate({"objective": "reward"}))
-    runs.write_status(run_dir, state="running")
+    run_dir = rundir.create_run(tmp_path, RunConfig.model_validate({"objective": "reward"}))
+    rundir.write_status(run_dir, state="running")
     with pytest.raises(UserError, match=r"no saved model yet \(state: running\)"):
         online_rl.locate_reward_model(str(run_dir))
 

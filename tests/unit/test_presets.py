@@ -4,14 +4,14 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from backend.config import ConfigError
-from backend.errors import UserError
+from backend.core.config import ConfigError
+from backend.core.errors import UserError
 from backend.methods import validate_for_model
-from backend.presets import (
-    BUILTIN_DIR, apply_preset, list_presets, load_preset, preset_config, preset_info, sanitize_name, save_preset,
+from backend.core.presets import (
+    PRESETS_DIR, apply_preset, list_presets, load_preset, preset_config, preset_info, sanitize_name, save_preset,
 )
 
-BUILTIN = sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
+BUILTIN = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
 def test_the_issue_presets_exist_with_titles(tmp_path):

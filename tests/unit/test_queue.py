@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from backend import queue as q
-from backend import runner, runs
-from backend.config import RunConfig
-from backend.errors import UserError
+from backend.runs import queue as q
+from backend.runs import runner
+from backend.runs import rundir
+from backend.core.config import RunConfig
+from backend.core.errors import UserError
 
 
 def cfg(tmp_path: Path, name: str, model: str | None = None) -> RunConfig:
@@ -81,7 +82,7 @@ def test_an_entry_whose_model_is_gone_fails_with_a_sentence_and_the_next_starts(
     started = []
 
     def fake_start(workspace, c):
-        run_dir = runs.create_run(workspace, c)
+        run_dir = rundir.create_run(workspace, c)
         started.append(c.name)
         return run_dir
 
@@ -108,13 +109,13 @@ def test_a_busy_device_keeps_the_entry_queued(tmp_path, monkeypatch):
 def test_a_running_entry_is_marked_with_its_runs_final_state_and_the_queue_end_reported(tmp_path, monkeypatch):
     ws = tmp_path / "ws"
     monkeypatch.setattr(runner, "find_active_runs", lambda ws: [])
-    monkeypatch.setattr(runner, "start_run", lambda workspace, c: runs.create_run(workspace, c))
+    monkeypatch.setattr(runner, "start_run", lambda workspace, c: rundir.create_run(workspace, c))
     q.add_to_queue(ws, cfg(tmp_path, "one"))
     q.queue_step(ws)
     entry = q.read_queue(ws)["entries"][0]
     with pytest.raises(UserError, match="stop its run first"):
         q.remove_entry(ws, entry["id"])
-    runs.write_status(Path(entry["run_dir"]), state="out_of_memory", error="The GPU ran out of memory.")
+    rundir.write_status(Path(entry["run_dir"]), state="out_of_memory", error="The GPU ran out of memory.")
     events = q.queue_step(ws)
     assert [e["kind"] for e in events] == ["run_end", "queue_end"]
     assert events[0]["state"] == "out_of_memory"

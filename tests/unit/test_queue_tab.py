@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from backend import queue as q
-from backend import runs
-from backend.config import RunConfig, load_config
-from backend.errors import UserError
+from backend.runs import queue as q
+from backend.runs import rundir
+from backend.core.config import RunConfig, load_config
+from backend.core.errors import UserError
 from studio.tabs import train_queue as tq
 
 
@@ -43,7 +43,7 @@ def test_queue_rows_and_the_nonsense_notice(tmp_path):
 
 
 def _fake_run(ws: Path, name: str) -> Path:
-    return runs.create_run(ws, RunConfig(name=name))
+    return rundir.create_run(ws, RunConfig(name=name))
 
 
 def test_report_view_and_eval_columns_read_eval_json(tmp_path):
@@ -64,12 +64,12 @@ def test_report_view_and_eval_columns_read_eval_json(tmp_path):
 def test_notifications_fire_once_when_a_run_ends_and_when_the_queue_empties(tmp_path):
     ws = tmp_path / "ws"
     old = _fake_run(ws, "old")
-    runs.write_status(old, state="completed")
+    rundir.write_status(old, state="completed")
     live = _fake_run(ws, "live")  # "starting", within the grace period: active
     entry = q.add_to_queue(ws, RunConfig(name="queued"))
     watch, msgs = tq.notifications({}, ws)
     assert msgs == []  # the first look only takes note
-    runs.write_status(live, state="failed", error="x")
+    rundir.write_status(live, state="failed", error="x")
     q.remove_entry(ws, entry["id"])
     watch, msgs = tq.notifications(watch, ws)
     assert msgs == [f"Run {live.name} failed.", "The queue has finished: 0 of 0 run(s) completed."]

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from backend import runner, runs
-from backend.config import RunConfig
-from backend.errors import UserError
+from backend.core.paths import PROJECT_ROOT
+from backend.runs import runner
+from backend.runs import rundir
+from backend.core.config import RunConfig
+from backend.core.errors import UserError
 
 # A stand-in trainer: marks itself running, spawns a grandchild in its group, then either honours the
 # stop request file (graceful) or ignores it and SIGTERM (stubborn).
@@ -22,16 +24,16 @@ FAKE_TRAINER = textwrap.dedent("""
     import json, os, signal, subprocess, sys, time
     from pathlib import Path
     sys.path.insert(0, {repo!r})
-    from backend import runs
+    from backend.runs import rundir
     run_dir = Path(sys.argv[1]); mode = {mode!r}
-    runs.write_status(run_dir, state="running")
+    rundir.write_status(run_dir, state="running")
     child = subprocess.Popen(["sleep", "600"])
     (run_dir / "child.pid").write_text(str(child.pid))
     if mode == "stubborn":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     while True:
-        if mode == "graceful" and runs.stop_requested(run_dir):
-            runs.write_status(run_dir, state="stopped", ended=runs.now_iso())
+        if mode == "graceful" and rundir.stop_requested(run_dir):
+            rundir.write_status(run_dir, state="stopped", ended=rundir.now_iso())
             child.terminate(); child.wait()
             sys.exit(0)
         time.sleep(0.05)
@@ -42,7 +44,7 @@ FAKE_TRAINER = textwrap.dedent("""
 def fake_trainer(monkeypatch, tmp_path):
     def use(mode: str):
         script = tmp_path / f"fake_{mode}.py"
-        script.write_text(FAKE_TRAINER.format(repo=str(runner.REPO_ROOT), mode=mode))
+        script.write_text(FAKE_TRAINER.format(repo=str(PROJECT_ROOT), mode=mode))
         monkeypatch.setattr(runner, "_launch_command",
                             lambda run_dir, cfg, resume: [sys.executable, str(script), str(run_dir)])
     return use
@@ -58,19 +60,19 @@ def _wait_for(predicate, timeout=20.0):
 
 
 def _alive(pid: int) -> bool:
-    return runs.pid_alive(pid)
+    return rundir.pid_alive(pid)
 
 
 def _start(workspace, fake_trainer, mode):
     fake_trainer(mode)
     run_dir = runner.start_run(workspace, RunConfig(name=mode))
-    assert _wait_for(lambda: (run_dir / "child.pid").exists() and runs.read_status(run_dir)["state"] == "running")
+    assert _wait_for(lambda: (run_dir / "child.pid").exists() and rundir.read_status(run_dir)["state"] == "running")
     return run_dir
 
 
 def test_graceful_stop_uses_the_stop_request_and_leaves_no_process(tmp_path, fake_trainer):
     run_dir = _start(tmp_path, fake_trainer, "graceful")
-    pid = runs.read_status(run_dir)["pid"]
+    pid = rundir.read_status(run_dir)["pid"]
     child = int((run_dir / "child.pid").read_text())
     status = runner.stop_run(run_dir, timeout=10)
     assert status["state"] == "stopped" and "error" not in status
@@ -80,7 +82,7 @@ def test_graceful_stop_uses_the_stop_request_and_leaves_no_process(tmp_path, fak
 def test_forced_stop_kills_the_whole_process_group(tmp_path, fake_trainer, monkeypatch):
     monkeypatch.setattr(runner, "KILL_GRACE_S", 1.0)
     run_dir = _start(tmp_path, fake_trainer, "stubborn")
-    pid = runs.read_status(run_dir)["pid"]
+    pid = rundir.read_status(run_dir)["pid"]
     child = int((run_dir / "child.pid").read_text())
     status = runner.stop_run(run_dir, timeout=0.5)
     assert status["state"] == "stopped"
@@ -93,7 +95,7 @@ def test_a_second_start_on_the_same_device_is_refused_naming_the_running_run(tmp
     try:
         with pytest.raises(UserError, match=run_dir.name):
             runner.start_run(tmp_path, RunConfig(name="second"))
-        assert len(runs.list_runs(tmp_path)) == 1
+        assert len(rundir.list_runs(tmp_path)) == 1
     finally:
         runner.stop_run(run_dir, timeout=10)
 
@@ -129,28 +131,28 @@ def test_a_fresh_runner_call_finds_the_running_run_and_can_stop_it(tmp_path, fak
 
 def test_a_trainer_killed_from_outside_reads_as_failed(tmp_path, fake_trainer):
     run_dir = _start(tmp_path, fake_trainer, "stubborn")
-    status = runs.read_status(run_dir)
+    status = rundir.read_status(run_dir)
     os.killpg(status["pgid"], signal.SIGKILL)
-    assert _wait_for(lambda: runs.read_status(run_dir)["state"] == "failed", 10)
-    assert "killed or crashed" in runs.read_status(run_dir)["error"]
+    assert _wait_for(lambda: rundir.read_status(run_dir)["state"] == "failed", 10)
+    assert "killed or crashed" in rundir.read_status(run_dir)["error"]
     assert runner.find_active_runs(tmp_path) == []
 
 
 def test_resume_needs_a_finished_run_with_a_complete_checkpoint(tmp_path):
-    run_dir = runs.create_run(tmp_path, RunConfig())
-    runs.write_status(run_dir, state="running", pid=os.getpid())
+    run_dir = rundir.create_run(tmp_path, RunConfig())
+    rundir.write_status(run_dir, state="running", pid=os.getpid())
     with pytest.raises(UserError, match="stop it"):
         runner.resume_run(run_dir)
-    runs.write_status(run_dir, state="failed")
+    rundir.write_status(run_dir, state="failed")
     with pytest.raises(UserError, match="no complete checkpoint"):
         runner.resume_run(run_dir)
 
 
 def test_stop_on_a_finished_run_changes_nothing(tmp_path):
-    run_dir = runs.create_run(tmp_path, RunConfig())
-    runs.write_status(run_dir, state="completed")
+    run_dir = rundir.create_run(tmp_path, RunConfig())
+    rundir.write_status(run_dir, state="completed")
     assert runner.stop_run(run_dir)["state"] == "completed"
-    assert not runs.stop_requested(run_dir)
+    assert not rundir.stop_requested(run_dir)
 
 
 def test_more_than_one_gpu_launches_through_accelerate(tmp_path):
@@ -158,13 +160,13 @@ def test_more_than_one_gpu_launches_through_accelerate(tmp_path):
     cmd = runner._launch_command(tmp_path, cfg, resume=True)
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
     assert cmd[cmd.index("--num_processes") + 1] == "4" and "--use_deepspeed" in cmd
-    assert cmd[-4:] == ["-m", "backend.train", str(tmp_path), "--resume"]
-    assert runner._launch_command(tmp_path, RunConfig(), resume=False)[1:] == ["-m", "backend.train", str(tmp_path)]
+    assert cmd[-4:] == ["-m", "backend.training.run", str(tmp_path), "--resume"]
+    assert runner._launch_command(tmp_path, RunConfig(), resume=False)[1:] == ["-m", "backend.training.run", str(tmp_path)]
 
 
 def test_on_two_gpus_the_queue_runs_two_trainings_side_by_side_each_on_its_own_gpu(tmp_path, fake_trainer,
                                                                                      monkeypatch):
-    from backend import queue as q
+    from backend.runs import queue as q
 
     monkeypatch.setattr(runner, "_gpu_count", lambda: 2)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -185,7 +187,7 @@ def test_on_two_gpus_the_queue_runs_two_trainings_side_by_side_each_on_its_own_g
         assert [e["label"] for e in started] == ["first", "second"]
         dirs = [Path(e["run_dir"]) for e in started]
         assert [(d / "visible.txt").read_text() for d in dirs] == ["0", "1"]
-        assert [runs.read_status(d)["devices"] for d in dirs] == [["cuda:0"], ["cuda:1"]]
+        assert [rundir.read_status(d)["devices"] for d in dirs] == [["cuda:0"], ["cuda:1"]]
         assert [e["state"] for e in q.read_queue(ws)["entries"]] == ["running", "running", "queued"]
         # A hand-started run finds no free GPU and names the run that holds the first one.
         with pytest.raises(UserError, match=dirs[0].name):
@@ -193,11 +195,11 @@ def test_on_two_gpus_the_queue_runs_two_trainings_side_by_side_each_on_its_own_g
         runner.stop_run(dirs[1], timeout=10)
         third = [e for e in q.queue_step(ws) if e["kind"] == "run_start"]
         assert [e["label"] for e in third] == ["third"]
-        assert runs.read_status(Path(third[0]["run_dir"]))["devices"] == ["cuda:1"]
+        assert rundir.read_status(Path(third[0]["run_dir"]))["devices"] == ["cuda:1"]
         dirs.append(Path(third[0]["run_dir"]))
     finally:
-        for d in runs.list_runs(ws):
-            if d["state"] in runs.ACTIVE_STATES:
+        for d in rundir.list_runs(ws):
+            if d["state"] in rundir.ACTIVE_STATES:
                 runner.stop_run(Path(d["dir"]), timeout=10)
 
 
@@ -211,7 +213,7 @@ def test_the_studios_own_cuda_visible_devices_limit_the_gpus_runs_get(tmp_path, 
 
 
 def test_memory_readings_follow_the_gpu_a_restricted_run_sees(monkeypatch):
-    from backend.callbacks import nvml_index
+    from backend.training.callbacks import nvml_index
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     assert nvml_index(0) == 3 and nvml_index(1) == 5

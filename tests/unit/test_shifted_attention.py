@@ -130,7 +130,7 @@ def test_group_masks_are_the_diagonal_blocks_of_the_rolled_full_mask():
 # ---- on a model --------------------------------------------------------------------------------
 
 def longlora_cfg(model_dir, ratio: float = 0.25):
-    from backend.config import RunConfig
+    from backend.core.config import RunConfig
 
     return RunConfig(model=str(model_dir), method={"name": "longlora", "r": 4, "dropout": 0.0,
                                                    "s2_attn_group_ratio": ratio},
@@ -139,7 +139,7 @@ def longlora_cfg(model_dir, ratio: float = 0.25):
 
 def test_longlora_trains_with_s2_attn_and_saves_a_plain_config(tiny_model_dir, tmp_path, capsys):
     from backend.methods import load_trainable_model
-    from backend.models import load_causal_lm
+    from backend.core.models import load_causal_lm
 
     model = load_trainable_model(longlora_cfg(tiny_model_dir))
     assert "shifted sparse attention" in capsys.readouterr().out

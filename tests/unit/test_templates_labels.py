@@ -1,9 +1,9 @@
 """Labels and loss masks: which tokens are graded, for every template and switch."""
 import pytest
 
-from backend.config import DataConfig
-from backend.errors import UserError
-from backend.templates import (IGNORE, TEMPLATES, SftCollator, encode_row, get_tokenizer, preview_row,
+from backend.core.config import DataConfig
+from backend.core.errors import UserError
+from backend.data.templates import (IGNORE, TEMPLATES, SftCollator, encode_row, get_tokenizer, preview_row,
                                render_text)
 
 CHAT = {"messages": [
@@ -133,7 +133,7 @@ def test_collator_right_pads_with_pad_zero_and_ignore():
 
 
 def test_packing_plan_fills_in_order_and_never_overflows():
-    from backend.packing import pack, plan_bins
+    from backend.data.packing import pack, plan_bins
 
     assert plan_bins([3, 3, 5, 2, 9], 8) == [[0, 1], [2, 3], [4]]
     enc = [{"input_ids": [i] * n, "attention_mask": [1] * n, "labels": [i] * n} for i, n in enumerate([3, 3, 5, 2])]
@@ -142,8 +142,8 @@ def test_packing_plan_fills_in_order_and_never_overflows():
 
 
 def test_tokenizer_cache_loads_once_and_retries_a_raced_import(monkeypatch):
-    import backend.models
-    from backend import templates
+    import backend.core.models
+    from backend.data import templates
 
     calls = []
 
@@ -153,7 +153,7 @@ def test_tokenizer_cache_loads_once_and_retries_a_raced_import(monkeypatch):
             raise ImportError("cannot import name 'AutoTokenizer' (partially initialized module)")
         return object()
 
-    monkeypatch.setattr(backend.models, "load_tokenizer", flaky)
+    monkeypatch.setattr(backend.core.models, "load_tokenizer", flaky)
     monkeypatch.setattr(templates, "_TOKENIZERS", {})
     first = templates.get_tokenizer("some-model")
     assert templates.get_tokenizer("some-model") is first

@@ -2,7 +2,7 @@
 
 The queue lives in a file (written atomically, under a lock) so a restarted studio finds it
 and carries on. `queue_step` is one look at the queue: it records runs that ended and starts
-the next queued configs through `backend.runner` while devices are free (one run at a time on a
+the next queued configs through `backend.runs.runner` while devices are free (one run at a time on a
 CPU or one GPU; on several GPUs, runs side by side, each on the GPUs `runner.pick_devices` gives it). The
 `QueueWorker` thread only calls `queue_step` on a timer; training always happens in the
 runner's subprocess, never in the process that hosts the worker.
@@ -20,11 +20,12 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from backend import runner, runs
-from backend.config import ConfigError, RunConfig, validate_config
-from backend.errors import UserError
-from backend.io_utils import atomic_write_json
-from backend.models import BUNDLED, ModelError, resolve_model
+from backend.runs import runner
+from backend.runs import rundir
+from backend.core.config import ConfigError, RunConfig, validate_config
+from backend.core.errors import UserError
+from backend.core.io import atomic_write_json
+from backend.core.models import BUNDLED, ModelError, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def add_to_queue(workspace: Path, cfg: RunConfig, label: Optional[str] = None) -
     cfg = _absolute(cfg)
     entry = {"id": uuid.uuid4().hex[:12], "config": cfg.model_dump(mode="json"), "state": QUEUED,
              "label": label or cfg.name or f"{cfg.method.name} on {Path(cfg.model).name or cfg.model}",
-             "added": runs.now_iso()}
+             "added": rundir.now_iso()}
 
     def add(data):
         data["entries"].append(entry)
@@ -208,7 +209,7 @@ def _check_startable(config: dict[str, Any]) -> RunConfig:
 
 
 def _finish(entry: dict[str, Any], state: str, error: Optional[str], **more: Any) -> dict[str, Any]:
-    entry.update(state=state, error=error, ended=runs.now_iso(), **more)
+    entry.update(state=state, error=error, ended=rundir.now_iso(), **more)
     return {"kind": "run_end", "entry": entry["id"], "label": entry.get("label"), "state": state,
             "run_dir": entry.get("run_dir"), "error": error}
 
@@ -229,10 +230,10 @@ def queue_step(workspace: Path) -> list[dict[str, Any]]:
         for e in entries:
             if e["state"] != RUNNING:
                 continue
-            status = runs.read_status(Path(e.get("run_dir") or ""))
-            if status.get("state") in runs.ACTIVE_STATES:
+            status = rundir.read_status(Path(e.get("run_dir") or ""))
+            if status.get("state") in rundir.ACTIVE_STATES:
                 continue
-            state = status.get("state") if status.get("state") in runs.FINAL_STATES else "failed"
+            state = status.get("state") if status.get("state") in rundir.FINAL_STATES else "failed"
             events.append(_finish(e, state, status.get("error"), best_val_loss=status.get("best_val_loss")))
         # Entries start in order while devices are free: one at a time on a CPU or a single GPU, side by
         # side on a multi-GPU machine (each on its own GPUs). Runs started by hand hold their devices too.
@@ -250,7 +251,7 @@ def queue_step(workspace: Path) -> list[dict[str, Any]]:
             except (UserError, ConfigError, ModelError, OSError) as exc:
                 events.append(_finish(nxt, "failed", str(exc)))
                 continue
-            nxt.update(state=RUNNING, run_dir=str(run_dir), run_id=run_dir.name, started=runs.now_iso(),
+            nxt.update(state=RUNNING, run_dir=str(run_dir), run_id=run_dir.name, started=rundir.now_iso(),
                        error=None)
             events.append({"kind": "run_start", "entry": nxt["id"], "label": nxt.get("label"),
                            "run_dir": str(run_dir)})

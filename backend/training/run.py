@@ -1,4 +1,4 @@
-"""The training subprocess: `python -m backend.train RUN_DIR [--resume]`.
+"""The training subprocess: `python -m backend.training.run RUN_DIR [--resume]`.
 
 Read top to bottom: meta.json first, then config -> model -> data -> trainer -> train -> save,
 and one distinct final state in status.json: completed, stopped, failed or out_of_memory, each
@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional
 
-from backend import runs
+from backend.runs import rundir
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "fine-tune-studio")
 BNB_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
@@ -67,12 +67,12 @@ def _devices() -> list[dict[str, Any]]:
 
 
 def write_meta(run_dir: Path, seed: Optional[int]) -> None:
-    from backend.io_utils import atomic_write_json
-    atomic_write_json(run_dir / runs.META_FILE, {
+    from backend.core.io import atomic_write_json
+    atomic_write_json(run_dir / rundir.META_FILE, {
         "versions": _versions(), "devices": _devices(), "seed": seed, "platform": platform.platform(),
-        "command": f"ftstudio train {shlex.quote(str(run_dir / runs.CONFIG_FILE))}",
-        "trainer_command": " ".join(shlex.quote(a) for a in [sys.executable, "-m", "backend.train", str(run_dir)]),
-        "written": runs.now_iso(),
+        "command": f"ftstudio train {shlex.quote(str(run_dir / rundir.CONFIG_FILE))}",
+        "trainer_command": " ".join(shlex.quote(a) for a in [sys.executable, "-m", "backend.training.run", str(run_dir)]),
+        "written": rundir.now_iso(),
     })
 
 
@@ -96,11 +96,11 @@ def effective_config(cfg):
 
 
 def build_datasets(cfg, tokenizer):
-    from backend.data import load_for_training
-    from backend.templates import build_sft_dataset
-    from backend.errors import UserError
+    from backend.data.records import load_for_training
+    from backend.data.templates import build_sft_dataset
+    from backend.core.errors import UserError
 
-    from backend.objectives import build_alignment_datasets, is_alignment
+    from backend.objectives.trainers import build_alignment_datasets, is_alignment
     if is_alignment(cfg.objective):
         return build_alignment_datasets(cfg, tokenizer)  # TRL tokenizes these itself (GRPO/RLOO: prompts only)
     if cfg.objective not in ("sft", "pretrain"):
@@ -130,7 +130,7 @@ def training_args(cfg, run_dir: Path, has_eval: bool):
     for missing in sorted(set(cfg.report_to) - set(report_to)):
         note(f"{missing} is not installed: not reporting to it.")
     return SFTConfig(
-        output_dir=str(runs.checkpoints_dir(run_dir)),
+        output_dir=str(rundir.checkpoints_dir(run_dir)),
         num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation, learning_rate=t.learning_rate,
@@ -160,10 +160,10 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_ds, val_ds, faults
     from transformers import EarlyStoppingCallback
     from trl import SFTTrainer
 
-    from backend.callbacks import EventsCallback, FaultCallback, GuardedCollator, StopRequestCallback, \
+    from backend.training.callbacks import EventsCallback, FaultCallback, GuardedCollator, StopRequestCallback, \
         install_save_fault
     from backend.methods import create_optimizer, method_callbacks
-    from backend.templates import SftCollator
+    from backend.data.templates import SftCollator
 
     args = training_args(cfg, run_dir, has_eval=val_ds is not None)
     callbacks = []
@@ -180,7 +180,7 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_ds, val_ds, faults
     if faults:
         callbacks.append(FaultCallback(faults))
     callbacks += method_callbacks(model, cfg, run_dir)  # AdaLoRA's ranks, unfreezing, Fish Mask
-    from backend.objectives import build_alignment_trainer, is_alignment
+    from backend.objectives.trainers import build_alignment_trainer, is_alignment
     if is_alignment(cfg.objective):
         trainer = build_alignment_trainer(cfg, args, model, tokenizer, train_ds, val_ds, callbacks,
                                           create_optimizer(model, cfg))
@@ -199,7 +199,7 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_ds, val_ds, faults
 def save_adapter(trainer, run_dir: Path) -> Path:
     """Write the final (best, with early stopping) adapter next to the old one, then swap, so a
     full disk leaves the previous adapter intact."""
-    final = runs.adapter_dir(run_dir)
+    final = rundir.adapter_dir(run_dir)
     tmp = final.with_name(final.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     from backend.methods import save_trained
@@ -229,12 +229,12 @@ def _oom_sentence(cfg) -> str:
 def _classify(exc: BaseException, cfg, run_dir: Path) -> tuple[str, str]:
     """(final state, sentence) for an exception that ended training."""
     import torch
-    from backend.callbacks import CollateError
-    from backend.config import ConfigError
-    from backend.errors import UserError
-    from backend.models import ModelError
+    from backend.training.callbacks import CollateError
+    from backend.core.config import ConfigError
+    from backend.core.errors import UserError
+    from backend.core.models import ModelError
 
-    ckpt = runs.last_checkpoint(run_dir)
+    ckpt = rundir.last_checkpoint(run_dir)
     kept = f" The last good checkpoint ({ckpt.name}) is kept." if ckpt else ""
     if isinstance(exc, Terminated):
         return "stopped", "The run was terminated before it could stop on its own." + kept
@@ -259,12 +259,12 @@ def run(run_dir: Path, resume: bool = False) -> int:
     """Train the run in `run_dir`; returns the process exit code (0 completed or stopped, 1 otherwise)."""
     run_dir = Path(run_dir).resolve()
     main = is_main_process()
-    from backend.config import load_config
+    from backend.core.config import load_config
 
     cfg = None
     faults = {}
     try:
-        cfg = load_config(run_dir / runs.CONFIG_FILE)
+        cfg = load_config(run_dir / rundir.CONFIG_FILE)
     except Exception as exc:  # noqa: BLE001 - an unreadable config is still a final state with a sentence
         cfg_error = exc
     else:
@@ -272,18 +272,18 @@ def run(run_dir: Path, resume: bool = False) -> int:
     if main:
         write_meta(run_dir, cfg.train.seed if cfg else None)
         fields: dict[str, Any] = {"state": "running", "trainer_pid": os.getpid()}
-        if runs.read_raw_status(run_dir).get("pid") is None:  # started by hand, not by the runner
-            fields.update(pid=os.getpid(), pgid=os.getpgid(0), pid_start=runs.process_start_time(os.getpid()),
-                          started=runs.now_iso())
-        runs.write_status(run_dir, **fields)
+        if rundir.read_raw_status(run_dir).get("pid") is None:  # started by hand, not by the runner
+            fields.update(pid=os.getpid(), pgid=os.getpgid(0), pid_start=rundir.process_start_time(os.getpid()),
+                          started=rundir.now_iso())
+        rundir.write_status(run_dir, **fields)
         if resume:
-            runs.append_event(run_dir, {"type": "resume", "checkpoint": str(runs.last_checkpoint(run_dir))})
+            rundir.append_event(run_dir, {"type": "resume", "checkpoint": str(rundir.last_checkpoint(run_dir))})
     signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.monotonic()
     try:
         if cfg_error is not None:
             raise cfg_error
-        from backend.callbacks import parse_faults
+        from backend.training.callbacks import parse_faults
         faults = parse_faults(os.environ.get("FTSTUDIO_FAULT"))
         return _train(run_dir, cfg, resume, faults, main, started)
     except BaseException as exc:  # noqa: BLE001 - every ending is written down, then reported
@@ -292,16 +292,16 @@ def run(run_dir: Path, resume: bool = False) -> int:
         traceback.print_exc()
         state, sentence = _classify(exc, cfg, run_dir)
         if main:
-            runs.append_event(run_dir, {"type": "error", "state": state, "message": sentence})
-            runs.write_status(run_dir, state=state, error=sentence, ended=runs.now_iso(),
-                              last_checkpoint=str(runs.last_checkpoint(run_dir) or "") or None)
+            rundir.append_event(run_dir, {"type": "error", "state": state, "message": sentence})
+            rundir.write_status(run_dir, state=state, error=sentence, ended=rundir.now_iso(),
+                              last_checkpoint=str(rundir.last_checkpoint(run_dir) or "") or None)
         note(sentence)
         return 0 if state == "stopped" else 1
 
 
 def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool, started: float) -> int:
     import torch
-    from backend.models import load_tokenizer
+    from backend.core.models import load_tokenizer
 
     cfg = effective_config(cfg)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tb")
@@ -313,17 +313,17 @@ def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool,
     torch.manual_seed(cfg.train.seed)
     note(f"Loading {cfg.model} for {cfg.method.name} ({cfg.train.precision}).")
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    from backend.objectives import load_objective_model
+    from backend.objectives.trainers import load_objective_model
     model = load_objective_model(cfg)  # load_trainable_model, or a scorer for the reward objective
     train_ds, val_ds = build_datasets(cfg, tokenizer)
     trainer, events, stop = build_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, faults)
-    checkpoint = runs.last_checkpoint(run_dir) if resume else None
+    checkpoint = rundir.last_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
         note("No complete checkpoint found: training from the start.")
     note("Training" + (f" from {checkpoint.name}." if checkpoint else "."))
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
-    from backend.online_rl import drop_reference_adapter, is_online
+    from backend.objectives.online_rl import drop_reference_adapter, is_online
     if is_online(cfg.objective):
         drop_reference_adapter(trainer.model)
     adapter = save_adapter(trainer, run_dir) if main else None
@@ -338,10 +338,10 @@ def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool,
                     f"the best checkpoint (step {events.best_step}) is the saved adapter.")
     else:
         sentence = None
-    runs.append_event(run_dir, {"type": "end", "state": state, "step": trainer.state.global_step,
+    rundir.append_event(run_dir, {"type": "end", "state": state, "step": trainer.state.global_step,
                                 "best_val_loss": best, "best_step": events.best_step,
                                 "adapter": str(adapter), "seconds": time.monotonic() - started})
-    runs.write_status(run_dir, state=state, ended=runs.now_iso(), step=trainer.state.global_step,
+    rundir.write_status(run_dir, state=state, ended=rundir.now_iso(), step=trainer.state.global_step,
                       best_val_loss=best, best_step=events.best_step, adapter=str(adapter),
                       best_checkpoint=trainer.state.best_model_checkpoint, note=sentence,
                       early_stopped=events.early_stopped or None)
@@ -354,17 +354,17 @@ def notify_end(run_dir: Path, wait_s: float = 10.0) -> None:
     runs in a daemon thread joined for at most `wait_s`, so a hanging hook cannot keep the process alive."""
     import threading
 
-    from backend.config import load_config
-    from backend.notify import post_webhook, run_end_payload
+    from backend.core.config import load_config
+    from backend.runs.notify import post_webhook, run_end_payload
 
     try:
-        url = load_config(run_dir / runs.CONFIG_FILE).notify.webhook
+        url = load_config(run_dir / rundir.CONFIG_FILE).notify.webhook
     except Exception:  # noqa: BLE001 - no readable config, no webhook to call
         return
     if not url:
         return
-    status = runs.read_status(run_dir)
-    started, ended = runs.parse_iso(status.get("started")), runs.parse_iso(status.get("ended"))
+    status = rundir.read_status(run_dir)
+    started, ended = rundir.parse_iso(status.get("started")), rundir.parse_iso(status.get("ended"))
     if started is not None and ended is not None:
         status = {**status, "duration_s": round(ended - started, 1)}
     outcome: list[str] = []
@@ -381,7 +381,7 @@ def notify_end(run_dir: Path, wait_s: float = 10.0) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m backend.train", description="Train one run directory.")
+    parser = argparse.ArgumentParser(prog="python -m backend.training.run", description="Train one run directory.")
     parser.add_argument("run_dir")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     args = parser.parse_args(argv)

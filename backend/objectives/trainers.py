@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from backend import runs
-from backend.errors import UserError
+from backend.runs import rundir
+from backend.core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -92,12 +92,12 @@ def _rloo_classes():
 
 
 def _online_settings(cfg: Any) -> dict[str, Any]:
-    from backend import online_rl
+    from backend.objectives import online_rl
     return online_rl.settings(cfg)
 
 
 def _reward_kwargs(cfg: Any) -> dict[str, Any]:
-    from backend import online_rl
+    from backend.objectives import online_rl
     from backend.methods import load_dtype
 
     funcs, classes = online_rl.reward_functions(cfg, load_dtype(cfg))
@@ -157,7 +157,7 @@ def validate_objective(cfg: Any) -> dict[str, str]:
     if spec.family == "prompt":
         return {"method.name": (f"{cfg.objective.upper()} cannot train a prompt method ({spec.title}): the "
                                 "trainer needs the model's own outputs with and without the adapter; choose LoRA.")}
-    from backend import online_rl
+    from backend.objectives import online_rl
     if online_rl.is_online(cfg.objective):
         return online_rl.validate_online(cfg)
     return {}
@@ -178,7 +178,7 @@ def load_objective_model(cfg: Any) -> Any:
 
     from backend.methods import load_dtype
     from backend.methods.full import apply_full, apply_last_layers
-    from backend.models import load_tokenizer, resolve_model
+    from backend.core.models import load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     torch.manual_seed(cfg.train.seed)  # the new head starts random; the seed makes it repeatable
@@ -208,7 +208,7 @@ def load_objective_model(cfg: Any) -> Any:
 
 def _conversation(rows: list[dict], fmt: str, system: Optional[str]) -> list[dict]:
     """Rows in TRL's conversational form, so the tokenizer's chat template frames them exactly as in SFT."""
-    from backend.data import as_turns, with_system
+    from backend.data.records import as_turns, with_system
 
     out = []
     for row in rows:
@@ -225,7 +225,7 @@ def _conversation(rows: list[dict], fmt: str, system: Optional[str]) -> list[dic
 def build_alignment_datasets(cfg: Any, tokenizer: Any = None) -> tuple[Any, Any]:
     from datasets import Dataset
 
-    from backend.data import load_for_training
+    from backend.data.records import load_for_training
 
     spec = get_objective(cfg.objective)
     loaded, train_rows, val_rows = load_for_training(cfg.data, cfg.train.seed)
@@ -252,7 +252,7 @@ def _prompt_dataset(cfg: Any, tokenizer: Any, fmt: Optional[str], train_rows: li
     about quality, so the held-out rows are left unused and the reward curve shows progress."""
     from datasets import Dataset
 
-    from backend import online_rl
+    from backend.objectives import online_rl
 
     prompts = online_rl.prompt_rows(train_rows, fmt, cfg.data.system_prompt)
     dropped = 0
@@ -261,7 +261,7 @@ def _prompt_dataset(cfg: Any, tokenizer: Any, fmt: Optional[str], train_rows: li
     if not prompts:
         raise UserError(f"{cfg.data.path} has no prompt that fits {cfg.data.max_length} tokens with a user turn; "
                         "check the dataset in the Dataset tab or raise data.max_length.")
-    from backend.train import note
+    from backend.training.run import note
 
     note(f"Data: {len(prompts)} prompts for {cfg.objective.upper()}"
          + (f", {dropped} longer than {cfg.data.max_length} tokens left out" if dropped else "")
@@ -326,6 +326,6 @@ class AlignmentEventsCallback(_alignment_callback_base()):
             return
         picked = {k: v for k, v in logs.items() if is_alignment_metric(k) and isinstance(v, (int, float))}
         if picked:
-            runs.append_event(self.run_dir, {"type": "alignment", "step": state.global_step,
+            rundir.append_event(self.run_dir, {"type": "alignment", "step": state.global_step,
                                              "epoch": state.epoch, "phase": "eval" if "eval_loss" in logs
                                              else "train", **picked})

@@ -16,8 +16,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from backend.data import as_turns, with_system
-from backend.errors import UserError
+from backend.data.records import as_turns, with_system
+from backend.core.errors import UserError
 
 ONLINE_OBJECTIVES = ("grpo", "rloo")
 REFERENCE_COLUMN = "reference"
@@ -178,7 +178,7 @@ def locate_reward_model(ref: str) -> dict[str, Any]:
 
     p = Path(ref).expanduser()
     if not p.is_dir():
-        from backend.models import looks_like_hub_id
+        from backend.core.models import looks_like_hub_id
 
         if not p.exists() and looks_like_hub_id(ref):
             # A hub reward model (owner/name): checked when it downloads, like a hub base model.
@@ -186,13 +186,13 @@ def locate_reward_model(ref: str) -> dict[str, Any]:
         raise UserError(f"The reward model {ref} is not a directory; pick a finished reward-model run, a "
                         "directory holding a reward model, or a hub id (owner/name).")
     if (p / "config.yaml").exists() and not (p / "adapter").is_dir():
-        from backend import runs
+        from backend.runs import rundir
 
-        state = runs.read_status(p).get("state") or "unknown"
+        state = rundir.read_status(p).get("state") or "unknown"
         raise UserError(f"The run {p.name} has no saved model yet (state: {state}); wait until it has finished, "
                         "or pick a finished reward-model run.")
     if (p / "config.yaml").exists():  # a studio run directory
-        from backend.config import load_config
+        from backend.core.config import load_config
 
         run_cfg = load_config(p / "config.yaml")
         if run_cfg.objective != "reward":
@@ -223,7 +223,7 @@ def load_reward_model(ref: str, dtype: Any, trust_remote_code: bool = False) -> 
     """(sequence-classification model in eval mode, its tokenizer) for a reward model reference."""
     from transformers import AutoModelForSequenceClassification
 
-    from backend.models import load_tokenizer, resolve_model
+    from backend.core.models import load_tokenizer, resolve_model
 
     found = locate_reward_model(ref)
     if found["kind"] == "full":
@@ -291,15 +291,15 @@ def settings(cfg: Any) -> dict[str, Any]:
 def reward_runs(workspace: Path) -> list[tuple[str, str]]:
     """(label, run directory) of the workspace's finished reward-model runs, newest first: the
     choices for alignment.reward_model."""
-    from backend import runs
-    from backend.config import load_config
+    from backend.runs import rundir
+    from backend.core.config import load_config
 
     out = []
-    for row in runs.list_runs(Path(workspace)):
+    for row in rundir.list_runs(Path(workspace)):
         if row["state"] != "completed" or not (Path(row["dir"]) / "adapter").is_dir():
             continue
         try:
-            objective = load_config(Path(row["dir"]) / runs.CONFIG_FILE).objective
+            objective = load_config(Path(row["dir"]) / rundir.CONFIG_FILE).objective
         except Exception:  # noqa: BLE001 - an unreadable run is simply not offered
             continue
         if objective == "reward":

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from backend.errors import UserError
+from backend.core.errors import UserError
 
 IGNORE = -100
 
@@ -89,7 +89,7 @@ def get_tokenizer(model: str, trust_remote_code: bool = False):
 def _load_tokenizer_retrying(model: str, trust_remote_code: bool, attempts: int = 3):
     import time
 
-    from backend.models import load_tokenizer
+    from backend.core.models import load_tokenizer
 
     for attempt in range(attempts):
         try:
@@ -321,7 +321,7 @@ def build_sft_dataset(tokenizer, rows: list[dict], data_cfg: Any):
     """
     import datasets
 
-    from backend import packing
+    from backend.data import packing
 
     if not rows:
         raise UserError("There are no rows to train on. Load a dataset with at least one usable row.")
@@ -415,7 +415,7 @@ def preview_packed(tokenizer, rows: list[dict], index: int, data_cfg: Any,
     `lengths` (the truncated lengths of all rows, e.g. cached from the stats) saves encoding
     every row to find the sequence.
     """
-    from backend import packing
+    from backend.data import packing
 
     cap = int(data_cfg.max_length)
     if lengths is None:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from backend.errors import UserError
-from backend.gguf_tokenizer import GGUFTokenizer, write_tokenizer
+from backend.core.errors import UserError
+from backend.export.gguf_tokenizer import GGUFTokenizer, write_tokenizer
 
 # model_type -> (gguf architecture, whether Q/K rows are reordered for llama.cpp's rope)
 ARCHITECTURES = {"llama": ("llama", True), "mistral": ("llama", True), "qwen2": ("qwen2", False)}

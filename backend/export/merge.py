@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from backend.errors import UserError
-from backend.io_utils import read_json
+from backend.core.errors import UserError
+from backend.core.io import read_json
+from backend.core.paths import PROJECT_ROOT
 
 Progress = Optional[Callable[[float, str], None]]
 
@@ -56,7 +57,7 @@ class AdapterSource:
 
 
 def _run_config(run_dir: Path):
-    from backend.config import load_config
+    from backend.core.config import load_config
 
     return load_config(run_dir / "config.yaml")
 
@@ -107,7 +108,7 @@ def locate_adapter(path: str | Path) -> AdapterSource:
         raise UserError(
             f"{adapter_dir} holds no adapter_config.json, so {where} has no saved adapter. "
             "Pick a run that completed, or the folder a PEFT adapter was saved to.")
-    from backend.security import refuse_pickled_weights
+    from backend.core.security import refuse_pickled_weights
     refuse_pickled_weights(adapter_dir)
     base = cfg.model if cfg else acfg.get("base_model_name_or_path")
     if not base:
@@ -143,7 +144,7 @@ def _say(progress: Progress, fraction: float, message: str) -> None:
 
 
 def _load_base(ref: str, dtype: Any):
-    from backend.models import ModelError, load_causal_lm
+    from backend.core.models import ModelError, load_causal_lm
 
     try:
         return load_causal_lm(ref, dtype=dtype)
@@ -155,7 +156,7 @@ def _load_tokenizer_for(src: AdapterSource):
     """The adapter folder's tokenizer first: training may have set its chat template."""
     from transformers import AutoTokenizer
 
-    from backend.models import ModelError, load_tokenizer
+    from backend.core.models import ModelError, load_tokenizer
 
     if (src.adapter_dir / "tokenizer_config.json").exists():
         return AutoTokenizer.from_pretrained(str(src.adapter_dir))
@@ -336,7 +337,7 @@ def combine_adapters(adapter_dirs: list[str | Path], weights: list[float], metho
 
 def _fix_base_reference(adapter_dir: Path, base: str) -> None:
     """Point the saved adapter at the base reference the user knows (a name, not a cache path)."""
-    from backend.io_utils import atomic_write_json
+    from backend.core.io import atomic_write_json
 
     cfg_path = adapter_dir / "adapter_config.json"
     cfg = read_json(cfg_path, {})
@@ -362,7 +363,7 @@ def estimate_merged_bytes(base: str) -> Optional[int]:
     """Size the merged model will have on disk: the base's weight files (None when not local)."""
     p = Path(base).expanduser()
     if base and not p.exists():
-        from backend.models import BUNDLED, model_cache_dir
+        from backend.core.models import BUNDLED, model_cache_dir
         # Only look at an already converted copy: converting would load a model in the caller.
         p = model_cache_dir() / base if base in BUNDLED else p
     if not p.is_dir():
@@ -382,7 +383,7 @@ def sizes(adapter_or_run_dir: str | Path) -> dict[str, Any]:
 
 def adapter_runs(workspace: str | Path) -> list[tuple[str, str]]:
     """(label, run dir) for every run that has saved an adapter or model, newest first."""
-    from backend.runs import adapter_dir, list_runs
+    from backend.runs.rundir import adapter_dir, list_runs
 
     out = []
     for row in list_runs(Path(workspace)):
@@ -434,7 +435,7 @@ def merge_command(sources: list[str], out: str, weights: Optional[list[float]] =
 def run_merge_subprocess(cmd: list[str], cwd: Optional[Path] = None) -> Iterator[dict[str, Any]]:
     """Run a merge command in a child process; yield {"progress", "message"} dicts, then {"result"} or {"error"}."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    repo = Path(__file__).resolve().parent.parent
+    repo = PROJECT_ROOT
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
     # stdout goes to a file: a chatty library filling a stdout pipe while we read stderr would deadlock.
     out_file = tempfile.TemporaryFile(mode="w+")

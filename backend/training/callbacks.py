@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 from transformers import EarlyStoppingCallback, TrainerCallback
 
-from backend import runs
+from backend.runs import rundir
 
 STATUS_EVERY_S = 2.0  # status.json is fsynced; the per-line events file carries the fine detail
 
@@ -27,7 +27,7 @@ STATUS_EVERY_S = 2.0  # status.json is fsynced; the per-line events file carries
 def nvml_index(cuda_index: int) -> int:
     """NVML's number for the process's CUDA device: a run restricted by CUDA_VISIBLE_DEVICES (the queue
     gives each run its own GPUs) counts its GPUs from 0, NVML counts every GPU of the machine."""
-    from backend.gpu import visible_indices
+    from backend.core.gpu import visible_indices
 
     visible = visible_indices()
     return visible[cuda_index] if visible and cuda_index < len(visible) else cuda_index
@@ -43,7 +43,7 @@ def _cuda_memory() -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - memory numbers are nice to have, never worth a crash
         return {}
     try:
-        from backend.gpu import gpu_memory_used
+        from backend.core.gpu import gpu_memory_used
         out["gpu_mem_used"] = gpu_memory_used(nvml_index(torch.cuda.current_device()))
     except Exception:  # noqa: BLE001
         pass
@@ -67,7 +67,7 @@ class EventsCallback(TrainerCallback):
         now = time.monotonic()
         if force or now - self._last_status >= STATUS_EVERY_S:
             self._last_status = now
-            runs.write_status(self.run_dir, **fields)
+            rundir.write_status(self.run_dir, **fields)
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -76,7 +76,7 @@ class EventsCallback(TrainerCallback):
         self._last_tokens = state.num_input_tokens_seen or 0
         # On resume the trainer state carries the best so far.
         self.best, self.best_step = state.best_metric, getattr(state, "best_global_step", None)
-        runs.append_event(self.run_dir, {"type": "train_begin", "step": state.global_step,
+        rundir.append_event(self.run_dir, {"type": "train_begin", "step": state.global_step,
                                          "total_steps": state.max_steps,
                                          "epochs": args.num_train_epochs})
         self._status(force=True, total_steps=state.max_steps, step=state.global_step)
@@ -90,7 +90,7 @@ class EventsCallback(TrainerCallback):
             return  # on_evaluate reports evaluations, with the best-so-far
         if "loss" not in logs:
             if "train_loss" in logs:  # the Trainer's closing summary
-                runs.append_event(self.run_dir, {"type": "train_end", **base, **logs})
+                rundir.append_event(self.run_dir, {"type": "train_end", **base, **logs})
             return
         now = time.monotonic()
         # GRPO/RLOO count tokens themselves (prompts + sampled answers) as "num_tokens".
@@ -106,7 +106,7 @@ class EventsCallback(TrainerCallback):
         for extra in ("mean_token_accuracy", "entropy"):
             if extra in logs:
                 event[extra] = logs[extra]
-        runs.append_event(self.run_dir, event)
+        rundir.append_event(self.run_dir, event)
         self._status(step=state.global_step, total_steps=state.max_steps, epoch=event["epoch"],
                      loss=event["loss"], tokens_per_s=tps)
 
@@ -122,7 +122,7 @@ class EventsCallback(TrainerCallback):
         event = {"type": "eval", "step": state.global_step, "epoch": state.epoch, "val_loss": val_loss,
                  "best_val_loss": best, "best_step": self.best_step,
                  **{k: v for k, v in metrics.items() if k != "eval_loss"}}
-        runs.append_event(self.run_dir, event)
+        rundir.append_event(self.run_dir, event)
         self._status(force=True, best_val_loss=best, best_step=event["best_step"], val_loss=val_loss,
                      step=state.global_step)
         self._last_time = time.monotonic()  # tokens/s measures training, not the evaluation pause
@@ -130,7 +130,7 @@ class EventsCallback(TrainerCallback):
         if es is not None and control.should_training_stop and \
                 es.early_stopping_patience_counter >= es.early_stopping_patience:
             self.early_stopped = True
-            runs.append_event(self.run_dir, {
+            rundir.append_event(self.run_dir, {
                 "type": "early_stop", "step": state.global_step, "best_step": event["best_step"],
                 "best_val_loss": best, "best_checkpoint": state.best_model_checkpoint,
                 "patience": es.early_stopping_patience})
@@ -140,7 +140,7 @@ class EventsCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        runs.append_event(self.run_dir, {"type": "checkpoint", "step": state.global_step, "path": str(path),
+        rundir.append_event(self.run_dir, {"type": "checkpoint", "step": state.global_step, "path": str(path),
                                          "best_checkpoint": state.best_model_checkpoint})
         self._status(force=True, last_checkpoint=str(path), best_checkpoint=state.best_model_checkpoint)
         self._last_time = time.monotonic()
@@ -154,7 +154,7 @@ class StopRequestCallback(TrainerCallback):
         self.stopped = False
 
     def on_step_end(self, args, state, control, **kwargs):
-        if _any_rank(runs.stop_requested(self.run_dir)):
+        if _any_rank(rundir.stop_requested(self.run_dir)):
             self.stopped = True
             control.should_save = True
             control.should_training_stop = True

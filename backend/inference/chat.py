@@ -1,4 +1,4 @@
-"""Chat, parent side: `ChatClient` drives the worker subprocess (backend/chat_worker.py).
+"""Chat, parent side: `ChatClient` drives the worker subprocess (backend/inference/chat_worker.py).
 
 The studio holds no model (DESIGN principle 3): the worker loads the base once, attaches
 adapters by name, and streams tokens back as JSON lines. The Train tab calls
@@ -18,7 +18,8 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from backend.errors import UserError
+from backend.core.errors import UserError
+from backend.core.paths import PROJECT_ROOT
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "max_new_tokens": 256, "temperature": 0.7, "top_p": 0.9, "top_k": 50,
@@ -76,10 +77,10 @@ def split_choice(value: str) -> tuple[Optional[str], Optional[str]]:
 def chat_choices(workspace: str | Path) -> list[tuple[str, str]]:
     """What the Chat tab offers: each run's final adapter and its checkpoints, merged models, and the
     bundled base alone."""
-    from backend.merge import adapter_runs, merged_models
-    from backend.models import BUNDLED
+    from backend.export.merge import adapter_runs, merged_models
+    from backend.core.models import BUNDLED
 
-    from backend.runs import usable_checkpoints
+    from backend.runs.rundir import usable_checkpoints
 
     runs = []
     for label, d in adapter_runs(workspace):
@@ -119,13 +120,13 @@ class ChatClient:
         return n
 
     def _start(self) -> None:
-        repo = Path(__file__).resolve().parent.parent
+        repo = PROJECT_ROOT
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
         self._events = queue.Queue()
         self._stderr.clear()
         self._proc = subprocess.Popen(
-            [self._python, "-m", "backend.chat_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [self._python, "-m", "backend.inference.chat_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, bufsize=1, env=env, cwd=str(repo), start_new_session=True)
         threading.Thread(target=self._pump_stdout, args=(self._proc, self._events), daemon=True).start()
         threading.Thread(target=self._pump_stderr, args=(self._proc,), daemon=True).start()

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from backend.errors import UserError
+from backend.core.errors import UserError
 
 # llama.cpp token types (gguf.TokenType), spelled out so this module needs no gguf import.
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5

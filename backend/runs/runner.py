@@ -16,17 +16,17 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from backend import runs
-from backend.config import RunConfig, load_config
-from backend.errors import UserError
+from backend.runs import rundir
+from backend.core.config import RunConfig, load_config
+from backend.core.errors import UserError
+from backend.core.paths import PROJECT_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 KILL_GRACE_S = 5.0
 
 
 def _gpu_count() -> int:
     try:
-        from backend.gpu import list_gpus
+        from backend.core.gpu import list_gpus
     except ImportError:  # gpu probing arrives with the estimator; until then assume none
         return 0
     try:
@@ -44,7 +44,7 @@ def _candidate_gpus() -> list[int]:
     count = _gpu_count()
     if count == 0:
         return []
-    from backend.gpu import visible_indices
+    from backend.core.gpu import visible_indices
 
     return visible_indices() or list(range(count))
 
@@ -56,7 +56,7 @@ def _held_devices(workspace: Path, gpus: list[int], exclude: Optional[Path] = No
     for row in find_active_runs(workspace):
         if exclude is not None and Path(row["dir"]) == Path(exclude):
             continue
-        for device in runs.read_status(Path(row["dir"])).get("devices") or every:
+        for device in rundir.read_status(Path(row["dir"])).get("devices") or every:
             held.setdefault(device, row["id"])
     return held
 
@@ -90,7 +90,7 @@ def devices_free(workspace: Path, cfg: RunConfig) -> bool:
 @contextlib.contextmanager
 def _start_lock(workspace: Path) -> Iterator[None]:
     # Held across "check who trains, create, spawn, record pid": two concurrent starts cannot both win.
-    root = runs.runs_root(workspace)
+    root = rundir.runs_root(workspace)
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".start.lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -102,7 +102,7 @@ def _start_lock(workspace: Path) -> Iterator[None]:
 
 def find_active_runs(workspace: Path) -> list[dict[str, Any]]:
     """Runs whose process is alive (starting, running or stopping), newest first."""
-    return [r for r in runs.list_runs(workspace) if r["state"] in runs.ACTIVE_STATES]
+    return [r for r in rundir.list_runs(workspace) if r["state"] in rundir.ACTIVE_STATES]
 
 
 def _claim_devices(workspace: Path, cfg: RunConfig, exclude: Optional[Path] = None) -> list[str]:
@@ -119,7 +119,7 @@ def _claim_devices(workspace: Path, cfg: RunConfig, exclude: Optional[Path] = No
 
 
 def _launch_command(run_dir: Path, cfg: RunConfig, resume: bool) -> list[str]:
-    entry = ["-m", "backend.train", str(run_dir)] + (["--resume"] if resume else [])
+    entry = ["-m", "backend.training.run", str(run_dir)] + (["--resume"] if resume else [])
     if cfg.distributed.gpus > 1 or cfg.distributed.nodes > 1:
         # accelerate starts one process per GPU and sets up DDP/DeepSpeed/FSDP; we do not launch ranks ourselves.
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes",
@@ -144,10 +144,10 @@ def _spawn(run_dir: Path, cmd: list[str], devices: Optional[list[str]] = None) -
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     env["PYTHONUNBUFFERED"] = "1"
     # The trainer must import this checkout even when the package is not installed.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    with open(run_dir / runs.LOG_FILE, "ab") as log:
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    with open(run_dir / rundir.LOG_FILE, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=str(REPO_ROOT), env=env, start_new_session=True, close_fds=True)
+                                cwd=str(PROJECT_ROOT), env=env, start_new_session=True, close_fds=True)
     # Reap the child when it exits so it never lingers as a zombie that looks alive.
     threading.Thread(target=proc.wait, daemon=True, name=f"reap-{proc.pid}").start()
     return proc
@@ -171,24 +171,24 @@ def _absolute_paths(cfg: RunConfig) -> RunConfig:
 def _launch(run_dir: Path, cfg: RunConfig, devices: list[str], resume: bool) -> None:
     cmd = _launch_command(run_dir, cfg, resume)
     proc = _spawn(run_dir, cmd, devices)
-    runs.write_status(run_dir, pid=proc.pid, pgid=proc.pid, pid_start=runs.process_start_time(proc.pid),
-                      devices=devices, command=cmd, started=runs.now_iso() if not resume else None)
+    rundir.write_status(run_dir, pid=proc.pid, pgid=proc.pid, pid_start=rundir.process_start_time(proc.pid),
+                      devices=devices, command=cmd, started=rundir.now_iso() if not resume else None)
     if resume:
-        runs.write_status(run_dir, resumed=runs.now_iso())
+        rundir.write_status(run_dir, resumed=rundir.now_iso())
 
 
 def start_run(workspace: Path, cfg: RunConfig) -> Path:
-    """Create the run directory and launch `python -m backend.train RUN_DIR`; returns the run directory."""
+    """Create the run directory and launch `python -m backend.training.run RUN_DIR`; returns the run directory."""
     workspace = Path(workspace).resolve()
     cfg = _absolute_paths(cfg)
     with _start_lock(workspace):
         devices = _claim_devices(workspace, cfg)
-        run_dir = runs.create_run(workspace, cfg)
-        runs.write_status(run_dir, devices=devices)
+        run_dir = rundir.create_run(workspace, cfg)
+        rundir.write_status(run_dir, devices=devices)
         try:
             _launch(run_dir, cfg, devices, resume=False)
         except OSError as e:
-            runs.write_status(run_dir, state="failed", ended=runs.now_iso(),
+            rundir.write_status(run_dir, state="failed", ended=rundir.now_iso(),
                               error=f"The training process could not be started: {e}.")
             raise
     return run_dir
@@ -197,27 +197,27 @@ def start_run(workspace: Path, cfg: RunConfig) -> Path:
 def resume_run(run_dir: Path) -> Path:
     """Continue a stopped or failed run from its last checkpoint, in the same directory."""
     run_dir = Path(run_dir).resolve()
-    status = runs.read_status(run_dir)
-    if status["state"] == runs.MISSING:
+    status = rundir.read_status(run_dir)
+    if status["state"] == rundir.MISSING:
         raise UserError(status["error"])
-    if status["state"] in runs.ACTIVE_STATES:
+    if status["state"] in rundir.ACTIVE_STATES:
         raise UserError(f"Run {run_dir.name} is still {status['state']}; stop it before resuming.")
-    checkpoint, bad = runs.checkpoint_report(run_dir)
+    checkpoint, bad = rundir.checkpoint_report(run_dir)
     bad_text = "; ".join(f"{p.name} is damaged ({why})" for p, why in bad)
     if checkpoint is None:
         extra = f" ({bad_text})" if bad else ""
         raise UserError(f"Run {run_dir.name} has no complete checkpoint to resume from{extra}; start it again instead.")
     fallback = (f"{bad_text}: resuming from the previous checkpoint, {checkpoint.name}." if bad else None)
-    cfg = load_config(run_dir / runs.CONFIG_FILE)
+    cfg = load_config(run_dir / rundir.CONFIG_FILE)
     workspace = run_dir.parent.parent
     with _start_lock(workspace):
         devices = _claim_devices(workspace, cfg, exclude=run_dir)
-        runs.clear_stop_request(run_dir)
-        runs.write_status(run_dir, state="starting", error=None, ended=None, early_stopped=None,
+        rundir.clear_stop_request(run_dir)
+        rundir.write_status(run_dir, state="starting", error=None, ended=None, early_stopped=None,
                           resume_from=str(checkpoint), resume_count=int(status.get("resume_count") or 0) + 1,
-                          created=runs.now_iso(), pid=None, pid_start=None, resume_note=fallback, note=fallback)
+                          created=rundir.now_iso(), pid=None, pid_start=None, resume_note=fallback, note=fallback)
         if fallback:
-            runs.append_event(run_dir, {"type": "resume_fallback", "checkpoint": str(checkpoint),
+            rundir.append_event(run_dir, {"type": "resume_fallback", "checkpoint": str(checkpoint),
                                         "skipped": [{"path": str(p), "problem": why} for p, why in bad],
                                         "message": fallback})
         _launch(run_dir, cfg, devices, resume=True)
@@ -261,13 +261,13 @@ def stop_run(run_dir: Path, timeout: float = 30.0) -> dict[str, Any]:
     """Ask the trainer to stop (it saves a checkpoint and the adapter); after `timeout` seconds
     terminate, then kill, its whole process group. Returns the final status."""
     run_dir = Path(run_dir)
-    status = runs.read_status(run_dir)
-    if status["state"] not in runs.ACTIVE_STATES:
+    status = rundir.read_status(run_dir)
+    if status["state"] not in rundir.ACTIVE_STATES:
         return status
     pid, pgid = status.get("pid"), status.get("pgid") or status.get("pid")
-    runs.request_stop(run_dir)
-    runs.write_status(run_dir, state="stopping", stop_requested=runs.now_iso())
-    alive = lambda: runs.pid_alive(pid, status.get("pid_start"))  # noqa: E731
+    rundir.request_stop(run_dir)
+    rundir.write_status(run_dir, state="stopping", stop_requested=rundir.now_iso())
+    alive = lambda: rundir.pid_alive(pid, status.get("pid_start"))  # noqa: E731
     forced = False
     if not _wait(lambda: not alive(), timeout):
         forced = True
@@ -281,22 +281,22 @@ def stop_run(run_dir: Path, timeout: float = 30.0) -> dict[str, Any]:
         if not _wait(lambda: not _group_alive(pgid), KILL_GRACE_S):
             _signal_group(pgid, signal.SIGKILL)
             _wait(lambda: not _group_alive(pgid), KILL_GRACE_S)
-    final = runs.read_raw_status(run_dir)
-    if final.get("state") in runs.ACTIVE_STATES:
-        ckpt = runs.last_checkpoint(run_dir)
+    final = rundir.read_raw_status(run_dir)
+    if final.get("state") in rundir.ACTIVE_STATES:
+        ckpt = rundir.last_checkpoint(run_dir)
         kept = f" The last checkpoint is kept: {ckpt.name}." if ckpt else " No checkpoint had been saved yet."
         why = "did not stop within {:.0f} s and was killed".format(timeout) if forced else "ended while stopping"
-        runs.write_status(run_dir, state="stopped", ended=runs.now_iso(),
+        rundir.write_status(run_dir, state="stopped", ended=rundir.now_iso(),
                           error=f"The training process {why}.{kept}")
-    return runs.read_status(run_dir)
+    return rundir.read_status(run_dir)
 
 
 def wait_for_run(run_dir: Path, timeout: Optional[float] = None, poll: float = 0.5) -> dict[str, Any]:
     """Block until the run reaches a final state (or `timeout`); returns its status."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        status = runs.read_status(run_dir)
-        if status["state"] not in runs.ACTIVE_STATES:
+        status = rundir.read_status(run_dir)
+        if status["state"] not in rundir.ACTIVE_STATES:
             return status
         if deadline is not None and time.monotonic() > deadline:
             return status

@@ -1,7 +1,7 @@
 """Reading a dataset file into raw records, with a line (or row) number and a sentence for each problem.
 
 JSONL is read line by line (every bad line is named and can be skipped); CSV, TSV and Parquet go
-through `datasets`; JSON arrays and plain text are read directly. backend.data detects the layout
+through `datasets`; JSON arrays and plain text are read directly. backend.data.records detects the layout
 and normalizes the records.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from backend.errors import UserError
+from backend.core.errors import UserError
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
             ".parquet": "parquet", ".pq": "parquet", ".txt": "text", ".md": "text"}

@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from backend.config import RunConfig, save_config
-from backend.errors import UserError
-from backend.io_utils import atomic_write_text
+from backend.core.config import RunConfig, save_config
+from backend.core.errors import UserError
+from backend.core.io import atomic_write_text
 
 MAX_GPUS_PER_NODE = 16  # no real node has more; a bigger number is a typo
 DEFAULT_PORT = 29500
@@ -98,7 +98,7 @@ def accelerate_config(cfg: RunConfig, machine_rank: int = 0, main_ip: str = "127
 
 def accelerate_command(config_file: Path, run_dir: Path, python: str = "python") -> list[str]:
     return [python, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-            "-m", "backend.train", str(run_dir)]
+            "-m", "backend.training.run", str(run_dir)]
 
 
 def torchrun_command(nnodes: int, nproc: int, run_dir: Path, node_rank: int | str = 0,
@@ -106,7 +106,7 @@ def torchrun_command(nnodes: int, nproc: int, run_dir: Path, node_rank: int | st
                      python: str = "python") -> list[str]:
     return [python, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc_per_node={nproc}",
             f"--node_rank={node_rank}", f"--master_addr={main_addr}", f"--master_port={main_port}",
-            "-m", "backend.train", str(run_dir)]
+            "-m", "backend.training.run", str(run_dir)]
 
 
 def write_launcher_configs(cfg: RunConfig, out_dir: Path) -> list[Path]:
@@ -148,14 +148,14 @@ set +e
 if "$PYTHON" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
   "$PYTHON" -m accelerate.commands.launch --config_file "$HERE/accelerate.yaml" \\
     --machine_rank "$NODE_RANK" --main_process_ip "$MAIN_ADDR" --main_process_port "$MAIN_PORT" \\
-    -m backend.train "$RUN_DIR"
+    -m backend.training.run "$RUN_DIR"
 else
   # No GPU here: torchrun with the gloo backend, one process per requested device.
   "$PYTHON" -m torch.distributed.run \\
     --nnodes={nodes} --nproc_per_node={gpus} --node_rank="$NODE_RANK" \\
     --master_addr="$MAIN_ADDR" --master_port="$MAIN_PORT" \\
     --rdzv_conf=timeout="$FTSTUDIO_RENDEZVOUS_TIMEOUT" \\
-    -m backend.train "$RUN_DIR"
+    -m backend.training.run "$RUN_DIR"
 fi
 rc=$?
 if [ "$rc" -ne 0 ]; then

@@ -10,7 +10,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-from backend.errors import UserError
+from backend.core.errors import UserError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_NAME = 100

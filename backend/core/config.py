@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from backend.io_utils import atomic_write_text
+from backend.core.io import atomic_write_text
 
 METHOD_NAMES = (
     "full", "last_layers", "lora", "qlora", "dora", "rslora", "loraplus",

@@ -12,16 +12,16 @@ from typing import Any, Optional
 
 import yaml
 
-from backend.config import RunConfig, deep_merge, validate_config
-from backend.errors import UserError
-from backend.io_utils import atomic_write_text
+from backend.core.config import RunConfig, deep_merge, validate_config
+from backend.core.errors import UserError
+from backend.core.io import atomic_write_text
+from backend.core.paths import PRESETS_DIR
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "presets"
 META_KEY = "preset"
 
 
 def user_dir() -> Path:
-    from backend.models import workspace_root
+    from backend.core.models import workspace_root
 
     return workspace_root() / "presets"
 
@@ -35,7 +35,7 @@ def sanitize_name(name: str) -> str:
 
 
 def _dirs(user: Optional[Path]) -> list[Path]:
-    return [BUILTIN_DIR, user if user is not None else user_dir()]
+    return [PRESETS_DIR, user if user is not None else user_dir()]
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -105,7 +105,7 @@ def save_preset(name: str, partial: dict[str, Any], title: Optional[str] = None,
                 description: str = "", user: Optional[Path] = None) -> Path:
     """Save a partial RunConfig as a user preset; refuses to shadow a built-in one."""
     slug = sanitize_name(name)
-    if (BUILTIN_DIR / f"{slug}.yaml").exists():
+    if (PRESETS_DIR / f"{slug}.yaml").exists():
         raise UserError(f"'{slug}' is the name of a built-in preset; choose another name.")
     data = {k: v for k, v in partial.items() if k != META_KEY}
     validate_config(deep_merge(RunConfig().model_dump(mode="json"), data), source=f"preset {slug}")

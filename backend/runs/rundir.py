@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from backend.config import RunConfig, save_config
-from backend.io_utils import atomic_write_json, read_json
+from backend.core.config import RunConfig, save_config
+from backend.core.io import atomic_write_json, read_json
 
 RUN_STATES = ("starting", "running", "stopping", "completed", "stopped", "failed", "out_of_memory")
 ACTIVE_STATES = frozenset({"starting", "running", "stopping"})

@@ -11,7 +11,7 @@ Normalized rows (what every later step sees):
 A mapping names, for each role a column can play, the column that plays it:
   messages, prompt, input (extra context appended to the prompt), completion, system,
   text, chosen, rejected, label.
-File reading lives in backend.data_files. Every problem with a row becomes a RowError with its line (or row) number and field; bad
+File reading lives in backend.data.files. Every problem with a row becomes a RowError with its line (or row) number and field; bad
 rows are skipped and counted unless the caller asks for strictness.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from backend.data_files import RowError, _Bad, read_records
-from backend.errors import UserError
+from backend.data.files import RowError, _Bad, read_records
+from backend.core.errors import UserError
 
 FORMATS = ("messages", "prompt_completion", "text", "preference", "kto")
 SOURCE_FORMATS = ("alpaca", "sharegpt", "openai", "columns")

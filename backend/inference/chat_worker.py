@@ -1,6 +1,6 @@
 """The chat worker: a subprocess that holds the chat model so the studio's process never does.
 
-`python -m backend.chat_worker` speaks JSON lines: commands on stdin, events on stdout.
+`python -m backend.inference.chat_worker` speaks JSON lines: commands on stdin, events on stdout.
 
   {"cmd": "load", "model": M|null, "adapter": DIR|null, "quantize": false}
       -> {"event": "loaded", "base_loads": N, "model": .., "adapter": .., "device": ..}
@@ -23,8 +23,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from backend.chat import DEFAULT_SETTINGS, normalize_settings
-from backend.errors import UserError
+from backend.inference.chat import DEFAULT_SETTINGS, normalize_settings
+from backend.core.errors import UserError
 
 
 class ChatEngine:
@@ -58,8 +58,8 @@ class ChatEngine:
 
     def load(self, model: Optional[str] = None, adapter: Optional[str] = None, quantize: bool = False) -> dict[str, Any]:
         """Make (model, adapter) current; the base is reloaded only when it changes."""
-        from backend.merge import locate_adapter
-        from backend.models import resolve_model, ModelError
+        from backend.export.merge import locate_adapter
+        from backend.core.models import resolve_model, ModelError
 
         src = locate_adapter(adapter) if adapter else None
         if src is not None and src.peft_type is None:
@@ -95,7 +95,7 @@ class ChatEngine:
 
         import torch
 
-        from backend.models import ModelError, load_causal_lm
+        from backend.core.models import ModelError, load_causal_lm
 
         self.model = self.tokenizer = None
         self.adapters, self.active, self.base_source = {}, None, None
@@ -150,7 +150,7 @@ class ChatEngine:
         """The adapter's tokenizer when it saved one: training may have given it its chat template."""
         from transformers import AutoTokenizer
 
-        from backend.models import load_tokenizer
+        from backend.core.models import load_tokenizer
 
         if adapter_dir is not None and (adapter_dir / "tokenizer_config.json").exists():
             tok = AutoTokenizer.from_pretrained(str(adapter_dir))
