@@ -1,4 +1,4 @@
-"""`ftstudio`: the headless command line (the contract in DESIGN.md).
+"""`ftstudio`: the headless command line (its JSON outputs are described in docs/ARCHITECTURE.md).
 
 Each subcommand lives in `backend/commands/<name>.py` with `add_parser(subparsers)`;
 the parser it adds sets `func(args) -> dict | int`. With `--json` a dict result is
@@ -24,13 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ftstudio", description="Fine-Tune Studio, headless.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"backend.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"backend.commands.{name}":
-                continue  # that subcommand has not arrived yet
-            raise
-        mod.add_parser(sub)
+        importlib.import_module(f"backend.commands.{name}").add_parser(sub)
     return parser
 
 

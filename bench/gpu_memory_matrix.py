@@ -182,22 +182,10 @@ def format_report(results: list[dict[str, Any]], device: dict[str, Any], command
 # ------------------------------------------------------------------------------- one cell (child)
 
 def _load_model(cfg: Any):
-    """The studio's loader; methods the registry does not know yet go through the estimator's fallback."""
-    from backend.methods import METHODS as REGISTRY, load_trainable_model
+    """The studio's own loader, exactly as training calls it."""
+    from backend.methods import load_trainable_model
 
-    if cfg.method.name in REGISTRY:
-        return load_trainable_model(cfg, device_map={"": 0})
-    import torch
-    from backend.estimator.skeleton import _fallback_apply
-    from backend.core.models import load_causal_lm
-
-    model = load_causal_lm(cfg.model, dtype=torch.bfloat16, device_map={"": 0})
-    if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    model = _fallback_apply(model, cfg)
-    model.train()
-    return model
+    return load_trainable_model(cfg, device_map={"": 0})
 
 
 def run_cell(cell: dict[str, Any], model_dir: str) -> dict[str, Any]:

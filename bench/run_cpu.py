@@ -208,7 +208,7 @@ def _gpu_section(gpu: Optional[dict[str, Any]]) -> list[str]:
                 "`python bench/gpu_memory_matrix.py` on a CUDA machine (it writes bench/results/gpu_matrix.json"
                 " and .md, and `python bench/run_cpu.py --report-only` then adds them here).", "",
                 "Because nothing was measured on a GPU, the estimator's calibration constants"
-                " (backend/estimator/terms.py) are still the seed values, not fitted.", ""]
+                " (backend/estimator/terms.py) are still the first-guess values, not fitted.", ""]
     _, matrix = _load_matrix()
     return ["## GPU matrix", "", matrix.format_report(gpu["cells"], gpu["device"], gpu["command"])]
 

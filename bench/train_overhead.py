@@ -57,13 +57,14 @@ def plain(config_path: str) -> None:
 
 
 def studio(cfg, workspace: Path) -> float:
+    from backend.runs import events as run_events
     from backend.runs import runner
     from backend.runs import rundir
     run_dir = runner.start_run(workspace, cfg)
     status = runner.wait_for_run(run_dir, timeout=3600)
     if status["state"] != "completed":
         raise SystemExit(f"studio run {status['state']}: {status.get('error')}")
-    end = [e for e in rundir.read_events(run_dir)[0] if e.get("type") == "train_end"][-1]
+    end = [e for e in rundir.read_events(run_dir)[0] if e.get("type") == run_events.TRAIN_END][-1]
     return cfg.train.max_steps / end["train_runtime"]
 
 

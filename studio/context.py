@@ -6,9 +6,10 @@ per browser session). The Dataset tab writes `data`, the Method tab writes `mode
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import gradio as gr
 
@@ -24,3 +25,16 @@ class StudioContext:
     workspace: Path
     run_config: gr.State
     extras: dict[str, Any] = field(default_factory=dict)  # components a later tab listens to
+
+
+def bind(fn: Callable[..., Any], *args: Any, name: Optional[str] = None) -> functools.partial:
+    """functools.partial(fn, *args) that keeps fn's name and docstring: Gradio names an event's API
+    endpoint after its function and describes it with the docstring.
+
+    Not for handlers that take gr.SelectData/gr.EventData: Gradio finds those from the function's
+    type hints, which a partial does not carry.
+    """
+    bound = functools.partial(fn, *args)
+    bound.__name__ = name or fn.__name__  # type: ignore[attr-defined]
+    bound.__doc__ = fn.__doc__
+    return bound

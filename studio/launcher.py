@@ -68,6 +68,8 @@ def launch_from_args(args: argparse.Namespace) -> None:
     # does not wait; failures surface later as sentences where the model is used. Started only
     # after the tabs are built: transformers' lazy imports are not safe to race from two threads,
     # and the build imports parts of it (the trainers' callbacks) that the conversion imports too.
+    # Imported here, not at the top: studio.app pulls in gradio and every tab, and both names are
+    # looked up at launch time (tests replace studio.app.build_app and models.ensure_bundled).
     from backend.core.models import DEFAULT_MODEL, ensure_bundled
     threading.Thread(target=lambda: _quietly(ensure_bundled, DEFAULT_MODEL), daemon=True).start()
     _patient_localhost_probe()

@@ -13,6 +13,8 @@ from typing import Any, Iterable, Optional
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from backend.runs import events as run_events
+
 SMOOTHING = 0.8
 COLORS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777")
 
@@ -68,10 +70,10 @@ class RunSeries:
         for ev in events:
             kind = ev.get("type")
             step = ev.get("step")
-            if kind == "train_begin":
+            if kind == run_events.TRAIN_BEGIN:
                 self.total_steps = ev.get("total_steps") or self.total_steps
                 self.first_step, self.first_step_time = ev.get("step"), ev.get("time")
-            elif kind == "train" and isinstance(step, int):
+            elif kind == run_events.TRAIN and isinstance(step, int):
                 changed = True
                 self._rewind(step)
                 self.step, self.epoch = step, ev.get("epoch", self.epoch)
@@ -90,21 +92,21 @@ class RunSeries:
                 mem = ev.get("gpu_mem_used") or ev.get("gpu_mem_peak")
                 if _finite(mem):
                     self.gpu_mem = int(mem)
-            elif kind == "eval" and _finite(ev.get("val_loss")):
+            elif kind == run_events.EVAL and _finite(ev.get("val_loss")):
                 changed = True
                 self._rewind_series(self.val_steps, self.val_loss, int(step or 0))
                 self.val_steps.append(int(step or 0))
                 self.val_loss.append(float(ev["val_loss"]))
                 if _finite(ev.get("best_val_loss")):
                     self.best_val_loss, self.best_step = float(ev["best_val_loss"]), ev.get("best_step")
-            elif kind == "early_stop":
+            elif kind == run_events.EARLY_STOP:
                 changed = True
                 self.early_stop_step = step
                 self.best_step = ev.get("best_step", self.best_step)
-            elif kind == "unfreeze" and isinstance(step, int):
+            elif kind == run_events.UNFREEZE and isinstance(step, int):
                 changed = True
                 self.unfreezes.append((step, f"layer {ev.get('layer')} unfrozen"))
-            elif kind == "alignment" and isinstance(step, int):
+            elif kind == run_events.ALIGNMENT and isinstance(step, int):
                 changed = True
                 prefix = "val " if ev.get("phase") == "eval" else ""
                 # GRPO/RLOO log one mean per reward source ("rewards/<name>/mean") next to their sum.
@@ -115,7 +117,7 @@ class RunSeries:
                         self._rewind_series(xs, ys, step)
                         xs.append(step)
                         ys.append(float(ev[key]))
-            elif kind == "resume":
+            elif kind == run_events.RESUME:
                 changed = True
                 digits = re.search(r"checkpoint-(\d+)", str(ev.get("checkpoint") or ""))
                 self.resumes.append(int(digits.group(1)) if digits else self.step)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Any
+from backend.inference.chat import build_messages
+from backend.inference.chat_worker import ChatEngine
 
 
 def add_parser(sub) -> None:
@@ -25,9 +27,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any] | int:
-    from backend.inference.chat import build_messages
-    from backend.inference.chat_worker import ChatEngine
-
     settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
                 "top_k": args.top_k, "repetition_penalty": args.repetition_penalty, "seed": args.seed}
     engine = ChatEngine()

@@ -5,7 +5,11 @@ import argparse
 import json
 from typing import Any
 
+from backend.core.config import DataConfig
 from backend.core.errors import UserError
+from backend.core.models import DEFAULT_MODEL
+from backend.data.records import load_rows
+from backend.data.templates import get_tokenizer, preview_row, resolve_template, token_length_stats
 
 ERRORS_SHOWN = 100
 
@@ -51,8 +55,6 @@ def _mapping(text: str | None) -> dict[str, str] | None:
 
 
 def _data_cfg(args: argparse.Namespace, loaded) -> Any:
-    from backend.core.config import DataConfig
-
     if args.max_length < 8:
         raise UserError(f"--max-length {args.max_length} is too small; use at least 8 tokens.")
     return DataConfig(path=args.file, template=args.template, max_length=args.max_length,
@@ -62,18 +64,12 @@ def _data_cfg(args: argparse.Namespace, loaded) -> Any:
 
 
 def _load(args: argparse.Namespace):
-    from backend.data.records import load_rows
-    from backend.core.models import DEFAULT_MODEL
-    from backend.data.templates import get_tokenizer
-
     loaded = load_rows(args.file, _mapping(args.mapping), args.format, skip_bad_rows=not args.strict)
     tok = get_tokenizer(args.model or DEFAULT_MODEL)
     return loaded, tok, _data_cfg(args, loaded)
 
 
 def inspect(args: argparse.Namespace) -> dict:
-    from backend.data.templates import resolve_template, token_length_stats
-
     loaded, tok, cfg = _load(args)
     out = loaded.summary()
     out["errors"] = out["errors"][:ERRORS_SHOWN]
@@ -101,8 +97,6 @@ def _warnings(loaded, stats: dict, cfg) -> list[str]:
 
 
 def preview(args: argparse.Namespace) -> dict:
-    from backend.data.templates import preview_row
-
     loaded, tok, cfg = _load(args)
     n = len(loaded.rows)
     if not 0 <= args.row < n:

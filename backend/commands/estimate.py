@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from backend.core.config import load_config
 from backend.core.errors import UserError
 
 
@@ -21,7 +22,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from backend.core.config import load_config
     from backend.estimator import estimate
 
     if args.gpus is not None and args.gpus < 1:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from backend.inference.evaluate import evaluate_run
 
 
 def add_parser(sub) -> None:
@@ -16,8 +17,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from backend.inference.evaluate import evaluate_run
-
     return evaluate_run(args.run_dir, data_path=args.data, samples=max(0, args.samples),
                         max_new_tokens=args.max_new_tokens,
                         progress=lambda s: print(f"eval: {s}", file=sys.stderr, flush=True))

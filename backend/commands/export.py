@@ -7,6 +7,8 @@ import sys
 from typing import Any
 
 from backend.core.errors import UserError
+from backend.export.gguf import export_gguf
+from backend.export.merge import progress_printer
 
 
 def add_parser(sub) -> None:
@@ -26,15 +28,12 @@ def add_parser(sub) -> None:
 
 
 def _progress(machine: bool):
-    from backend.export.merge import progress_printer
-
     return progress_printer(machine)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any] | int:
     if args.format.lower() != "gguf":
         raise UserError(f"Unknown export format '{args.format}'. The only format is gguf.")
-    from backend.export.gguf import export_gguf
 
     result = export_gguf(args.source, args.out, quant=args.quant, progress=_progress(args.progress_json),
                          base=args.base)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from backend.core.config import load_config
+from backend.training.distributed import write_bundle
 
 
 def add_parser(sub) -> None:
@@ -17,7 +19,4 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from backend.core.config import load_config
-    from backend.training.distributed import write_bundle
-
     return write_bundle(load_config(args.config), args.nodes, args.gpus_per_node, Path(args.out), port=args.port)

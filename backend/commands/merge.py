@@ -5,6 +5,8 @@ import argparse
 from typing import Any
 
 from backend.core.errors import UserError
+from backend.export import merge
+from backend.export.merge import progress_printer
 
 
 def add_parser(sub) -> None:
@@ -25,14 +27,10 @@ def add_parser(sub) -> None:
 
 
 def _progress(machine: bool):
-    from backend.export.merge import progress_printer
-
     return progress_printer(machine)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from backend.export import merge
-
     say = _progress(args.progress_json)
     if len(args.sources) == 1:
         if args.method or args.weights:

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 from typing import Any
+from backend.core.errors import UserError
+from backend.data.records import load_rows
+from backend.inference.reward_score import pair_accuracy, score_answers
+from backend.objectives.online_rl import load_reward_model
 
 
 def add_parser(sub) -> None:
@@ -19,10 +23,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any] | int:
-    from backend.core.errors import UserError
-    from backend.objectives.online_rl import load_reward_model
-    from backend.inference.reward_score import pair_accuracy, score_answers
-
     if (args.data is None) == (args.prompt is None):
         raise UserError("Give either --prompt with one or more --answer, or --data with a preference file.")
     import torch
@@ -30,7 +30,6 @@ def run(args: argparse.Namespace) -> dict[str, Any] | int:
     # Scores are compared to each other: on a CPU use fp32, where bf16 would round close scores together.
     model, tokenizer = load_reward_model(args.reward_model, dtype=None if torch.cuda.is_available() else torch.float32)
     if args.data is not None:
-        from backend.data.records import load_rows
 
         loaded = load_rows(args.data)
         if loaded.format != "preference":

@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backend.runs import runner
-from backend.runs import rundir
 from backend.core.config import load_config
 from backend.core.errors import UserError
+from backend.runs import events as run_events, rundir, runner
 
 
 def add_parser(sub) -> None:
@@ -45,11 +44,11 @@ def _progress(run_dir: Path, show: bool, poll: float = 0.5) -> dict[str, Any]:
             for ev in events:
                 if ev.get("total_steps") and bar.total != ev["total_steps"]:
                     bar.total = ev["total_steps"]
-                if ev.get("type") == "train":
+                if ev.get("type") == run_events.TRAIN:
                     bar.update(max(0, int(ev["step"]) - bar.n))
                     if ev.get("loss") is not None:
                         postfix["loss"] = f"{ev['loss']:.4f}"
-                elif ev.get("type") == "eval" and ev.get("val_loss") is not None:
+                elif ev.get("type") == run_events.EVAL and ev.get("val_loss") is not None:
                     postfix["val"] = f"{ev['val_loss']:.4f}"
             if postfix:
                 bar.set_postfix(postfix, refresh=False)

@@ -11,16 +11,13 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from backend.core import catalog
 from backend.core.io import atomic_write_text
 
-METHOD_NAMES = (
-    "full", "last_layers", "lora", "qlora", "dora", "rslora", "loraplus",
-    "feature_extraction", "gradual_unfreezing", "lora_fa", "adalora", "vera",
-    "ia3", "adapter_houlsby", "adapter_pfeiffer", "bitfit", "fish_mask",
-    "prompt_tuning", "prefix_tuning", "p_tuning_v2", "longlora",
-)
-OBJECTIVES = ("sft", "pretrain", "dpo", "orpo", "kto", "reward", "grpo", "rloo")
-OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd", "adafactor")
+# The allowed names come from the catalog, so a method, objective or optimizer is written down once.
+METHOD_NAMES = tuple(catalog.METHODS)
+OBJECTIVES = tuple(catalog.OBJECTIVES)
+OPTIMIZERS = tuple(catalog.OPTIMIZERS)
 PRECISIONS = ("fp32", "fp16", "bf16")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "fsdp")
@@ -32,7 +29,7 @@ class Strict(BaseModel):
 
 
 class MethodConfig(Strict):
-    name: Literal[METHOD_NAMES] = Field("lora", description="Fine-tuning method.")
+    name: Literal[METHOD_NAMES] = Field(catalog.METHOD.lora, description="Fine-tuning method.")
     r: int = Field(16, ge=1, le=4096, description="LoRA rank: size of the low-rank update.")
     alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (update scaled by alpha/r).")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
@@ -89,7 +86,7 @@ class TrainConfig(Strict):
     batch_size: int = Field(4, ge=1, le=4096, description="Sequences per device per step.")
     gradient_accumulation: int = Field(4, ge=1, le=4096, description="Micro-batches per optimizer step.")
     precision: Literal[PRECISIONS] = Field("bf16", description="Compute precision.")
-    optimizer: Literal[OPTIMIZERS] = Field("adamw_torch", description="Optimizer.")
+    optimizer: Literal[OPTIMIZERS] = Field(catalog.OPTIMIZER.adamw_torch, description="Optimizer.")
     gradient_checkpointing: bool = Field(True, description="Recompute activations in backward to save memory.")
     eval_steps: int = Field(50, ge=1, description="Evaluate every N steps.")
     save_steps: Optional[int] = Field(None, ge=1, description="Checkpoint every N steps (default: eval_steps).")
@@ -137,7 +134,7 @@ class NotifyConfig(Strict):
 
 class RunConfig(Strict):
     model: str = Field("smollm2-135m-instruct", description="Bundled name, local directory, or hub id.")
-    objective: Literal[OBJECTIVES] = Field("sft", description="What the training optimizes.")
+    objective: Literal[OBJECTIVES] = Field(catalog.OBJECTIVE.sft, description="What the training optimizes.")
     method: MethodConfig = Field(default_factory=MethodConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -151,7 +148,7 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _cross_field(self):
-        if self.objective in ("dpo", "orpo", "kto", "reward", "grpo", "rloo") and self.data.packing:
+        if self.data.packing and not catalog.OBJECTIVES[self.objective].packing:
             raise ValueError(f"packing is not available for the {self.objective} objective; turn packing off")
         return self
 

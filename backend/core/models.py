@@ -7,8 +7,6 @@ model cache; every later load is a plain `from_pretrained` of that directory.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.util
 import json
 import logging
@@ -18,6 +16,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+
+from backend.core.locks import file_lock
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 BUNDLED = {
@@ -60,17 +60,6 @@ def _bundled_gguf(name: str) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure_bundled(name: str = DEFAULT_MODEL, cache: Optional[Path] = None) -> Path:
     """Return the converted directory of a bundled model, converting it once."""
     cache = cache or model_cache_dir()
@@ -78,7 +67,7 @@ def ensure_bundled(name: str = DEFAULT_MODEL, cache: Optional[Path] = None) -> P
     if (out / _CONVERTED_MARK).exists():
         return out
     gguf = _bundled_gguf(name)
-    with _file_lock(cache / f".{name}.lock"):
+    with file_lock(cache / f".{name}.lock", make_parents=True):
         if (out / _CONVERTED_MARK).exists():  # another process converted it while we waited
             return out
         import torch

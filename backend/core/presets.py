@@ -15,14 +15,13 @@ import yaml
 from backend.core.config import RunConfig, deep_merge, validate_config
 from backend.core.errors import UserError
 from backend.core.io import atomic_write_text
+from backend.core.models import workspace_root
 from backend.core.paths import PRESETS_DIR
 
 META_KEY = "preset"
 
 
 def user_dir() -> Path:
-    from backend.core.models import workspace_root
-
     return workspace_root() / "presets"
 
 

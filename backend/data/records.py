@@ -21,8 +21,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from backend.data.files import RowError, _Bad, read_records
 from backend.core.errors import UserError
+from backend.data.files import _Bad, RowError, read_records
 
 FORMATS = ("messages", "prompt_completion", "text", "preference", "kto")
 SOURCE_FORMATS = ("alpaca", "sharegpt", "openai", "columns")

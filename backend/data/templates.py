@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from backend.core.errors import UserError
+from backend.core.models import load_tokenizer
+from backend.data import packing
 
 IGNORE = -100
 
@@ -89,7 +91,6 @@ def get_tokenizer(model: str, trust_remote_code: bool = False):
 def _load_tokenizer_retrying(model: str, trust_remote_code: bool, attempts: int = 3):
     import time
 
-    from backend.core.models import load_tokenizer
 
     for attempt in range(attempts):
         try:
@@ -321,7 +322,6 @@ def build_sft_dataset(tokenizer, rows: list[dict], data_cfg: Any):
     """
     import datasets
 
-    from backend.data import packing
 
     if not rows:
         raise UserError("There are no rows to train on. Load a dataset with at least one usable row.")
@@ -342,7 +342,6 @@ def build_sft_dataset(tokenizer, rows: list[dict], data_cfg: Any):
 
 class SftCollator:
     """Right-pads a batch: input_ids with the pad id, attention_mask with 0, labels with -100."""
-
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
         self.pad_token_id = int(pad_token_id)
         self.pad_to_multiple_of = pad_to_multiple_of
@@ -415,8 +414,6 @@ def preview_packed(tokenizer, rows: list[dict], index: int, data_cfg: Any,
     `lengths` (the truncated lengths of all rows, e.g. cached from the stats) saves encoding
     every row to find the sequence.
     """
-    from backend.data import packing
-
     cap = int(data_cfg.max_length)
     if lengths is None:
         # Every row is at least one token, so the sequence holding `index` closes within

@@ -6,20 +6,19 @@ the per-term formulas), and rendering elsewhere (the Method tab's plot, the CLI'
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from backend.estimator import online
-from backend.estimator import terms as T
-from backend.estimator.skeleton import PEFT_LORA_FAMILY, ModelShape, cached_shape
+from backend.core.catalog import METHOD, METHODS, OBJECTIVES, OPTIMIZER, OPTIMIZERS
+from backend.core.errors import UserError
 from backend.core.gpu import GpuInfo, hypothetical_gpus, list_gpus
+from backend.core.precision import PrecisionPlan
+from backend.estimator import online, terms as T
+from backend.estimator.plan import dtype_plan, method_flags, model_config_of
+from backend.estimator.skeleton import ModelShape, cached_shape
 
 # Objectives whose TRL trainer uses the fused (chunked) LM head; the others materialize full logits.
-FUSED_HEAD_OBJECTIVES = ("sft", "pretrain", "dpo", "kto")
 TERMS = ("weights", "gradients", "optimizer", "activations", "logits", "overhead")
-PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-PAGED = ("paged_adamw_8bit", "paged_adamw_32bit")
 
 
 @dataclass
@@ -49,67 +48,9 @@ class Estimate:
         }
 
 
-# ---------------------------------------------------------------------------------- model config
-
-_CONFIGS: dict[tuple, Any] = {}
-
-
-def _model_config(cfg: Any) -> Any:
-    """AutoConfig for cfg.model, cached per reference and config.json modification time."""
-    from backend.core.models import load_model_config, resolve_model
-
-    stamp: Any = None
-    if os.path.isdir(os.path.expanduser(cfg.model)):
-        try:
-            stamp = os.stat(os.path.join(os.path.expanduser(cfg.model), "config.json")).st_mtime_ns
-        except OSError:
-            stamp = None
-    key = (cfg.model, cfg.trust_remote_code, stamp)
-    hit = _CONFIGS.get(key)
-    if hit is None:
-        resolve_model(cfg.model)  # a missing directory is a sentence, not a transformers traceback
-        hit = load_model_config(cfg.model, trust_remote_code=cfg.trust_remote_code)
-        if len(_CONFIGS) > 32:
-            _CONFIGS.clear()
-        _CONFIGS[key] = hit
-    return hit
-
-
-def _method_flags(name: str) -> tuple[bool, bool]:
-    """(uses_peft, quantized) from the registry when it knows the method, else from the name."""
-    try:
-        from backend.methods import METHODS
-        spec = METHODS.get(name)
-    except ImportError:
-        spec = None
-    if spec is not None:
-        return bool(spec.uses_peft), bool(spec.quantized)
-    return name not in ("full", "last_layers", "feature_extraction", "gradual_unfreezing", "bitfit",
-                        "fish_mask"), name == "qlora"
-
-
 # ---------------------------------------------------------------------------------- arithmetic
 
-@dataclass
-class _Plan:
-    compute: str          # dtype of activations and matmuls
-    base: str             # dtype of the non-quantized base weights
-    quantized: bool
-    autocast_copies: bool  # fp16 AMP with fp32 trainable weights caches 16-bit copies per forward
-
-
-def _dtype_plan(cfg: Any, uses_peft: bool, quantized: bool) -> _Plan:
-    precision = cfg.train.precision
-    if quantized:
-        # prepare_model_for_kbit_training upcasts every non-4-bit parameter (embeddings, head, norms) to fp32.
-        return _Plan(compute=cfg.method.compute_dtype, base="fp32", quantized=True, autocast_copies=False)
-    if precision == "fp16" and not uses_peft:
-        # fp16 AMP needs fp32 master weights (matches backend.methods.load_dtype).
-        return _Plan(compute="fp16", base="fp32", quantized=False, autocast_copies=True)
-    return _Plan(compute=precision, base=precision, quantized=False, autocast_copies=False)
-
-
-def _weights(shape: ModelShape, plan: _Plan, double_quant: bool) -> tuple[int, str]:
+def _weights(shape: ModelShape, plan: PrecisionPlan, double_quant: bool) -> tuple[int, str]:
     b = T.dtype_bytes(plan.base)
     adapters = int((shape.adapter_trainable + shape.adapter_frozen) * shape.adapter_bytes_per_param)
     if plan.quantized:
@@ -130,7 +71,7 @@ def _weights(shape: ModelShape, plan: _Plan, double_quant: bool) -> tuple[int, s
     return total + adapters, text
 
 
-def _gradients(shape: ModelShape, plan: _Plan) -> tuple[int, str]:
+def _gradients(shape: ModelShape, plan: PrecisionPlan) -> tuple[int, str]:
     b = T.dtype_bytes(plan.base)
     base = int(shape.base_trainable * b)
     adapters = int(shape.adapter_trainable * shape.adapter_bytes_per_param)
@@ -142,7 +83,7 @@ def _gradients(shape: ModelShape, plan: _Plan) -> tuple[int, str]:
     return base + adapters, (" + ".join(parts) or "nothing trains") + f" = {T.fmt_bytes(base + adapters)}"
 
 
-def _optimizer(shape: ModelShape, plan: _Plan, optimizer: str, strategy: str) -> tuple[int, str, int]:
+def _optimizer(shape: ModelShape, plan: PrecisionPlan, optimizer: str, strategy: str) -> tuple[int, str, int]:
     """(state bytes, formula, step temporaries)."""
     base_b = T.dtype_bytes(plan.base)
     zero_master = strategy in ("zero1", "zero2", "zero3") and optimizer == "adamw_torch"
@@ -157,21 +98,14 @@ def _optimizer(shape: ModelShape, plan: _Plan, optimizer: str, strategy: str) ->
         else:
             total += count * T.optimizer_tensor_bytes(numel, shp, pb, optimizer)
     temps = int(T.OPTIMIZER_STEP_TEMP_FACTOR.get(optimizer, 0.0) * total / 2)
-    rule = {
-        "adamw_torch": "AdamW m + v in the parameter dtype",
-        "adamw_8bit": "8-bit AdamW: 2 B + fp32 scale per 256 (tensors < 4096 elements: 8 B)",
-        "paged_adamw_8bit": "paged 8-bit AdamW (managed memory): 2 B + fp32 scale per 256",
-        "paged_adamw_32bit": "paged AdamW (managed memory): 8 B fp32",
-        "sgd": "SGD without momentum keeps no state",
-        "adafactor": "Adafactor: factored row + column second moments",
-    }[optimizer]
+    rule = OPTIMIZERS[optimizer].states
     text = f"{T.fmt_count(shape.trainable_params)} trainable, {rule} = {T.fmt_bytes(total)}"
     if master:
         text += f" + fp32 master copy {T.fmt_bytes(master)} (DeepSpeed)"
     return total + master, text, temps
 
 
-def _activations(cfg: Any, shape: ModelShape, plan: _Plan) -> tuple[int, str, int, str]:
+def _activations(cfg: Any, shape: ModelShape, plan: PrecisionPlan) -> tuple[int, str, int, str]:
     """(activation bytes, formula, logits bytes, formula)."""
     c = T.dtype_bytes(plan.compute)
     batch, seq = cfg.train.batch_size, cfg.data.max_length
@@ -184,7 +118,7 @@ def _activations(cfg: Any, shape: ModelShape, plan: _Plan) -> tuple[int, str, in
     kv_dim = shape.heads * shape.head_dim  # GQA keys are repeated to full heads when a padding mask is used
     common = dict(hidden=shape.hidden, intermediate=shape.intermediate, kv_dim=kv_dim, heads=shape.heads,
                   kv_len=kv_len, compute_bytes=c, attn_implementation=shape.attn_implementation)
-    dropout = cfg.method.dropout > 0 and cfg.method.name in PEFT_LORA_FAMILY
+    dropout = cfg.method.dropout > 0 and METHODS[cfg.method.name].lora_family
     # Under autocast each adapter casts its own input (fp32 for PEFT, then back to the compute dtype),
     # and dropout gives each its own copy; only in plain fp32 without dropout do siblings share one.
     shared = c >= 4 and not dropout
@@ -213,7 +147,7 @@ def _activations(cfg: Any, shape: ModelShape, plan: _Plan) -> tuple[int, str, in
         buf = int(shape.largest_linear * c)
         acts += buf
         extras.append(f"4-bit dequantization buffer {T.fmt_bytes(buf)}")
-    if plan.autocast_copies:
+    if plan.fp32_master_weights:
         cache = int(shape.base_trainable * 2)
         acts += cache
         extras.append(f"fp16 autocast weight copies {T.fmt_bytes(cache)}")
@@ -232,16 +166,14 @@ def _activations(cfg: Any, shape: ModelShape, plan: _Plan) -> tuple[int, str, in
         per = T.dtype_bytes(plan.compute) + 4 * T.LOGITS_FP32_COPIES
         ltext = (f"{batch} answers x {positions} answer tokens x {T.fmt_count(shape.vocab)} vocab x {per:g} B "
                  f"(GRPO/RLOO keep logits of the answer only) = {T.fmt_bytes(logits)}")
-    elif cfg.objective in FUSED_HEAD_OBJECTIVES:
+    elif OBJECTIVES[cfg.objective].fused_head:
         # TRL's SFT/DPO/KTO trainers score tokens through a chunked LM head and never hold the full
         # batch x sequence x vocabulary logits; what remains is one logits tile, the fp32 gradient of the
         # hidden states and, when the head trains, its fp32 gradient accumulator.
-        from backend.estimator.precise import fused_head_bytes
-
         head_trains = any(is_base and tuple(dims) == (shape.vocab, shape.hidden)
                           for dims, is_base, _ in shape.trainable_shapes)
-        logits = fused_head_bytes(batch, logit_seq, shape.vocab, shape.hidden, c, head_trains,
-                                  T.dtype_bytes(plan.base))
+        logits = T.fused_head_bytes(batch, logit_seq, shape.vocab, shape.hidden, c, head_trains,
+                                    T.dtype_bytes(plan.base))
         ltext = (f"chunked LM head (TRL): one logits tile of min({batch} x {logit_seq - 1}, 4096) tokens x "
                  f"min({T.fmt_count(shape.vocab)}, 32768) vocab + fp32 hidden-state gradient"
                  + (" + fp32 head gradient" if head_trains else "") + f" = {T.fmt_bytes(logits)}")
@@ -258,8 +190,8 @@ def _world(cfg: Any) -> int:
 
 
 def _compute(cfg: Any, shape: ModelShape) -> Estimate:
-    uses_peft, quantized = _method_flags(cfg.method.name)
-    plan = _dtype_plan(cfg, uses_peft, quantized)
+    uses_peft, quantized = method_flags(cfg.method.name)
+    plan = dtype_plan(cfg, uses_peft, quantized)
     strategy, world = cfg.distributed.strategy, _world(cfg)
     weights, wf = _weights(shape, plan, cfg.method.double_quant)
     grads, gf = _gradients(shape, plan)
@@ -278,8 +210,6 @@ def _compute(cfg: Any, shape: ModelShape) -> Estimate:
         sharded["gradients"] += grads
         gf += f" + DDP buckets {T.fmt_bytes(grads)}"
 
-    from backend.objectives.trainers import OBJECTIVES  # late: it imports the trainers' callback base (transformers)
-
     objective = OBJECTIVES.get(cfg.objective)
     if objective is not None and objective.uses_reference and not uses_peft:
         # Without an adapter to switch off, TRL keeps a frozen copy of the starting model for the
@@ -296,7 +226,7 @@ def _compute(cfg: Any, shape: ModelShape) -> Estimate:
         generation = extra.generation
         notes.append("GRPO/RLOO sample answers before each update; the " + extra.generation_text +
                      " is a phase of its own, counted when it is larger than the training step's.")
-    paged = sharded["optimizer"] if cfg.train.optimizer in PAGED else 0
+    paged = sharded["optimizer"] if OPTIMIZERS[cfg.train.optimizer].paged else 0
     backward = acts + logits + (sharded["gradients"] if cfg.train.gradient_accumulation > 1 else 0)
     step = sharded["gradients"] + temps
     allocated = sharded["weights"] + (sharded["optimizer"] - paged) + max(backward, step, generation)
@@ -362,10 +292,10 @@ def _variants(cfg: Any) -> list[tuple[str, dict[str, dict[str, Any]]]]:
         out.append((f"Lower the batch size from {t.batch_size} to 1 and raise gradient accumulation from "
                     f"{t.gradient_accumulation} to {acc} (same effective batch)",
                     {"train": {"batch_size": 1, "gradient_accumulation": acc}}))
-    if m.name in ("lora", "dora", "rslora", "loraplus", "full", "last_layers"):
-        out.append(("Switch to QLoRA (4-bit base, LoRA adapters)", {"method": {"name": "qlora"}}))
-    if t.optimizer in ("adamw_torch", "paged_adamw_32bit"):
-        out.append(("Use the 8-bit AdamW optimizer", {"train": {"optimizer": "adamw_8bit"}}))
+    if METHODS[m.name].qlora_switch:
+        out.append(("Switch to QLoRA (4-bit base, LoRA adapters)", {"method": {"name": METHOD.qlora}}))
+    if t.optimizer in (OPTIMIZER.adamw_torch, OPTIMIZER.paged_adamw_32bit):
+        out.append(("Use the 8-bit AdamW optimizer", {"train": {"optimizer": OPTIMIZER.adamw_8bit}}))
     if t.precision == "fp32":
         out.append(("Train in bf16 (if the GPU supports it)", {"train": {"precision": "bf16"}}))
     if d.max_length > 256:
@@ -446,13 +376,12 @@ def estimate(cfg: Any, gpus: Optional[list[GpuInfo]] = None, gpu_count: Optional
     count) asks about a hypothetical card instead. model_config skips loading cfg.model's config.
     """
     if model_config is None:
-        model_config = _model_config(cfg)
+        model_config = model_config_of(cfg)
     shape = cached_shape(model_config, cfg)
     est = _compute(cfg, shape)
     hypothetical = gpu_memory_gb is not None
     if hypothetical:
         if gpu_memory_gb <= 0:
-            from backend.core.errors import UserError
             raise UserError(f"--gpu-memory must be a positive number of GB (got {gpu_memory_gb}).")
         gpus = hypothetical_gpus(gpu_count or cfg.distributed.gpus, gpu_memory_gb)
     elif gpus is None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from backend.objectives import online_rl
+from backend.core.catalog import OBJECTIVES
 from backend.estimator import terms as T
 
 
@@ -29,7 +29,7 @@ class OnlineTerms:
 
 
 def is_online(cfg: Any) -> bool:
-    return online_rl.is_online(cfg.objective)
+    return OBJECTIVES[cfg.objective].online
 
 
 def sequence_length(cfg: Any) -> int:

@@ -29,12 +29,18 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from backend.core.catalog import OPTIMIZERS
+from backend.core.precision import torch_dtype
 from backend.estimator import terms as T
+from backend.estimator.core import estimate
+from backend.estimator.plan import dtype_plan, method_flags, model_config_of
+from backend.estimator.skeleton import cached_shape
+from backend.estimator.terms import fused_head_bytes
+from backend.methods import apply_method
 
 # Categories MemTracker attributes storages to, renamed to the estimator's vocabulary.
 _CATEGORIES = {"Parameter": "parameters", "Buffer": "buffers", "Gradient": "gradients", "Activation": "activations",
                "Temp": "backward_temporaries", "Optstate": "optimizer", "Other": "inputs"}
-_BNB = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 
 
 class _BnbStateStandIn(torch.optim.Optimizer):
@@ -78,8 +84,8 @@ def _optimizer(cfg: Any, params: list[nn.Parameter]) -> Optional[torch.optim.Opt
     if name == "adafactor":
         from transformers.optimization import Adafactor
         return Adafactor(params, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
-    if name in _BNB:
-        return _BnbStateStandIn(params, bits=32 if name == "paged_adamw_32bit" else 8)
+    if OPTIMIZERS[name].bitsandbytes:
+        return _BnbStateStandIn(params, bits=8 if OPTIMIZERS[name].eight_bit else 32)
     raise ValueError(f"unknown optimizer {name!r}")
 
 
@@ -202,40 +208,11 @@ def _quantized_weight_fix(model: nn.Module, compute_bytes: float, double_quant: 
     return traced, nf4 + int(largest * compute_bytes)
 
 
-def precise_estimate(cfg: Any, batch: Optional[int] = None, seq: Optional[int] = None,
-                     model_config: Any = None) -> dict[str, Any]:
-    """Peak tensor bytes of one real training step of `cfg`, traced on fake tensors on the CPU.
-
-    Returns {"phases_bytes": cumulative peaks after load / first forward / first backward / first
-    optimizer step / the steady-state second step, "peak_bytes", "peak_breakdown_bytes" (what was
-    live at the peak, by kind), "batch", "seq", "seconds", "notes"}. Raises UserError for methods
-    the model cannot be built with.
-    """
-    from torch._subclasses.fake_tensor import FakeTensorMode
+def _meta_model(cfg: Any, model_config: Any, load: Any, quantized: bool) -> nn.Module:
+    """The model as training builds it, on the meta device (PEFT cannot swap parameters of fake
+    tensors in place); _materialize gives it fake CPU storage afterwards."""
     from transformers import AutoModelForCausalLM
 
-    from backend.estimator.core import _method_flags, _model_config
-    from backend.estimator.skeleton import _apply
-    from backend.methods.loading import DTYPES
-
-    started = time.perf_counter()
-    batch = int(batch or cfg.train.batch_size)
-    seq = int(seq or cfg.data.max_length)
-    if model_config is None:
-        model_config = _model_config(cfg)
-    uses_peft, quantized = _method_flags(cfg.method.name)
-    precision = cfg.train.precision
-    notes: list[str] = [f"traced on fake CPU tensors: batch {batch} x {seq} tokens, no padding"]
-    if quantized:
-        load = DTYPES[cfg.method.compute_dtype]
-    elif precision == "fp16" and not uses_peft:
-        load = torch.float32  # fp16 AMP keeps fp32 master weights (backend.methods.load_dtype)
-    else:
-        load = DTYPES[precision]
-    autocast = precision in ("bf16", "fp16")
-
-    # Built and wrapped on the meta device (PEFT cannot swap parameters of fake tensors in place),
-    # then given fake CPU storage: the same structure training gets, with nothing allocated.
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_config, dtype=load, trust_remote_code=cfg.trust_remote_code)
     if quantized:
@@ -248,7 +225,64 @@ def precise_estimate(cfg: Any, batch: Optional[int] = None, seq: Optional[int] =
     if cfg.train.gradient_checkpointing:
         _enable_checkpointing(model)
     model.config.use_cache = False
-    model = _apply(model, cfg)
+    return apply_method(model, cfg)
+
+
+def _step(mt: Any, first: bool, model: nn.Module, batch: tuple[Any, Any], opt: Any, cfg: Any,
+          autocast: Optional[str], fused: bool, phases: dict[str, int]) -> None:
+    """One training step; the first one records the peak after forward, backward and the update."""
+    ids, mask = batch
+    params = [p for p in model.parameters() if p.requires_grad]
+    amp = torch.autocast("cpu", dtype=torch_dtype(autocast)) if autocast else contextlib.nullcontext()
+    with amp:
+        if fused:
+            loss = model(input_ids=ids, attention_mask=mask, labels=ids, fused_lm_head=True).loss
+        else:
+            loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
+    if first:
+        phases["forward"] = _snapshot(mt, "peak")["total"]
+    loss.backward()
+    del loss
+    if first:
+        phases["backward"] = _snapshot(mt, "peak")["total"]
+    if params and cfg.train.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm, foreach=True)
+    if opt is not None:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    if first:
+        phases["optimizer_step"] = _snapshot(mt, "peak")["total"]
+
+
+def _shift(phases: dict[str, int], peak: dict[str, int], kind: str, delta: int,
+           only: Optional[tuple[str, ...]] = None) -> dict[str, int]:
+    """Move `delta` bytes into (or out of) the peak's `kind` and the phases it shows in."""
+    peak[kind] += delta
+    peak["total"] += delta
+    return {k: (v + delta if only is None or k in only else v) for k, v in phases.items()}
+
+
+def precise_estimate(cfg: Any, batch: Optional[int] = None, seq: Optional[int] = None,
+                     model_config: Any = None) -> dict[str, Any]:
+    """Peak tensor bytes of one real training step of `cfg`, traced on fake tensors on the CPU.
+
+    Returns {"phases_bytes": cumulative peaks after load / first forward / first backward / first
+    optimizer step / the steady-state second step, "peak_bytes", "peak_breakdown_bytes" (what was
+    live at the peak, by kind), "batch", "seq", "seconds", "notes"}. Raises UserError for methods
+    the model cannot be built with.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    started = time.perf_counter()
+    batch = int(batch or cfg.train.batch_size)
+    seq = int(seq or cfg.data.max_length)
+    if model_config is None:
+        model_config = model_config_of(cfg)
+    uses_peft, quantized = method_flags(cfg.method.name)
+    plan = dtype_plan(cfg, uses_peft, quantized)  # the loader's dtypes (backend.core.precision)
+    optimizer = OPTIMIZERS[cfg.train.optimizer]
+    notes: list[str] = [f"traced on fake CPU tensors: batch {batch} x {seq} tokens, no padding"]
+    model = _meta_model(cfg, model_config, torch_dtype(plan.load), quantized)
 
     phases: dict[str, int] = {}
     with FakeTensorMode(allow_non_fake_inputs=True):
@@ -257,84 +291,40 @@ def precise_estimate(cfg: Any, batch: Optional[int] = None, seq: Optional[int] =
         fused = _add_fused_head(model)
         if not fused:
             notes.append("TRL's fused LM head is not installed: traced the plain logits + cross-entropy loss")
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = _optimizer(cfg, params)
-        if cfg.train.optimizer in _BNB:
+        opt = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+        if optimizer.bitsandbytes:
             notes.append("bitsandbytes states allocated at their real sizes by a stand-in (its kernels need CUDA)")
-        if cfg.train.optimizer.startswith("paged"):
+        if optimizer.paged:
             notes.append("paged optimizer states live in managed memory, outside max_memory_allocated")
         vocab = int(model_config.get_text_config().vocab_size)
-        ids = torch.randint(0, vocab, (batch, seq))
-        mask = torch.ones(batch, seq, dtype=torch.long)
-
-        def step(mt: Any, first: bool) -> None:
-            amp = (torch.autocast("cpu", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-                   if autocast else contextlib.nullcontext())
-            with amp:
-                if fused:
-                    loss = model(input_ids=ids, attention_mask=mask, labels=ids, fused_lm_head=True).loss
-                else:
-                    loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
-            if first:
-                phases["forward"] = _snapshot(mt, "peak")["total"]
-            loss.backward()
-            del loss
-            if first:
-                phases["backward"] = _snapshot(mt, "peak")["total"]
-            if params and cfg.train.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm, foreach=True)
-            if opt is not None:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            if first:
-                phases["optimizer_step"] = _snapshot(mt, "peak")["total"]
+        inputs = (torch.randint(0, vocab, (batch, seq)), torch.ones(batch, seq, dtype=torch.long))
 
         mt = _tracker()
-        mt.track_external(model, opt, ids, mask)
+        mt.track_external(model, opt, *inputs)
         with mt, _cuda_like_head_kernels():
             now = _snapshot(mt, "current")
             phases["load"] = now["total"] - now["inputs"]
-            step(mt, first=True)
+            _step(mt, True, model, inputs, opt, cfg, plan.autocast, fused, phases)
             mt.reset_mod_stats()
-            step(mt, first=False)
+            _step(mt, False, model, inputs, opt, cfg, plan.autocast, fused, phases)
         peak = _snapshot(mt, "peak")
         phases["steady_state"] = peak["total"]
 
         if quantized:
-            minus, plus = _quantized_weight_fix(model, T.dtype_bytes(cfg.method.compute_dtype),
-                                                cfg.method.double_quant)
+            minus, plus = _quantized_weight_fix(model, T.dtype_bytes(plan.compute), cfg.method.double_quant)
             notes.append("QLoRA: traced LoRA over a 16-bit base, frozen linear weights re-counted at NF4 size "
                          "plus one dequantization buffer")
-            phases = {k: v - minus + plus for k, v in phases.items()}
-            peak["parameters"] += plus - minus
-            peak["total"] += plus - minus
-        if cfg.train.optimizer.startswith("paged"):
+            phases = _shift(phases, peak, "parameters", plus - minus)
+        if optimizer.paged:
             # The stand-in put the states on the device; move them out of the counted peak.
             states = sum(t.untyped_storage().nbytes() for s in opt.state.values() for t in s.values()
                          if isinstance(t, torch.Tensor))
-            phases = {k: (v - states if k in ("optimizer_step", "steady_state") else v) for k, v in phases.items()}
-            peak["optimizer"] -= states
-            peak["total"] -= states
+            phases = _shift(phases, peak, "optimizer", -states, only=("optimizer_step", "steady_state"))
     total = peak.pop("total")
     return {
         "phases_bytes": phases, "peak_bytes": int(total), "peak_breakdown_bytes": peak,
         "batch": batch, "seq": seq, "seconds": round(time.perf_counter() - started, 2), "notes": notes,
     }
-
-
-def fused_head_bytes(batch: int, seq: int, vocab: int, hidden: int, compute_bytes: float,
-                     head_trainable: bool, head_param_bytes: float) -> int:
-    """Peak bytes of TRL's chunked log-prob head (what SFTTrainer trains with) beyond the activations.
-
-    Backward is its peak: one [min(N, 4096), 32768] logits tile in the compute dtype, the fp32
-    gradient of the hidden states (N x H), and when the head trains its fp32 gradient accumulator
-    plus the cast to the parameter dtype (V x H). N = batch x (seq - 1) scored positions. The
-    closed form's `logits` term assumes the full [N, V] logits and their fp32 copies instead.
-    """
-    tokens = batch * max(seq - 1, 1)
-    tile = min(tokens, 4096) * min(vocab, 32768) * compute_bytes
-    head = vocab * hidden * (4 + head_param_bytes) if head_trainable else 0
-    return int(tile + tokens * hidden * 4 + head)
 
 
 def compare(cfg: Any, batch: Optional[int] = None, seq: Optional[int] = None) -> dict[str, Any]:
@@ -343,18 +333,15 @@ def compare(cfg: Any, batch: Optional[int] = None, seq: Optional[int] = None) ->
     Reports the closed form as it is and with its `logits` term replaced by `fused_head_bytes`,
     each as a relative error against the trace.
     """
-    from backend.estimator.core import _dtype_plan, _method_flags, _model_config, estimate
-    from backend.estimator.skeleton import cached_shape
-
     batch = int(batch or cfg.train.batch_size)
     seq = int(seq or cfg.data.max_length)
     same = cfg.model_copy(update={"train": cfg.train.model_copy(update={"batch_size": batch}),
                                   "data": cfg.data.model_copy(update={"max_length": seq})})
-    model_config = _model_config(same)
+    model_config = model_config_of(same)
     closed = estimate(same, gpus=[], model_config=model_config)
     precise = precise_estimate(same, model_config=model_config)
     shape = cached_shape(model_config, same)
-    plan = _dtype_plan(same, *_method_flags(same.method.name))
+    plan = dtype_plan(same, *method_flags(same.method.name))
     # The head trains when the base trains everywhere (full fine-tuning; tied embeddings included).
     head_trainable = shape.base_trainable > 0 and shape.lowest_grad_layer == 0 and shape.grad_through_all_layers
     fused = fused_head_bytes(batch, seq + (0 if shape.virtual_tokens_in_kv_only else shape.virtual_tokens),

@@ -16,12 +16,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from backend.core.catalog import METHODS
+from backend.core.config import RunConfig
+from backend.methods import apply_method, build_meta_model
+
 # Method fields that never change which parameters exist or train.
 _NOT_STRUCTURAL = {"alpha", "dropout", "loraplus_lr_ratio", "compute_dtype", "quant_type", "double_quant",
                    "prompt_init_text", "unfreeze_every"}
 _LAYER_RE = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
-PEFT_LORA_FAMILY = {"lora", "qlora", "dora", "rslora", "loraplus"}
-PROMPT_METHODS = {"prompt_tuning", "prefix_tuning", "p_tuning_v2"}
 _OUTPUT_PROJECTIONS = {"o_proj", "out_proj", "dense", "c_proj", "down_proj", "fc2", "wo", "w2", "dense_4h_to_h"}
 
 
@@ -79,68 +81,13 @@ def _config_dims(config: Any) -> dict[str, Any]:
 
 def structural_method_key(method: Any) -> str:
     data = method.model_dump(mode="json")
-    if data.get("name") not in PROMPT_METHODS:
+    info = METHODS[data["name"]]
+    if info.family != "prompt":
         data.pop("num_virtual_tokens", None)
     # QLoRA's skeleton is LoRA's: the 4-bit storage is arithmetic, not structure.
-    if data.get("name") == "qlora":
-        data["name"] = "lora"
+    if info.unquantized:
+        data["name"] = info.unquantized
     return json.dumps({k: v for k, v in sorted(data.items()) if k not in _NOT_STRUCTURAL})
-
-
-def _methods_api():
-    """backend.methods when it is importable and knows the method; else None (fallback below)."""
-    try:
-        import backend.methods as methods
-    except ImportError:
-        return None
-    return methods
-
-
-def _build_meta(config: Any, trust_remote_code: bool):
-    methods = _methods_api()
-    if methods is not None:
-        return methods.build_meta_model(config, trust_remote_code)
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-
-
-def _fallback_apply(model: Any, cfg: Any) -> Any:
-    """Only used until the method registry knows a method: PEFT directly, as training would."""
-    name = cfg.method.name
-    m = cfg.method
-    if name in ("full",):
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
-    from peft import get_peft_model
-
-    if name in PEFT_LORA_FAMILY:
-        from peft import LoraConfig
-        targets = m.target_modules if isinstance(m.target_modules, str) else list(m.target_modules)
-        return get_peft_model(model, LoraConfig(r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout,
-                                                target_modules=targets, use_dora=name == "dora",
-                                                use_rslora=name == "rslora", task_type="CAUSAL_LM"))
-    if name in ("prefix_tuning", "p_tuning_v2"):
-        from peft import PrefixTuningConfig
-        return get_peft_model(model, PrefixTuningConfig(num_virtual_tokens=m.num_virtual_tokens,
-                                                        task_type="CAUSAL_LM"))
-    if name == "prompt_tuning":
-        from peft import PromptTuningConfig
-        return get_peft_model(model, PromptTuningConfig(num_virtual_tokens=m.num_virtual_tokens,
-                                                        task_type="CAUSAL_LM"))
-    from backend.core.errors import UserError
-    raise UserError(f"The estimator cannot build the method '{name}' yet; choose LoRA, QLoRA, DoRA, "
-                    "rsLoRA, LoRA+, full or last-layers fine-tuning.")
-
-
-def _apply(model: Any, cfg: Any) -> Any:
-    methods = _methods_api()
-    if methods is not None and cfg.method.name in getattr(methods, "METHODS", {}):
-        return methods.apply_method(model, cfg)
-    return _fallback_apply(model, cfg)
 
 
 def _is_linear(module: Any) -> bool:
@@ -148,10 +95,23 @@ def _is_linear(module: Any) -> bool:
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
+def _lora_inputs(model: Any) -> tuple[int, int]:
+    """Input features of all LoRA-wrapped linears, and of the distinct inputs they read."""
+    total = 0
+    distinct: set[tuple[str, int, bool]] = set()
+    for name, mod in model.named_modules():
+        if hasattr(mod, "lora_A") and hasattr(mod, "in_features") and len(getattr(mod, "lora_A", {})) > 0:
+            total += mod.in_features
+            parent, _, leaf = name.rpartition(".")
+            # Sibling projections reading the same tensor (q/k/v, gate/up) share one saved input.
+            distinct.add((parent, mod.in_features, leaf in _OUTPUT_PROJECTIONS))
+    return total, sum(d[1] for d in distinct)
+
+
 def shape_of(model_config: Any, cfg: Any) -> ModelShape:
     """Build, apply, classify. Not cached; use `cached_shape`."""
     dims = _config_dims(model_config)
-    model = _build_meta(model_config, cfg.trust_remote_code)
+    model = build_meta_model(model_config, cfg.trust_remote_code)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
     linear_weight_ids = {id(mod.weight) for name, mod in model.named_modules()
@@ -166,14 +126,13 @@ def shape_of(model_config: Any, cfg: Any) -> ModelShape:
         if id(p) in linear_weight_ids:
             largest_linear = max(largest_linear, p.numel())
 
-    model = _apply(model, cfg)
+    model = apply_method(model, cfg)
 
     seen: set[int] = set()
     counts = Counter()
     shapes: Counter = Counter()
     trained_layers: set[int] = set()
     adapter_dtypes: Counter = Counter()
-    adapter_in = 0
     embeddings_trainable = False
     prefix_like = False
     input_emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
@@ -205,17 +164,10 @@ def shape_of(model_config: Any, cfg: Any) -> ModelShape:
         if p.requires_grad:
             shapes[(tuple(p.shape), is_base)] += 1
 
-    distinct: set[tuple[str, int, bool]] = set()
-    for name, mod in model.named_modules():
-        if hasattr(mod, "lora_A") and hasattr(mod, "in_features") and len(getattr(mod, "lora_A", {})) > 0:
-            adapter_in += mod.in_features
-            parent, _, leaf = name.rpartition(".")
-            # Sibling projections reading the same tensor (q/k/v, gate/up) share one saved input.
-            distinct.add((parent, mod.in_features, leaf in _OUTPUT_PROJECTIONS))
-    adapter_distinct_in = sum(d[1] for d in distinct)
+    adapter_in, adapter_distinct_in = _lora_inputs(model)
     layers = max(dims["layers"], 1)
     name = cfg.method.name
-    vt = cfg.method.num_virtual_tokens if name in PROMPT_METHODS else 0
+    vt = cfg.method.num_virtual_tokens if METHODS[name].family == "prompt" else 0
     all_layers = embeddings_trainable or counts["adapter_trainable"] > 0 or prefix_like
     lowest = 0 if all_layers else (min(trained_layers) if trained_layers else dims["layers"])
     total = sum(counts.values())
@@ -230,15 +182,13 @@ def shape_of(model_config: Any, cfg: Any) -> ModelShape:
         trained_layers=tuple(sorted(trained_layers)), adapter_in_features_per_layer=adapter_in / layers,
         adapter_distinct_in_features_per_layer=adapter_distinct_in / layers,
         grad_through_all_layers=all_layers, lowest_grad_layer=lowest, virtual_tokens=vt,
-        virtual_tokens_in_kv_only=name in ("prefix_tuning", "p_tuning_v2"),
+        virtual_tokens_in_kv_only=METHODS[name].kv_prefix,
         largest_linear=largest_linear, largest_layer_params=max(layer_params.values(), default=0),
     )
 
 
 @functools.lru_cache(maxsize=128)
 def _shape_cached(config_json: str, config_cls: type, build_json: str, attn: str) -> ModelShape:
-    from backend.core.config import RunConfig
-
     config = config_cls.from_dict(json.loads(config_json))
     shape = shape_of(config, RunConfig.model_validate_json(build_json))
     return dataclasses.replace(shape, attn_implementation=attn)

@@ -1,8 +1,8 @@
 """The closed-form memory terms, in bytes. Pure arithmetic, each term testable alone.
 
 Written by hand because no library predicts training memory term by term (accelerate's
-estimator ignores activations, batch and sequence). The numbers follow the seed documents'
-formulas and what the installed libraries actually allocate (torch AdamW, bitsandbytes,
+estimator ignores activations, batch and sequence). The numbers follow the textbook
+formulas (16 B per parameter for mixed-precision AdamW, NF4 block scales, ...) and what the installed libraries actually allocate (torch AdamW, bitsandbytes,
 PEFT, transformers' Llama-style blocks); every constant a GPU measurement should tune lives
 in the CALIBRATION block below.
 """
@@ -11,8 +11,11 @@ from __future__ import annotations
 import math
 from typing import Iterable, Optional
 
+from backend.core.catalog import OPTIMIZER, OPTIMIZERS
+
 # --------------------------------------------------------------------------------------------
-# CALIBRATION. The only numbers the GPU benchmark (bench/, issue 9) is expected to change.
+# CALIBRATION. The only numbers the GPU benchmark (bench/gpu_memory_matrix.py, on a CUDA machine)
+# is expected to change.
 # --------------------------------------------------------------------------------------------
 # CUDA context + cuBLAS/cuDNN handles: resident on the card, invisible to
 # torch.cuda.max_memory_allocated. Typical for torch 2.x on Ampere/Hopper: 0.4-0.7 GiB.
@@ -27,10 +30,7 @@ ACTIVATION_FACTOR = {"sdpa": 1.0, "flash_attention_2": 1.0, "flash_attention_3":
 LOGITS_FP32_COPIES = 3
 # torch AdamW (foreach) allocates about one state-sized temporary list during step()
 # (sqrt(v) / bias correction); bitsandbytes' fused kernels allocate next to nothing.
-OPTIMIZER_STEP_TEMP_FACTOR = {
-    "adamw_torch": 1.0, "adamw_8bit": 0.0, "paged_adamw_8bit": 0.0, "paged_adamw_32bit": 0.0,
-    "sgd": 0.0, "adafactor": 0.5,
-}
+OPTIMIZER_STEP_TEMP_FACTOR = {name: 0.0 for name in OPTIMIZERS} | {OPTIMIZER.adamw_torch: 1.0, OPTIMIZER.adafactor: 0.5}
 # --------------------------------------------------------------------------------------------
 
 GB = 10**9
@@ -83,22 +83,23 @@ def optimizer_state_breakdown(trainable: int, optimizer: str = "adamw_torch", st
                               master_copy: bool = False) -> dict[str, int]:
     """Per-state bytes for `trainable` parameters held as large tensors.
 
-    torch AdamW keeps m and v in the parameter dtype (pass state_dtype accordingly); the seed's
+    torch AdamW keeps m and v in the parameter dtype (pass state_dtype accordingly); the usual
     textbook convention is fp32 m and v. `master_copy` adds the fp32 weights that mixed precision
     schemes such as DeepSpeed ZeRO keep next to 16-bit parameters.
     """
     out: dict[str, int] = {}
-    if optimizer in ("adamw_torch", "adam", "adamw"):
+    info = OPTIMIZERS.get(optimizer)
+    if optimizer in (OPTIMIZER.adamw_torch, "adam", "adamw"):
         b = dtype_bytes(state_dtype)
         out = {"m": int(trainable * b), "v": int(trainable * b)}
-    elif optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+    elif info and info.eight_bit:
         per_state = trainable + 4 * math.ceil(trainable / BNB_8BIT_BLOCK)
         out = {"m": per_state, "v": per_state}
-    elif optimizer == "paged_adamw_32bit":
+    elif info and info.paged:
         out = {"m": 4 * trainable, "v": 4 * trainable}
-    elif optimizer == "sgd":
+    elif optimizer == OPTIMIZER.sgd:
         out = {}  # transformers' SGD has no momentum unless optim_args set one
-    elif optimizer == "adafactor":
+    elif optimizer == OPTIMIZER.adafactor:
         # Without shapes assume the factored worst case of a square matrix; see adafactor_bytes.
         side = math.isqrt(max(trainable, 1))
         out = {"v_row_col": int(2 * side * dtype_bytes(state_dtype))}
@@ -116,17 +117,18 @@ def optimizer_bytes(trainable: int, optimizer: str = "adamw_torch", state_dtype:
 
 def optimizer_tensor_bytes(numel: int, shape: tuple[int, ...], param_bytes: float, optimizer: str) -> int:
     """Optimizer state bytes for one trainable tensor (exact per library rules)."""
-    if optimizer == "adamw_torch":
+    info = OPTIMIZERS.get(optimizer)
+    if optimizer == OPTIMIZER.adamw_torch:
         return int(2 * numel * param_bytes)
-    if optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+    if info and info.eight_bit:
         if numel < BNB_MIN_8BIT_SIZE:
             return 8 * numel  # bitsandbytes keeps small tensors' states in fp32
         return 2 * (numel + 4 * math.ceil(numel / BNB_8BIT_BLOCK))
-    if optimizer == "paged_adamw_32bit":
+    if info and info.paged:
         return 8 * numel
-    if optimizer == "sgd":
+    if optimizer == OPTIMIZER.sgd:
         return 0
-    if optimizer == "adafactor":
+    if optimizer == OPTIMIZER.adafactor:
         return adafactor_bytes(shape, param_bytes)
     raise ValueError(f"unknown optimizer {optimizer!r}")
 
@@ -200,6 +202,21 @@ def logits_bytes(batch: int, seq: int, vocab: int, dtype: str = "bf16") -> int:
     """The causal-LM loss holds the logits several times: compute dtype + fp32 copies (~10-16 B each)."""
     per = dtype_bytes(dtype) + 4 * LOGITS_FP32_COPIES
     return int(batch * seq * vocab * per)
+
+
+def fused_head_bytes(batch: int, seq: int, vocab: int, hidden: int, compute_bytes: float,
+                     head_trainable: bool, head_param_bytes: float) -> int:
+    """Peak bytes of TRL's chunked log-prob head (what SFTTrainer trains with) beyond the activations.
+
+    Backward is its peak: one [min(N, 4096), 32768] logits tile in the compute dtype, the fp32
+    gradient of the hidden states (N x H), and when the head trains its fp32 gradient accumulator
+    plus the cast to the parameter dtype (V x H). N = batch x (seq - 1) scored positions. The
+    closed form's `logits` term assumes the full [N, V] logits and their fp32 copies instead.
+    """
+    tokens = batch * max(seq - 1, 1)
+    tile = min(tokens, 4096) * min(vocab, 32768) * compute_bytes
+    head = vocab * hidden * (4 + head_param_bytes) if head_trainable else 0
+    return int(tile + tokens * hidden * 4 + head)
 
 
 def overhead_bytes(allocated: int, cuda_context: bool = True) -> int:

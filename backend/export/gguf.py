@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from backend.core.config import load_config
 from backend.core.errors import UserError
+from backend.core.io import atomic_write_text, read_json
+from backend.core.models import BUNDLED, ModelError, ensure_bundled, resolve_model
+from backend.export.gguf_check import check_export
+from backend.export.gguf_tokenizer import READER_UNKNOWN_PRE, describe_tokenizer
+from backend.export.gguf_write import architecture_of, check_quant, estimate_bytes, plan_tensors, write_gguf
+from backend.export.merge import estimate_merged_bytes, locate_adapter, merge_adapter
+from backend.export.modelfile import build_modelfile, ollama_model_name, template_equivalence
 
 Progress = Optional[Callable[[float, str], None]]
 
@@ -37,14 +45,11 @@ def _say(progress: Progress, fraction: float, message: str) -> None:
 
 def locate_source(src: str | Path, base: Optional[str] = None) -> ExportSource:
     """A run directory, an adapter directory or a model directory (or the bundled model's name)."""
-    from backend.core.io import read_json
-
     text = str(src or "").strip()
     if not text:
         raise UserError("Nothing to export. Pick a finished run, an adapter folder or a model folder.")
     p = Path(text).expanduser()
     if not p.exists():
-        from backend.core.models import BUNDLED, ensure_bundled
 
         if text in BUNDLED:
             return ExportSource("model", ensure_bundled(text), base, ensure_bundled(text))
@@ -54,14 +59,12 @@ def locate_source(src: str | Path, base: Optional[str] = None) -> ExportSource:
     is_run = (p / "config.yaml").exists() and (p / "adapter").is_dir()
     adapter_dir = p / "adapter" if is_run else p
     if (adapter_dir / "adapter_config.json").exists():
-        from backend.export.merge import locate_adapter
 
         found = locate_adapter(p)
         tok_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else Path(_model_dir(found.base))
         return ExportSource("adapter", p, base or found.base, tok_dir)
     if (adapter_dir / "config.json").exists():
         if is_run and base is None:
-            from backend.core.config import load_config
 
             base = load_config(p / "config.yaml").model  # a full fine-tune: its base is the run's model
         merged_from = read_json(adapter_dir / ".ftstudio-merged", {}) or {}
@@ -71,8 +74,6 @@ def locate_source(src: str | Path, base: Optional[str] = None) -> ExportSource:
 
 
 def _model_dir(ref: str) -> str:
-    from backend.core.models import ModelError, resolve_model
-
     try:
         return resolve_model(ref).source
     except ModelError as e:
@@ -112,9 +113,6 @@ def _architecture_notes(config: Any) -> list[str]:
 
 
 def _write_modelfile(out: Path, tok: Any) -> tuple[Path, str, dict[str, Any]]:
-    from backend.export.modelfile import build_modelfile, ollama_model_name, template_equivalence
-    from backend.core.io import atomic_write_text
-
     mf = build_modelfile(tok, out.name)
     ok, why = template_equivalence(tok, mf)
     path = out.with_name(f"{out.stem}.Modelfile")
@@ -130,8 +128,6 @@ def _write_modelfile(out: Path, tok: Any) -> tuple[Path, str, dict[str, Any]]:
 
 def _merged_model(source: ExportSource, work: Path, progress: Progress, notes: list[str]) -> Path:
     """Fold the adapter into its base, in the export's temporary folder (removed afterwards)."""
-    from backend.export.merge import estimate_merged_bytes, merge_adapter
-
     merged_size = estimate_merged_bytes(source.base or "") or 0
     _check_disk(work, merged_size * 2, "the merged model and its GGUF")
     _say(progress, 0.02, f"Merging the adapter into {source.base}")
@@ -150,9 +146,6 @@ def export_gguf(src: str | Path, out_file: str | Path, quant: str = "f16", progr
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    from backend.export.gguf_check import check_export
-    from backend.export.gguf_tokenizer import READER_UNKNOWN_PRE, describe_tokenizer
-    from backend.export.gguf_write import architecture_of, check_quant, estimate_bytes, plan_tensors, write_gguf
 
     quant = check_quant(quant)
     source = locate_source(src, base)

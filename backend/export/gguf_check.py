@@ -14,6 +14,8 @@ import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
+from backend.core.models import ModelError, resolve_model
+from backend.export.gguf_tokenizer import READER_UNKNOWN_PRE
 
 PROMPTS = (
     "The capital of France is",
@@ -122,7 +124,6 @@ def _tokenizer_problems(ref: Any, got: Any, prompts: list[str], pre: Optional[st
         if want is not None and getattr(got, name, None) != want:
             problems.append(f"the GGUF's {name.replace('_', ' ')} is {getattr(got, name, None)!r}, "
                             f"the tokenizer's is {want!r}")
-    from backend.export.gguf_tokenizer import READER_UNKNOWN_PRE
 
     for text in prompts:
         if pre in READER_UNKNOWN_PRE and any(c.isdigit() for c in text):
@@ -146,7 +147,6 @@ def check_export(gguf_path: Path, source_dir: Path, ref_tok: Any, quant: str,
     scale = max(1.0, max(float(x.abs().max()) for x in source))
     base_logits, notes = None, []
     if base:
-        from backend.core.models import ModelError, resolve_model
 
         if progress:
             progress(0.8, "Checking: logits of the untrained base model")

@@ -18,16 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from backend.core import catalog
+from backend.core.config import load_config
 from backend.core.errors import UserError
-from backend.core.io import read_json
+from backend.core.io import atomic_write_json, read_json
+from backend.core.models import BUNDLED, ModelError, load_causal_lm, load_tokenizer, model_cache_dir
 from backend.core.paths import PROJECT_ROOT
+from backend.core.security import refuse_pickled_weights
+from backend.runs.rundir import adapter_dir, list_runs
 
 Progress = Optional[Callable[[float, str], None]]
 
 # PEFT methods whose update is a weight delta that folds into the base matrices.
 MERGEABLE_PEFT_TYPES = {"LORA", "ADALORA", "IA3", "VERA", "LOHA", "LOKR", "OFT", "BOFT", "HRA", "RANDLORA"}
 _PROMPT_TYPES = {"PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT"}
-_BOTTLENECK_METHODS = {"adapter_houlsby", "adapter_pfeiffer"}
 COMBINE_METHODS = ("linear", "ties", "dare_linear", "dare_ties")
 PROGRESS_PREFIX = "ftstudio-progress "
 
@@ -57,14 +61,13 @@ class AdapterSource:
 
 
 def _run_config(run_dir: Path):
-    from backend.core.config import load_config
 
     return load_config(run_dir / "config.yaml")
 
 
 def is_reward_model(adapter_dir: Path, cfg: Any = None) -> bool:
     """A reward model scores text (a one-number head); it is no chat model and merges into none."""
-    if cfg is not None and getattr(cfg, "objective", None) == "reward":
+    if cfg is not None and getattr(cfg, "objective", None) == catalog.OBJECTIVE.reward:
         return True
     acfg = read_json(adapter_dir / "adapter_config.json") or {}
     if acfg.get("task_type") == "SEQ_CLS":
@@ -103,12 +106,11 @@ def locate_adapter(path: str | Path) -> AdapterSource:
                 "into it or combined. Use them as they are (they reload with the base model), or train LoRA to "
                 "get a mergeable adapter.")
         if (adapter_dir / "config.json").exists():
-            return AdapterSource(adapter_dir, run_dir, str(adapter_dir), method or "full", None)
+            return AdapterSource(adapter_dir, run_dir, str(adapter_dir), method or catalog.METHOD.full, None)
         where = f"the run {run_dir.name}" if run_dir else str(adapter_dir)
         raise UserError(
             f"{adapter_dir} holds no adapter_config.json, so {where} has no saved adapter. "
             "Pick a run that completed, or the folder a PEFT adapter was saved to.")
-    from backend.core.security import refuse_pickled_weights
     refuse_pickled_weights(adapter_dir)
     base = cfg.model if cfg else acfg.get("base_model_name_or_path")
     if not base:
@@ -124,7 +126,7 @@ def can_merge(src: AdapterSource) -> tuple[bool, str]:
     if src.peft_type is None:
         return False, (f"{src.adapter_dir} already holds a complete model (method "
                        f"'{src.method}'), so there is nothing to merge: use the folder directly.")
-    if src.method in _BOTTLENECK_METHODS:
+    if _method_info(src.method, "bottleneck"):
         return False, ("Bottleneck adapters (Houlsby/Pfeiffer) sit in series with the layers and pass "
                        "through a non-linearity, so they cannot be folded into the base weights. "
                        "Use the adapter with its base (Chat tab) or download it as a zip.")
@@ -144,7 +146,6 @@ def _say(progress: Progress, fraction: float, message: str) -> None:
 
 
 def _load_base(ref: str, dtype: Any):
-    from backend.core.models import ModelError, load_causal_lm
 
     try:
         return load_causal_lm(ref, dtype=dtype)
@@ -156,7 +157,6 @@ def _load_tokenizer_for(src: AdapterSource):
     """The adapter folder's tokenizer first: training may have set its chat template."""
     from transformers import AutoTokenizer
 
-    from backend.core.models import ModelError, load_tokenizer
 
     if (src.adapter_dir / "tokenizer_config.json").exists():
         return AutoTokenizer.from_pretrained(str(src.adapter_dir))
@@ -192,10 +192,21 @@ def dir_bytes(path: str | Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
+def _method_info(method: Optional[str], flag: str) -> bool:
+    """A catalog flag of the run's method; False for a folder with no studio method (a plain PEFT adapter)."""
+    info = catalog.METHODS.get(method or "")
+    return bool(info and getattr(info, flag))
+
+
+def trained_on_4bit(src: AdapterSource) -> bool:
+    """The run trained against a quantized base (QLoRA): its merge goes into the 16-bit original."""
+    return _method_info(src.method, "quantized")
+
+
 def _merge_dtype(src: AdapterSource):
     import torch
 
-    if src.method == "qlora":
+    if trained_on_4bit(src):
         # The 4-bit weights are a lossy copy; the merge goes into the 16-bit original.
         return {"fp16": torch.float16}.get(src.compute_dtype or "", torch.bfloat16)
     return "auto"
@@ -215,7 +226,7 @@ def merge_adapter(adapter_or_run_dir: str | Path, out_dir: str | Path, progress:
         dtype = _merge_dtype(src)
         _say(progress, 0.05, f"Loading the base model {src.base}")
         base = _load_base(src.base, dtype)
-        if src.method == "qlora":
+        if trained_on_4bit(src):
             notes.append(f"QLoRA run: merged into the base loaded in 16-bit ({str(dtype).replace('torch.', '')}), "
                          "not into the 4-bit weights it trained against, so answers can differ slightly "
                          "from the 4-bit model used during training.")
@@ -337,8 +348,6 @@ def combine_adapters(adapter_dirs: list[str | Path], weights: list[float], metho
 
 def _fix_base_reference(adapter_dir: Path, base: str) -> None:
     """Point the saved adapter at the base reference the user knows (a name, not a cache path)."""
-    from backend.core.io import atomic_write_json
-
     cfg_path = adapter_dir / "adapter_config.json"
     cfg = read_json(cfg_path, {})
     cfg["base_model_name_or_path"] = base
@@ -363,7 +372,6 @@ def estimate_merged_bytes(base: str) -> Optional[int]:
     """Size the merged model will have on disk: the base's weight files (None when not local)."""
     p = Path(base).expanduser()
     if base and not p.exists():
-        from backend.core.models import BUNDLED, model_cache_dir
         # Only look at an already converted copy: converting would load a model in the caller.
         p = model_cache_dir() / base if base in BUNDLED else p
     if not p.is_dir():
@@ -383,8 +391,6 @@ def sizes(adapter_or_run_dir: str | Path) -> dict[str, Any]:
 
 def adapter_runs(workspace: str | Path) -> list[tuple[str, str]]:
     """(label, run dir) for every run that has saved an adapter or model, newest first."""
-    from backend.runs.rundir import adapter_dir, list_runs
-
     out = []
     for row in list_runs(Path(workspace)):
         ad = adapter_dir(Path(row["dir"]))

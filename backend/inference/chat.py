@@ -1,7 +1,7 @@
 """Chat, parent side: `ChatClient` drives the worker subprocess (backend/inference/chat_worker.py).
 
-The studio holds no model (DESIGN principle 3): the worker loads the base once, attaches
-adapters by name, and streams tokens back as JSON lines. The Train tab calls
+The studio process holds no model, so a crash or an out-of-memory error in the worker leaves the
+UI up: the worker loads the base once, attaches adapters by name, and streams tokens back as JSON lines. The Train tab calls
 `shutdown()` before a training starts so the GPU is free. A worker that died is started
 again on the next call, and `take_notice()` says so.
 """
@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from backend.core.errors import UserError
+from backend.core.models import BUNDLED
 from backend.core.paths import PROJECT_ROOT
+from backend.export.merge import adapter_runs, merged_models
+from backend.runs.rundir import usable_checkpoints
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "max_new_tokens": 256, "temperature": 0.7, "top_p": 0.9, "top_k": 50,
@@ -77,11 +80,6 @@ def split_choice(value: str) -> tuple[Optional[str], Optional[str]]:
 def chat_choices(workspace: str | Path) -> list[tuple[str, str]]:
     """What the Chat tab offers: each run's final adapter and its checkpoints, merged models, and the
     bundled base alone."""
-    from backend.export.merge import adapter_runs, merged_models
-    from backend.core.models import BUNDLED
-
-    from backend.runs.rundir import usable_checkpoints
-
     runs = []
     for label, d in adapter_runs(workspace):
         runs.append((f"run: {label}", d))

@@ -23,8 +23,10 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from backend.inference.chat import DEFAULT_SETTINGS, normalize_settings
 from backend.core.errors import UserError
+from backend.core.models import ModelError, load_causal_lm, load_tokenizer, resolve_model
+from backend.export.merge import locate_adapter
+from backend.inference.chat import DEFAULT_SETTINGS, normalize_settings
 
 
 class ChatEngine:
@@ -58,9 +60,6 @@ class ChatEngine:
 
     def load(self, model: Optional[str] = None, adapter: Optional[str] = None, quantize: bool = False) -> dict[str, Any]:
         """Make (model, adapter) current; the base is reloaded only when it changes."""
-        from backend.export.merge import locate_adapter
-        from backend.core.models import resolve_model, ModelError
-
         src = locate_adapter(adapter) if adapter else None
         if src is not None and src.peft_type is None:
             model, src = str(src.adapter_dir), None  # a full fine-tune or merged model: no adapter to attach
@@ -95,7 +94,6 @@ class ChatEngine:
 
         import torch
 
-        from backend.core.models import ModelError, load_causal_lm
 
         self.model = self.tokenizer = None
         self.adapters, self.active, self.base_source = {}, None, None
@@ -150,7 +148,6 @@ class ChatEngine:
         """The adapter's tokenizer when it saved one: training may have given it its chat template."""
         from transformers import AutoTokenizer
 
-        from backend.core.models import load_tokenizer
 
         if adapter_dir is not None and (adapter_dir / "tokenizer_config.json").exists():
             tok = AutoTokenizer.from_pretrained(str(adapter_dir))

@@ -15,6 +15,9 @@ from typing import Any, Callable, Optional
 from backend.core.config import load_config
 from backend.core.errors import UserError
 from backend.core.io import atomic_write_json
+from backend.core.models import load_causal_lm, load_tokenizer
+from backend.data.records import load_for_training, load_rows
+from backend.data.templates import SftCollator, build_sft_dataset, resolve_template, to_conversation
 
 EVAL_FILE = "eval.json"
 
@@ -31,7 +34,6 @@ def _load_models(cfg, adapter: Path, device: str, dtype):
     """(model, use_adapter context factory, base context factory) for PEFT and full runs alike."""
     import contextlib
 
-    from backend.core.models import load_causal_lm
 
     if (adapter / "adapter_config.json").exists():
         from peft import PeftModel
@@ -66,8 +68,6 @@ def _loss(model, dataset, collator, device: str, batch_size: int = 4) -> float:
 
 
 def _prompt_and_reference(row: dict) -> Optional[tuple[list[dict], str]]:
-    from backend.data.templates import to_conversation
-
     msgs = to_conversation(row)
     if not msgs:
         return None
@@ -89,9 +89,6 @@ def _generate(model, tokenizer, prompt_text: str, device: str, max_new_tokens: i
 
 def evaluate_run(run_dir: str | Path, data_path: Optional[str] = None, samples: int = 5,
                  max_new_tokens: int = 48, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    from backend.data.records import load_for_training, load_rows
-    from backend.data.templates import SftCollator, build_sft_dataset, resolve_template
-    from backend.core.models import load_tokenizer
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():

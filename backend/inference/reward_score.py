@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from backend.core.errors import UserError
+from backend.data.records import as_turns, with_system
 
 
 def _texts(tokenizer: Any, prompt: Any, answers: list[Any], system: Optional[str]) -> list[str]:
-    from backend.data.records import as_turns, with_system
-
     head = with_system(as_turns(prompt, "user"), system)
     return [tokenizer.apply_chat_template(head + as_turns(a, "assistant"), tokenize=False) for a in answers]
 

@@ -1,14 +1,14 @@
 """The fine-tuning methods: a registry of MethodSpecs and the model plumbing they share.
 
-Importing this package registers every method (one module per family); issue-7 methods join
-by adding a module and importing it below.
+Importing this package registers every method of backend.core.catalog (one module per family);
+a new method is a catalog entry plus a `register(...)` call in its family's module.
 """
 from backend.methods.registry import METHODS, MethodSpec, always_mergeable, complete_model, get_method, register
 from backend.methods.skeleton import build_meta_model, count_parameters, decoder_layers, linear_layer_names
 from backend.methods.loading import (
     apply_method, create_optimizer, exact_counts, load_dtype, load_trainable_model, optimizer_class,
 )
-from backend.methods.validation import available_precisions, bitsandbytes_problem, check_run, validate_for_model
+from backend.methods.validation import available_precisions, bitsandbytes_problem, validate_for_model
 from backend.methods.inspect import ModelInfo, inspect_model, target_shortcuts
 
 # Method modules register themselves on import; the order here is the order the UI lists them.
@@ -25,6 +25,6 @@ __all__ = [
     "METHODS", "MethodSpec", "register", "get_method", "always_mergeable", "complete_model",
     "build_meta_model", "count_parameters", "decoder_layers", "linear_layer_names",
     "apply_method", "create_optimizer", "exact_counts", "load_dtype", "load_trainable_model", "optimizer_class",
-    "available_precisions", "bitsandbytes_problem", "check_run", "validate_for_model",
+    "available_precisions", "bitsandbytes_problem", "validate_for_model",
     "ModelInfo", "inspect_model", "target_shortcuts", "method_callbacks", "save_trained",
 ]

@@ -16,15 +16,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from backend.core.catalog import METHOD
 from backend.core.errors import UserError
 from backend.core.io import atomic_write_json
-from backend.methods.registry import MethodSpec, register
+from backend.methods.registry import register
 from backend.methods.skeleton import decoder_layers
 
 CONFIG_FILE = "bottleneck_adapter.json"
 WEIGHTS_FILE = "bottleneck_adapter.safetensors"
 FORMAT = "ftstudio-bottleneck-adapter"
-POSITIONS = {"adapter_houlsby": ("attn", "ffn"), "adapter_pfeiffer": ("ffn",)}
+POSITIONS = {METHOD.adapter_houlsby: ("attn", "ffn"), METHOD.adapter_pfeiffer: ("ffn",)}
 _SUBLAYER_NAMES = {"attn": ("self_attn", "attn", "attention", "self_attention"),
                    "ffn": ("mlp", "feed_forward", "ffn", "block_sparse_moe")}
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -143,18 +144,6 @@ def _no_merge(_cfg: Any) -> tuple[bool, str]:
                    "load the adapter with its base model instead")
 
 
-register(MethodSpec(
-    name="adapter_houlsby", title="Bottleneck adapters (Houlsby)", family="additive",
-    help=("Small bottleneck layers after each attention and each feed-forward block: a well-proven adapter "
-          "with LoRA-like memory, but the extra layers add some inference latency and cannot be merged."),
-    params=["bottleneck", "adapter_activation"], uses_peft=False, quantized=False, can_merge=_no_merge,
-    apply=apply_bottleneck,
-))
+register(METHOD.adapter_houlsby, can_merge=_no_merge, apply=apply_bottleneck)
 
-register(MethodSpec(
-    name="adapter_pfeiffer", title="Bottleneck adapters (Pfeiffer)", family="additive",
-    help=("One bottleneck layer after each feed-forward block only: half of Houlsby's adapter parameters and "
-          "latency at similar quality on most tasks; cannot be merged."),
-    params=["bottleneck", "adapter_activation"], uses_peft=False, quantized=False, can_merge=_no_merge,
-    apply=apply_bottleneck,
-))
+register(METHOD.adapter_pfeiffer, can_merge=_no_merge, apply=apply_bottleneck)

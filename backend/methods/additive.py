@@ -5,7 +5,8 @@ from typing import Any
 
 from torch import nn
 
-from backend.methods.registry import MethodSpec, always_mergeable, register
+from backend.core.catalog import METHOD
+from backend.methods.registry import always_mergeable, register
 
 
 def apply_ia3(model: nn.Module, cfg: Any) -> nn.Module:
@@ -26,10 +27,4 @@ def _validate_ia3(cfg: Any, model_config: Any) -> dict[str, str]:
     return {}
 
 
-register(MethodSpec(
-    name="ia3", title="IA³ (scaling vectors)", family="additive",
-    help=("Learns one scaling vector each for keys, values and the feed-forward layer: the fewest trainable "
-          "parameters of the adapter methods (about 0.01%) and very cheap, but less capacity than LoRA."),
-    params=[], uses_peft=True, quantized=False, can_merge=always_mergeable, apply=apply_ia3,
-    validate=_validate_ia3,
-))
+register(METHOD.ia3, can_merge=always_mergeable, apply=apply_ia3, validate=_validate_ia3)

@@ -5,7 +5,8 @@ from typing import Any
 
 from torch import nn
 
-from backend.methods.registry import MethodSpec, complete_model, register
+from backend.core.catalog import METHOD
+from backend.methods.registry import complete_model, register
 from backend.methods.skeleton import decoder_layers
 
 
@@ -53,17 +54,7 @@ def _validate_last_layers(cfg: Any, model_config: Any) -> dict[str, str]:
     return {}
 
 
-register(MethodSpec(
-    name="full", title="Full fine-tuning", family="full",
-    help=("Every weight trains: the most capacity for a large shift in behaviour, but memory is "
-          "about 16 bytes per parameter with AdamW and the result is a whole new model."),
-    params=[], uses_peft=False, quantized=False, can_merge=complete_model, apply=apply_full,
-))
+register(METHOD.full, can_merge=complete_model, apply=apply_full)
 
-register(MethodSpec(
-    name="last_layers", title="Last N layers (layer-selective)", family="selective",
-    help=("Only the top N transformer blocks (and the final norm) train: cheaper than full fine-tuning "
-          "and good for adapting the output style; lower layers keep the base model's knowledge."),
-    params=["num_layers"], uses_peft=False, quantized=False, can_merge=complete_model,
-    apply=apply_last_layers, validate=_validate_last_layers,
-))
+register(METHOD.last_layers,
+         can_merge=complete_model, apply=apply_last_layers, validate=_validate_last_layers)

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from backend.data.records import load_for_training
 from backend.methods.registry import get_method
 
 
@@ -44,7 +45,6 @@ def total_training_steps(cfg: Any) -> int:
     t = cfg.train
     if t.max_steps:
         return int(t.max_steps)
-    from backend.data.records import load_for_training
 
     _, train_rows, _ = load_for_training(cfg.data, t.seed)
     per_step = t.batch_size * t.gradient_accumulation * cfg.distributed.gpus * cfg.distributed.nodes

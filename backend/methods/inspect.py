@@ -8,8 +8,8 @@ from typing import Any, Union
 
 from torch import nn
 
-from backend.methods.skeleton import build_meta_model, count_parameters, linear_layer_names_of
 from backend.core.models import load_model_config, resolve_model
+from backend.methods.skeleton import build_meta_model, count_parameters, linear_layer_names_of
 
 _FUSED_QKV = ("qkv_proj", "c_attn", "query_key_value", "Wqkv", "qkv", "in_proj")
 

@@ -12,12 +12,13 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from backend.core.catalog import OPTIMIZER, OPTIMIZERS
+from backend.core.config import MethodConfig, RunConfig
 from backend.core.errors import UserError
+from backend.core.models import ModelError, load_causal_lm
+from backend.core.precision import Machine, PrecisionPlan, plan_for, torch_dtype
 from backend.methods.registry import get_method
 from backend.methods.skeleton import _as_config, build_meta_model, count_parameters
-from backend.core.models import ModelError, load_causal_lm
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def apply_method(model: nn.Module, cfg: Any) -> nn.Module:
@@ -34,8 +35,6 @@ def apply_method(model: nn.Module, cfg: Any) -> nn.Module:
 
 def _slim(cfg: Any) -> Any:
     """cfg reduced to what changes the parameter count: the model and the method's shown fields."""
-    from backend.core.config import MethodConfig, RunConfig
-
     spec = get_method(cfg.method.name)
     shown = {p: getattr(cfg.method, p) for p in spec.params}
     return RunConfig(model=cfg.model, method=MethodConfig(name=cfg.method.name, **shown),
@@ -44,8 +43,6 @@ def _slim(cfg: Any) -> Any:
 
 @functools.lru_cache(maxsize=256)
 def _counts_cached(config_json: str, config_cls: type, cfg_json: str, trust_remote_code: bool) -> tuple[int, int]:
-    from backend.core.config import RunConfig
-
     cfg = RunConfig.model_validate_json(cfg_json)
     model = build_meta_model(config_cls.from_dict(json.loads(config_json)), trust_remote_code)
     return count_parameters(apply_method(model, cfg))
@@ -62,18 +59,20 @@ def exact_counts(cfg: Any, model_config: Any = None) -> tuple[int, int]:
                           cfg.trust_remote_code)
 
 
-def load_dtype(cfg: Any) -> torch.dtype:
-    """The dtype the base weights load in.
+def precision_of(cfg: Any, machine: Optional[Machine] = None) -> PrecisionPlan:
+    """backend.core.precision's plan for cfg with its method's flags from the registry.
 
-    fp16 with trainable base weights loads fp32: fp16 mixed precision needs fp32 master weights
-    (the GradScaler refuses to unscale fp16 gradients). Adapters are kept fp32 by PEFT anyway.
+    machine None: as configured (what the loader and the estimator use); a Machine: also whether
+    it can train it (validation and the trainer pass backend.core.precision.this_machine()).
     """
     spec = get_method(cfg.method.name)
-    if spec.quantized:
-        return DTYPES[cfg.method.compute_dtype]
-    if cfg.train.precision == "fp16" and not spec.uses_peft:
-        return torch.float32
-    return DTYPES[cfg.train.precision]
+    return plan_for(cfg, quantized=spec.quantized, uses_peft=spec.uses_peft, machine=machine)
+
+
+def load_dtype(cfg: Any) -> torch.dtype:
+    """The dtype the base weights load in (backend.core.precision decides: fp16 with trainable
+    base weights loads fp32 master weights; a 4-bit method loads in its compute dtype)."""
+    return torch_dtype(precision_of(cfg).load)
 
 
 def quantization_config(cfg: Any):
@@ -82,7 +81,7 @@ def quantization_config(cfg: Any):
     m = cfg.method
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type=m.quant_type, bnb_4bit_use_double_quant=m.double_quant,
-        bnb_4bit_compute_dtype=DTYPES[m.compute_dtype])
+        bnb_4bit_compute_dtype=torch_dtype(m.compute_dtype))
 
 
 def load_trainable_model(cfg: Any, device_map: Optional[Any] = None) -> nn.Module:
@@ -141,22 +140,21 @@ def _keep_4bit_trainable_on_cpu(model: nn.Module) -> None:
 
 def optimizer_class(name: str) -> tuple[type, dict[str, Any]]:
     """The torch optimizer class behind a RunConfig optimizer name, plus kwargs it needs."""
-    if name == "adamw_torch":
+    if name not in OPTIMIZERS:
+        raise UserError(f"The optimizer '{name}' is not known; choose one of {', '.join(OPTIMIZERS)}.")
+    if name == OPTIMIZER.adamw_torch:
         return torch.optim.AdamW, {}
-    if name == "sgd":
+    if name == OPTIMIZER.sgd:
         return torch.optim.SGD, {}
-    if name == "adafactor":
+    if name == OPTIMIZER.adafactor:
         from transformers.optimization import Adafactor
 
         # A fixed learning rate, so the scheduler and LoRA+'s ratios apply as configured.
         return Adafactor, {"scale_parameter": False, "relative_step": False, "warmup_init": False}
     import bitsandbytes as bnb
 
-    classes = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
-               "paged_adamw_32bit": bnb.optim.PagedAdamW32bit}
-    if name not in classes:
-        raise UserError(f"The optimizer '{name}' is not known; choose one of adamw_torch, adamw_8bit, "
-                        "paged_adamw_8bit, paged_adamw_32bit, sgd, adafactor.")
+    classes = {OPTIMIZER.adamw_8bit: bnb.optim.AdamW8bit, OPTIMIZER.paged_adamw_8bit: bnb.optim.PagedAdamW8bit,
+               OPTIMIZER.paged_adamw_32bit: bnb.optim.PagedAdamW32bit}
     return classes[name], {}
 
 

@@ -9,9 +9,8 @@ from typing import Any
 
 from torch import nn
 
-from backend.methods.registry import MethodSpec, always_mergeable, register
-
-LORA_PARAMS = ["r", "alpha", "dropout", "target_modules"]
+from backend.core.catalog import METHOD
+from backend.methods.registry import always_mergeable, register
 
 
 def lora_config(cfg: Any):
@@ -21,7 +20,7 @@ def lora_config(cfg: Any):
     return LoraConfig(
         r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout,
         target_modules=m.target_modules if isinstance(m.target_modules, str) else list(m.target_modules),
-        use_dora=m.name == "dora", use_rslora=m.name == "rslora",
+        use_dora=m.name == METHOD.dora, use_rslora=m.name == METHOD.rslora,
         bias="none", task_type="CAUSAL_LM",
     )
 
@@ -50,39 +49,12 @@ def _qlora_merge(_cfg: Any) -> tuple[bool, str]:
                   "not into the 4-bit weights it trained against, so outputs can differ slightly")
 
 
-register(MethodSpec(
-    name="lora", title="LoRA", family="reparameterization",
-    help=("Trains small low-rank matrices beside the chosen layers while the base stays frozen: the usual "
-          "first choice, a few MB of adapter and a fraction of full fine-tuning's memory."),
-    params=list(LORA_PARAMS), uses_peft=True, quantized=False, can_merge=always_mergeable, apply=apply_lora,
-))
+register(METHOD.lora, can_merge=always_mergeable, apply=apply_lora)
 
-register(MethodSpec(
-    name="qlora", title="QLoRA (4-bit base)", family="hybrid",
-    help=("LoRA on a base loaded in 4-bit NF4: choose it when the model does not fit in 16-bit (a 7B model "
-          "on a 24 GB card); about 4x less weight memory, somewhat slower steps. Needs bitsandbytes."),
-    params=LORA_PARAMS + ["quant_type", "double_quant", "compute_dtype"], uses_peft=True, quantized=True,
-    can_merge=_qlora_merge, apply=apply_lora,
-))
+register(METHOD.qlora, can_merge=_qlora_merge, apply=apply_lora)
 
-register(MethodSpec(
-    name="dora", title="DoRA", family="reparameterization",
-    help=("LoRA that learns each weight's magnitude and direction separately: often more stable and closer "
-          "to full fine-tuning at low ranks, at roughly 1.2-2x LoRA's step time and a little more memory."),
-    params=list(LORA_PARAMS), uses_peft=True, quantized=False, can_merge=always_mergeable, apply=apply_lora,
-))
+register(METHOD.dora, can_merge=always_mergeable, apply=apply_lora)
 
-register(MethodSpec(
-    name="rslora", title="rsLoRA (rank-stabilized)", family="reparameterization",
-    help=("LoRA scaled by alpha/sqrt(r) instead of alpha/r, so high ranks (64+) keep learning; same cost as "
-          "LoRA. Choose it when you want a large rank."),
-    params=list(LORA_PARAMS), uses_peft=True, quantized=False, can_merge=always_mergeable, apply=apply_lora,
-))
+register(METHOD.rslora, can_merge=always_mergeable, apply=apply_lora)
 
-register(MethodSpec(
-    name="loraplus", title="LoRA+", family="reparameterization",
-    help=("LoRA whose B matrices learn faster than A (the ratio below): often converges faster at the same "
-          "cost as LoRA; lower the base learning rate a little."),
-    params=LORA_PARAMS + ["loraplus_lr_ratio"], uses_peft=True, quantized=False, can_merge=always_mergeable,
-    apply=apply_lora, optimizer=loraplus_optimizer,
-))
+register(METHOD.loraplus, can_merge=always_mergeable, apply=apply_lora, optimizer=loraplus_optimizer)

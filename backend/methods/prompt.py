@@ -9,8 +9,10 @@ from typing import Any
 
 from torch import nn
 
+from backend.core.catalog import METHOD
+from backend.core.models import resolve_model
 from backend.methods.hooks import is_meta
-from backend.methods.registry import MethodSpec, register
+from backend.methods.registry import register
 
 
 def _prompt_merge(_cfg: Any) -> tuple[bool, str]:
@@ -21,7 +23,6 @@ def _prompt_merge(_cfg: Any) -> tuple[bool, str]:
 def apply_prompt_tuning(model: nn.Module, cfg: Any) -> nn.Module:
     from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 
-    from backend.core.models import resolve_model
 
     m = cfg.method
     kwargs: dict[str, Any] = {"prompt_tuning_init": PromptTuningInit.RANDOM}
@@ -46,7 +47,7 @@ def _prefix(model: nn.Module, cfg: Any, projection: bool) -> nn.Module:
 
 def apply_prefix_tuning(model: nn.Module, cfg: Any) -> nn.Module:
     # The prefixes (keys and values at every layer) train directly: the parameter count is the
-    # seed documents' 2 x tokens x layers x hidden.
+    # usual 2 x tokens x layers x hidden.
     return _prefix(model, cfg, projection=False)
 
 
@@ -56,14 +57,8 @@ def apply_p_tuning_v2(model: nn.Module, cfg: Any) -> nn.Module:
     return _prefix(model, cfg, projection=True)
 
 
-def _validate_prompt_method(cfg: Any, _model_config: Any) -> dict[str, str]:
-    from backend.objectives.trainers import validate_objective
-
-    return validate_objective(cfg)
-
-
-def _validate_prompt_text(cfg: Any, model_config: Any) -> dict[str, str]:
-    errors = _validate_prompt_method(cfg, model_config)
+def _validate_prompt_text(cfg: Any, _model_config: Any) -> dict[str, str]:
+    errors: dict[str, str] = {}
     text = cfg.method.prompt_init_text
     if text is not None and not text.strip():
         errors["method.prompt_init_text"] = ("The initialisation text is empty; write a short task description "
@@ -71,27 +66,11 @@ def _validate_prompt_text(cfg: Any, model_config: Any) -> dict[str, str]:
     return errors
 
 
-register(MethodSpec(
-    name="prompt_tuning", title="Prompt tuning", family="prompt",
-    help=("Learns only a few virtual tokens put in front of every input (optionally started from a text such "
-          "as a task description): tiny adapters and little memory, but weaker than LoRA on small models."),
-    params=["num_virtual_tokens", "prompt_init_text"], uses_peft=True, quantized=False,
-    can_merge=_prompt_merge, apply=apply_prompt_tuning, validate=_validate_prompt_text,
-))
+register(METHOD.prompt_tuning,
+         can_merge=_prompt_merge, apply=apply_prompt_tuning, validate=_validate_prompt_text)
 
-register(MethodSpec(
-    name="prefix_tuning", title="Prefix tuning", family="prompt",
-    help=("Learns keys and values prepended at every attention layer: stronger than prompt tuning with tiny "
-          "adapters (2 x tokens x layers x hidden values); each prefix token costs attention memory."),
-    params=["num_virtual_tokens"], uses_peft=True, quantized=False, can_merge=_prompt_merge,
-    apply=apply_prefix_tuning, validate=_validate_prompt_method,
-))
+register(METHOD.prefix_tuning,
+         can_merge=_prompt_merge, apply=apply_prefix_tuning)
 
-register(MethodSpec(
-    name="p_tuning_v2", title="P-tuning v2 (deep prompts)", family="prompt",
-    help=("Deep prompts at every layer trained through a small MLP of the bottleneck width: more stable than "
-          "plain prefix tuning on harder tasks, close to full fine-tuning on understanding tasks; the MLP adds "
-          "training memory."),
-    params=["num_virtual_tokens", "bottleneck"], uses_peft=True, quantized=False, can_merge=_prompt_merge,
-    apply=apply_p_tuning_v2, validate=_validate_prompt_method,
-))
+register(METHOD.p_tuning_v2,
+         can_merge=_prompt_merge, apply=apply_p_tuning_v2)

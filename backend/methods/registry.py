@@ -1,12 +1,17 @@
-"""The method registry: one MethodSpec per fine-tuning method, keyed by RunConfig.method.name.
+"""The method registry: what each fine-tuning method does, attached to its name in the catalog.
 
-A new method joins by one module that builds a MethodSpec and calls `register`; the Method
-tab's dropdown, the validation and the tests are derived from METHODS, never kept by hand.
+The names, titles, help sentences and families are data in backend.core.catalog; a method module
+adds the behaviour (how it wraps a model, whether its result merges, its own optimizer or checks)
+by calling `register(METHOD.<name>, ...)`. The Method tab's dropdown, the validation and the tests
+read METHODS, never a list kept by hand.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from backend.core.catalog import MethodInfo, METHODS as CATALOG
+from backend.core.config import MethodConfig
 
 if TYPE_CHECKING:  # torch is heavy; the registry itself must import without it
     import torch
@@ -17,13 +22,7 @@ MergeCheck = Callable[["RunConfig"], "tuple[bool, str]"]
 
 @dataclass
 class MethodSpec:
-    name: str
-    title: str
-    help: str                      # one or two sentences: when to choose it and what it costs
-    family: str                    # full | reparameterization | additive | selective | prompt | hybrid
-    params: list[str]              # MethodConfig fields this method shows
-    uses_peft: bool
-    quantized: bool
+    info: MethodInfo
     can_merge: MergeCheck
     # Freeze/wrap a loaded (or meta-device) model so exactly the intended parameters train.
     apply: Optional[Callable[[Any, "RunConfig"], Any]] = None
@@ -33,20 +32,35 @@ class MethodSpec:
     validate: Optional[Callable[["RunConfig", Any], dict[str, str]]] = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    # The catalog's facts, read through the spec so callers need one object.
+    name = property(lambda self: self.info.name)
+    title = property(lambda self: self.info.title)
+    help = property(lambda self: self.info.help)
+    family = property(lambda self: self.info.family)
+    params = property(lambda self: self.info.params)
+    uses_peft = property(lambda self: self.info.uses_peft)
+    quantized = property(lambda self: self.info.quantized)
+
 
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register(spec: MethodSpec) -> MethodSpec:
-    """Add a method; a second registration under the same name is a programming error."""
-    if spec.name in METHODS:
-        raise ValueError(f"A method named '{spec.name}' is already registered.")
-    from backend.core.config import MethodConfig
-
-    unknown = [p for p in spec.params if p not in MethodConfig.model_fields]
+def register(name: str, *, can_merge: MergeCheck, apply: Optional[Callable[[Any, "RunConfig"], Any]] = None,
+             optimizer: Optional[Callable[[Any, "RunConfig"], "torch.optim.Optimizer"]] = None,
+             validate: Optional[Callable[["RunConfig", Any], dict[str, str]]] = None,
+             extra: Optional[dict[str, Any]] = None) -> MethodSpec:
+    """Attach a catalog method's behaviour; a second registration, a name the catalog does not
+    have, or catalog params that are not MethodConfig fields are programming errors."""
+    if name in METHODS:
+        raise ValueError(f"A method named '{name}' is already registered.")
+    info = CATALOG.get(name)
+    if info is None:
+        raise ValueError(f"The method '{name}' is not in backend.core.catalog.METHODS; add it there first.")
+    unknown = [p for p in info.params if p not in MethodConfig.model_fields]
     if unknown:
-        raise ValueError(f"Method '{spec.name}' shows unknown MethodConfig fields: {unknown}")
-    METHODS[spec.name] = spec
+        raise ValueError(f"Method '{name}' shows unknown MethodConfig fields: {unknown}")
+    spec = MethodSpec(info, can_merge, apply, optimizer, validate, dict(extra or {}))
+    METHODS[name] = spec
     return spec
 
 

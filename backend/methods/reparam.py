@@ -9,9 +9,11 @@ from typing import Any
 
 from torch import nn
 
+from backend.core.catalog import METHOD
+from backend.core.log import is_main_process, note
 from backend.methods.hooks import is_meta, total_training_steps
-from backend.methods.lora import LORA_PARAMS, lora_config
-from backend.methods.registry import MethodSpec, always_mergeable, register
+from backend.methods.lora import lora_config
+from backend.methods.registry import always_mergeable, register
 
 
 def _targets(cfg: Any):
@@ -124,8 +126,6 @@ def _embedding_name(model: nn.Module) -> str:
 
 def _note(message: str) -> None:
     """A line for train.log; one per run, not one per distributed worker."""
-    from backend.training.run import is_main_process, note
-
     if is_main_process():
         note(message)
 
@@ -163,37 +163,11 @@ def _longlora_merge(_cfg: Any) -> tuple[bool, str]:
     return True, "the LoRA update merges; the trained embeddings and norms replace the base model's"
 
 
-register(MethodSpec(
-    name="lora_fa", title="LoRA-FA (frozen A)", family="reparameterization",
-    help=("LoRA whose A matrices stay at their random start and only B trains: about half of LoRA's trainable "
-          "parameters and less activation memory, at similar quality; choose it when LoRA's memory is tight."),
-    params=list(LORA_PARAMS), uses_peft=True, quantized=False, can_merge=always_mergeable,
-    apply=apply_lora_fa, optimizer=lora_fa_optimizer,
-))
+register(METHOD.lora_fa, can_merge=always_mergeable, apply=apply_lora_fa, optimizer=lora_fa_optimizer)
 
-register(MethodSpec(
-    name="adalora", title="AdaLoRA (adaptive rank)", family="reparameterization",
-    help=("LoRA that starts at the initial rank and moves the rank budget to the layers that matter, ending at "
-          "rank r: better use of a small budget than fixed-rank LoRA, at a somewhat slower step."),
-    params=["init_r", "r", "alpha", "dropout", "target_modules"], uses_peft=True, quantized=False,
-    can_merge=always_mergeable, apply=apply_adalora, validate=_validate_adalora,
-    extra={"callbacks": _adalora_callbacks},
-))
+register(METHOD.adalora,
+         can_merge=always_mergeable, apply=apply_adalora, validate=_validate_adalora, extra={"callbacks": _adalora_callbacks})
 
-register(MethodSpec(
-    name="vera", title="VeRA (vector-based random adaptation)", family="reparameterization",
-    help=("One frozen random low-rank pair shared by all layers, with only small scaling vectors trained: "
-          "around 10x fewer trainable parameters than LoRA (use a larger r, e.g. 256); adapters of a few KB."),
-    params=["r", "dropout", "target_modules"], uses_peft=True, quantized=False, can_merge=always_mergeable,
-    apply=apply_vera,
-))
+register(METHOD.vera, can_merge=always_mergeable, apply=apply_vera)
 
-register(MethodSpec(
-    name="longlora", title="LongLoRA (long contexts)", family="hybrid",
-    help=("LoRA plus trainable embeddings and norms for extending a model to longer contexts, trained with "
-          "shifted sparse attention (S²-Attn: attention in groups, full attention at inference) where the model "
-          "allows it; costs the embedding matrix's gradients and optimizer states on top of LoRA."),
-    params=list(LORA_PARAMS) + ["s2_attn_group_ratio"], uses_peft=True, quantized=False,
-    can_merge=_longlora_merge,
-    apply=apply_longlora,
-))
+register(METHOD.longlora, can_merge=_longlora_merge, apply=apply_longlora)

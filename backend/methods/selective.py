@@ -12,10 +12,12 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 
+from backend.core.catalog import METHOD
 from backend.core.errors import UserError
 from backend.methods.full import _final_norm, _set_all
-from backend.methods.registry import MethodSpec, complete_model, register
+from backend.methods.registry import complete_model, register
 from backend.methods.skeleton import build_meta_model, decoder_layers
+from backend.runs import events as ev, rundir
 
 
 # ---- feature extraction --------------------------------------------------------------------------
@@ -107,12 +109,10 @@ def install_mask(model: nn.Module, masks: dict[str, torch.Tensor]) -> int:
 def _fish_callbacks(model: Any, cfg: Any, run_dir: Path) -> list:
     from transformers import TrainerCallback
 
-    from backend.runs import rundir
 
     class FishMaskCallback(TrainerCallback):
         """Measures the Fisher information on a few training batches when training begins (the
         optimizer already holds every weight; unselected ones then get no gradient at all)."""
-
         batches = 8
 
         def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
@@ -126,7 +126,7 @@ def _fish_callbacks(model: Any, cfg: Any, run_dir: Path) -> list:
                 picked.append({k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)})
             selected = install_mask(model, fisher_mask(model, picked, cfg.method.fish_mask_density))
             if state.is_world_process_zero:
-                rundir.append_event(run_dir, {"type": "fish_mask", "step": 0, "selected": selected,
+                rundir.append_event(run_dir, {"type": ev.FISH_MASK, "step": 0, "selected": selected,
                                             "density": cfg.method.fish_mask_density, "batches": len(picked)})
 
     return [FishMaskCallback()]
@@ -164,7 +164,6 @@ def apply_gradual_unfreezing(model: nn.Module, cfg: Any) -> nn.Module:
 
 class UnfreezeSchedule:
     """Which groups train now; `advance` unfreezes the next one down."""
-
     def __init__(self, model: nn.Module):
         self.groups = unfreeze_groups(model)
         self.active = 0
@@ -191,7 +190,6 @@ class UnfreezeSchedule:
 def _unfreeze_callbacks(model: Any, cfg: Any, run_dir: Path) -> list:
     from transformers import TrainerCallback
 
-    from backend.runs import rundir
 
     every = cfg.method.unfreeze_every
     schedule = UnfreezeSchedule(model)
@@ -200,7 +198,7 @@ def _unfreeze_callbacks(model: Any, cfg: Any, run_dir: Path) -> list:
     def record(state, group: int) -> None:
         if state.is_world_process_zero:
             top = n_layers - 1 - group
-            rundir.append_event(run_dir, {"type": "unfreeze", "step": state.global_step, "epoch": state.epoch,
+            rundir.append_event(run_dir, {"type": ev.UNFREEZE, "step": state.global_step, "epoch": state.epoch,
                                         "group": group, "layer": top, "trainable_layers": schedule.active,
                                         "message": f"layer {top} unfrozen ({schedule.active} of {n_layers} train)"})
 
@@ -228,34 +226,12 @@ def _unfreeze_callbacks(model: Any, cfg: Any, run_dir: Path) -> list:
     return [GradualUnfreezing()]
 
 
-register(MethodSpec(
-    name="feature_extraction", title="Feature extraction (output head only)", family="full",
-    help=("Only the output head trains; the body is a fixed feature extractor: the cheapest full-model option for "
-          "a quick domain-vocabulary shift. When the head is tied to the input embeddings (most small models) "
-          "that shared matrix trains, so memory is the vocabulary matrix's."),
-    params=[], uses_peft=False, quantized=False, can_merge=complete_model, apply=apply_feature_extraction,
-))
+register(METHOD.feature_extraction, can_merge=complete_model, apply=apply_feature_extraction)
 
-register(MethodSpec(
-    name="gradual_unfreezing", title="Gradual unfreezing", family="full",
-    help=("Starts with the top block and unfreezes one more block below each epoch (or every N steps): less "
-          "forgetting than full fine-tuning on small datasets; memory grows to that of training all blocks."),
-    params=["unfreeze_every"], uses_peft=False, quantized=False, can_merge=complete_model,
-    apply=apply_gradual_unfreezing, extra={"callbacks": _unfreeze_callbacks},
-))
+register(METHOD.gradual_unfreezing,
+         can_merge=complete_model, apply=apply_gradual_unfreezing, extra={"callbacks": _unfreeze_callbacks})
 
-register(MethodSpec(
-    name="bitfit", title="BitFit (biases only)", family="selective",
-    help=("Only the bias terms train (about 0.1% of the weights): very cheap and surprisingly good for small "
-          "shifts on models that have biases (GPT-2, OPT, Qwen attention); Llama-style models have none."),
-    params=[], uses_peft=False, quantized=False, can_merge=complete_model, apply=apply_bitfit,
-    validate=_validate_bitfit,
-))
+register(METHOD.bitfit, can_merge=complete_model, apply=apply_bitfit, validate=_validate_bitfit)
 
-register(MethodSpec(
-    name="fish_mask", title="Fish Mask (top-k% by Fisher information)", family="selective",
-    help=("Measures on a few batches which weights matter most and trains only that share (e.g. 0.5%): "
-          "sparse updates with little forgetting, but memory is like full fine-tuning's since gradients are dense."),
-    params=["fish_mask_density"], uses_peft=False, quantized=False, can_merge=complete_model,
-    apply=apply_fish_mask, validate=_validate_fish_mask, extra={"callbacks": _fish_callbacks},
-))
+register(METHOD.fish_mask,
+         can_merge=complete_model, apply=apply_fish_mask, validate=_validate_fish_mask, extra={"callbacks": _fish_callbacks})

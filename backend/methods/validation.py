@@ -8,41 +8,14 @@ from __future__ import annotations
 import functools
 from typing import Any, Optional
 
+from backend.core.catalog import OPTIMIZER, OPTIMIZERS
+from backend.core.models import ModelError, check_causal_lm
+from backend.core.precision import available_precisions, plan_for, this_machine
 from backend.methods.registry import get_method
 from backend.methods.skeleton import linear_layer_names
-from backend.core.models import ModelError, check_causal_lm
 
-_PRECISION_NAMES = {"fp32": "fp32", "bf16": "bf16 (bfloat16)", "fp16": "fp16 (float16)"}
-
-
-@functools.lru_cache(maxsize=1)
-def available_precisions() -> list[str]:
-    """Precisions this machine can train in.
-
-    On CPU, torch autocasts bf16 (slow on CPUs without native bf16, but it works), while fp16
-    mixed precision needs CUDA's GradScaler, so CPU offers fp32 and bf16.
-    """
-    import torch
-
-    if torch.cuda.is_available():
-        out = ["fp32", "fp16"]
-        if torch.cuda.is_bf16_supported():
-            out.append("bf16")
-        return out
-    return ["fp32", "bf16"]
-
-
-def _precision_problem(precision: str, what: str) -> Optional[str]:
-    avail = available_precisions()
-    if precision in avail:
-        return None
-    import torch
-
-    hw = "this GPU" if torch.cuda.is_available() else "a CPU-only machine"
-    why = ("bf16 needs an Ampere (RTX 30xx / A100) or newer GPU" if precision == "bf16"
-           else "fp16 mixed precision needs a CUDA GPU")
-    return (f"{_PRECISION_NAMES[precision]} {what} is not available on {hw}: {why}. "
-            f"Choose one of: {', '.join(avail)}.")
+# available_precisions is re-exported for backend.methods (the Method tab lists its choices).
+__all__ = ["available_precisions", "bitsandbytes_problem", "validate_for_model"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -110,38 +83,14 @@ def validate_for_model(cfg: Any, model_config: Any) -> dict[str, str]:
         problem = bitsandbytes_problem()
         if problem:
             errors["method.name"] = problem
-        problem = _precision_problem(cfg.method.compute_dtype, "as the 4-bit compute dtype")
-        if problem:
-            errors["method.compute_dtype"] = problem
-    problem = _precision_problem(cfg.train.precision, "training")
-    if problem:
-        errors["train.precision"] = problem
-    if cfg.train.optimizer in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"):
+    # train.precision and a 4-bit compute dtype this machine cannot train (backend.core.precision).
+    errors.update(plan_for(cfg, quantized=spec.quantized, uses_peft=spec.uses_peft, machine=this_machine()).problems)
+    if OPTIMIZERS[cfg.train.optimizer].bitsandbytes:
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
             errors["train.optimizer"] = (f"The {cfg.train.optimizer} optimizer needs the bitsandbytes package; "
-                                         "install it or choose adamw_torch.")
+                                         f"install it or choose {OPTIMIZER.adamw_torch}.")
     if spec.validate:
         errors.update(spec.validate(cfg, model_config))
-    from backend.objectives.trainers import validate_objective  # late: objectives imports the registry
-
-    for field, sentence in validate_objective(cfg).items():
-        errors.setdefault(field, sentence)
     return errors
-
-
-def check_run(data: dict[str, Any]) -> tuple[Any, dict[str, str]]:
-    """Validate a RunConfig dict fully (ranges, model, hardware): (RunConfig or None, field -> sentence)."""
-    from backend.core.config import ConfigError, validate_config
-    from backend.core.models import load_model_config
-
-    try:
-        cfg = validate_config(data)
-    except ConfigError as e:
-        return None, dict(e.fields)
-    try:
-        model_config = load_model_config(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    except ModelError as e:
-        return cfg, {"model": str(e)}
-    return cfg, validate_for_model(cfg, model_config)

@@ -16,16 +16,20 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from backend.data.records import as_turns, with_system
+from backend.core import catalog
+from backend.core.config import load_config
 from backend.core.errors import UserError
+from backend.core.models import load_tokenizer, looks_like_hub_id, resolve_model
+from backend.data.records import as_turns, with_system
+from backend.runs import rundir
 
-ONLINE_OBJECTIVES = ("grpo", "rloo")
 REFERENCE_COLUMN = "reference"
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def is_online(objective: str) -> bool:
-    return objective in ONLINE_OBJECTIVES
+    info = catalog.OBJECTIVES.get(objective)
+    return bool(info and info.online)
 
 
 # ---------------------------------------------------------------------------------------- prompts
@@ -178,7 +182,6 @@ def locate_reward_model(ref: str) -> dict[str, Any]:
 
     p = Path(ref).expanduser()
     if not p.is_dir():
-        from backend.core.models import looks_like_hub_id
 
         if not p.exists() and looks_like_hub_id(ref):
             # A hub reward model (owner/name): checked when it downloads, like a hub base model.
@@ -186,16 +189,14 @@ def locate_reward_model(ref: str) -> dict[str, Any]:
         raise UserError(f"The reward model {ref} is not a directory; pick a finished reward-model run, a "
                         "directory holding a reward model, or a hub id (owner/name).")
     if (p / "config.yaml").exists() and not (p / "adapter").is_dir():
-        from backend.runs import rundir
 
         state = rundir.read_status(p).get("state") or "unknown"
         raise UserError(f"The run {p.name} has no saved model yet (state: {state}); wait until it has finished, "
                         "or pick a finished reward-model run.")
     if (p / "config.yaml").exists():  # a studio run directory
-        from backend.core.config import load_config
 
         run_cfg = load_config(p / "config.yaml")
-        if run_cfg.objective != "reward":
+        if run_cfg.objective != catalog.OBJECTIVE.reward:
             raise UserError(f"The run {p.name} trained with the {run_cfg.objective} objective, not a reward "
                             "model; pick a run whose objective is reward.")
         found = locate_reward_model(str(p / "adapter"))
@@ -223,7 +224,6 @@ def load_reward_model(ref: str, dtype: Any, trust_remote_code: bool = False) -> 
     """(sequence-classification model in eval mode, its tokenizer) for a reward model reference."""
     from transformers import AutoModelForSequenceClassification
 
-    from backend.core.models import load_tokenizer, resolve_model
 
     found = locate_reward_model(ref)
     if found["kind"] == "full":
@@ -291,9 +291,6 @@ def settings(cfg: Any) -> dict[str, Any]:
 def reward_runs(workspace: Path) -> list[tuple[str, str]]:
     """(label, run directory) of the workspace's finished reward-model runs, newest first: the
     choices for alignment.reward_model."""
-    from backend.runs import rundir
-    from backend.core.config import load_config
-
     out = []
     for row in rundir.list_runs(Path(workspace)):
         if row["state"] != "completed" or not (Path(row["dir"]) / "adapter").is_dir():
@@ -302,7 +299,7 @@ def reward_runs(workspace: Path) -> list[tuple[str, str]]:
             objective = load_config(Path(row["dir"]) / rundir.CONFIG_FILE).objective
         except Exception:  # noqa: BLE001 - an unreadable run is simply not offered
             continue
-        if objective == "reward":
+        if objective == catalog.OBJECTIVE.reward:
             label = f"{row['name'] or row['id']} ({row['method']}, {row['model']})"
             out.append((label, row["dir"]))
     return out

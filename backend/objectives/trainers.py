@@ -1,10 +1,11 @@
-"""Alignment objectives (DPO, ORPO, KTO, reward models, GRPO, RLOO): TRL's trainers behind one small spec each.
+"""Alignment trainers (DPO, ORPO, KTO, reward models, GRPO, RLOO): TRL's trainers behind one small spec each.
 
-An objective combines with any parameter method (DPO + QLoRA, KTO + full, ...): the model arrives
-from methods.load_trainable_model already frozen/wrapped; a PEFT model's reference is the same
-model with its adapter switched off, otherwise TRL loads a frozen copy of the base as reference.
-ORPO lives in trl.experimental in TRL 1.x; only this file knows where each trainer is imported
-from, so an upstream move touches one line. GRPO/RLOO's prompts and rewards are in online_rl.py.
+What each objective is (title, help, data format, families) is in backend.core.catalog; this module
+says how it trains. An objective combines with any parameter method (DPO + QLoRA, KTO + full, ...):
+the model arrives from methods.load_trainable_model already frozen/wrapped; a PEFT model's reference
+is the same model with its adapter switched off, otherwise TRL loads a frozen copy of the base as
+reference. ORPO lives in trl.experimental in TRL 1.x; only this file knows where each trainer is
+imported from, so an upstream move touches one line. GRPO/RLOO's prompts and rewards are in online_rl.py.
 """
 from __future__ import annotations
 
@@ -13,19 +14,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from backend.runs import rundir
+from transformers import TrainerCallback
+
+from backend.core import catalog
+from backend.core.catalog import OBJECTIVE, ObjectiveInfo
 from backend.core.errors import UserError
+from backend.core.log import note
+from backend.core.models import load_tokenizer, resolve_model
+from backend.data.records import as_turns, load_for_training, with_system
+from backend.methods import load_dtype, load_trainable_model
+from backend.methods.full import apply_full, apply_last_layers
+from backend.methods.lora import lora_config
+from backend.objectives import online_rl
+from backend.objectives.validate import validate_objective
+from backend.runs import events as ev, rundir
 
 
 @dataclass(frozen=True)
-class ObjectiveSpec:
-    name: str
-    title: str
-    help: str
-    data_format: str                 # the normalized dataset format it trains on
-    classes: Callable[[], tuple[type, type]]  # (Config class, Trainer class), imported lazily
+class TrainerSpec:
+    classes: Callable[[], tuple[type, type]]  # (Config class, Trainer class), imported when used
     settings: Callable[[Any], dict[str, Any]]  # objective-specific Config kwargs from the RunConfig
-    uses_reference: bool
     # Extra trainer arguments built from the config (GRPO/RLOO's reward functions).
     trainer_kwargs: Callable[[Any], dict[str, Any]] = lambda cfg: {}
 
@@ -45,41 +53,10 @@ def _kto_classes():
     return KTOConfig, KTOTrainer
 
 
-OBJECTIVES: dict[str, ObjectiveSpec] = {
-    "dpo": ObjectiveSpec(
-        "dpo", "DPO (direct preference optimization)",
-        ("Learns from chosen/rejected answer pairs without a reward model, held near the starting model by beta: "
-         "the usual alignment step after SFT; costs two forward passes per pair (policy and reference)."),
-        "preference", _dpo_classes,
-        lambda cfg: {"beta": cfg.alignment.beta, "max_length": cfg.data.max_length}, True),
-    "orpo": ObjectiveSpec(
-        "orpo", "ORPO (odds-ratio preference optimization)",
-        ("SFT and preference learning in one step, with no reference model: cheaper than DPO (one model) and "
-         "usable straight from a base model; beta weighs the preference term."),
-        "preference", _orpo_classes,
-        lambda cfg: {"beta": cfg.alignment.beta, "max_length": cfg.data.max_length}, False),
-    "kto": ObjectiveSpec(
-        "kto", "KTO (Kahneman-Tversky optimization)",
-        ("Learns from single answers marked good or bad (no pairs needed): choose it when you have thumbs-up/"
-         "down data; like DPO it needs a reference pass, and both labels should be present in each batch."),
-        "kto", _kto_classes,
-        lambda cfg: {"beta": cfg.alignment.beta, "max_length": cfg.data.max_length,
-                     "desirable_weight": cfg.alignment.desirable_weight,
-                     "undesirable_weight": cfg.alignment.undesirable_weight,
-                     # KTO's KL estimate pairs each example with its batch neighbours, in a fixed order.
-                     "train_sampling_strategy": "sequential"}, True),
-}
-
 def _reward_classes():
     from trl import RewardConfig, RewardTrainer
     return RewardConfig, RewardTrainer
 
-
-OBJECTIVES["reward"] = ObjectiveSpec(
-    "reward", "Reward model",
-    ("Trains a scorer (the model with a one-number head) that ranks chosen above rejected answers, for RLHF or "
-     "filtering; the result scores text and does not chat. Costs like SFT on both answers of each pair."),
-    "preference", _reward_classes, lambda cfg: {"max_length": cfg.data.max_length}, False)
 
 def _grpo_classes():
     from trl import GRPOConfig, GRPOTrainer
@@ -91,33 +68,31 @@ def _rloo_classes():
     return RLOOConfig, RLOOTrainer
 
 
-def _online_settings(cfg: Any) -> dict[str, Any]:
-    from backend.objectives import online_rl
-    return online_rl.settings(cfg)
+def _preference_settings(cfg: Any) -> dict[str, Any]:
+    return {"beta": cfg.alignment.beta, "max_length": cfg.data.max_length}
+
+
+def _kto_settings(cfg: Any) -> dict[str, Any]:
+    return {**_preference_settings(cfg),
+            "desirable_weight": cfg.alignment.desirable_weight,
+            "undesirable_weight": cfg.alignment.undesirable_weight,
+            # KTO's KL estimate pairs each example with its batch neighbours, in a fixed order.
+            "train_sampling_strategy": "sequential"}
 
 
 def _reward_kwargs(cfg: Any) -> dict[str, Any]:
-    from backend.objectives import online_rl
-    from backend.methods import load_dtype
-
     funcs, classes = online_rl.reward_functions(cfg, load_dtype(cfg))
     return {"reward_funcs": funcs, "reward_processing_classes": classes}
 
 
-OBJECTIVES["grpo"] = ObjectiveSpec(
-    "grpo", "GRPO (RLHF: group-relative policy optimization)",
-    ("Samples several answers per prompt, scores them with your rewards (a reward model, a pattern, or overlap "
-     "with the dataset's answer) and moves the model toward the better ones: choose it to sharpen a skill you can "
-     "score; each step costs generation time on top of training."),
-    "prompts", _grpo_classes, _online_settings, False, _reward_kwargs)
-OBJECTIVES["rloo"] = ObjectiveSpec(
-    "rloo", "RLOO (RLHF: REINFORCE leave-one-out)",
-    ("Like GRPO, scored answers sampled per prompt, but each answer is compared with the mean of the others in "
-     "its group; a simpler, often steadier update at the same generation cost."),
-    "prompts", _rloo_classes, _online_settings, False, _reward_kwargs)
-
-# Methods a reward model can train with: the score head must train too, which these handle.
-REWARD_METHODS = ("full", "last_layers", "lora", "dora", "rslora")
+TRAINERS: dict[str, TrainerSpec] = {
+    OBJECTIVE.dpo: TrainerSpec(_dpo_classes, _preference_settings),
+    OBJECTIVE.orpo: TrainerSpec(_orpo_classes, _preference_settings),
+    OBJECTIVE.kto: TrainerSpec(_kto_classes, _kto_settings),
+    OBJECTIVE.reward: TrainerSpec(_reward_classes, lambda cfg: {"max_length": cfg.data.max_length}),
+    OBJECTIVE.grpo: TrainerSpec(_grpo_classes, online_rl.settings, _reward_kwargs),
+    OBJECTIVE.rloo: TrainerSpec(_rloo_classes, online_rl.settings, _reward_kwargs),
+}
 
 # What the trainers log that the charts show (reward margins and accuracies above all).
 ALIGNMENT_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
@@ -132,43 +107,19 @@ def is_alignment_metric(key: str) -> bool:
     return key in ALIGNMENT_METRICS or (key.startswith("rewards/") and key.endswith("/mean"))
 
 
-def is_alignment(objective: str) -> bool:
-    return objective in OBJECTIVES
-
-
-def get_objective(name: str) -> ObjectiveSpec:
-    try:
-        return OBJECTIVES[name]
-    except KeyError:
-        raise UserError(f"Training with the '{name}' objective is not available yet; choose sft, pretrain, "
-                        f"{', '.join(OBJECTIVES)}.") from None
-
-
-def validate_objective(cfg: Any) -> dict[str, str]:
-    """Field -> sentence for combinations that cannot train."""
-    if not is_alignment(cfg.objective):
-        return {}
-    from backend.methods import get_method
-
-    spec = get_method(cfg.method.name)
-    if cfg.objective == "reward" and spec.name not in REWARD_METHODS:
-        return {"method.name": (f"A reward model cannot train with {spec.title} here; choose one of "
-                                f"{', '.join(REWARD_METHODS)}.")}
-    if spec.family == "prompt":
-        return {"method.name": (f"{cfg.objective.upper()} cannot train a prompt method ({spec.title}): the "
-                                "trainer needs the model's own outputs with and without the adapter; choose LoRA.")}
-    from backend.objectives import online_rl
-    if online_rl.is_online(cfg.objective):
-        return online_rl.validate_online(cfg)
-    return {}
+def get_objective(name: str) -> tuple[ObjectiveInfo, TrainerSpec]:
+    """The catalog entry and the trainer spec of an alignment objective, or a sentence."""
+    if name not in TRAINERS:
+        raise UserError(f"Training with the '{name}' objective is not available yet; choose "
+                        f"{', '.join(catalog.OBJECTIVES)}.")
+    return catalog.OBJECTIVES[name], TRAINERS[name]
 
 
 def load_objective_model(cfg: Any) -> Any:
     """The trainable model for cfg: the method's causal LM, or for a reward model the same base with a
     one-output classification head (the head always trains; LoRA gets SEQ_CLS so PEFT saves it)."""
-    from backend.methods import load_trainable_model
 
-    if cfg.objective != "reward":
+    if cfg.objective != OBJECTIVE.reward:
         return load_trainable_model(cfg)
     problems = validate_objective(cfg)
     if problems:
@@ -176,9 +127,6 @@ def load_objective_model(cfg: Any) -> Any:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from backend.methods import load_dtype
-    from backend.methods.full import apply_full, apply_last_layers
-    from backend.core.models import load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     torch.manual_seed(cfg.train.seed)  # the new head starts random; the seed makes it repeatable
@@ -187,16 +135,14 @@ def load_objective_model(cfg: Any) -> Any:
         trust_remote_code=cfg.trust_remote_code)
     model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
         else tokenizer.eos_token_id
-    if cfg.method.name == "full":
+    if cfg.method.name == catalog.METHOD.full:
         model = apply_full(model, cfg)
-    elif cfg.method.name == "last_layers":
+    elif cfg.method.name == catalog.METHOD.last_layers:
         model = apply_last_layers(model, cfg)
         for p in model.score.parameters():
             p.requires_grad_(True)
     else:
         from peft import get_peft_model
-
-        from backend.methods.lora import lora_config
 
         config = lora_config(cfg)
         config.task_type = "SEQ_CLS"
@@ -208,8 +154,6 @@ def load_objective_model(cfg: Any) -> Any:
 
 def _conversation(rows: list[dict], fmt: str, system: Optional[str]) -> list[dict]:
     """Rows in TRL's conversational form, so the tokenizer's chat template frames them exactly as in SFT."""
-    from backend.data.records import as_turns, with_system
-
     out = []
     for row in rows:
         prompt = with_system(as_turns(row.get("prompt"), "user"), system)
@@ -225,9 +169,8 @@ def _conversation(rows: list[dict], fmt: str, system: Optional[str]) -> list[dic
 def build_alignment_datasets(cfg: Any, tokenizer: Any = None) -> tuple[Any, Any]:
     from datasets import Dataset
 
-    from backend.data.records import load_for_training
 
-    spec = get_objective(cfg.objective)
+    spec, _ = get_objective(cfg.objective)
     loaded, train_rows, val_rows = load_for_training(cfg.data, cfg.train.seed)
     fmt = getattr(loaded, "format", None)
     if spec.data_format == "prompts":
@@ -252,8 +195,6 @@ def _prompt_dataset(cfg: Any, tokenizer: Any, fmt: Optional[str], train_rows: li
     about quality, so the held-out rows are left unused and the reward curve shows progress."""
     from datasets import Dataset
 
-    from backend.objectives import online_rl
-
     prompts = online_rl.prompt_rows(train_rows, fmt, cfg.data.system_prompt)
     dropped = 0
     if tokenizer is not None:
@@ -261,8 +202,6 @@ def _prompt_dataset(cfg: Any, tokenizer: Any, fmt: Optional[str], train_rows: li
     if not prompts:
         raise UserError(f"{cfg.data.path} has no prompt that fits {cfg.data.max_length} tokens with a user turn; "
                         "check the dataset in the Dataset tab or raise data.max_length.")
-    from backend.training.run import note
-
     note(f"Data: {len(prompts)} prompts for {cfg.objective.upper()}"
          + (f", {dropped} longer than {cfg.data.max_length} tokens left out" if dropped else "")
          + (f"; the {len(val_rows)} validation rows are not used (the reward curve shows progress)."
@@ -288,12 +227,12 @@ def _common_args(sft_args: Any, config_cls: type) -> dict[str, Any]:
 
 def build_alignment_trainer(cfg: Any, sft_args: Any, model: Any, tokenizer: Any, train_ds: Any, val_ds: Any,
                             callbacks: list, optimizer: Any) -> Any:
-    spec = get_objective(cfg.objective)
+    spec, trainer_spec = get_objective(cfg.objective)
     problems = validate_objective(cfg)
     if problems:
         raise UserError(" ".join(problems.values()))
-    config_cls, trainer_cls = spec.classes()
-    kwargs = {**_common_args(sft_args, config_cls), **spec.settings(cfg)}
+    config_cls, trainer_cls = trainer_spec.classes()
+    kwargs = {**_common_args(sft_args, config_cls), **trainer_spec.settings(cfg)}
     if "disable_dropout" in {f.name for f in dataclasses.fields(config_cls)}:
         kwargs["disable_dropout"] = True
     if spec.data_format == "prompts":
@@ -302,19 +241,14 @@ def build_alignment_trainer(cfg: Any, sft_args: Any, model: Any, tokenizer: Any,
     callbacks = list(callbacks) + [AlignmentEventsCallback(Path(sft_args.output_dir).parent)]
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                           processing_class=tokenizer, callbacks=callbacks, optimizers=(optimizer, None),
-                          **spec.trainer_kwargs(cfg))
+                          **trainer_spec.trainer_kwargs(cfg))
     if len(trainer.train_dataset) == 0:  # the reward trainer drops what does not fit max_length
         raise UserError(f"Every example of {cfg.data.path} is longer than the maximum length "
                         f"({cfg.data.max_length} tokens, chat template included); raise data.max_length.")
     return trainer
 
 
-def _alignment_callback_base():
-    from transformers import TrainerCallback
-    return TrainerCallback
-
-
-class AlignmentEventsCallback(_alignment_callback_base()):
+class AlignmentEventsCallback(TrainerCallback):
     """Writes the trainers' reward margins and accuracies as "alignment" events for the charts
     (train and eval alike; eval keys keep their "eval_" prefix)."""
 
@@ -326,6 +260,6 @@ class AlignmentEventsCallback(_alignment_callback_base()):
             return
         picked = {k: v for k, v in logs.items() if is_alignment_metric(k) and isinstance(v, (int, float))}
         if picked:
-            rundir.append_event(self.run_dir, {"type": "alignment", "step": state.global_step,
+            rundir.append_event(self.run_dir, {"type": ev.ALIGNMENT, "step": state.global_step,
                                              "epoch": state.epoch, "phase": "eval" if "eval_loss" in logs
                                              else "train", **picked})

@@ -10,7 +10,6 @@ runner's subprocess, never in the process that hosts the worker.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -18,14 +17,14 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
-from backend.runs import runner
-from backend.runs import rundir
 from backend.core.config import ConfigError, RunConfig, validate_config
 from backend.core.errors import UserError
 from backend.core.io import atomic_write_json
+from backend.core.locks import file_lock
 from backend.core.models import BUNDLED, ModelError, resolve_model
+from backend.runs import rundir, runner
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +38,9 @@ def queue_path(workspace: Path) -> Path:
     return Path(workspace) / QUEUE_FILE
 
 
-@contextlib.contextmanager
-def _locked(workspace: Path) -> Iterator[None]:
+def _locked(workspace: Path) -> contextlib.AbstractContextManager[None]:
     # The UI's buttons and the worker thread (or a second studio) all read-modify-write the file.
-    Path(workspace).mkdir(parents=True, exist_ok=True)
-    with open(Path(workspace) / ".queue.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(Path(workspace) / ".queue.lock", make_parents=True)
 
 
 def _entry_ok(e: Any) -> bool:

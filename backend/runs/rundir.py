@@ -1,4 +1,4 @@
-"""The run-directory protocol (DESIGN.md): create a run, read and write its status, append and tail its events.
+"""The run-directory protocol (docs/ARCHITECTURE.md): create a run, read and write its status, append and tail its events.
 
 A run lives only in its directory, so the UI, the CLI and a restarted studio all see the same thing.
 Written by hand because no library defines this protocol; the files it writes are plain JSON/YAML.
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import math
 import os
@@ -15,10 +14,12 @@ import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from backend.core.config import RunConfig, save_config
 from backend.core.io import atomic_write_json, read_json
+from backend.core.locks import file_lock
+from backend.runs.events import check_event_type
 
 RUN_STATES = ("starting", "running", "stopping", "completed", "stopped", "failed", "out_of_memory")
 ACTIVE_STATES = frozenset({"starting", "running", "stopping"})
@@ -89,15 +90,9 @@ def create_run(workspace: Path, cfg: RunConfig) -> Path:
     raise RuntimeError(f"could not find a free run id under {root}")
 
 
-@contextlib.contextmanager
-def _status_lock(run_dir: Path) -> Iterator[None]:
+def _status_lock(run_dir: Path) -> contextlib.AbstractContextManager[None]:
     # Runner and trainer both update status.json; the lock keeps their read-modify-write from losing fields.
-    with open(run_dir / ".status.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(run_dir / ".status.lock")
 
 
 def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
@@ -215,7 +210,10 @@ def _clean_number(v: Any) -> Any:
 
 
 def append_event(run_dir: Path, event: dict[str, Any]) -> None:
-    """Append one JSON line to events.jsonl with a single write, so a reader never sees two events interleaved."""
+    """Append one JSON line to events.jsonl with a single write, so a reader never sees two events interleaved.
+
+    The event's "type" must be one of backend.runs.events.EVENT_TYPES (ValueError otherwise)."""
+    check_event_type(event)
     record = {"time": time.time(), **{k: _clean_number(v) for k, v in event.items()}}
     line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
     fd = os.open(Path(run_dir) / EVENTS_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)

@@ -6,7 +6,6 @@ process table, so a fresh process (a restarted studio, the CLI) sees exactly wha
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import subprocess
@@ -14,21 +13,19 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
-from backend.runs import rundir
 from backend.core.config import RunConfig, load_config
 from backend.core.errors import UserError
+from backend.core.gpu import list_gpus, visible_indices
+from backend.core.locks import file_lock
 from backend.core.paths import PROJECT_ROOT
+from backend.runs import events as ev, rundir
 
 KILL_GRACE_S = 5.0
 
 
 def _gpu_count() -> int:
-    try:
-        from backend.core.gpu import list_gpus
-    except ImportError:  # gpu probing arrives with the estimator; until then assume none
-        return 0
     try:
         return len(list_gpus())
     except Exception:  # noqa: BLE001 - a broken driver means "no usable GPU", not a crash
@@ -44,7 +41,6 @@ def _candidate_gpus() -> list[int]:
     count = _gpu_count()
     if count == 0:
         return []
-    from backend.core.gpu import visible_indices
 
     return visible_indices() or list(range(count))
 
@@ -87,17 +83,9 @@ def devices_free(workspace: Path, cfg: RunConfig) -> bool:
     return not any(d in held for d in devices)
 
 
-@contextlib.contextmanager
-def _start_lock(workspace: Path) -> Iterator[None]:
+def _start_lock(workspace: Path) -> contextlib.AbstractContextManager[None]:
     # Held across "check who trains, create, spawn, record pid": two concurrent starts cannot both win.
-    root = rundir.runs_root(workspace)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".start.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(rundir.runs_root(workspace) / ".start.lock", make_parents=True)
 
 
 def find_active_runs(workspace: Path) -> list[dict[str, Any]]:
@@ -217,7 +205,7 @@ def resume_run(run_dir: Path) -> Path:
                           resume_from=str(checkpoint), resume_count=int(status.get("resume_count") or 0) + 1,
                           created=rundir.now_iso(), pid=None, pid_start=None, resume_note=fallback, note=fallback)
         if fallback:
-            rundir.append_event(run_dir, {"type": "resume_fallback", "checkpoint": str(checkpoint),
+            rundir.append_event(run_dir, {"type": ev.RESUME_FALLBACK, "checkpoint": str(checkpoint),
                                         "skipped": [{"path": str(p), "problem": why} for p, why in bad],
                                         "message": fallback})
         _launch(run_dir, cfg, devices, resume=True)

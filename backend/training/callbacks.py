@@ -19,7 +19,8 @@ from typing import Any, Callable, Optional
 
 from transformers import EarlyStoppingCallback, TrainerCallback
 
-from backend.runs import rundir
+from backend.core.gpu import visible_indices
+from backend.runs import events as ev, rundir
 
 STATUS_EVERY_S = 2.0  # status.json is fsynced; the per-line events file carries the fine detail
 
@@ -27,8 +28,6 @@ STATUS_EVERY_S = 2.0  # status.json is fsynced; the per-line events file carries
 def nvml_index(cuda_index: int) -> int:
     """NVML's number for the process's CUDA device: a run restricted by CUDA_VISIBLE_DEVICES (the queue
     gives each run its own GPUs) counts its GPUs from 0, NVML counts every GPU of the machine."""
-    from backend.core.gpu import visible_indices
-
     visible = visible_indices()
     return visible[cuda_index] if visible and cuda_index < len(visible) else cuda_index
 
@@ -76,7 +75,7 @@ class EventsCallback(TrainerCallback):
         self._last_tokens = state.num_input_tokens_seen or 0
         # On resume the trainer state carries the best so far.
         self.best, self.best_step = state.best_metric, getattr(state, "best_global_step", None)
-        rundir.append_event(self.run_dir, {"type": "train_begin", "step": state.global_step,
+        rundir.append_event(self.run_dir, {"type": ev.TRAIN_BEGIN, "step": state.global_step,
                                          "total_steps": state.max_steps,
                                          "epochs": args.num_train_epochs})
         self._status(force=True, total_steps=state.max_steps, step=state.global_step)
@@ -90,7 +89,7 @@ class EventsCallback(TrainerCallback):
             return  # on_evaluate reports evaluations, with the best-so-far
         if "loss" not in logs:
             if "train_loss" in logs:  # the Trainer's closing summary
-                rundir.append_event(self.run_dir, {"type": "train_end", **base, **logs})
+                rundir.append_event(self.run_dir, {"type": ev.TRAIN_END, **base, **logs})
             return
         now = time.monotonic()
         # GRPO/RLOO count tokens themselves (prompts + sampled answers) as "num_tokens".
@@ -100,7 +99,7 @@ class EventsCallback(TrainerCallback):
             dt = now - self._last_time
             tps = (tokens - self._last_tokens) / dt if dt > 0 else None
         self._last_tokens, self._last_time = tokens, now
-        event = {"type": "train", **base, "loss": logs.get("loss"), "lr": logs.get("learning_rate"),
+        event = {"type": ev.TRAIN, **base, "loss": logs.get("loss"), "lr": logs.get("learning_rate"),
                  "grad_norm": logs.get("grad_norm"), "tokens_per_s": tps, "tokens_seen": tokens,
                  **_cuda_memory()}
         for extra in ("mean_token_accuracy", "entropy"):
@@ -119,7 +118,7 @@ class EventsCallback(TrainerCallback):
         if val_loss is not None and (self.best is None or val_loss < self.best):
             self.best, self.best_step = val_loss, state.global_step
         best = self.best
-        event = {"type": "eval", "step": state.global_step, "epoch": state.epoch, "val_loss": val_loss,
+        event = {"type": ev.EVAL, "step": state.global_step, "epoch": state.epoch, "val_loss": val_loss,
                  "best_val_loss": best, "best_step": self.best_step,
                  **{k: v for k, v in metrics.items() if k != "eval_loss"}}
         rundir.append_event(self.run_dir, event)
@@ -131,7 +130,7 @@ class EventsCallback(TrainerCallback):
                 es.early_stopping_patience_counter >= es.early_stopping_patience:
             self.early_stopped = True
             rundir.append_event(self.run_dir, {
-                "type": "early_stop", "step": state.global_step, "best_step": event["best_step"],
+                "type": ev.EARLY_STOP, "step": state.global_step, "best_step": event["best_step"],
                 "best_val_loss": best, "best_checkpoint": state.best_model_checkpoint,
                 "patience": es.early_stopping_patience})
             self._status(force=True, early_stopped=True)
@@ -140,7 +139,7 @@ class EventsCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        rundir.append_event(self.run_dir, {"type": "checkpoint", "step": state.global_step, "path": str(path),
+        rundir.append_event(self.run_dir, {"type": ev.CHECKPOINT, "step": state.global_step, "path": str(path),
                                          "best_checkpoint": state.best_model_checkpoint})
         self._status(force=True, last_checkpoint=str(path), best_checkpoint=state.best_model_checkpoint)
         self._last_time = time.monotonic()
@@ -197,8 +196,6 @@ class InjectedFault(RuntimeError):
 
 class CollateError(RuntimeError):
     """A batch could not be built; carries which batch it was."""
-
-
 class GuardedCollator:
     """Wraps the real collator so a failure names the batch instead of surfacing deep in the DataLoader."""
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from backend.core import catalog
 from backend.core.config import RunConfig, save_config
 from backend.core.errors import UserError
 from backend.core.io import atomic_write_text
@@ -38,7 +39,7 @@ def distributed_problems(cfg: RunConfig) -> list[str]:
     if d.strategy in ("zero1", "zero2", "zero3", "fsdp") and world_size(cfg) < 2:
         out.append(f"The {d.strategy} strategy shards memory across GPUs and needs at least 2 in all; "
                    "with one GPU choose ddp (plain training).")
-    if cfg.method.name == "qlora" and d.strategy in ("zero3", "fsdp"):
+    if catalog.METHODS[cfg.method.name].quantized and d.strategy in ("zero3", "fsdp"):
         out.append(f"QLoRA with {d.strategy} needs the 4-bit weights stored in a shardable dtype, which the "
                    "studio does not set up yet; use ddp or zero2 with QLoRA.")
     return out

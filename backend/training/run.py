@@ -21,30 +21,29 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional
 
-from backend.runs import rundir
+from backend.core import catalog, precision
+from backend.core.config import ConfigError, load_config
+from backend.core.errors import UserError
+from backend.core.io import atomic_write_json
+from backend.core.log import is_main_process, note
+from backend.core.models import ModelError, load_tokenizer
+from backend.data.records import load_for_training
+from backend.data.templates import SftCollator, build_sft_dataset
+from backend.objectives.online_rl import drop_reference_adapter
+from backend.objectives.validate import is_alignment
+from backend.runs import events as ev, rundir
+from backend.runs.notify import post_webhook, run_end_payload
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "fine-tune-studio")
-BNB_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
-                  "paged_adamw_32bit": "paged_adamw_32bit"}
-TRAINER_OPTIMIZERS = {"adamw_torch": "adamw_torch", "sgd": "sgd", "adafactor": "adafactor", **BNB_OPTIMIZERS}
 GENERIC_OOM_ADVICE = [
     "lower train.batch_size and raise train.gradient_accumulation to keep the effective batch",
     "lower data.max_length", "turn on train.gradient_checkpointing",
-    "use QLoRA (method qlora) or an 8-bit optimizer (adamw_8bit)",
+    f"use QLoRA (method {catalog.METHOD.qlora}) or an 8-bit optimizer ({catalog.OPTIMIZER.adamw_8bit})",
 ]
 
 
 class Terminated(Exception):
     """SIGTERM from the runner: the graceful stop did not land in time."""
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def note(message: str) -> None:
-    """A line for train.log that a person reads (the runner sends stdout there)."""
-    print(f"[ftstudio] {message}", flush=True)
 
 
 def _versions() -> dict[str, Optional[str]]:
@@ -67,7 +66,6 @@ def _devices() -> list[dict[str, Any]]:
 
 
 def write_meta(run_dir: Path, seed: Optional[int]) -> None:
-    from backend.core.io import atomic_write_json
     atomic_write_json(run_dir / rundir.META_FILE, {
         "versions": _versions(), "devices": _devices(), "seed": seed, "platform": platform.platform(),
         "command": f"ftstudio train {shlex.quote(str(run_dir / rundir.CONFIG_FILE))}",
@@ -77,34 +75,35 @@ def write_meta(run_dir: Path, seed: Optional[int]) -> None:
 
 
 def effective_config(cfg):
-    """Settings this machine cannot honour are changed, with a note, instead of crashing."""
+    """Settings this machine cannot honour are changed, with a note, instead of crashing.
+
+    The precision follows backend.core.precision, the policy the Method tab validates with: one this
+    machine cannot train is refused with the same sentence; an accepted one it trains differently
+    (bf16 on a CPU trains in fp32) is changed with a note.
+    """
     import torch
+    from backend.methods.loading import precision_of
+
     train = {}
+    plan = precision_of(cfg, precision.this_machine())
+    if plan.problems:
+        raise UserError(" ".join(plan.problems.values()))
+    if plan.precision != cfg.train.precision:
+        note(plan.note)
+        train["precision"] = plan.precision
     if not torch.cuda.is_available():
-        if cfg.train.precision != "fp32":
-            note(f"No GPU found: training in fp32 on the CPU instead of {cfg.train.precision}.")
-            train["precision"] = "fp32"
-        if cfg.train.optimizer in BNB_OPTIMIZERS:
+        if catalog.OPTIMIZERS[cfg.train.optimizer].bitsandbytes:
             note(f"No GPU found: the {cfg.train.optimizer} optimizer needs CUDA; using adamw_torch.")
             train["optimizer"] = "adamw_torch"
-    elif cfg.train.precision == "bf16" and not torch.cuda.is_bf16_supported():
-        note("This GPU has no bf16 support: training in fp16 instead.")
-        train["precision"] = "fp16"
     if not train:
         return cfg
     return cfg.model_copy(update={"train": cfg.train.model_copy(update=train)})
 
 
 def build_datasets(cfg, tokenizer):
-    from backend.data.records import load_for_training
-    from backend.data.templates import build_sft_dataset
-    from backend.core.errors import UserError
-
-    from backend.objectives.trainers import build_alignment_datasets, is_alignment
+    from backend.objectives.trainers import build_alignment_datasets
     if is_alignment(cfg.objective):
         return build_alignment_datasets(cfg, tokenizer)  # TRL tokenizes these itself (GRPO/RLOO: prompts only)
-    if cfg.objective not in ("sft", "pretrain"):
-        raise UserError(f"Training with the '{cfg.objective}' objective is not available yet; use sft or pretrain.")
     loaded, train_rows, val_rows = load_for_training(cfg.data, cfg.train.seed)
     if not train_rows:
         raise UserError(f"The training file {cfg.data.path} has no usable rows; check it in the Dataset tab.")
@@ -135,7 +134,7 @@ def training_args(cfg, run_dir: Path, has_eval: bool):
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation, learning_rate=t.learning_rate,
         lr_scheduler_type=t.scheduler, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm, optim=TRAINER_OPTIMIZERS[t.optimizer], seed=t.seed,
+        max_grad_norm=t.max_grad_norm, optim=catalog.OPTIMIZERS[t.optimizer].trainer_name, seed=t.seed,
         bf16=t.precision == "bf16", fp16=t.precision == "fp16", use_cpu=not torch.cuda.is_available(),
         logging_steps=t.logging_steps, logging_first_step=True,
         eval_strategy="steps" if has_eval else "no", eval_steps=t.eval_steps if has_eval else None,
@@ -163,7 +162,6 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_ds, val_ds, faults
     from backend.training.callbacks import EventsCallback, FaultCallback, GuardedCollator, StopRequestCallback, \
         install_save_fault
     from backend.methods import create_optimizer, method_callbacks
-    from backend.data.templates import SftCollator
 
     args = training_args(cfg, run_dir, has_eval=val_ds is not None)
     callbacks = []
@@ -180,7 +178,7 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_ds, val_ds, faults
     if faults:
         callbacks.append(FaultCallback(faults))
     callbacks += method_callbacks(model, cfg, run_dir)  # AdaLoRA's ranks, unfreezing, Fish Mask
-    from backend.objectives.trainers import build_alignment_trainer, is_alignment
+    from backend.objectives.trainers import build_alignment_trainer
     if is_alignment(cfg.objective):
         trainer = build_alignment_trainer(cfg, args, model, tokenizer, train_ds, val_ds, callbacks,
                                           create_optimizer(model, cfg))
@@ -230,9 +228,6 @@ def _classify(exc: BaseException, cfg, run_dir: Path) -> tuple[str, str]:
     """(final state, sentence) for an exception that ended training."""
     import torch
     from backend.training.callbacks import CollateError
-    from backend.core.config import ConfigError
-    from backend.core.errors import UserError
-    from backend.core.models import ModelError
 
     ckpt = rundir.last_checkpoint(run_dir)
     kept = f" The last good checkpoint ({ckpt.name}) is kept." if ckpt else ""
@@ -259,7 +254,6 @@ def run(run_dir: Path, resume: bool = False) -> int:
     """Train the run in `run_dir`; returns the process exit code (0 completed or stopped, 1 otherwise)."""
     run_dir = Path(run_dir).resolve()
     main = is_main_process()
-    from backend.core.config import load_config
 
     cfg = None
     faults = {}
@@ -277,7 +271,7 @@ def run(run_dir: Path, resume: bool = False) -> int:
                           started=rundir.now_iso())
         rundir.write_status(run_dir, **fields)
         if resume:
-            rundir.append_event(run_dir, {"type": "resume", "checkpoint": str(rundir.last_checkpoint(run_dir))})
+            rundir.append_event(run_dir, {"type": ev.RESUME, "checkpoint": str(rundir.last_checkpoint(run_dir))})
     signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.monotonic()
     try:
@@ -292,7 +286,7 @@ def run(run_dir: Path, resume: bool = False) -> int:
         traceback.print_exc()
         state, sentence = _classify(exc, cfg, run_dir)
         if main:
-            rundir.append_event(run_dir, {"type": "error", "state": state, "message": sentence})
+            rundir.append_event(run_dir, {"type": ev.ERROR, "state": state, "message": sentence})
             rundir.write_status(run_dir, state=state, error=sentence, ended=rundir.now_iso(),
                               last_checkpoint=str(rundir.last_checkpoint(run_dir) or "") or None)
         note(sentence)
@@ -301,7 +295,6 @@ def run(run_dir: Path, resume: bool = False) -> int:
 
 def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool, started: float) -> int:
     import torch
-    from backend.core.models import load_tokenizer
 
     cfg = effective_config(cfg)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tb")
@@ -323,8 +316,7 @@ def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool,
     note("Training" + (f" from {checkpoint.name}." if checkpoint else "."))
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
-    from backend.objectives.online_rl import drop_reference_adapter, is_online
-    if is_online(cfg.objective):
+    if catalog.OBJECTIVES[cfg.objective].online:
         drop_reference_adapter(trainer.model)
     adapter = save_adapter(trainer, run_dir) if main else None
     if not main:
@@ -338,7 +330,7 @@ def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool,
                     f"the best checkpoint (step {events.best_step}) is the saved adapter.")
     else:
         sentence = None
-    rundir.append_event(run_dir, {"type": "end", "state": state, "step": trainer.state.global_step,
+    rundir.append_event(run_dir, {"type": ev.END, "state": state, "step": trainer.state.global_step,
                                 "best_val_loss": best, "best_step": events.best_step,
                                 "adapter": str(adapter), "seconds": time.monotonic() - started})
     rundir.write_status(run_dir, state=state, ended=rundir.now_iso(), step=trainer.state.global_step,
@@ -354,8 +346,6 @@ def notify_end(run_dir: Path, wait_s: float = 10.0) -> None:
     runs in a daemon thread joined for at most `wait_s`, so a hanging hook cannot keep the process alive."""
     import threading
 
-    from backend.core.config import load_config
-    from backend.runs.notify import post_webhook, run_end_payload
 
     try:
         url = load_config(run_dir / rundir.CONFIG_FILE).notify.webhook

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import atexit
 import threading
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
@@ -16,7 +18,7 @@ from backend.inference.chat import DEFAULT_SETTINGS, ChatClient, ChatError, buil
 from backend.core.config import ConfigError
 from backend.core.errors import UserError
 from backend.core.models import DEFAULT_MODEL, ModelError
-from studio.context import StudioContext
+from studio.context import StudioContext, bind
 
 BAD_INPUT = (UserError, ConfigError, ModelError)
 TEXT = {
@@ -37,7 +39,7 @@ def _error(e: Exception) -> str:
 
 def _loaded_text(info: dict[str, Any]) -> str:
     what = f"adapter `{info['adapter']}` on " if info.get("adapter") else ""
-    extra = f" (4-bit)" if info.get("quantized") else ""
+    extra = " (4-bit)" if info.get("quantized") else ""
     lines = [f"<span class='ft-ok'>Loaded {what}`{info.get('model')}`{extra} on {info.get('device')}.</span> "
              f"Base loads so far: {info.get('base_loads')}."]
     if info.get("message"):
@@ -81,22 +83,46 @@ class ChatSession:
         yield convo
 
 
-def build(ctx: StudioContext) -> None:
-    session = ChatSession()
-    ctx.extras["chat_client"] = session.client
-    ws = ctx.workspace
+@dataclass
+class ChatView:
+    """The tab's components, for wire() to attach the handlers below to."""
+    ctx: StudioContext
+    session: ChatSession
+    pick: Any = None
+    refresh: Any = None
+    quantize: Any = None
+    load: Any = None
+    unload: Any = None
+    status: Any = None
+    system: Any = None
+    settings: list = field(default_factory=list)  # max new tokens, temperature, top-p, top-k, repetition, seed
+    compare: Any = None
+    adapter_bot: Any = None
+    base_bot: Any = None
+    text: Any = None
+    send: Any = None
+    stop: Any = None
+    clear: Any = None
+    adapter_hist: Any = None
+    base_hist: Any = None
 
-    gr.Markdown("## Chat\n" + TEXT["intro"])
+
+def _model_layout(c: ChatView) -> None:
+    """The model picker, Load/Unload, the status line and the system prompt."""
     with gr.Row():
-        pick = gr.Dropdown(choices=chat_choices(ws), value=DEFAULT_MODEL, allow_custom_value=True,
-                           label="Model", info=TEXT["pick"], elem_id="chat-model", scale=4)
-        refresh = gr.Button("↻ Refresh", scale=1, elem_id="chat-refresh")
+        c.pick = gr.Dropdown(choices=chat_choices(c.ctx.workspace), value=DEFAULT_MODEL, allow_custom_value=True,
+                             label="Model", info=TEXT["pick"], elem_id="chat-model", scale=4)
+        c.refresh = gr.Button("↻ Refresh", scale=1, elem_id="chat-refresh")
     with gr.Row():
-        quantize = gr.Checkbox(False, label=TEXT["quantize"], elem_id="chat-quantize")
-        load = gr.Button("Load", variant="primary", elem_id="chat-load")
-        unload = gr.Button("Unload (free memory)", elem_id="chat-unload")
-    status = gr.Markdown(TEXT["not_loaded"], elem_id="chat-status")
-    system = gr.Textbox(label="System prompt", info=TEXT["system"], lines=2, elem_id="chat-system")
+        c.quantize = gr.Checkbox(False, label=TEXT["quantize"], elem_id="chat-quantize")
+        c.load = gr.Button("Load", variant="primary", elem_id="chat-load")
+        c.unload = gr.Button("Unload (free memory)", elem_id="chat-unload")
+    c.status = gr.Markdown(TEXT["not_loaded"], elem_id="chat-status")
+    c.system = gr.Textbox(label="System prompt", info=TEXT["system"], lines=2, elem_id="chat-system")
+
+
+def _settings_layout() -> list:
+    """The generation settings, in on_send's order."""
     with gr.Accordion("Generation settings", open=False):
         with gr.Row():
             max_new = gr.Slider(1, 4096, value=DEFAULT_SETTINGS["max_new_tokens"], step=1,
@@ -109,77 +135,111 @@ def build(ctx: StudioContext) -> None:
             rep = gr.Slider(1.0, 2.0, value=DEFAULT_SETTINGS["repetition_penalty"], step=0.01,
                             label="Repetition penalty")
             seed = gr.Number(-1, precision=0, label="Seed", info=TEXT["seed"], elem_id="chat-seed")
-    compare = gr.Checkbox(False, label="Compare with the base (adapter switched off)", elem_id="chat-compare")
+    return [max_new, temperature, top_p, top_k, rep, seed]
+
+
+def _conversation_layout(c: ChatView) -> None:
+    """The compare switch, the two Chatbots and the message row."""
+    c.compare = gr.Checkbox(False, label="Compare with the base (adapter switched off)", elem_id="chat-compare")
     with gr.Row():
-        adapter_bot = gr.Chatbot(label="Answer", elem_id="chat-adapter", height=420)
-        base_bot = gr.Chatbot(label="Base model (adapter off)", elem_id="chat-base", height=420, visible=False)
+        c.adapter_bot = gr.Chatbot(label="Answer", elem_id="chat-adapter", height=420)
+        c.base_bot = gr.Chatbot(label="Base model (adapter off)", elem_id="chat-base", height=420, visible=False)
     with gr.Row():
-        text = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=5,
-                          elem_id="chat-input")
-        send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
-        stop = gr.Button("Stop", variant="stop", scale=1, elem_id="chat-stop")
-        clear = gr.Button("Clear", scale=1, elem_id="chat-clear")
-    adapter_hist = gr.State([])
-    base_hist = gr.State([])
+        c.text = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=5,
+                            elem_id="chat-input")
+        c.send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
+        c.stop = gr.Button("Stop", variant="stop", scale=1, elem_id="chat-stop")
+        c.clear = gr.Button("Clear", scale=1, elem_id="chat-clear")
+    c.adapter_hist = gr.State([])
+    c.base_hist = gr.State([])
 
-    def on_refresh(current: str):
-        """Reads the workspace; writes the model picker's choices."""
-        return gr.update(choices=chat_choices(ws), value=current)
 
-    def on_load(choice: str, q: bool) -> str:
-        """Reads the picker; writes the status (the worker loads the model)."""
-        return session.load(choice, q)
+def build(ctx: StudioContext) -> None:
+    session = ChatSession()
+    ctx.extras["chat_client"] = session.client
+    c = ChatView(ctx, session)
+    gr.Markdown("## Chat\n" + TEXT["intro"])
+    _model_layout(c)
+    c.settings = _settings_layout()
+    _conversation_layout(c)
+    wire(c)
 
-    def on_unload() -> str:
-        """Writes the status after the worker is ended."""
-        session.client.shutdown()
-        return "Unloaded. The next message loads the model again."
 
-    def on_send(msg: str, sys_prompt: str, h_adapter: list, h_base: list, both: bool,
-                mx: float, temp: float, tp: float, tk: float, rp: float, sd: float):
-        """Reads the message, settings and histories; streams both Chatbots, the histories and the status."""
-        msg = (msg or "").strip()
-        if not msg:
-            yield gr.update(), gr.update(), h_adapter, h_base, gr.update(), gr.update()
-            return
-        if not session.loaded:
-            yield gr.update(), gr.update(), h_adapter, h_base, TEXT["not_loaded"], gr.update()
-            return
-        settings = {"max_new_tokens": int(mx), "temperature": temp, "top_p": tp, "top_k": int(tk),
-                    "repetition_penalty": rp, "seed": None if sd is None or int(sd) < 0 else int(sd)}
-        session.stop_requested.clear()
-        new_a, new_b = list(h_adapter), list(h_base)
-        try:
-            for convo in session.answer(h_adapter, msg, sys_prompt, settings, use_adapter=True):
-                new_a = convo
-                yield convo, gr.update(), h_adapter, h_base, "Answering…", ""
-            if both and not session.stop_requested.is_set():
-                for convo in session.answer(h_base, msg, sys_prompt, settings, use_adapter=False):
-                    new_b = convo
-                    yield gr.update(), convo, h_adapter, h_base, "Answering with the base…", ""
-        except (ChatError, *BAD_INPUT) as e:
-            yield new_a, new_b, new_a, new_b, _error(e), msg
-            return
-        note = session.client.take_notice() or ""
-        yield new_a, new_b, new_a, new_b, note or "Ready.", ""
+# ---- handlers: the workspace or the session first where they need it (bound in wire) ---------
 
-    def on_stop() -> str:
-        """Writes the status; asks the worker to stop the reply under way."""
-        session.stop_requested.set()
-        session.client.stop()
-        return "Stopping…"
+def on_refresh(ws: Path, current: str):
+    """Reads the workspace; writes the model picker's choices."""
+    return gr.update(choices=chat_choices(ws), value=current)
 
-    def on_compare(both: bool):
-        """Reads the compare box; shows or hides the base Chatbot."""
-        return gr.update(visible=bool(both)), gr.update(label="Adapter" if both else "Answer")
 
-    refresh.click(on_refresh, pick, pick, queue=False)
-    load.click(on_load, [pick, quantize], status, concurrency_id="chat", concurrency_limit=1)
-    unload.click(on_unload, None, status)
-    inputs = [text, system, adapter_hist, base_hist, compare, max_new, temperature, top_p, top_k, rep, seed]
-    outputs = [adapter_bot, base_bot, adapter_hist, base_hist, status, text]
-    send.click(on_send, inputs, outputs, concurrency_id="chat", concurrency_limit=1)
-    text.submit(on_send, inputs, outputs, concurrency_id="chat", concurrency_limit=1)
-    stop.click(on_stop, None, status, queue=False)
-    clear.click(lambda: ([], [], [], []), None, [adapter_bot, base_bot, adapter_hist, base_hist], queue=False)
-    compare.change(on_compare, compare, [base_bot, adapter_bot], queue=False)
+def on_load(session: ChatSession, choice: str, q: bool) -> str:
+    """Reads the picker; writes the status (the worker loads the model)."""
+    return session.load(choice, q)
+
+
+def on_unload(session: ChatSession) -> str:
+    """Writes the status after the worker is ended."""
+    session.client.shutdown()
+    return "Unloaded. The next message loads the model again."
+
+
+def on_send(session: ChatSession, msg: str, sys_prompt: str, h_adapter: list, h_base: list, both: bool,
+            mx: float, temp: float, tp: float, tk: float, rp: float, sd: float):
+    """Reads the message, settings and histories; streams both Chatbots, the histories and the status."""
+    msg = (msg or "").strip()
+    if not msg:
+        yield gr.update(), gr.update(), h_adapter, h_base, gr.update(), gr.update()
+        return
+    if not session.loaded:
+        yield gr.update(), gr.update(), h_adapter, h_base, TEXT["not_loaded"], gr.update()
+        return
+    settings = {"max_new_tokens": int(mx), "temperature": temp, "top_p": tp, "top_k": int(tk),
+                "repetition_penalty": rp, "seed": None if sd is None or int(sd) < 0 else int(sd)}
+    session.stop_requested.clear()
+    new_a, new_b = list(h_adapter), list(h_base)
+    try:
+        for convo in session.answer(h_adapter, msg, sys_prompt, settings, use_adapter=True):
+            new_a = convo
+            yield convo, gr.update(), h_adapter, h_base, "Answering…", ""
+        if both and not session.stop_requested.is_set():
+            for convo in session.answer(h_base, msg, sys_prompt, settings, use_adapter=False):
+                new_b = convo
+                yield gr.update(), convo, h_adapter, h_base, "Answering with the base…", ""
+    except (ChatError, *BAD_INPUT) as e:
+        yield new_a, new_b, new_a, new_b, _error(e), msg
+        return
+    note = session.client.take_notice() or ""
+    yield new_a, new_b, new_a, new_b, note or "Ready.", ""
+
+
+def on_stop(session: ChatSession) -> str:
+    """Writes the status; asks the worker to stop the reply under way."""
+    session.stop_requested.set()
+    session.client.stop()
+    return "Stopping…"
+
+
+def on_compare(both: bool):
+    """Reads the compare box; shows or hides the base Chatbot."""
+    return gr.update(visible=bool(both)), gr.update(label="Adapter" if both else "Answer")
+
+
+def cleared():
+    return [], [], [], []
+
+
+# ---- events -----------------------------------------------------------------------------------
+
+def wire(c: ChatView) -> None:
+    session = c.session
+    c.refresh.click(bind(on_refresh, c.ctx.workspace), c.pick, c.pick, queue=False)
+    c.load.click(bind(on_load, session), [c.pick, c.quantize], c.status, concurrency_id="chat", concurrency_limit=1)
+    c.unload.click(bind(on_unload, session), None, c.status)
+    inputs = [c.text, c.system, c.adapter_hist, c.base_hist, c.compare, *c.settings]
+    outputs = [c.adapter_bot, c.base_bot, c.adapter_hist, c.base_hist, c.status, c.text]
+    c.send.click(bind(on_send, session), inputs, outputs, concurrency_id="chat", concurrency_limit=1)
+    c.text.submit(bind(on_send, session), inputs, outputs, concurrency_id="chat", concurrency_limit=1)
+    c.stop.click(bind(on_stop, session), None, c.status, queue=False)
+    c.clear.click(bind(cleared, name="<lambda>"), None, [c.adapter_bot, c.base_bot, c.adapter_hist, c.base_hist],
+                  queue=False)
+    c.compare.change(on_compare, c.compare, [c.base_bot, c.adapter_bot], queue=False)

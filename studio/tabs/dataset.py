@@ -2,7 +2,8 @@
 
 All parsing, templating and labelling is done by backend.data.records / backend.data.templates; this
 module only lays out widgets, keeps the loaded dataset in a small per-app cache, and
-writes the chosen settings into the RunConfig's `data` section.
+writes the chosen settings into the RunConfig's `data` section. What it draws (tables, token
+preview, histogram) is in studio/tabs/dataset_view.py.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import shutil
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,15 +26,15 @@ from backend.core.errors import UserError
 from backend.core.models import DEFAULT_MODEL, ModelError
 from backend.data.templates import (TEMPLATE_TITLES, TEMPLATES, get_tokenizer, preview_packed, preview_row,
                                token_length_stats)
-from studio.context import StudioContext
+from studio.context import StudioContext, bind
+from studio.tabs.dataset_view import (STYLE, errors_markdown, length_figure, rows_table, stats_markdown,
+                                      token_rows, tokens_html)
 from backend.core.paths import SAMPLES_DIR
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 NONE = "(none)"
 MAP_ROLES = ("prompt", "input", "completion", "system", "messages", "text", "chosen", "rejected", "label")
-TABLE_ROWS = 200          # rows shown in the table
 STATS_ROWS = 3000         # rows tokenized for the histogram (the CLI counts all)
-TOKENS_SHOWN = 2048       # tokens drawn in the coloured preview
 BAD_INPUT = (UserError, ModelError, ConfigError, FileNotFoundError)
 
 TEXT = {
@@ -50,94 +52,12 @@ TEXT = {
                        "text": "Plain text trains every token (continued pre-training)."},
 }
 
-STYLE = """<style>
-#token-preview .toks{font-family:ui-monospace,monospace;font-size:13px;line-height:1.9;white-space:pre-wrap;word-break:break-all}
-.tok{border-radius:3px;padding:1px 0;margin:0 1px}
-.tok.graded{background:#bbf7d0;color:#14532d}
-.tok.prompt{background:#e5e7eb;color:#374151}
-.tok.special{background:#e9d5ff;color:#581c87}
-.tok.padding{background:#f3f4f6;color:#9ca3af}
-.tok.truncated{background:#fecaca;color:#7f1d1d;text-decoration:line-through}
-.tok.boundary{color:#dc2626;font-weight:700}
-#rendered-text pre{white-space:pre-wrap;font-size:13px;max-height:360px;overflow:auto}
-</style>"""
-
-
 # ---------------------------------------------------------------- pure view helpers
 
 def sample_choices() -> list[str]:
     if not SAMPLES_DIR.exists():
         return []
     return sorted(p.name for p in SAMPLES_DIR.iterdir() if p.suffix in DATA_SUFFIXES)
-
-
-def _short(value: Any, n: int = 160) -> str:
-    s = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return s if len(s) <= n else s[:n] + "…"
-
-
-def rows_table(ds: LoadedDataset) -> list[list[Any]]:
-    """One line per row: number, source line and a short text per field."""
-    out = []
-    for i, (row, line) in enumerate(zip(ds.rows[:TABLE_ROWS], ds.lines)):
-        if "messages" in row:
-            parts = " ⏎ ".join(f"{m['role']}: {m['content']}" for m in row["messages"])
-            out.append([i, line, _short(parts, 300), ""])
-        elif "text" in row:
-            out.append([i, line, _short(row["text"], 300), ""])
-        else:
-            first = row.get("prompt", "")
-            rest = {k: v for k, v in row.items() if k != "prompt"}
-            out.append([i, line, _short(first), _short(rest, 300)])
-    return out
-
-
-def tokens_html(tokens: list[dict], note: Optional[str] = None) -> str:
-    spans = []
-    for t in tokens[:TOKENS_SHOWN]:
-        if t.get("boundary"):
-            spans.append("<span class='tok boundary' title='next packed row starts here'>│</span>")
-        text = t["text"] or "∅"
-        shown = html.escape(text).replace("\n", "↵\n")
-        label = "—" if t["label"] is None else t["label"]
-        tip = f"id {t['id']} · label {label} · attention {t['attention']} · {t['role']}"
-        if "row" in t:
-            tip += f" · row {t['row']}"
-        spans.append(f"<span class='tok {t['role']}' title='{html.escape(tip)}'>{shown}</span>")
-    more = len(tokens) - TOKENS_SHOWN
-    tail = f"<p>… {more} more token(s) not drawn; see the token table.</p>" if more > 0 else ""
-    head = f"<p class='ft-help'>{html.escape(note)}</p>" if note else ""
-    return f"{STYLE}{head}<div class='toks'>{''.join(spans)}</div>{tail}"
-
-
-def token_rows(tokens: list[dict]) -> list[list[Any]]:
-    return [[i, t["text"], t["id"], "" if t["label"] is None else t["label"], t["attention"], t["role"]]
-            for i, t in enumerate(tokens)]
-
-
-def length_figure(stats: dict, max_length: int):
-    import plotly.graph_objects as go
-
-    fig = go.Figure(go.Histogram(x=stats["lengths"], nbinsx=40, marker_color="#60a5fa", name="rows"))
-    fig.add_vline(x=max_length, line_dash="dash", line_color="#dc2626",
-                  annotation_text=f"max length {max_length}", annotation_position="top right")
-    fig.update_layout(
-        title=f"Tokens per row — {stats['truncated']} of {stats['counted']} ({stats['truncated_share']:.1%}) "
-              "longer than max length",
-        xaxis_title="tokens", yaxis_title="rows", height=300, margin=dict(l=40, r=20, t=50, b=40),
-        showlegend=False)
-    return fig
-
-
-def stats_markdown(ds: LoadedDataset, stats: dict, max_length: int) -> str:
-    sampled = f" (first {stats['counted']} of {stats['total']} rows)" if stats["counted"] < stats["total"] else ""
-    lines = [f"**{len(ds.rows)} rows** · tokens per row{sampled}: min {stats['min']}, median {stats['median']}, "
-             f"mean {stats['mean']}, max {stats['max']} · {stats['tokens']:,} tokens in all"]
-    if stats["truncated"]:
-        lines.append(f"<span class='ft-error'>{stats['truncated']} row(s) ({stats['truncated_share']:.1%}) are "
-                     f"longer than {max_length} tokens and will be cut; {stats['lost_answers']} lose their whole "
-                     "answer and are left out of training. Raise max length or shorten them.</span>")
-    return "\n\n".join(lines)
 
 
 def status_markdown(ds: LoadedDataset) -> str:
@@ -149,14 +69,6 @@ def status_markdown(ds: LoadedDataset) -> str:
                 "the file, or leave them out).")
     hint = TEXT["objective_hint"].get(ds.format)
     return msg + (f"\n\n{hint}" if hint else "")
-
-
-def errors_markdown(ds: LoadedDataset) -> str:
-    if not ds.errors:
-        return ""
-    items = "\n".join(f"- {html.escape(s)}" for s in ds.error_sentences(20))
-    more = f"\n\n… and {len(ds.errors) - 20} more." if len(ds.errors) > 20 else ""
-    return f"**Skipped rows**\n\n{items}{more}"
 
 
 def error_sentence(e: Exception) -> str:
@@ -230,12 +142,59 @@ def keep_upload(workspace: Path, tmp_path: str) -> str:
     raise OSError(f"no free upload name for {safe} in {dest_dir}")
 
 
-# ---------------------------------------------------------------- the tab
+# ---------------------------------------------------------------- the tab: layout
 
-def build(ctx: StudioContext) -> None:
-    cache = DatasetCache()
-    gr.Markdown("## Dataset")
-    gr.Markdown(TEXT["intro"], elem_classes="ft-help")
+@dataclass
+class DatasetView:
+    """The tab's components, so the handlers below can name the ones they read and write."""
+    ctx: StudioContext
+    cache: DatasetCache
+    sample: Any
+    upload: Any
+    path_box: Any
+    status: Any
+    path_state: Any
+    src_state: Any
+    fmt: Any
+    skip: Any
+    apply_map: Any
+    role_boxes: list
+    errors_md: Any
+    table: Any
+    stats_md: Any
+    hist: Any
+    split_mode: Any
+    val_split: Any
+    val_file: Any
+    split_md: Any
+    template: Any
+    system_prompt: Any
+    max_length: Any
+    train_on_prompt: Any
+    last_turn: Any
+    packing: Any
+    row_no: Any
+    rendered: Any
+    preview_html: Any
+    tok_table: Any
+
+    @property
+    def settings(self) -> list:
+        return [self.template, self.system_prompt, self.max_length, self.train_on_prompt, self.last_turn,
+                self.packing]
+
+    @property
+    def token_outputs(self) -> set:
+        return {self.stats_md, self.hist, self.rendered, self.preview_html, self.tok_table}
+
+    @property
+    def all_outputs(self) -> set:
+        return {self.status, self.errors_md, self.table, self.src_state, self.path_state, self.ctx.run_config,
+                self.split_md, self.row_no, *self.role_boxes, *self.token_outputs}
+
+
+def _source_layout() -> dict[str, Any]:
+    """The file pickers, the status line and the format/mapping accordion."""
     with gr.Row():
         sample = gr.Dropdown(sample_choices(), value=None, label="Bundled sample", elem_id="dataset-sample", scale=1)
         upload = gr.File(label="Upload a file", file_types=list(DATA_SUFFIXES), type="filepath",
@@ -255,6 +214,12 @@ def build(ctx: StudioContext) -> None:
         with gr.Row():
             role_boxes = [gr.Dropdown([NONE], value=NONE, label=r, elem_id=f"dataset-map-{r}", min_width=110)
                           for r in MAP_ROLES]
+    return dict(sample=sample, upload=upload, path_box=path_box, status=status, path_state=path_state,
+                src_state=src_state, fmt=fmt, skip=skip, apply_map=apply_map, role_boxes=role_boxes)
+
+
+def _rows_layout() -> dict[str, Any]:
+    """The skipped-rows list, the rows table, the length statistics and the validation split."""
     errors_md = gr.Markdown("", elem_id="dataset-errors")
     table = gr.Dataframe(headers=["#", "line", "content", "other fields"], value=[], interactive=False,
                          wrap=True, max_height=320, column_widths=["6%", "7%", "60%", "27%"], elem_id="dataset-rows", label="Rows (click one to preview it)")
@@ -271,7 +236,12 @@ def build(ctx: StudioContext) -> None:
             val_file = gr.File(label="Validation file", file_types=list(DATA_SUFFIXES), type="filepath",
                                visible=False, elem_id="dataset-validation-file")
             split_md = gr.Markdown("", elem_id="dataset-split-info")
+    return dict(errors_md=errors_md, table=table, stats_md=stats_md, hist=hist, split_mode=split_mode,
+                val_split=val_split, val_file=val_file, split_md=split_md)
 
+
+def _preview_layout() -> dict[str, Any]:
+    """Template and tokenization switches, then the rendered text and the token preview of one row."""
     with gr.Row():
         template = gr.Dropdown([(TEMPLATE_TITLES[k], k) for k in ("auto", *TEMPLATES)], value="auto",
                                label="Chat template", elem_id="dataset-template")
@@ -290,199 +260,230 @@ def build(ctx: StudioContext) -> None:
     with gr.Accordion("Token table (id, label, attention mask)", open=False):
         tok_table = gr.Dataframe(headers=["pos", "text", "id", "label", "attention", "role"], value=[],
                                  interactive=False, max_height=400, elem_id="token-table")
+    return dict(template=template, system_prompt=system_prompt, max_length=max_length,
+                train_on_prompt=train_on_prompt, last_turn=last_turn, packing=packing, row_no=row_no,
+                rendered=rendered, preview_html=preview_html, tok_table=tok_table)
 
-    settings = [template, system_prompt, max_length, train_on_prompt, last_turn, packing]
 
-    # ---- callbacks (each returns a dict of the components it changes)
+def build(ctx: StudioContext) -> None:
+    gr.Markdown("## Dataset")
+    gr.Markdown(TEXT["intro"], elem_classes="ft-help")
+    v = DatasetView(ctx, DatasetCache(), **_source_layout(), **_rows_layout(), **_preview_layout())
+    wire(v)
 
-    def data_cfg(path, tmpl, sysp, maxlen, top, last, pack, run_config) -> DataConfig:
-        base = (run_config or {}).get("data") or {}
-        return checked_data({**base, "path": path or base.get("path", ""), "template": tmpl or "auto",
-                             "system_prompt": sysp or None, "max_length": int(maxlen or 512),
-                             "train_on_prompt": bool(top), "last_turn_only": bool(last), "packing": bool(pack)})
 
-    def model_of(run_config) -> str:
-        return (run_config or {}).get("model") or DEFAULT_MODEL
+# ---------------------------------------------------------------- the tab: handlers
+# Each takes the view first (bound in wire) and returns a dict of the components it changes.
 
-    def token_view(ds, cfg, row, run_config) -> dict:
-        """Stats, histogram and preview; reads the cached dataset, writes the token widgets."""
-        try:
-            tok = get_tokenizer(model_of(run_config))
-            stats = token_length_stats(tok, ds.rows, cfg, limit=STATS_ROWS)
-        except Exception as e:  # noqa: BLE001 - shown as a sentence, the rows stay visible
-            return {stats_md: error_sentence(e), hist: None, rendered: "", preview_html: "", tok_table: []}
-        return {stats_md: stats_markdown(ds, stats, cfg.max_length), hist: length_figure(stats, cfg.max_length),
-                **row_view(ds, cfg, row, run_config)}
+def data_cfg(path, tmpl, sysp, maxlen, top, last, pack, run_config) -> DataConfig:
+    base = (run_config or {}).get("data") or {}
+    return checked_data({**base, "path": path or base.get("path", ""), "template": tmpl or "auto",
+                         "system_prompt": sysp or None, "max_length": int(maxlen or 512),
+                         "train_on_prompt": bool(top), "last_turn_only": bool(last), "packing": bool(pack)})
 
-    def row_view(ds, cfg, row, run_config) -> dict:
-        """Rendered text and coloured tokens of one row."""
-        try:
-            i = int(row or 0)
-            if not 0 <= i < len(ds.rows):
-                raise UserError(f"Row {i} does not exist: the dataset has rows 0 to {len(ds.rows) - 1}.")
-            tok = get_tokenizer(model_of(run_config))
-            if cfg.packing:
-                p = preview_packed(tok, ds.rows, i, cfg)
-                note = f"Packed sequence holding rows {p['rows'][0]}–{p['rows'][-1]} ({p['length']} tokens)."
-            else:
-                p = preview_row(tok, ds.rows[i], cfg)
-                note = p.get("note")
-        except Exception as e:  # noqa: BLE001
-            return {rendered: "", preview_html: error_sentence(e), tok_table: []}
-        return {rendered: f"{STYLE}<pre>{html.escape(p['text'])}</pre>",
-                preview_html: tokens_html(p["tokens"], note), tok_table: token_rows(p["tokens"])}
 
-    def split_view(ds, run_config, mode, share) -> str:
+def model_of(run_config) -> str:
+    return (run_config or {}).get("model") or DEFAULT_MODEL
+
+
+def token_view(v: DatasetView, ds, cfg, row, run_config) -> dict:
+    """Stats, histogram and preview; reads the cached dataset, writes the token widgets."""
+    try:
+        tok = get_tokenizer(model_of(run_config))
+        stats = token_length_stats(tok, ds.rows, cfg, limit=STATS_ROWS)
+    except Exception as e:  # noqa: BLE001 - shown as a sentence, the rows stay visible
+        return {v.stats_md: error_sentence(e), v.hist: None, v.rendered: "", v.preview_html: "", v.tok_table: []}
+    return {v.stats_md: stats_markdown(ds, stats, cfg.max_length), v.hist: length_figure(stats, cfg.max_length),
+            **row_view(v, ds, cfg, row, run_config)}
+
+
+def row_view(v: DatasetView, ds, cfg, row, run_config) -> dict:
+    """Rendered text and coloured tokens of one row."""
+    try:
+        i = int(row or 0)
+        if not 0 <= i < len(ds.rows):
+            raise UserError(f"Row {i} does not exist: the dataset has rows 0 to {len(ds.rows) - 1}.")
+        tok = get_tokenizer(model_of(run_config))
+        if cfg.packing:
+            p = preview_packed(tok, ds.rows, i, cfg)
+            note = f"Packed sequence holding rows {p['rows'][0]}–{p['rows'][-1]} ({p['length']} tokens)."
+        else:
+            p = preview_row(tok, ds.rows[i], cfg)
+            note = p.get("note")
+    except Exception as e:  # noqa: BLE001
+        return {v.rendered: "", v.preview_html: error_sentence(e), v.tok_table: []}
+    return {v.rendered: f"{STYLE}<pre>{html.escape(p['text'])}</pre>",
+            v.preview_html: tokens_html(p["tokens"], note), v.tok_table: token_rows(p["tokens"])}
+
+
+def split_view(ds, run_config, mode, share) -> str:
+    if mode == "separate file":
+        vpath = ((run_config or {}).get("data") or {}).get("validation_path")
+        return f"Validation rows come from **{Path(vpath).name}**." if vpath else "Upload a validation file."
+    seed = ((run_config or {}).get("train") or {}).get("seed", 42)
+    train, val = split_rows(ds.rows, float(share), int(seed))
+    return f"{len(train)} training rows, {len(val)} validation rows (seed {seed})."
+
+
+def load_all(v: DatasetView, path, fmt_v, mapping, skip_v, tmpl, sysp, maxlen, top, last, pack, mode, share,
+             run_config):
+    """Reads the file; writes status, mapping, table, stats, preview and run_config."""
+    if not path:
+        return {v.status: "No dataset loaded yet."}
+    try:
+        ds = v.cache.load(path, mapping, fmt_v, bool(skip_v))
+        cfg = data_cfg(path, tmpl, sysp, maxlen, top, last, pack, run_config)
+        new_rc = with_data(run_config, path=path, format=ds.format, mapping=ds.mapping,
+                           skip_bad_rows=bool(skip_v), **_switches(cfg))
+    except Exception as e:  # noqa: BLE001
+        return {v.status: error_sentence(e)}
+    cols = [NONE, *ds.columns]
+    out = {v.status: status_markdown(ds), v.errors_md: errors_markdown(ds), v.table: rows_table(ds),
+           v.path_state: path, v.src_state: {"mapping": mapping, "format": fmt_v}, v.ctx.run_config: new_rc,
+           v.split_md: split_view(ds, new_rc, mode, share)}
+    out.update({box: gr.update(choices=cols, value=ds.mapping.get(role, NONE))
+                for role, box in zip(MAP_ROLES, v.role_boxes)})
+    out.update(token_view(v, ds, cfg, 0, new_rc))
+    out[v.row_no] = 0
+    return out
+
+
+def _switches(cfg: DataConfig) -> dict:
+    return {k: getattr(cfg, k) for k in ("template", "system_prompt", "max_length", "train_on_prompt",
+                                         "last_turn_only", "packing")}
+
+
+def current(v: DatasetView, path, src, skip_v, run_config):
+    src = src or {}
+    return v.cache.load(path, src.get("mapping"), src.get("format") or "auto", bool(skip_v))
+
+
+def on_settings(v: DatasetView, path, src, skip_v, tmpl, sysp, maxlen, top, last, pack, row, run_config):
+    """Template/switch change: re-tokenizes the cached rows; writes token widgets and run_config."""
+    try:
+        cfg = data_cfg(path, tmpl, sysp, maxlen, top, last, pack, run_config)
+        new_rc = with_data(run_config, **_switches(cfg))
+    except Exception as e:  # noqa: BLE001
+        return {v.stats_md: error_sentence(e)}
+    if not path:
+        return {v.ctx.run_config: new_rc}
+    try:
+        ds = current(v, path, src, skip_v, run_config)
+    except Exception as e:  # noqa: BLE001
+        return {v.status: error_sentence(e), v.ctx.run_config: new_rc}
+    return {v.ctx.run_config: new_rc, **token_view(v, ds, cfg, row, new_rc)}
+
+
+def on_row(v: DatasetView, path, src, skip_v, tmpl, sysp, maxlen, top, last, pack, row, run_config):
+    """Row number change: writes the rendered text and token preview only."""
+    if not path:
+        return {}
+    try:
+        ds = current(v, path, src, skip_v, run_config)
+        cfg = data_cfg(path, tmpl, sysp, maxlen, top, last, pack, run_config)
+    except Exception as e:  # noqa: BLE001
+        return {v.preview_html: error_sentence(e)}
+    return row_view(v, ds, cfg, row, run_config)
+
+
+def on_split(v: DatasetView, path, src, skip_v, mode, share, vfile, run_config):
+    """Split settings: writes data.validation_split / validation_path and the split summary."""
+    try:
         if mode == "separate file":
-            vpath = ((run_config or {}).get("data") or {}).get("validation_path")
-            return f"Validation rows come from **{Path(vpath).name}**." if vpath else "Upload a validation file."
-        seed = ((run_config or {}).get("train") or {}).get("seed", 42)
-        train, val = split_rows(ds.rows, float(share), int(seed))
-        return f"{len(train)} training rows, {len(val)} validation rows (seed {seed})."
+            vpath = keep_upload(v.ctx.workspace, vfile) if vfile else None
+            if vpath:
+                vds = load_rows(vpath, None, "auto")
+                if path:
+                    main_fmt = current(v, path, src, skip_v, run_config).format
+                    if vds.format != main_fmt:
+                        raise UserError(f"The validation file reads as {vds.format} data but the training "
+                                        f"file as {main_fmt}; use files with the same layout.")
+            new_rc = with_data(run_config, validation_path=vpath)
+        else:
+            new_rc = with_data(run_config, validation_path=None, validation_split=float(share))
+        text = split_view(current(v, path, src, skip_v, new_rc), new_rc, mode, share) if path else ""
+    except Exception as e:  # noqa: BLE001
+        return {v.split_md: error_sentence(e)}
+    return {v.ctx.run_config: new_rc, v.split_md: text, v.val_file: gr.update(visible=mode == "separate file")}
 
-    def load_all(path, fmt_v, mapping, skip_v, tmpl, sysp, maxlen, top, last, pack, mode, share, run_config):
-        """Reads the file; writes status, mapping, table, stats, preview and run_config."""
-        if not path:
-            return {status: "No dataset loaded yet."}
-        try:
-            ds = cache.load(path, mapping, fmt_v, bool(skip_v))
-            cfg = data_cfg(path, tmpl, sysp, maxlen, top, last, pack, run_config)
-            new_rc = with_data(run_config, path=path, format=ds.format, mapping=ds.mapping,
-                               skip_bad_rows=bool(skip_v), **_switches(cfg))
-        except Exception as e:  # noqa: BLE001
-            return {status: error_sentence(e)}
-        cols = [NONE, *ds.columns]
-        out = {status: status_markdown(ds), errors_md: errors_markdown(ds), table: rows_table(ds),
-               path_state: path, src_state: {"mapping": mapping, "format": fmt_v}, ctx.run_config: new_rc,
-               split_md: split_view(ds, new_rc, mode, share)}
-        out.update({box: gr.update(choices=cols, value=ds.mapping.get(role, NONE))
-                    for role, box in zip(MAP_ROLES, role_boxes)})
-        out.update(token_view(ds, cfg, 0, new_rc))
-        out[row_no] = 0
-        return out
 
-    def _switches(cfg: DataConfig) -> dict:
-        return {k: getattr(cfg, k) for k in ("template", "system_prompt", "max_length", "train_on_prompt",
-                                             "last_turn_only", "packing")}
+def from_sample(v: DatasetView, name, fmt_v, skip_v, *rest):
+    if not name:
+        return {}
+    return load_all(v, str(SAMPLES_DIR / name), "auto", None, skip_v, *rest)
 
-    def current(path, src, skip_v, run_config):
-        src = src or {}
-        return cache.load(path, src.get("mapping"), src.get("format") or "auto", bool(skip_v))
 
-    def on_settings(path, src, skip_v, tmpl, sysp, maxlen, top, last, pack, row, run_config):
-        """Template/switch change: re-tokenizes the cached rows; writes token widgets and run_config."""
-        try:
-            cfg = data_cfg(path, tmpl, sysp, maxlen, top, last, pack, run_config)
-            new_rc = with_data(run_config, **_switches(cfg))
-        except Exception as e:  # noqa: BLE001
-            return {stats_md: error_sentence(e)}
-        if not path:
-            return {ctx.run_config: new_rc}
-        try:
-            ds = current(path, src, skip_v, run_config)
-        except Exception as e:  # noqa: BLE001
-            return {status: error_sentence(e), ctx.run_config: new_rc}
-        return {ctx.run_config: new_rc, **token_view(ds, cfg, row, new_rc)}
+def from_upload(v: DatasetView, tmp, fmt_v, skip_v, *rest):
+    if not tmp:
+        return {}
+    try:
+        kept = keep_upload(v.ctx.workspace, tmp)
+    except OSError as e:
+        return {v.status: error_sentence(UserError(f"Could not keep the uploaded file: {e}."))}
+    return load_all(v, kept, "auto", None, skip_v, *rest)
 
-    def on_row(path, src, skip_v, tmpl, sysp, maxlen, top, last, pack, row, run_config):
-        """Row number change: writes the rendered text and token preview only."""
-        if not path:
-            return {}
-        try:
-            ds = current(path, src, skip_v, run_config)
-            cfg = data_cfg(path, tmpl, sysp, maxlen, top, last, pack, run_config)
-        except Exception as e:  # noqa: BLE001
-            return {preview_html: error_sentence(e)}
-        return row_view(ds, cfg, row, run_config)
 
-    def on_split(path, src, skip_v, mode, share, vfile, run_config):
-        """Split settings: writes data.validation_split / validation_path and the split summary."""
-        try:
-            if mode == "separate file":
-                vpath = keep_upload(ctx.workspace, vfile) if vfile else None
-                if vpath:
-                    vds = load_rows(vpath, None, "auto")
-                    if path:
-                        main_fmt = current(path, src, skip_v, run_config).format
-                        if vds.format != main_fmt:
-                            raise UserError(f"The validation file reads as {vds.format} data but the training "
-                                            f"file as {main_fmt}; use files with the same layout.")
-                new_rc = with_data(run_config, validation_path=vpath)
-            else:
-                new_rc = with_data(run_config, validation_path=None, validation_split=float(share))
-            text = split_view(current(path, src, skip_v, new_rc), new_rc, mode, share) if path else ""
-        except Exception as e:  # noqa: BLE001
-            return {split_md: error_sentence(e)}
-        return {ctx.run_config: new_rc, split_md: text, val_file: gr.update(visible=mode == "separate file")}
+def from_path(v: DatasetView, text, fmt_v, skip_v, *rest):
+    return load_all(v, (text or "").strip(), "auto", None, skip_v, *rest)
 
-    token_outputs = {stats_md, hist, rendered, preview_html, tok_table}
-    all_outputs = {status, errors_md, table, src_state, path_state, ctx.run_config, split_md, row_no,
-                   *role_boxes, *token_outputs}
-    common_in = [fmt, skip, *settings]
-    tail_in = [split_mode, val_split, ctx.run_config]
 
-    def from_sample(name, fmt_v, skip_v, *rest):
-        if not name:
-            return {}
-        return load_all(str(SAMPLES_DIR / name), "auto", None, skip_v, *rest)
+def from_mapping(v: DatasetView, path, fmt_v, skip_v, *rest_and_roles):
+    rest, roles = rest_and_roles[:-len(MAP_ROLES)], rest_and_roles[-len(MAP_ROLES):]
+    mapping = {r: val for r, val in zip(MAP_ROLES, roles) if val and val != NONE}
+    return load_all(v, path, fmt_v, mapping or None, skip_v, *rest)
 
-    def from_upload(tmp, fmt_v, skip_v, *rest):
-        if not tmp:
-            return {}
-        try:
-            kept = keep_upload(ctx.workspace, tmp)
-        except OSError as e:
-            return {status: error_sentence(UserError(f"Could not keep the uploaded file: {e}."))}
-        return load_all(kept, "auto", None, skip_v, *rest)
 
-    def from_path(text, fmt_v, skip_v, *rest):
-        return load_all((text or "").strip(), "auto", None, skip_v, *rest)
+def show_default(v: DatasetView, default: str, *rest):
+    """Page load: the default sample, picked and loaded."""
+    return {v.sample: default, **from_sample(v, default, *rest)}
 
-    def from_mapping(path, fmt_v, skip_v, *rest_and_roles):
-        rest, roles = rest_and_roles[:-len(MAP_ROLES)], rest_and_roles[-len(MAP_ROLES):]
-        mapping = {r: v for r, v in zip(MAP_ROLES, roles) if v and v != NONE}
-        return load_all(path, fmt_v, mapping or None, skip_v, *rest)
 
-    sample.input(from_sample, [sample, *common_in, *tail_in], all_outputs)
-    upload.upload(from_upload, [upload, *common_in, *tail_in], all_outputs)
-    path_box.submit(from_path, [path_box, *common_in, *tail_in], all_outputs)
-    apply_map.click(from_mapping, [path_state, *common_in, *tail_in, *role_boxes], all_outputs)
-    skip.change(from_mapping, [path_state, *common_in, *tail_in, *role_boxes], all_outputs)
+def on_select(evt: gr.SelectData):
+    return int(evt.index[0]) if evt and evt.index is not None else 0
 
-    settings_in = [path_state, src_state, skip, *settings, row_no, ctx.run_config]
-    settings_out = {ctx.run_config, status, *token_outputs}
-    for comp in (template, train_on_prompt, last_turn, packing):
-        comp.change(on_settings, settings_in, settings_out)
-    for comp in (system_prompt, max_length):
-        comp.blur(on_settings, settings_in, settings_out)
-        comp.submit(on_settings, settings_in, settings_out)
-    row_no.change(on_row, settings_in, {rendered, preview_html, tok_table})
 
-    def on_select(evt: gr.SelectData):
-        return int(evt.index[0]) if evt and evt.index is not None else 0
+def sync_from_config(run_config, maxlen, pack):
+    """Reads run_config (the Method tab edits max_length/packing too); writes those two widgets."""
+    data = (run_config or {}).get("data") or {}
+    new_len, new_pack = data.get("max_length", maxlen), bool(data.get("packing", pack))
+    return (gr.update(value=new_len) if new_len != maxlen else gr.update(),
+            gr.update(value=new_pack) if new_pack != bool(pack) else gr.update())
 
-    table.select(on_select, None, row_no)
 
-    split_in = [path_state, src_state, skip, split_mode, val_split, val_file, ctx.run_config]
-    split_out = {ctx.run_config, split_md, val_file}
-    split_mode.change(on_split, split_in, split_out)
-    val_split.release(on_split, split_in, split_out)
-    val_file.upload(on_split, split_in, split_out)
-    ctx.extras["dataset_status"] = status
+# ---------------------------------------------------------------- the tab: events
 
-    def sync_from_config(run_config, maxlen, pack):
-        """Reads run_config (the Method tab edits max_length/packing too); writes those two widgets."""
-        data = (run_config or {}).get("data") or {}
-        new_len, new_pack = data.get("max_length", maxlen), bool(data.get("packing", pack))
-        return (gr.update(value=new_len) if new_len != maxlen else gr.update(),
-                gr.update(value=new_pack) if new_pack != bool(pack) else gr.update())
+def wire(v: DatasetView) -> None:
+    rc, all_outputs = v.ctx.run_config, v.all_outputs
+    common_in = [v.fmt, v.skip, *v.settings]
+    tail_in = [v.split_mode, v.val_split, rc]
+    v.sample.input(bind(from_sample, v), [v.sample, *common_in, *tail_in], all_outputs)
+    v.upload.upload(bind(from_upload, v), [v.upload, *common_in, *tail_in], all_outputs)
+    v.path_box.submit(bind(from_path, v), [v.path_box, *common_in, *tail_in], all_outputs)
+    remap_in = [v.path_state, *common_in, *tail_in, *v.role_boxes]
+    v.apply_map.click(bind(from_mapping, v), remap_in, all_outputs)
+    v.skip.change(bind(from_mapping, v), remap_in, all_outputs)
 
-    ctx.run_config.change(sync_from_config, [ctx.run_config, max_length, packing], [max_length, packing])
+    settings_in = [v.path_state, v.src_state, v.skip, *v.settings, v.row_no, rc]
+    settings_out = {rc, v.status, *v.token_outputs}
+    for comp in (v.template, v.train_on_prompt, v.last_turn, v.packing):
+        comp.change(bind(on_settings, v), settings_in, settings_out)
+    for comp in (v.system_prompt, v.max_length):
+        comp.blur(bind(on_settings, v), settings_in, settings_out)
+        comp.submit(bind(on_settings, v), settings_in, settings_out)
+    v.row_no.change(bind(on_row, v), settings_in, {v.rendered, v.preview_html, v.tok_table})
+    v.table.select(on_select, None, v.row_no)
+
+    split_in = [v.path_state, v.src_state, v.skip, v.split_mode, v.val_split, v.val_file, rc]
+    split_out = {rc, v.split_md, v.val_file}
+    v.split_mode.change(bind(on_split, v), split_in, split_out)
+    v.val_split.release(bind(on_split, v), split_in, split_out)
+    v.val_file.upload(bind(on_split, v), split_in, split_out)
+    v.ctx.extras["dataset_status"] = v.status
+    rc.change(sync_from_config, [rc, v.max_length, v.packing], [v.max_length, v.packing])
 
     # Show the default sample on page load: the RunConfig already points at it, so the
     # page should say what would train if the user changes nothing.
     root = gr.context.Context.root_block
     default = Path(DataConfig().path).name
     if root is not None and default in sample_choices():
-        root.load(lambda *a: {sample: default, **from_sample(default, *a)},
-                  [*common_in, *tail_in], all_outputs | {sample})
+        root.load(bind(show_default, v, default, name="<lambda>"), [*common_in, *tail_in], all_outputs | {v.sample})

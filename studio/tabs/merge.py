@@ -6,6 +6,7 @@ Merging loads whole models, so every merge runs as `ftstudio merge` in a child p
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -15,7 +16,7 @@ from backend.export import merge as mg
 from backend.core.config import ConfigError
 from backend.core.errors import UserError
 from backend.core.models import ModelError
-from studio.context import StudioContext
+from studio.context import StudioContext, bind
 from studio.tabs import merge_export
 
 BAD_INPUT = (UserError, ConfigError, ModelError)
@@ -56,7 +57,7 @@ def describe(choice: str) -> str:
              f"**Merged model size:** about {mg.human_bytes(size['merged_bytes'])}"]
     if not ok:
         lines.append(f"<span class='ft-error'>{reason}</span>")
-    elif src.method == "qlora":
+    elif mg.trained_on_4bit(src):
         lines.append("QLoRA run: the adapter is merged into the base loaded in 16-bit, not into 4-bit weights.")
     return "\n\n".join(lines)
 
@@ -101,26 +102,49 @@ def parse_weights(text: str, n: int) -> list[float]:
     return weights
 
 
-def build(ctx: StudioContext) -> None:
-    ws = ctx.workspace
-    gr.Markdown("## Merge\n" + TEXT["intro"])
-    with gr.Row():
-        run = gr.Dropdown(choices=_runs(ws), value=None, label="Run or adapter folder", info=TEXT["run"],
-                          allow_custom_value=True, elem_id="merge-run", scale=4)
-        refresh = gr.Button("↻ Refresh runs", scale=1, elem_id="merge-refresh")
-    info = gr.Markdown(TEXT["no_pick"], elem_id="merge-info")
-    out = gr.Textbox(label="Output folder", info=TEXT["out"], elem_id="merge-out")
-    with gr.Row():
-        merge_btn = gr.Button("Merge into base", variant="primary", elem_id="merge-button")
-        zip_btn = gr.Button("Download adapter (zip)", elem_id="merge-zip")
-    status = gr.Markdown("", elem_id="merge-status")
-    zip_status = gr.Markdown("", elem_id="merge-zip-status")
-    zip_file = gr.File(label="Adapter zip", interactive=False, elem_id="merge-zip-file")
+@dataclass
+class MergeView:
+    """The tab's components, for wire() to attach the handlers below to."""
+    ctx: StudioContext
+    run: Any = None
+    refresh: Any = None
+    info: Any = None
+    out: Any = None
+    merge_btn: Any = None
+    zip_btn: Any = None
+    status: Any = None
+    zip_status: Any = None
+    zip_file: Any = None
+    picks: Any = None
+    combine_in: list = field(default_factory=list)  # weights, method, density, output folder, into base
+    combine_btn: Any = None
+    combo_status: Any = None
 
+
+def _merge_layout(m: MergeView) -> None:
+    """The run picker, its description, and the merge and zip buttons."""
+    ws = m.ctx.workspace
+    with gr.Row():
+        m.run = gr.Dropdown(choices=_runs(ws), value=None, label="Run or adapter folder", info=TEXT["run"],
+                            allow_custom_value=True, elem_id="merge-run", scale=4)
+        m.refresh = gr.Button("↻ Refresh runs", scale=1, elem_id="merge-refresh")
+    m.info = gr.Markdown(TEXT["no_pick"], elem_id="merge-info")
+    m.out = gr.Textbox(label="Output folder", info=TEXT["out"], elem_id="merge-out")
+    with gr.Row():
+        m.merge_btn = gr.Button("Merge into base", variant="primary", elem_id="merge-button")
+        m.zip_btn = gr.Button("Download adapter (zip)", elem_id="merge-zip")
+    m.status = gr.Markdown("", elem_id="merge-status")
+    m.zip_status = gr.Markdown("", elem_id="merge-zip-status")
+    m.zip_file = gr.File(label="Adapter zip", interactive=False, elem_id="merge-zip-file")
+
+
+def _combine_layout(m: MergeView) -> None:
+    """The "Combine adapters" accordion."""
+    ws = m.ctx.workspace
     with gr.Accordion("Combine adapters", open=False, elem_id="merge-combine"):
         gr.Markdown(TEXT["combine"])
-        picks = gr.Dropdown(choices=_runs(ws), value=[], multiselect=True, allow_custom_value=True,
-                            label="Adapters to combine", elem_id="combine-runs")
+        m.picks = gr.Dropdown(choices=_runs(ws), value=[], multiselect=True, allow_custom_value=True,
+                              label="Adapters to combine", elem_id="combine-runs")
         with gr.Row():
             weights = gr.Textbox(label="Weights", info=TEXT["weights"], placeholder="0.5, 0.5",
                                  elem_id="combine-weights")
@@ -132,65 +156,86 @@ def build(ctx: StudioContext) -> None:
                                    elem_id="combine-out")
             into_base = gr.Checkbox(False, label="Also merge into the base (a full model instead of an adapter)",
                                     elem_id="combine-into-base")
-        combine_btn = gr.Button("Combine", elem_id="combine-button")
-        combo_status = gr.Markdown("", elem_id="combine-status")
+        m.combine_in = [weights, method, density, combo_out, into_base]
+        m.combine_btn = gr.Button("Combine", elem_id="combine-button")
+        m.combo_status = gr.Markdown("", elem_id="combine-status")
 
-    def on_refresh(current: str, chosen: list[str]):
-        """Reads the workspace; writes both run pickers."""
-        choices = _runs(ws)
-        return gr.update(choices=choices, value=current), gr.update(choices=choices, value=chosen)
 
-    def on_pick(choice: str):
-        """Reads the picked run; writes the description and a default output folder."""
-        return describe(choice), default_out(ws, choice) if (choice or "").strip() else ""
+def build(ctx: StudioContext) -> None:
+    gr.Markdown("## Merge\n" + TEXT["intro"])
+    m = MergeView(ctx)
+    _merge_layout(m)
+    _combine_layout(m)
+    wire(m)
 
-    def on_merge(choice: str, out_dir: str) -> Iterator[Any]:
-        """Reads the run and output folder; streams the merge status."""
-        if not (choice or "").strip():
-            yield TEXT["no_pick"]
-            return
-        try:
-            ok, reason = mg.can_merge(mg.locate_adapter(choice))
-        except BAD_INPUT as e:
-            yield f"<span class='ft-error'>{e}</span>"
-            return
-        if not ok:
-            yield f"<span class='ft-error'>{reason}</span>"
-            return
-        yield from stream_job(mg.merge_command([choice.strip()], (out_dir or "").strip() or default_out(ws, choice)))
 
-    def on_zip(choice: str):
-        """Reads the run; writes the zip file and its status line."""
-        if not (choice or "").strip():
-            return None, TEXT["no_pick"]
-        try:
-            target = ws / "exports" / (Path(default_out(ws, choice)).name + "-adapter.zip")
-            z = mg.export_zip(choice, target)
-        except BAD_INPUT as e:
-            return None, f"<span class='ft-error'>{e}</span>"
-        except OSError as e:
-            return None, f"<span class='ft-error'>Could not write the zip ({e}). Check free disk space.</span>"
-        return str(z), f"Adapter zipped to `{z}` ({mg.human_bytes(z.stat().st_size)})."
+# ---- handlers: the workspace first where they need it (bound in wire) ------------------------
 
-    def on_combine(chosen: list[str], w: str, how: str, dens: float, dest: str, full: bool) -> Iterator[str]:
-        """Reads the combine settings; streams the combine status."""
-        chosen = [c for c in (chosen or []) if c and c.strip()]
-        if len(chosen) < 2:
-            yield "Pick at least two adapters to combine."
-            return
-        try:
-            ws_list = parse_weights(w, len(chosen))
-        except UserError as e:
-            yield f"<span class='ft-error'>{e}</span>"
-            return
-        dest = (dest or "").strip() or str(ws / "merged" / "combined")
-        yield from stream_job(mg.merge_command(chosen, dest, ws_list, how, float(dens), bool(full)))
+def on_refresh(ws: Path, current: str, chosen: list[str]):
+    """Reads the workspace; writes both run pickers."""
+    choices = _runs(ws)
+    return gr.update(choices=choices, value=current), gr.update(choices=choices, value=chosen)
 
-    refresh.click(on_refresh, [run, picks], [run, picks], queue=False)
-    run.change(on_pick, run, [info, out], queue=False)
-    merge_btn.click(on_merge, [run, out], status, concurrency_id="merge", concurrency_limit=1)
-    zip_btn.click(on_zip, run, [zip_file, zip_status])
-    combine_btn.click(on_combine, [picks, weights, method, density, combo_out, into_base], combo_status,
-                      concurrency_id="merge", concurrency_limit=1)
-    merge_export.build(ctx, run)
-    ctx.extras["merge_run"] = run
+
+def on_pick(ws: Path, choice: str):
+    """Reads the picked run; writes the description and a default output folder."""
+    return describe(choice), default_out(ws, choice) if (choice or "").strip() else ""
+
+
+def on_merge(ws: Path, choice: str, out_dir: str) -> Iterator[Any]:
+    """Reads the run and output folder; streams the merge status."""
+    if not (choice or "").strip():
+        yield TEXT["no_pick"]
+        return
+    try:
+        ok, reason = mg.can_merge(mg.locate_adapter(choice))
+    except BAD_INPUT as e:
+        yield f"<span class='ft-error'>{e}</span>"
+        return
+    if not ok:
+        yield f"<span class='ft-error'>{reason}</span>"
+        return
+    yield from stream_job(mg.merge_command([choice.strip()], (out_dir or "").strip() or default_out(ws, choice)))
+
+
+def on_zip(ws: Path, choice: str):
+    """Reads the run; writes the zip file and its status line."""
+    if not (choice or "").strip():
+        return None, TEXT["no_pick"]
+    try:
+        target = ws / "exports" / (Path(default_out(ws, choice)).name + "-adapter.zip")
+        z = mg.export_zip(choice, target)
+    except BAD_INPUT as e:
+        return None, f"<span class='ft-error'>{e}</span>"
+    except OSError as e:
+        return None, f"<span class='ft-error'>Could not write the zip ({e}). Check free disk space.</span>"
+    return str(z), f"Adapter zipped to `{z}` ({mg.human_bytes(z.stat().st_size)})."
+
+
+def on_combine(ws: Path, chosen: list[str], w: str, how: str, dens: float, dest: str, full: bool) -> Iterator[str]:
+    """Reads the combine settings; streams the combine status."""
+    chosen = [c for c in (chosen or []) if c and c.strip()]
+    if len(chosen) < 2:
+        yield "Pick at least two adapters to combine."
+        return
+    try:
+        ws_list = parse_weights(w, len(chosen))
+    except UserError as e:
+        yield f"<span class='ft-error'>{e}</span>"
+        return
+    dest = (dest or "").strip() or str(ws / "merged" / "combined")
+    yield from stream_job(mg.merge_command(chosen, dest, ws_list, how, float(dens), bool(full)))
+
+
+# ---- events -----------------------------------------------------------------------------------
+
+def wire(m: MergeView) -> None:
+    ws = m.ctx.workspace
+    m.refresh.click(bind(on_refresh, ws), [m.run, m.picks], [m.run, m.picks], queue=False)
+    m.run.change(bind(on_pick, ws), m.run, [m.info, m.out], queue=False)
+    m.merge_btn.click(bind(on_merge, ws), [m.run, m.out], m.status, concurrency_id="merge", concurrency_limit=1)
+    m.zip_btn.click(bind(on_zip, ws), m.run, [m.zip_file, m.zip_status])
+    m.combine_btn.click(bind(on_combine, ws), [m.picks, *m.combine_in], m.combo_status,
+                        concurrency_id="merge", concurrency_limit=1)
+    merge_export.build(m.ctx, m.run)
+    m.ctx.extras["merge_run"] = m.run

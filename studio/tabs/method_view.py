@@ -5,15 +5,23 @@ Pure functions of the estimator's JSON and the validation dict, so they are test
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Optional
 
 import plotly.graph_objects as go
+
+from backend.core.config import ConfigError, validate_config
+from backend.core.errors import UserError
+from backend.core.models import ModelError
 
 TERM_LABELS = {"weights": "Weights", "gradients": "Gradients", "optimizer": "Optimizer states",
                "activations": "Activations", "logits": "Logits and loss", "overhead": "Runtime overhead"}
 TERM_COLORS = {"weights": "#2563eb", "gradients": "#f59e0b", "optimizer": "#dc2626", "activations": "#16a34a",
                "logits": "#9333ea", "overhead": "#6b7280"}
 _NO_GPU_NOTE = "No GPU was found"
+BAD_INPUT = (UserError, ModelError, ConfigError)
+FIX_FIRST = "Fix the fields marked in red to see the estimate."
+MODEL_INFO = ("**{model_type}**: {num_layers} layers, hidden size {hidden_size}, vocabulary {vocab_size}, "
+              "context {ctx} tokens, {params} parameters. Linear layers: {linear}.")
 _PYDANTIC = [
     (r"^Input should be greater than or equal to (.+)$", r"must be at least \1"),
     (r"^Input should be greater than (.+)$", r"must be more than \1"),
@@ -101,3 +109,30 @@ def estimate_summary(data: dict[str, Any]) -> tuple[str, str]:
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
     return fits, "\n".join(lines)
+
+
+def model_info_text(info: Any) -> str:
+    return MODEL_INFO.format(
+        model_type=info.model_type, num_layers=info.num_layers, hidden_size=info.hidden_size,
+        vocab_size=f"{info.vocab_size:,}", ctx=f"{info.max_positions:,}" if info.max_positions else "?",
+        params=f"{info.total_params:,}", linear=", ".join(info.linear_layers) or "none found")
+
+
+def compute_estimate(rc: dict[str, Any], card_gb: Optional[float]) -> tuple[Any, str, str]:
+    """(figure, fits markdown, details markdown) for rc; a sentence instead when rc is not valid."""
+    try:
+        cfg = validate_config(rc)
+    except ConfigError:
+        return None, FIX_FIRST, ""
+    from backend.estimator import estimate
+
+    try:
+        if card_gb:
+            est = estimate(cfg, gpu_count=cfg.distributed.gpus, gpu_memory_gb=float(card_gb))
+        else:
+            est = estimate(cfg)
+    except BAD_INPUT as e:
+        return None, str(e), ""
+    data = est.to_json()
+    fits, details = estimate_summary(data)
+    return estimate_figure(data), fits, details

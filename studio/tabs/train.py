@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,7 +20,7 @@ from backend.core.config import ConfigError, RunConfig, config_to_yaml, load_con
 from backend.core.errors import UserError
 from backend.core.models import ModelError
 from backend.runs.notify import webhook_problem
-from studio.context import StudioContext
+from studio.context import StudioContext, bind
 from studio.plots import RunSeries, loss_figure, lr_grad_figure, overlay_figure
 from studio.tabs import cluster_bundle, trackers, train_queue
 
@@ -174,139 +175,201 @@ def series_of(run_dir: Path) -> RunSeries:
 
 # ---- the tab ----------------------------------------------------------------------------------
 
-def build(ctx: StudioContext) -> None:
-    ws = ctx.workspace
-    gr.Markdown("## Train\n" + TEXT["intro"])
+@dataclass
+class TrainView:
+    """The tab's components, so the handlers below can name the ones they read and write."""
+    ctx: StudioContext
+    summary: Any = None
+    yaml_view: Any = None
+    start: Any = None
+    stop: Any = None
+    resume: Any = None
+    add_queue: Any = None
+    state_md: Any = None
+    progress: Any = None
+    stats: Any = None
+    loss_plot: Any = None
+    lr_plot: Any = None
+    log: Any = None
+    table: Any = None
+    compare: Any = None
+    refresh: Any = None
+    overlay: Any = None
+    live: Any = None
+    tick: Any = None
+    slow_tick: Any = None
+
+    @property
+    def view_outputs(self) -> list:
+        return [self.live, self.state_md, self.progress, self.stats, self.loss_plot, self.lr_plot, self.log]
+
+
+def _controls_layout(v: TrainView) -> None:
+    """The config summary, trackers, the Start/Stop row with its panels, and the live view of one run."""
+    ctx = v.ctx
     md0, yaml0 = config_summary(ctx.run_config.value or RunConfig().model_dump(mode="json"))
-    summary = gr.Markdown(md0, elem_id="train-config")
+    v.summary = gr.Markdown(md0, elem_id="train-config")
     with gr.Accordion("Full configuration (YAML) and the command that repeats it", open=False):
-        yaml_view = gr.Code(yaml0, language="yaml", interactive=False, elem_id="train-yaml")
+        v.yaml_view = gr.Code(yaml0, language="yaml", interactive=False, elem_id="train-yaml")
         gr.Markdown("From a shell: save the YAML as `run.yaml` and run `ftstudio train run.yaml`.")
     trackers.build_trackers(ctx)
     with gr.Row():
-        start = gr.Button("Start", variant="primary", elem_id="train-start")
-        stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
-        resume = gr.Button("Resume", elem_id="train-resume")
-        add_queue = gr.Button("Add to queue", elem_id="train-add-queue")
+        v.start = gr.Button("Start", variant="primary", elem_id="train-start")
+        v.stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+        v.resume = gr.Button("Resume", elem_id="train-resume")
+        v.add_queue = gr.Button("Add to queue", elem_id="train-add-queue")
         preview = gr.Button("Preview command", elem_id="train-preview")
     train_queue.build_preview(ctx, preview)
     cluster_bundle.build(ctx)
-    state_md = gr.Markdown(TEXT["no_run"], elem_id="train-state")
-    progress = gr.HTML(progress_html(RunSeries(), {}), elem_id="train-progress-bar")
-    stats = gr.Markdown("", elem_id="train-stats")
+    v.state_md = gr.Markdown(TEXT["no_run"], elem_id="train-state")
+    v.progress = gr.HTML(progress_html(RunSeries(), {}), elem_id="train-progress-bar")
+    v.stats = gr.Markdown("", elem_id="train-stats")
     with gr.Row():
-        loss_plot = gr.Plot(loss_figure(RunSeries()), label="Loss", elem_id="train-loss-plot")
-        lr_plot = gr.Plot(lr_grad_figure(RunSeries()), label="Learning rate and gradient norm",
-                          elem_id="train-lr-plot")
-    log = gr.Textbox(label="Log (last lines of train.log)", lines=8, max_lines=8, interactive=False,
-                     autoscroll=True, elem_id="train-log")
+        v.loss_plot = gr.Plot(loss_figure(RunSeries()), label="Loss", elem_id="train-loss-plot")
+        v.lr_plot = gr.Plot(lr_grad_figure(RunSeries()), label="Learning rate and gradient norm",
+                            elem_id="train-lr-plot")
+    v.log = gr.Textbox(label="Log (last lines of train.log)", lines=8, max_lines=8, interactive=False,
+                       autoscroll=True, elem_id="train-log")
 
+
+def _runs_layout(v: TrainView) -> None:
+    """The runs table and the loss overlay of chosen runs."""
+    ws = v.ctx.workspace
     gr.Markdown("### Runs")
     with gr.Row():
-        table = gr.Dataframe(value=runs_rows(ws), headers=RUN_COLUMNS, interactive=False, wrap=True,
-                             elem_id="runs-table", scale=4)
+        v.table = gr.Dataframe(value=runs_rows(ws), headers=RUN_COLUMNS, interactive=False, wrap=True,
+                               elem_id="runs-table", scale=4)
     gr.Markdown("<span class='ft-help'>Click a run to view it above.</span>")
     with gr.Row():
-        compare = gr.Dropdown(choices=[r[0] for r in runs_rows(ws)], value=[], multiselect=True,
-                              label="Compare runs (overlay their loss curves)", elem_id="runs-compare", scale=4)
-        refresh = gr.Button("↻ Refresh", elem_id="runs-refresh", scale=1)
-    overlay = gr.Plot(overlay_figure({}), label="Compare", elem_id="runs-overlay-plot")
+        v.compare = gr.Dropdown(choices=[r[0] for r in runs_rows(ws)], value=[], multiselect=True,
+                                label="Compare runs (overlay their loss curves)", elem_id="runs-compare", scale=4)
+        v.refresh = gr.Button("↻ Refresh", elem_id="runs-refresh", scale=1)
+    v.overlay = gr.Plot(overlay_figure({}), label="Compare", elem_id="runs-overlay-plot")
 
-    live = gr.State(new_live(None))
-    tick = gr.Timer(1.0)
-    slow_tick = gr.Timer(5.0)
-    view_outputs = [live, state_md, progress, stats, loss_plot, lr_plot, log]
 
-    def render(lv: dict[str, Any], force: bool = False):
-        """Reads the session's live view; writes the run's state, progress, stats, charts and log."""
-        lv, changed, status = refresh_live(lv, ws)
-        if not lv.get("run_dir"):
-            return [lv] + [gr.skip()] * 6
-        run_dir = Path(lv["run_dir"])
-        series = lv["series"]
-        charts = (loss_figure(series, f"Loss: {run_dir.name}"), lr_grad_figure(series)) \
-            if (changed or force) else (gr.skip(), gr.skip())
-        return [lv, state_sentence(run_dir.name, status), progress_html(series, status),
-                stats_markdown(series, status, lv["estimate"]), *charts, rundir.tail_log(run_dir, 30)]
+def build(ctx: StudioContext) -> None:
+    gr.Markdown("## Train\n" + TEXT["intro"])
+    v = TrainView(ctx)
+    _controls_layout(v)
+    _runs_layout(v)
+    v.live = gr.State(new_live(None))
+    v.tick = gr.Timer(1.0)
+    v.slow_tick = gr.Timer(5.0)
+    wire(v)
 
-    def on_tick(lv):
-        """Timer (1 s): tails the viewed run's events from the saved offset."""
-        return render(lv)
 
-    def on_config(rc):
-        """Reads the session RunConfig; writes the summary and the YAML."""
-        return config_summary(rc)
+# ---- handlers: each takes the workspace or the context first (bound in wire) ------------------
 
-    def on_start(rc, lv):
-        """Reads the RunConfig; starts a run and views it."""
-        try:
-            cfg = validate_config(rc)
-            if webhook_problem(cfg.notify.webhook):
-                raise UserError(webhook_problem(cfg.notify.webhook))
-            client = ctx.extras.get("chat_client")
-            if client is not None:
-                client.shutdown()  # the chat model would compete with training for GPU memory
-            run_dir = runner.start_run(ws, cfg)
-        except BAD_INPUT as e:
-            return [lv, f"<span class='ft-error'>{html.escape(str(e))}</span>"] + [gr.skip()] * 5
-        except OSError as e:
-            return [lv, f"<span class='ft-error'>The run could not be started: {html.escape(str(e))}</span>"] \
-                + [gr.skip()] * 5
-        return render(new_live(str(run_dir)), force=True)
+def render(ws: Path, lv: dict[str, Any], force: bool = False):
+    """Reads the session's live view; writes the run's state, progress, stats, charts and log."""
+    lv, changed, status = refresh_live(lv, ws)
+    if not lv.get("run_dir"):
+        return [lv] + [gr.skip()] * 6
+    run_dir = Path(lv["run_dir"])
+    series = lv["series"]
+    charts = (loss_figure(series, f"Loss: {run_dir.name}"), lr_grad_figure(series)) \
+        if (changed or force) else (gr.skip(), gr.skip())
+    return [lv, state_sentence(run_dir.name, status), progress_html(series, status),
+            stats_markdown(series, status, lv["estimate"]), *charts, rundir.tail_log(run_dir, 30)]
 
-    def on_stop(lv):
-        """Reads the viewed run; asks it to stop (checkpoint + adapter), escalating after 30 s."""
-        if not lv.get("run_dir"):
-            return [lv, TEXT["no_run"]] + [gr.skip()] * 5
-        status = rundir.read_status(Path(lv["run_dir"]))
-        if status.get("state") not in rundir.ACTIVE_STATES:
-            return [lv, f"Run **{Path(lv['run_dir']).name}** is not running "
-                        f"({status.get('state')}); nothing to stop."] + [gr.skip()] * 5
-        runner.stop_run(Path(lv["run_dir"]), timeout=30)
-        return render(lv, force=True)
 
-    def on_resume(lv):
-        """Reads the viewed run; resumes it from its last checkpoint in the same directory."""
-        if not lv.get("run_dir"):
-            return [lv, TEXT["pick_run"]] + [gr.skip()] * 5
-        try:
-            runner.resume_run(Path(lv["run_dir"]))
-        except BAD_INPUT as e:
-            return [lv, f"<span class='ft-error'>{html.escape(str(e))}</span>"] + [gr.skip()] * 5
-        return render(lv, force=True)
+def on_tick(ws: Path, lv):
+    """Timer (1 s): tails the viewed run's events from the saved offset."""
+    return render(ws, lv)
+
+
+def on_config(rc):
+    """Reads the session RunConfig; writes the summary and the YAML."""
+    return config_summary(rc)
+
+
+def on_start(ctx: StudioContext, rc, lv):
+    """Reads the RunConfig; starts a run and views it."""
+    try:
+        cfg = validate_config(rc)
+        if webhook_problem(cfg.notify.webhook):
+            raise UserError(webhook_problem(cfg.notify.webhook))
+        client = ctx.extras.get("chat_client")
+        if client is not None:
+            client.shutdown()  # the chat model would compete with training for GPU memory
+        run_dir = runner.start_run(ctx.workspace, cfg)
+    except BAD_INPUT as e:
+        return [lv, f"<span class='ft-error'>{html.escape(str(e))}</span>"] + [gr.skip()] * 5
+    except OSError as e:
+        return [lv, f"<span class='ft-error'>The run could not be started: {html.escape(str(e))}</span>"] \
+            + [gr.skip()] * 5
+    return render(ctx.workspace, new_live(str(run_dir)), force=True)
+
+
+def on_stop(ws: Path, lv):
+    """Reads the viewed run; asks it to stop (checkpoint + adapter), escalating after 30 s."""
+    if not lv.get("run_dir"):
+        return [lv, TEXT["no_run"]] + [gr.skip()] * 5
+    status = rundir.read_status(Path(lv["run_dir"]))
+    if status.get("state") not in rundir.ACTIVE_STATES:
+        return [lv, f"Run **{Path(lv['run_dir']).name}** is not running "
+                    f"({status.get('state')}); nothing to stop."] + [gr.skip()] * 5
+    runner.stop_run(Path(lv["run_dir"]), timeout=30)
+    return render(ws, lv, force=True)
+
+
+def on_resume(ws: Path, lv):
+    """Reads the viewed run; resumes it from its last checkpoint in the same directory."""
+    if not lv.get("run_dir"):
+        return [lv, TEXT["pick_run"]] + [gr.skip()] * 5
+    try:
+        runner.resume_run(Path(lv["run_dir"]))
+    except BAD_INPUT as e:
+        return [lv, f"<span class='ft-error'>{html.escape(str(e))}</span>"] + [gr.skip()] * 5
+    return render(ws, lv, force=True)
+
+
+def view_row(ws: Path, row: Optional[list], lv):
+    """The clicked runs-table row (its values); views that run from its first event."""
+    row = row if row is not None else []
+    if not row:
+        return [lv] + [gr.skip()] * 6
+    return render(ws, new_live(str(rundir.runs_root(ws) / str(row[0]))), force=True)
+
+
+def on_refresh(ws: Path, chosen):
+    """Reads the workspace; writes the runs table and the compare choices."""
+    rows = runs_rows(ws)
+    ids = [r[0] for r in rows]
+    return rows, gr.update(choices=ids, value=[c for c in (chosen or []) if c in ids])
+
+
+def on_compare(ws: Path, chosen):
+    """Reads the chosen runs' events; writes the overlay chart."""
+    series = {}
+    for run_id in chosen or []:
+        run_dir = rundir.runs_root(ws) / str(run_id)
+        if run_dir.is_dir():
+            series[str(run_id)] = series_of(run_dir)
+    return overlay_figure(series)
+
+
+# ---- events -----------------------------------------------------------------------------------
+
+def wire(v: TrainView) -> None:
+    ctx, ws, live, view_outputs = v.ctx, v.ctx.workspace, v.live, v.view_outputs
+    refresh = bind(on_refresh, ws)
 
     def on_select(evt: gr.SelectData, lv):
         """Reads the clicked table row; views that run from its first event."""
-        row = evt.row_value if evt.row_value is not None else []
-        if not row:
-            return [lv] + [gr.skip()] * 6
-        return render(new_live(str(rundir.runs_root(ws) / str(row[0]))), force=True)
+        # Not a partial: Gradio finds the gr.SelectData argument from the function's type hints.
+        return view_row(ws, evt.row_value, lv)
 
-    def on_refresh(chosen):
-        """Reads the workspace; writes the runs table and the compare choices."""
-        rows = runs_rows(ws)
-        ids = [r[0] for r in rows]
-        return rows, gr.update(choices=ids, value=[c for c in (chosen or []) if c in ids])
-
-    def on_compare(chosen):
-        """Reads the chosen runs' events; writes the overlay chart."""
-        series = {}
-        for run_id in chosen or []:
-            run_dir = rundir.runs_root(ws) / str(run_id)
-            if run_dir.is_dir():
-                series[str(run_id)] = series_of(run_dir)
-        return overlay_figure(series)
-
-    tick.tick(on_tick, live, view_outputs, queue=False, show_progress="hidden")
-    slow_tick.tick(on_refresh, compare, [table, compare], queue=False, show_progress="hidden")
-    ctx.run_config.change(on_config, ctx.run_config, [summary, yaml_view], queue=False)
-    start.click(on_start, [ctx.run_config, live], view_outputs, concurrency_id="train-control",
-                concurrency_limit=1).then(on_refresh, compare, [table, compare])
-    stop.click(on_stop, live, view_outputs, concurrency_id="train-control", concurrency_limit=1) \
-        .then(on_refresh, compare, [table, compare])
-    resume.click(on_resume, live, view_outputs, concurrency_id="train-control", concurrency_limit=1)
-    selected = table.select(on_select, live, view_outputs, queue=False)
-    refresh.click(on_refresh, compare, [table, compare], queue=False)
-    compare.change(on_compare, compare, overlay)
+    v.tick.tick(bind(on_tick, ws), live, view_outputs, queue=False, show_progress="hidden")
+    v.slow_tick.tick(refresh, v.compare, [v.table, v.compare], queue=False, show_progress="hidden")
+    ctx.run_config.change(on_config, ctx.run_config, [v.summary, v.yaml_view], queue=False)
+    v.start.click(bind(on_start, ctx), [ctx.run_config, live], view_outputs, concurrency_id="train-control",
+                  concurrency_limit=1).then(refresh, v.compare, [v.table, v.compare])
+    v.stop.click(bind(on_stop, ws), live, view_outputs, concurrency_id="train-control", concurrency_limit=1) \
+        .then(refresh, v.compare, [v.table, v.compare])
+    v.resume.click(bind(on_resume, ws), live, view_outputs, concurrency_id="train-control", concurrency_limit=1)
+    selected = v.table.select(on_select, live, view_outputs, queue=False)
+    v.refresh.click(refresh, v.compare, [v.table, v.compare], queue=False)
+    v.compare.change(bind(on_compare, ws), v.compare, v.overlay)
     ctx.extras["train_live"] = live
-    train_queue.mount(ctx, add_queue, start, selected, live)
+    train_queue.mount(ctx, v.add_queue, v.start, selected, live)

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,7 +28,7 @@ from backend.core.io import read_json
 from backend.core.models import ModelError
 from backend.runs.notify import webhook_problem
 from backend.core.paths import PROJECT_ROOT
-from studio.context import StudioContext
+from studio.context import StudioContext, bind
 
 BAD_INPUT = (UserError, ConfigError, ModelError, FileNotFoundError)
 QUEUE_COLUMNS = ["#", "config", "state", "run", "note", "id"]
@@ -180,132 +181,174 @@ def notifications(watch: dict[str, Any], workspace: Path) -> tuple[dict[str, Any
 
 # ---- the UI -------------------------------------------------------------------------------------
 
+def on_preview(ws: Path, rc):
+    """Reads the RunConfig; shows the headless command and the YAML it saved."""
+    md, text = preview_command(ws, rc)
+    return gr.update(visible=True), md, text
+
+
 def build_preview(ctx: StudioContext, button: gr.Button) -> None:
     """The output of the "Preview command" button, placed right under the Start row."""
     with gr.Group(visible=False) as box:
         cmd_md = gr.Markdown(elem_id="train-preview-command")
         yaml_code = gr.Code(language="yaml", interactive=False, label="Full configuration (YAML)",
                             elem_id="train-preview-yaml")
-
-    def on_preview(rc):
-        """Reads the RunConfig; shows the headless command and the YAML it saved."""
-        md, text = preview_command(ctx.workspace, rc)
-        return gr.update(visible=True), md, text
-
-    button.click(on_preview, ctx.run_config, [box, cmd_md, yaml_code], queue=False)
+    button.click(bind(on_preview, ctx.workspace), ctx.run_config, [box, cmd_md, yaml_code], queue=False)
 
 
-def mount(ctx: StudioContext, add_button: gr.Button, start_button: gr.Button, run_selected: Any,
-          live: gr.State) -> None:
-    """The queue list and its controls, the evaluation report, and notifications (end of the Train tab)."""
-    ws = ctx.workspace
-    run_queue.ensure_worker(ws)  # a restarted studio carries on with what was queued
-    rows0, notice0 = queue_rows(ws)
+@dataclass
+class QueueView:
+    """The queue and evaluation components, so the handlers below can name them."""
+    ctx: StudioContext
+    notice: Any = None
+    qtable: Any = None
+    up: Any = None
+    down: Any = None
+    remove: Any = None
+    empty: Any = None
+    picked: Any = None
+    n_samples: Any = None
+    evaluate: Any = None
+    eval_md: Any = None
+    eval_table: Any = None
+    note_box: Any = None
+    watch: Any = None
+    timer: Any = None
 
+
+def _queue_layout(v: QueueView) -> None:
+    """The queue list and its controls."""
+    rows0, notice0 = queue_rows(v.ctx.workspace)
     gr.Markdown("### Queue\n<span class='ft-help'>**Add to queue** puts the configuration above at the end; "
                 "runs start in order when a device is free (on a machine with several GPUs, side by side, each "
                 "on its own GPUs), also after a studio restart. A run that fails is marked and the next one starts.</span>")
-    notice = gr.Markdown(error_html(notice0) if notice0 else "", elem_id="queue-notice")
-    qtable = gr.Dataframe(value=rows0, headers=QUEUE_COLUMNS, interactive=False, wrap=True, elem_id="queue-table")
+    v.notice = gr.Markdown(error_html(notice0) if notice0 else "", elem_id="queue-notice")
+    v.qtable = gr.Dataframe(value=rows0, headers=QUEUE_COLUMNS, interactive=False, wrap=True, elem_id="queue-table")
     with gr.Row():
-        up = gr.Button("▲ Move up", elem_id="queue-up", size="sm")
-        down = gr.Button("▼ Move down", elem_id="queue-down", size="sm")
-        remove = gr.Button("Remove", elem_id="queue-remove", size="sm")
-        empty = gr.Button("Empty the queue", elem_id="queue-clear", size="sm", variant="stop")
-    picked = gr.State(None)
+        v.up = gr.Button("▲ Move up", elem_id="queue-up", size="sm")
+        v.down = gr.Button("▼ Move down", elem_id="queue-down", size="sm")
+        v.remove = gr.Button("Remove", elem_id="queue-remove", size="sm")
+        v.empty = gr.Button("Empty the queue", elem_id="queue-clear", size="sm", variant="stop")
+    v.picked = gr.State(None)
 
+
+def _eval_layout(v: QueueView) -> None:
+    """The evaluation report of the selected run."""
     with gr.Accordion("Evaluation report (selected run)", open=False, elem_id="eval-report"):
         gr.Markdown("<span class='ft-help'>Validation loss and perplexity of the base model and of the trained "
                     "adapter, and prompts answered by both next to the reference. Runs in a separate process; "
                     "kept in the run's eval.json.</span>")
         with gr.Row():
-            n_samples = gr.Number(5, precision=0, minimum=0, maximum=100, label="Sample prompts",
-                                  elem_id="eval-samples", scale=1)
-            evaluate = gr.Button("Evaluate", elem_id="eval-run", scale=1)
-        eval_md = gr.Markdown(report_view(None)[0], elem_id="eval-summary")
-        eval_table = gr.Dataframe(value=[], headers=SAMPLE_COLUMNS, interactive=False, wrap=True,
-                                  elem_id="eval-samples-table")
+            v.n_samples = gr.Number(5, precision=0, minimum=0, maximum=100, label="Sample prompts",
+                                    elem_id="eval-samples", scale=1)
+            v.evaluate = gr.Button("Evaluate", elem_id="eval-run", scale=1)
+        v.eval_md = gr.Markdown(report_view(None)[0], elem_id="eval-summary")
+        v.eval_table = gr.Dataframe(value=[], headers=SAMPLE_COLUMNS, interactive=False, wrap=True,
+                                    elem_id="eval-samples-table")
 
-    note_box = gr.Textbox(visible="hidden", elem_id="notify-text")
-    watch = gr.State({})
-    timer = gr.Timer(2.0)
 
-    def render_queue(message: Optional[str] = None):
-        rows, qnotice = queue_rows(ws)
-        shown = message if message is not None else (error_html(qnotice) if qnotice else "")
-        return rows, shown
+def mount(ctx: StudioContext, add_button: gr.Button, start_button: gr.Button, run_selected: Any,
+          live: gr.State) -> None:
+    """The queue list and its controls, the evaluation report, and notifications (end of the Train tab)."""
+    run_queue.ensure_worker(ctx.workspace)  # a restarted studio carries on with what was queued
+    v = QueueView(ctx)
+    _queue_layout(v)
+    _eval_layout(v)
+    v.note_box = gr.Textbox(visible="hidden", elem_id="notify-text")
+    v.watch = gr.State({})
+    v.timer = gr.Timer(2.0)
+    wire(v, add_button, start_button, run_selected, live)
 
-    def on_add(rc):
-        """Reads the RunConfig; appends it to the queue."""
-        try:
-            entry = queue_config(ws, rc)
-        except BAD_INPUT as e:
-            return render_queue(error_html(str(e)))
-        run_queue.ensure_worker(ws)
-        return render_queue(f"Queued **{html.escape(entry['label'])}**. It starts when the runs before it "
+
+# ---- handlers: the workspace first where they need it (bound in wire) ------------------------
+
+def render_queue(ws: Path, message: Optional[str] = None):
+    rows, qnotice = queue_rows(ws)
+    shown = message if message is not None else (error_html(qnotice) if qnotice else "")
+    return rows, shown
+
+
+def on_add(ws: Path, rc):
+    """Reads the RunConfig; appends it to the queue."""
+    try:
+        entry = queue_config(ws, rc)
+    except BAD_INPUT as e:
+        return render_queue(ws, error_html(str(e)))
+    run_queue.ensure_worker(ws)
+    return render_queue(ws, f"Queued **{html.escape(entry['label'])}**. It starts when the runs before it "
                             "have ended.")
 
-    def on_pick(evt: gr.SelectData):
-        """Reads the clicked queue row; remembers its entry id."""
-        row = evt.row_value or []
-        return row[-1] if row else None
 
-    def edit(action, entry_id):
-        if not entry_id and action != "clear":
-            return render_queue("Click a row of the queue first.")
-        try:
-            if action == "clear":
-                gone = run_queue.clear_queue(ws)
-                return render_queue(f"Emptied the queue ({gone} entr{'y' if gone == 1 else 'ies'} removed; a "
+def on_pick(evt: gr.SelectData):
+    """Reads the clicked queue row; remembers its entry id."""
+    row = evt.row_value or []
+    return row[-1] if row else None
+
+
+def edit_queue(ws: Path, action: str, entry_id):
+    # No docstring: bound under the name of the lambdas it replaced, and Gradio shows a docstring in the API page.
+    if not entry_id and action != "clear":
+        return render_queue(ws, "Click a row of the queue first.")
+    try:
+        if action == "clear":
+            gone = run_queue.clear_queue(ws)
+            return render_queue(ws, f"Emptied the queue ({gone} entr{'y' if gone == 1 else 'ies'} removed; a "
                                     "running run keeps going until it ends).")
-            if action == "remove":
-                run_queue.remove_entry(ws, entry_id)
-            else:
-                run_queue.move_entry(ws, entry_id, -1 if action == "up" else 1)
-        except BAD_INPUT as e:
-            return render_queue(error_html(str(e)))
-        return render_queue()
+        if action == "remove":
+            run_queue.remove_entry(ws, entry_id)
+        else:
+            run_queue.move_entry(ws, entry_id, -1 if action == "up" else 1)
+    except BAD_INPUT as e:
+        return render_queue(ws, error_html(str(e)))
+    return render_queue(ws)
 
-    def on_timer(w):
-        """Timer (2 s): the queue list, and a notification when a run or the queue has ended."""
-        w, messages = notifications(w, ws)
-        rows, _ = queue_rows(ws)
-        text = (" ".join(messages) + NOTE_SEP + str(len(w["runs"])) + rundir.now_iso()) if messages else gr.skip()
-        return w, rows, text
 
-    def on_select_run(lv):
-        """Reads the run just selected in the runs table; shows its evaluation report if it has one."""
-        run_dir = (lv or {}).get("run_dir")
-        return report_view(Path(run_dir) if run_dir else None)
+def on_timer(ws: Path, w):
+    """Timer (2 s): the queue list, and a notification when a run or the queue has ended."""
+    w, messages = notifications(w, ws)
+    rows, _ = queue_rows(ws)
+    text = (" ".join(messages) + NOTE_SEP + str(len(w["runs"])) + rundir.now_iso()) if messages else gr.skip()
+    return w, rows, text
 
-    def on_evaluate(lv, n):
-        """Reads the viewed run; runs `ftstudio eval` in a child process and shows the report."""
-        run_dir = (lv or {}).get("run_dir")
-        if not run_dir:
-            yield report_view(None)
-            return
-        run_dir = Path(run_dir)
-        yield (f"Evaluating **{run_dir.name}**: loading the base model and the adapter in a separate process "
-               "and answering the sample prompts. This takes a while on a CPU."), []
-        try:
-            report = run_eval_process(run_dir, int(n or 0))
-        except UserError as e:
-            yield error_html(str(e)), []
-            return
-        yield report_markdown(run_dir.name, report), sample_rows(report)
 
-    add_button.click(on_add, ctx.run_config, [qtable, notice], queue=False)
+def on_select_run(lv):
+    """Reads the run just selected in the runs table; shows its evaluation report if it has one."""
+    run_dir = (lv or {}).get("run_dir")
+    return report_view(Path(run_dir) if run_dir else None)
+
+
+def on_evaluate(lv, n):
+    """Reads the viewed run; runs `ftstudio eval` in a child process and shows the report."""
+    run_dir = (lv or {}).get("run_dir")
+    if not run_dir:
+        yield report_view(None)
+        return
+    run_dir = Path(run_dir)
+    yield (f"Evaluating **{run_dir.name}**: loading the base model and the adapter in a separate process "
+           "and answering the sample prompts. This takes a while on a CPU."), []
+    try:
+        report = run_eval_process(run_dir, int(n or 0))
+    except UserError as e:
+        yield error_html(str(e)), []
+        return
+    yield report_markdown(run_dir.name, report), sample_rows(report)
+
+
+# ---- events -----------------------------------------------------------------------------------
+
+def wire(v: QueueView, add_button: gr.Button, start_button: gr.Button, run_selected: Any, live: gr.State) -> None:
+    ws, listing = v.ctx.workspace, [v.qtable, v.notice]
+    add_button.click(bind(on_add, ws), v.ctx.run_config, listing, queue=False)
     add_button.click(None, None, None, js=PERMISSION_JS, queue=False)
     start_button.click(None, None, None, js=PERMISSION_JS, queue=False)
-    qtable.select(on_pick, None, picked, queue=False)
-    up.click(lambda i: edit("up", i), picked, [qtable, notice], queue=False)
-    down.click(lambda i: edit("down", i), picked, [qtable, notice], queue=False)
-    remove.click(lambda i: edit("remove", i), picked, [qtable, notice], queue=False)
-    empty.click(lambda: edit("clear", None), None, [qtable, notice], queue=False)
-    timer.tick(on_timer, watch, [watch, qtable, note_box], queue=False, show_progress="hidden")
-    note_box.change(None, note_box, None, js=NOTIFY_JS, queue=False)
+    v.qtable.select(on_pick, None, v.picked, queue=False)
+    for button, action in ((v.up, "up"), (v.down, "down"), (v.remove, "remove")):
+        button.click(bind(edit_queue, ws, action, name="<lambda>"), v.picked, listing, queue=False)
+    v.empty.click(bind(edit_queue, ws, "clear", None, name="<lambda>"), None, listing, queue=False)
+    v.timer.tick(bind(on_timer, ws), v.watch, [v.watch, v.qtable, v.note_box], queue=False, show_progress="hidden")
+    v.note_box.change(None, v.note_box, None, js=NOTIFY_JS, queue=False)
     # Chained after the runs table's own select (a second listener on the same select never fired).
-    run_selected.then(on_select_run, live, [eval_md, eval_table], queue=False)
-    evaluate.click(on_evaluate, [live, n_samples], [eval_md, eval_table], concurrency_id="eval",
-                   concurrency_limit=1)
-    ctx.extras["queue_table"] = qtable
+    run_selected.then(on_select_run, live, [v.eval_md, v.eval_table], queue=False)
+    v.evaluate.click(on_evaluate, [live, v.n_samples], [v.eval_md, v.eval_table], concurrency_id="eval",
+                     concurrency_limit=1)
+    v.ctx.extras["queue_table"] = v.qtable

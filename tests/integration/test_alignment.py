@@ -12,7 +12,8 @@ import torch
 from backend.runs import rundir
 from backend.core.config import RunConfig
 from backend.core.models import load_causal_lm
-from backend.objectives.trainers import OBJECTIVES, validate_objective
+from backend.core.catalog import OBJECTIVES
+from backend.objectives.validate import validate_objective
 
 from tests.samples import small_copy
 
@@ -80,7 +81,9 @@ def test_prompt_methods_cannot_be_aligned_and_every_objective_has_help(tiny_mode
     cfg = config(tiny_model_dir, tmp_path / "x.jsonl", "dpo", "prompt_tuning")
     assert "method.name" in validate_objective(cfg)
     assert validate_objective(config(tiny_model_dir, tmp_path / "x.jsonl", "dpo", "qlora")) == {}
-    for spec in OBJECTIVES.values():
+    aligned = [spec for spec in OBJECTIVES.values() if spec.alignment]
+    assert [s.name for s in aligned] == ["dpo", "orpo", "kto", "reward", "grpo", "rloo"]
+    for spec in aligned:
         assert 20 < len(spec.help) < 300 and spec.data_format in ("preference", "kto", "prompts")
 
 

@@ -1,4 +1,4 @@
-"""`ftstudio data inspect|preview` print the JSON DESIGN.md specifies; bad input exits 2 with a sentence."""
+"""`ftstudio data inspect|preview` print the JSON docs/ARCHITECTURE.md describes; bad input exits 2 with a sentence."""
 import json
 
 from backend.cli import main

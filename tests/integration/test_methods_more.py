@@ -1,4 +1,4 @@
-"""Issue-7 methods on the tiny model: exactly the intended parameters train, the saved result reloads
+"""The second set of methods (LoRA-FA, AdaLoRA, VeRA, IA3, adapters, prompts...) on the tiny model: exactly the intended parameters train, the saved result reloads
 to the same logits, and the estimator counts the same trainable parameters as the applied method."""
 from __future__ import annotations
 

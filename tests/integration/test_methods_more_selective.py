@@ -1,4 +1,4 @@
-"""Selective issue-7 methods on tiny models: feature extraction, gradual unfreezing, BitFit, Fish Mask.
+"""Selective methods on tiny models: feature extraction, gradual unfreezing, BitFit, Fish Mask.
 Exactly the intended weights change, the saved model reloads to the same logits, the estimator
 counts what the method trains, and the trainer-side schedules (unfreezing, Fisher mask) run."""
 from __future__ import annotations

@@ -100,7 +100,7 @@ def test_grpo_on_plain_text_fails_with_a_sentence(tiny_model_dir, tmp_path):
 
 
 def test_grpo_refuses_a_reward_run_that_is_not_a_reward_model(tiny_model_dir, tmp_path):
-    from backend.objectives.trainers import validate_objective
+    from backend.objectives.validate import validate_objective
 
     ws = tmp_path / "ws"
     sft_run = rundir.create_run(ws, config(tiny_model_dir, tmp_path / "x.jsonl", "sft", {}))

@@ -219,7 +219,7 @@ def test_activation_formula_tracks_the_tensors_autograd_saves(name, method):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from backend.estimator.skeleton import _apply
+    from backend.methods import apply_method
 
     mc = LlamaConfig(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
                      num_key_value_heads=4, vocab_size=1000, max_position_embeddings=1024)
@@ -228,7 +228,7 @@ def test_activation_formula_tracks_the_tensors_autograd_saves(name, method):
                      train={"batch_size": 2, "precision": "fp32", "gradient_checkpointing": False})
     est = estimate(cfg, gpus=[], model_config=mc)
     torch.manual_seed(0)
-    model = _apply(AutoModelForCausalLM.from_config(mc, attn_implementation="sdpa"), cfg)
+    model = apply_method(AutoModelForCausalLM.from_config(mc, attn_implementation="sdpa"), cfg)
     model.train()
     measured = _saved_tensor_bytes(model, torch.randint(0, 1000, (2, 128)))
     assert measured == pytest.approx(est.terms_bytes["activations"], rel=0.15)

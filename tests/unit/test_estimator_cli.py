@@ -1,4 +1,4 @@
-"""`ftstudio estimate CONFIG.yaml --json`: the DESIGN.md contract, exit codes, hypothetical cards."""
+"""`ftstudio estimate CONFIG.yaml --json`: the JSON contract in docs/ARCHITECTURE.md, exit codes, hypothetical cards."""
 import json
 
 import pytest

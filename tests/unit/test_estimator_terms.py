@@ -1,4 +1,4 @@
-"""The seed documents' worked figures, reproduced by the estimator's own term functions."""
+"""Published worked figures (7B full fine-tuning, LoRA parameter counts, ...), reproduced by the estimator's own term functions."""
 import pytest
 
 from backend.estimator import terms as T

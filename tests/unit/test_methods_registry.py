@@ -6,8 +6,9 @@ import torch
 from transformers import GPT2Config, LlamaConfig
 
 from backend.core.config import METHOD_NAMES, MethodConfig, RunConfig
+from backend.training.checks import check_run
 from backend.methods import (
-    METHODS, MethodSpec, always_mergeable, apply_method, available_precisions, build_meta_model, check_run,
+    METHODS, always_mergeable, apply_method, available_precisions, build_meta_model,
     count_parameters, exact_counts, get_method, linear_layer_names, register, target_shortcuts,
     validate_for_model,
 )
@@ -41,15 +42,31 @@ def test_each_method_has_actionable_help_and_known_params(name):
 
 def test_register_refuses_a_duplicate_name():
     with pytest.raises(ValueError, match="already registered"):
-        register(MethodSpec(name="lora", title="x", help="x", family="x", params=[], uses_peft=True,
-                            quantized=False, can_merge=always_mergeable))
+        register("lora", can_merge=always_mergeable)
 
 
-def test_register_refuses_params_that_are_not_config_fields():
+def test_register_refuses_params_that_are_not_config_fields(monkeypatch):
+    from backend.core import catalog
+
+    fake = catalog.MethodInfo("zz_test", "x", "x", "x", params=("rank_typo",), uses_peft=True, quantized=False)
+    monkeypatch.setitem(catalog.METHODS, "zz_test", fake)
     with pytest.raises(ValueError, match="unknown MethodConfig fields"):
-        register(MethodSpec(name="zz_test", title="x", help="x", family="x", params=["rank_typo"],
-                            uses_peft=True, quantized=False, can_merge=always_mergeable))
+        register("zz_test", can_merge=always_mergeable)
     assert "zz_test" not in METHODS
+
+
+def test_register_refuses_a_name_the_catalog_does_not_have():
+    with pytest.raises(ValueError, match="not in backend.core.catalog"):
+        register("zz_not_in_catalog", can_merge=always_mergeable)
+    assert "zz_not_in_catalog" not in METHODS
+
+
+def test_every_catalog_method_is_registered_and_nothing_else():
+    from backend.core import catalog
+    from backend.core.config import METHOD_NAMES
+
+    assert list(METHODS) == list(catalog.METHODS) == list(METHOD_NAMES)
+    assert all(METHODS[n].info is catalog.METHODS[n] for n in METHODS)
 
 
 def test_unregistered_method_is_a_sentence():
@@ -161,10 +178,11 @@ def test_check_run_reports_ranges_and_a_missing_model_as_fields(tmp_path):
 
 def test_objective_and_method_mismatch_is_reported_before_training(tiny_model_dir):
     from backend.core.config import RunConfig
-    from backend.methods import validate_for_model
     from backend.core.models import load_model_config
+    from backend.training.checks import run_problems
 
     cfg = RunConfig.model_validate({"model": str(tiny_model_dir), "objective": "dpo",
                                     "method": {"name": "prompt_tuning"}})
-    errors = validate_for_model(cfg, load_model_config(str(tiny_model_dir)))
+    errors = run_problems(cfg, load_model_config(str(tiny_model_dir)))
     assert "method.name" in errors
+    assert "method.name" in check_run(cfg.model_dump())[1]

@@ -110,7 +110,7 @@ def test_events_are_tailed_from_an_offset(tmp_path):
 
 def test_a_half_written_last_line_waits_for_its_newline(tmp_path):
     run_dir = rundir.create_run(tmp_path, RunConfig())
-    rundir.append_event(run_dir, {"step": 1})
+    rundir.append_event(run_dir, {"type": "train", "step": 1})
     with open(run_dir / "events.jsonl", "a") as fh:
         fh.write('{"step": 2, "lo')
     events, offset = rundir.read_events(run_dir)
@@ -132,7 +132,7 @@ def test_malformed_event_lines_are_skipped_not_fatal(tmp_path):
 def test_a_replaced_events_file_is_read_from_the_start(tmp_path):
     run_dir = rundir.create_run(tmp_path, RunConfig())
     for i in range(5):
-        rundir.append_event(run_dir, {"step": i})
+        rundir.append_event(run_dir, {"type": "train", "step": i})
     _, offset = rundir.read_events(run_dir)
     (run_dir / "events.jsonl").write_text('{"step": 9}\n')
     events, _ = rundir.read_events(run_dir, offset)
@@ -141,7 +141,7 @@ def test_a_replaced_events_file_is_read_from_the_start(tmp_path):
 
 def test_nan_losses_are_dropped_not_replaced(tmp_path):
     run_dir = rundir.create_run(tmp_path, RunConfig())
-    rundir.append_event(run_dir, {"step": 1, "loss": float("nan"), "grad_norm": float("inf")})
+    rundir.append_event(run_dir, {"type": "train", "step": 1, "loss": float("nan"), "grad_norm": float("inf")})
     line = (run_dir / "events.jsonl").read_text()
     assert "NaN" not in line and "Infinity" not in line
     events, _ = rundir.read_events(run_dir)

@@ -142,7 +142,6 @@ def test_packing_plan_fills_in_order_and_never_overflows():
 
 
 def test_tokenizer_cache_loads_once_and_retries_a_raced_import(monkeypatch):
-    import backend.core.models
     from backend.data import templates
 
     calls = []
@@ -153,7 +152,7 @@ def test_tokenizer_cache_loads_once_and_retries_a_raced_import(monkeypatch):
             raise ImportError("cannot import name 'AutoTokenizer' (partially initialized module)")
         return object()
 
-    monkeypatch.setattr(backend.core.models, "load_tokenizer", flaky)
+    monkeypatch.setattr(templates, "load_tokenizer", flaky)
     monkeypatch.setattr(templates, "_TOKENIZERS", {})
     first = templates.get_tokenizer("some-model")
     assert templates.get_tokenizer("some-model") is first

@@ -1,0 +1,45 @@
+"""What the closed form (core.py) and the precise trace (precise.py) both start from.
+
+The model's config (cached), the method's flags from the catalog, and the dtype plan, which is
+backend.core.precision's one policy read for the card the estimate is for (not this machine).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from backend.core.catalog import METHODS
+from backend.core.models import load_model_config, resolve_model
+from backend.core.precision import PrecisionPlan, plan_for
+
+_CONFIGS: dict[tuple, Any] = {}
+
+
+def model_config_of(cfg: Any) -> Any:
+    """AutoConfig for cfg.model, cached per reference and config.json modification time."""
+    stamp: Any = None
+    if os.path.isdir(os.path.expanduser(cfg.model)):
+        try:
+            stamp = os.stat(os.path.join(os.path.expanduser(cfg.model), "config.json")).st_mtime_ns
+        except OSError:
+            stamp = None
+    key = (cfg.model, cfg.trust_remote_code, stamp)
+    hit = _CONFIGS.get(key)
+    if hit is None:
+        resolve_model(cfg.model)  # a missing directory is a sentence, not a transformers traceback
+        hit = load_model_config(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        if len(_CONFIGS) > 32:
+            _CONFIGS.clear()
+        _CONFIGS[key] = hit
+    return hit
+
+
+def method_flags(name: str) -> tuple[bool, bool]:
+    """(uses_peft, quantized) of a catalog method."""
+    info = METHODS[name]
+    return info.uses_peft, info.quantized
+
+
+def dtype_plan(cfg: Any, uses_peft: bool, quantized: bool) -> PrecisionPlan:
+    """Load, base and compute dtypes of cfg as configured (backend.core.precision, machine=None)."""
+    return plan_for(cfg, quantized=quantized, uses_peft=uses_peft)
