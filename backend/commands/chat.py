@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 from backend.inference.chat import build_messages
 from backend.inference.chat_worker import ChatEngine

@@ -1,6 +1,8 @@
 """`ftstudio train CONFIG.yaml [MORE.yaml ...]`: the same training the Train tab starts, from a shell.
 
-Configs run one after another through the runner (so the studio sees them and one device trains
+A CONFIG may be any file the studio ships or writes: a preset, a run's config.yaml, the Method
+tab's exported YAML, or a queue.json (its waiting entries). `--preset NAME` layers a preset under
+each config; `--print-config` prints the filled configs and starts nothing. Configs run one after another through the runner (so the studio sees them and one device trains
 one run at a time). Each run directory is printed on stdout as the run ends; progress goes to stderr.
 Exit 0 when every run completed, 1 otherwise, 2 when a config is bad (nothing is started then).
 """
@@ -16,9 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backend.core.config import load_config
+from backend.core.config import config_to_yaml
 from backend.core.errors import UserError
 from backend.runs import events as run_events, rundir, runner
+from backend.runs.run_files import read_run_files
 
 
 def add_parser(sub) -> None:
@@ -26,6 +29,10 @@ def add_parser(sub) -> None:
     p.add_argument("configs", nargs="+", metavar="CONFIG.yaml", help="run configs, trained in this order")
     p.add_argument("--workspace", default=os.environ.get("FTSTUDIO_WORKSPACE", "workspace"),
                    help="where the run directories go (default: ./workspace)")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="a preset layered under each config (the config's own fields win)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print each filled config as YAML (paths resolved) and start nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--json", action="store_true", help="print one JSON object with every run's result at the end")
     p.set_defaults(func=run)
@@ -78,8 +85,13 @@ def _sigterm_as_interrupt(signum, frame) -> None:
 def run(args: argparse.Namespace) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    configs = [(path, load_config(path)) for path in args.configs]  # a bad config stops everything: exit 2
     workspace = Path(args.workspace)
+    # A bad config stops everything before anything starts: exit 2.
+    configs = [(path, cfg) for path in args.configs
+               for cfg in read_run_files(path, preset=args.preset, workspace=workspace)]
+    if args.print_config:
+        print("\n---\n".join(config_to_yaml(cfg) for _, cfg in configs), end="")
+        return 0
     results: list[dict[str, Any]] = []
     interrupted = False
     for path, cfg in configs:

@@ -219,6 +219,22 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
     atomic_write_text(Path(path), config_to_yaml(cfg))
 
 
+def absolute_paths(cfg: RunConfig) -> RunConfig:
+    """cfg with relative data/model paths resolved against the current directory (idempotent), so a run
+    or a queued config no longer depends on where it was started from."""
+    updates: dict[str, Any] = {}
+    data = cfg.data
+    for field in ("path", "validation_path"):
+        value = getattr(data, field)
+        if value and not Path(value).is_absolute() and Path(value).exists():
+            updates[field] = str(Path(value).resolve())
+    if updates:
+        cfg = cfg.model_copy(update={"data": data.model_copy(update=updates)})
+    if not Path(cfg.model).is_absolute() and Path(cfg.model).is_dir():
+        cfg = cfg.model_copy(update={"model": str(Path(cfg.model).resolve())})
+    return cfg
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Presets and tab values are partial configs layered over the defaults."""
     out = dict(base)

@@ -10,6 +10,7 @@ from torch import nn
 
 from backend.core.models import load_model_config, resolve_model
 from backend.methods.skeleton import build_meta_model, count_parameters, linear_layer_names_of
+from backend.methods.validation import max_positions
 
 _FUSED_QKV = ("qkv_proj", "c_attn", "query_key_value", "Wqkv", "qkv", "in_proj")
 
@@ -68,14 +69,12 @@ def _inspect_cached(ref: str, config_json: str, config_cls: type, trust_remote_c
     linear = linear_layer_names_of(model)
     attention = _attention_linear_names(model, linear)
     text_cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
-    from backend.methods.validation import _max_positions
-
     return ModelInfo(
         ref=ref, model_type=getattr(config, "model_type", "?"),
         num_layers=int(getattr(text_cfg, "num_hidden_layers", 0) or 0),
         hidden_size=int(getattr(text_cfg, "hidden_size", 0) or 0),
         vocab_size=int(getattr(text_cfg, "vocab_size", 0) or 0),
-        max_positions=_max_positions(text_cfg), total_params=count_parameters(model)[1],
+        max_positions=max_positions(text_cfg), total_params=count_parameters(model)[1],
         linear_layers=linear, attention_layers=attention, shortcuts=target_shortcuts(linear, attention))
 
 

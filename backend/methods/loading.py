@@ -19,6 +19,7 @@ from backend.core.models import ModelError, load_causal_lm
 from backend.core.precision import Machine, PrecisionPlan, plan_for, torch_dtype
 from backend.methods.registry import get_method
 from backend.methods.skeleton import _as_config, build_meta_model, count_parameters
+from backend.methods.validation import bitsandbytes_problem
 
 
 def apply_method(model: nn.Module, cfg: Any) -> nn.Module:
@@ -91,8 +92,6 @@ def load_trainable_model(cfg: Any, device_map: Optional[Any] = None) -> nn.Modul
     if device_map is not None:
         kwargs["device_map"] = device_map
     if spec.quantized:
-        from backend.methods.validation import bitsandbytes_problem
-
         problem = bitsandbytes_problem()
         if problem:
             raise UserError(problem)

@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from backend.core.catalog import METHOD
+from backend.methods.loading import optimizer_class
 from backend.methods.registry import always_mergeable, register
 
 
@@ -35,8 +36,6 @@ def apply_lora(model: nn.Module, cfg: Any) -> nn.Module:
 
 def loraplus_optimizer(model: nn.Module, cfg: Any):
     from peft.optimizers import create_loraplus_optimizer
-
-    from backend.methods.loading import optimizer_class
 
     cls, extra = optimizer_class(cfg.train.optimizer)
     return create_loraplus_optimizer(

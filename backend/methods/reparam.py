@@ -11,6 +11,7 @@ from torch import nn
 
 from backend.core.catalog import METHOD
 from backend.core.log import is_main_process, note
+from backend.methods import shifted_attention
 from backend.methods.hooks import is_meta, total_training_steps
 from backend.methods.lora import lora_config
 from backend.methods.registry import always_mergeable, register
@@ -132,8 +133,6 @@ def _note(message: str) -> None:
 
 def _use_shifted_attention(model: nn.Module, ratio: float) -> None:
     """S²-Attn while training where the model's attention allows it; full attention otherwise, said in train.log."""
-    from backend.methods import shifted_attention
-
     if ratio >= 1.0:
         _note("LongLoRA: the S²-Attn group ratio is 1.0, so training uses full attention "
               "(LoRA + embeddings + norms only).")

@@ -37,7 +37,7 @@ def bitsandbytes_problem() -> Optional[str]:
     return None
 
 
-def _max_positions(model_config: Any) -> Optional[int]:
+def max_positions(model_config: Any) -> Optional[int]:
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         value = getattr(model_config, key, None)
         if isinstance(value, int) and value > 0:
@@ -71,7 +71,7 @@ def validate_for_model(cfg: Any, model_config: Any) -> dict[str, str]:
     except ValueError as e:
         return {"method.name": str(e)}
 
-    limit = _max_positions(model_config)
+    limit = max_positions(model_config)
     if limit and cfg.data.max_length > limit:
         errors["data.max_length"] = (f"The model reads at most {limit} tokens, but the maximum length is "
                                      f"{cfg.data.max_length}; set it to {limit} or less.")

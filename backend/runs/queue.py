@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from backend.core.config import ConfigError, RunConfig, validate_config
+from backend.core.config import ConfigError, RunConfig, absolute_paths, validate_config
 from backend.core.errors import UserError
 from backend.core.io import atomic_write_json
 from backend.core.locks import file_lock
@@ -127,14 +127,9 @@ def _find(data: dict[str, Any], entry_id: str) -> int:
     raise UserError(f"That queue entry ({entry_id}) is no longer in the queue; refresh the list.")
 
 
-def _absolute(cfg: RunConfig) -> RunConfig:
-    # Paths are fixed when queued: a studio restarted from another directory still finds the files.
-    return runner._absolute_paths(cfg)  # noqa: SLF001 - the runner's own rule, applied earlier
-
-
 def add_to_queue(workspace: Path, cfg: RunConfig, label: Optional[str] = None) -> dict[str, Any]:
     """Append a validated config at the end of the queue; returns the new entry."""
-    cfg = _absolute(cfg)
+    cfg = absolute_paths(cfg)  # fixed when queued: a studio restarted elsewhere still finds the files
     entry = {"id": uuid.uuid4().hex[:12], "config": cfg.model_dump(mode="json"), "state": QUEUED,
              "label": label or cfg.name or f"{cfg.method.name} on {Path(cfg.model).name or cfg.model}",
              "added": rundir.now_iso()}

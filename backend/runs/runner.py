@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from backend.core.config import RunConfig, load_config
+from backend.core.config import RunConfig, absolute_paths, load_config
 from backend.core.errors import UserError
 from backend.core.gpu import list_gpus, visible_indices
 from backend.core.locks import file_lock
@@ -141,21 +141,6 @@ def _spawn(run_dir: Path, cmd: list[str], devices: Optional[list[str]] = None) -
     return proc
 
 
-def _absolute_paths(cfg: RunConfig) -> RunConfig:
-    """Relative data/model paths are resolved against the caller's directory, so the run does not depend on it."""
-    updates: dict[str, Any] = {}
-    data = cfg.data
-    for field in ("path", "validation_path"):
-        value = getattr(data, field)
-        if value and not Path(value).is_absolute() and Path(value).exists():
-            updates[field] = str(Path(value).resolve())
-    if updates:
-        cfg = cfg.model_copy(update={"data": data.model_copy(update=updates)})
-    if not Path(cfg.model).is_absolute() and Path(cfg.model).is_dir():
-        cfg = cfg.model_copy(update={"model": str(Path(cfg.model).resolve())})
-    return cfg
-
-
 def _launch(run_dir: Path, cfg: RunConfig, devices: list[str], resume: bool) -> None:
     cmd = _launch_command(run_dir, cfg, resume)
     proc = _spawn(run_dir, cmd, devices)
@@ -168,7 +153,7 @@ def _launch(run_dir: Path, cfg: RunConfig, devices: list[str], resume: bool) -> 
 def start_run(workspace: Path, cfg: RunConfig) -> Path:
     """Create the run directory and launch `python -m backend.training.run RUN_DIR`; returns the run directory."""
     workspace = Path(workspace).resolve()
-    cfg = _absolute_paths(cfg)
+    cfg = absolute_paths(cfg)  # a no-op for a queued config, whose paths were fixed when it was queued
     with _start_lock(workspace):
         devices = _claim_devices(workspace, cfg)
         run_dir = rundir.create_run(workspace, cfg)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 from transformers import EarlyStoppingCallback, TrainerCallback
 
-from backend.core.gpu import visible_indices
+from backend.core.gpu import gpu_memory_used, visible_indices
 from backend.runs import events as ev, rundir
 
 STATUS_EVERY_S = 2.0  # status.json is fsynced; the per-line events file carries the fine detail
@@ -42,7 +42,6 @@ def _cuda_memory() -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - memory numbers are nice to have, never worth a crash
         return {}
     try:
-        from backend.core.gpu import gpu_memory_used
         out["gpu_mem_used"] = gpu_memory_used(nvml_index(torch.cuda.current_device()))
     except Exception:  # noqa: BLE001
         pass
