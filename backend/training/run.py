@@ -4,6 +4,10 @@ Read top to bottom: meta.json first, then config -> model -> data -> trainer -> 
 and one distinct final state in status.json: completed, stopped, failed or out_of_memory, each
 with a sentence. The trainer is TRL's SFTTrainer on the dataset our own templates built (the same
 token ids and labels the Dataset tab previews), with transformers' callbacks for early stopping.
+
+torch, transformers, TRL and the modules that load them are imported inside the functions that use
+them: the process marks itself running and installs its SIGTERM handler before those seconds of
+imports, so a stop or a broken install during start-up still ends in a state with a sentence.
 """
 from __future__ import annotations
 
