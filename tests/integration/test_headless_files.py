@@ -55,7 +55,7 @@ def test_every_preset_trains_two_steps_on_the_tiny_model_from_outside_the_reposi
     # Each preset file as shipped, layered under a config that only points it at the tiny model
     # and cuts it to two steps (the config's fields win).
     (elsewhere / "small.yaml").write_text(yaml.safe_dump({
-        "model": str(tiny_model_dir), "data": {"max_length": 32, "validation_split": 0.0}, "report_to": [],
+        "model": str(tiny_model_dir), "data": {"max_length": 64, "validation_split": 0.0}, "report_to": [],
         "train": {"max_steps": 2, "batch_size": 2, "gradient_accumulation": 1, "eval_steps": 50,
                   "gradient_checkpointing": False}}))
     for preset in PRESETS:
