@@ -13,12 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from backend.core import catalog
 from backend.core.io import atomic_write_text
+from backend.core.precision import PRECISIONS
 
 # The allowed names come from the catalog, so a method, objective or optimizer is written down once.
 METHOD_NAMES = tuple(catalog.METHODS)
 OBJECTIVES = tuple(catalog.OBJECTIVES)
 OPTIMIZERS = tuple(catalog.OPTIMIZERS)
-PRECISIONS = ("fp32", "fp16", "bf16")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "fsdp")
 

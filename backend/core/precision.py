@@ -18,13 +18,15 @@ The rules:
 - A precision the machine cannot train is refused with a sentence (validation and trainer alike).
 
 `machine=None` means "as configured, on a GPU that has it": the estimator's view, which is about
-the card the run is for, not this machine. Top-level imports: stdlib only (torch lazily).
+the card the run is for, not this machine. Top-level imports: stdlib and the catalog (torch lazily).
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from backend.core import catalog
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 NAMES = {"fp32": "fp32", "bf16": "bf16 (bfloat16)", "fp16": "fp16 (float16)"}
@@ -126,9 +128,13 @@ def precision_plan(precision: str, *, quantized: bool = False, uses_peft: bool =
                          quantized=False, fp32_master_weights=master, problems=problems, note=note)
 
 
-def plan_for(cfg: Any, *, quantized: bool, uses_peft: bool, machine: Optional[Machine] = None) -> PrecisionPlan:
-    """precision_plan for a RunConfig, given its method's flags (the caller reads them from the registry)."""
-    return precision_plan(cfg.train.precision, quantized=quantized, uses_peft=uses_peft,
+def plan_for(cfg: Any, machine: Optional[Machine] = None) -> PrecisionPlan:
+    """precision_plan for a RunConfig, with its method's flags from the catalog.
+
+    machine None: as configured (the loader and the estimator); a Machine: also whether it can train
+    it (validation and the trainer pass this_machine())."""
+    method = catalog.METHODS[cfg.method.name]
+    return precision_plan(cfg.train.precision, quantized=method.quantized, uses_peft=method.uses_peft,
                           compute_dtype=cfg.method.compute_dtype, machine=machine)
 
 

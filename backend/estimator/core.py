@@ -12,9 +12,9 @@ from typing import Any, Optional
 from backend.core.catalog import METHOD, METHODS, OBJECTIVES, OPTIMIZER, OPTIMIZERS
 from backend.core.errors import UserError
 from backend.core.gpu import GpuInfo, hypothetical_gpus, list_gpus
-from backend.core.precision import PrecisionPlan
+from backend.core.precision import PrecisionPlan, plan_for
 from backend.estimator import online, terms as T
-from backend.estimator.plan import dtype_plan, method_flags, model_config_of
+from backend.estimator.plan import method_flags, model_config_of
 from backend.estimator.skeleton import ModelShape, cached_shape
 
 # Objectives whose TRL trainer uses the fused (chunked) LM head; the others materialize full logits.
@@ -191,7 +191,7 @@ def _world(cfg: Any) -> int:
 
 def _compute(cfg: Any, shape: ModelShape) -> Estimate:
     uses_peft, quantized = method_flags(cfg.method.name)
-    plan = dtype_plan(cfg, uses_peft, quantized)
+    plan = plan_for(cfg)  # the loader's dtypes, as configured
     strategy, world = cfg.distributed.strategy, _world(cfg)
     weights, wf = _weights(shape, plan, cfg.method.double_quant)
     grads, gf = _gradients(shape, plan)

@@ -1,7 +1,7 @@
 """What the closed form (core.py) and the precise trace (precise.py) both start from.
 
-The model's config (cached), the method's flags from the catalog, and the dtype plan, which is
-backend.core.precision's one policy read for the card the estimate is for (not this machine).
+The model's config (cached) and the method's flags from the catalog. The dtypes come from
+backend.core.precision.plan_for(cfg), read for the card the estimate is for (not this machine).
 """
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any
 
 from backend.core.catalog import METHODS
 from backend.core.models import load_model_config, resolve_model
-from backend.core.precision import PrecisionPlan, plan_for
 
 _CONFIGS: dict[tuple, Any] = {}
 
@@ -39,7 +38,3 @@ def method_flags(name: str) -> tuple[bool, bool]:
     info = METHODS[name]
     return info.uses_peft, info.quantized
 
-
-def dtype_plan(cfg: Any, uses_peft: bool, quantized: bool) -> PrecisionPlan:
-    """Load, base and compute dtypes of cfg as configured (backend.core.precision, machine=None)."""
-    return plan_for(cfg, quantized=quantized, uses_peft=uses_peft)

@@ -30,10 +30,10 @@ import torch
 from torch import nn
 
 from backend.core.catalog import OPTIMIZERS
-from backend.core.precision import torch_dtype
+from backend.core.precision import plan_for, torch_dtype
 from backend.estimator import terms as T
 from backend.estimator.core import estimate
-from backend.estimator.plan import dtype_plan, method_flags, model_config_of
+from backend.estimator.plan import method_flags, model_config_of
 from backend.estimator.skeleton import cached_shape
 from backend.estimator.terms import fused_head_bytes
 from backend.methods import apply_method
@@ -279,7 +279,7 @@ def precise_estimate(cfg: Any, batch: Optional[int] = None, seq: Optional[int] =
     if model_config is None:
         model_config = model_config_of(cfg)
     uses_peft, quantized = method_flags(cfg.method.name)
-    plan = dtype_plan(cfg, uses_peft, quantized)  # the loader's dtypes (backend.core.precision)
+    plan = plan_for(cfg)  # the loader's dtypes (backend.core.precision)
     optimizer = OPTIMIZERS[cfg.train.optimizer]
     notes: list[str] = [f"traced on fake CPU tensors: batch {batch} x {seq} tokens, no padding"]
     model = _meta_model(cfg, model_config, torch_dtype(plan.load), quantized)
@@ -341,7 +341,7 @@ def compare(cfg: Any, batch: Optional[int] = None, seq: Optional[int] = None) ->
     closed = estimate(same, gpus=[], model_config=model_config)
     precise = precise_estimate(same, model_config=model_config)
     shape = cached_shape(model_config, same)
-    plan = dtype_plan(same, *method_flags(same.method.name))
+    plan = plan_for(same)
     # The head trains when the base trains everywhere (full fine-tuning; tied embeddings included).
     head_trainable = shape.base_trainable > 0 and shape.lowest_grad_layer == 0 and shape.grad_through_all_layers
     fused = fused_head_bytes(batch, seq + (0 if shape.virtual_tokens_in_kv_only else shape.virtual_tokens),

@@ -8,7 +8,7 @@ from backend.methods.skeleton import build_meta_model, count_parameters, decoder
 from backend.methods.loading import (
     apply_method, create_optimizer, exact_counts, load_dtype, load_trainable_model, optimizer_class,
 )
-from backend.methods.validation import available_precisions, bitsandbytes_problem, validate_for_model
+from backend.methods.validation import bitsandbytes_problem, validate_for_model
 from backend.methods.inspect import ModelInfo, inspect_model, target_shortcuts
 
 # Method modules register themselves on import; the order here is the order the UI lists them.
@@ -25,6 +25,6 @@ __all__ = [
     "METHODS", "MethodSpec", "register", "get_method", "always_mergeable", "complete_model",
     "build_meta_model", "count_parameters", "decoder_layers", "linear_layer_names",
     "apply_method", "create_optimizer", "exact_counts", "load_dtype", "load_trainable_model", "optimizer_class",
-    "available_precisions", "bitsandbytes_problem", "validate_for_model",
+    "bitsandbytes_problem", "validate_for_model",
     "ModelInfo", "inspect_model", "target_shortcuts", "method_callbacks", "save_trained",
 ]

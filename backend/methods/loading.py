@@ -16,7 +16,7 @@ from backend.core.catalog import OPTIMIZER, OPTIMIZERS
 from backend.core.config import MethodConfig, RunConfig
 from backend.core.errors import UserError
 from backend.core.models import ModelError, load_causal_lm
-from backend.core.precision import Machine, PrecisionPlan, plan_for, torch_dtype
+from backend.core.precision import plan_for, torch_dtype
 from backend.methods.registry import get_method
 from backend.methods.skeleton import _as_config, build_meta_model, count_parameters
 from backend.methods.validation import bitsandbytes_problem
@@ -60,20 +60,10 @@ def exact_counts(cfg: Any, model_config: Any = None) -> tuple[int, int]:
                           cfg.trust_remote_code)
 
 
-def precision_of(cfg: Any, machine: Optional[Machine] = None) -> PrecisionPlan:
-    """backend.core.precision's plan for cfg with its method's flags from the registry.
-
-    machine None: as configured (what the loader and the estimator use); a Machine: also whether
-    it can train it (validation and the trainer pass backend.core.precision.this_machine()).
-    """
-    spec = get_method(cfg.method.name)
-    return plan_for(cfg, quantized=spec.quantized, uses_peft=spec.uses_peft, machine=machine)
-
-
 def load_dtype(cfg: Any) -> torch.dtype:
     """The dtype the base weights load in (backend.core.precision decides: fp16 with trainable
     base weights loads fp32 master weights; a 4-bit method loads in its compute dtype)."""
-    return torch_dtype(precision_of(cfg).load)
+    return torch_dtype(plan_for(cfg).load)
 
 
 def quantization_config(cfg: Any):

@@ -10,12 +10,10 @@ from typing import Any, Optional
 
 from backend.core.catalog import OPTIMIZER, OPTIMIZERS
 from backend.core.models import ModelError, check_causal_lm
-from backend.core.precision import available_precisions, plan_for, this_machine
+from backend.core.precision import plan_for, this_machine
 from backend.methods.registry import get_method
 from backend.methods.skeleton import linear_layer_names
 
-# available_precisions is re-exported for backend.methods (the Method tab lists its choices).
-__all__ = ["available_precisions", "bitsandbytes_problem", "validate_for_model"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -84,7 +82,7 @@ def validate_for_model(cfg: Any, model_config: Any) -> dict[str, str]:
         if problem:
             errors["method.name"] = problem
     # train.precision and a 4-bit compute dtype this machine cannot train (backend.core.precision).
-    errors.update(plan_for(cfg, quantized=spec.quantized, uses_peft=spec.uses_peft, machine=this_machine()).problems)
+    errors.update(plan_for(cfg, this_machine()).problems)
     if OPTIMIZERS[cfg.train.optimizer].bitsandbytes:
         try:
             import bitsandbytes  # noqa: F401

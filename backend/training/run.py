@@ -86,10 +86,9 @@ def effective_config(cfg):
     (bf16 on a CPU trains in fp32) is changed with a note.
     """
     import torch
-    from backend.methods.loading import precision_of
 
     train = {}
-    plan = precision_of(cfg, precision.this_machine())
+    plan = precision.plan_for(cfg, precision.this_machine())
     if plan.problems:
         raise UserError(" ".join(plan.problems.values()))
     if plan.precision != cfg.train.precision:

@@ -20,7 +20,8 @@ from backend.core.config import ConfigError, config_to_yaml, validate_config
 from backend.core.errors import UserError
 from backend.core.io import atomic_write_text
 from backend.core import catalog
-from backend.methods import METHODS, available_precisions, inspect_model
+from backend.core.precision import available_precisions
+from backend.methods import METHODS, inspect_model
 from backend.objectives.validate import is_alignment
 from backend.training.checks import check_run
 from backend.core.models import BUNDLED, ModelError

@@ -6,9 +6,10 @@ import torch
 from transformers import GPT2Config, LlamaConfig
 
 from backend.core.config import METHOD_NAMES, MethodConfig, RunConfig
+from backend.core.precision import available_precisions
 from backend.training.checks import check_run
 from backend.methods import (
-    METHODS, always_mergeable, apply_method, available_precisions, build_meta_model,
+    METHODS, always_mergeable, apply_method, build_meta_model,
     count_parameters, exact_counts, get_method, linear_layer_names, register, target_shortcuts,
     validate_for_model,
 )

@@ -1,7 +1,8 @@
 """The Method tab's pure helpers: field generation, config writing, estimate rendering, error sentences."""
 from __future__ import annotations
 
-from backend.methods import METHODS, available_precisions
+from backend.core.precision import available_precisions
+from backend.methods import METHODS
 from studio.tabs.method import (
     LABELS, METHOD_FIELDS, effective_batch_text, label_of, field_kind, shown_fields, widget_to_value, with_fields,
 )

@@ -14,9 +14,9 @@ from backend.core import precision as P
 from backend.core.config import RunConfig
 from backend.core.errors import UserError
 from backend.estimator import estimate
-from backend.estimator.plan import dtype_plan, method_flags
 from backend.estimator.precise import precise_estimate
-from backend.methods import available_precisions, load_dtype, validate_for_model
+from backend.core.precision import available_precisions
+from backend.methods import load_dtype, validate_for_model
 from backend.methods import validation
 from backend.training import run as trainer
 
@@ -59,7 +59,7 @@ def test_full_fine_tuning_loads_the_same_dtype_in_loader_closed_form_and_trace(p
 ])
 def test_loader_and_estimator_read_one_plan(method, precision, compute, load, base):
     c = cfg(method, precision, compute_dtype=compute)
-    plan = dtype_plan(c, *method_flags(method))
+    plan = P.plan_for(c)  # the estimator's and the loader's plan
     assert (plan.load, plan.base) == (load, base)
     assert load_dtype(c) == P.torch_dtype(load)
     assert plan.compute == (compute if method == "qlora" else precision)
