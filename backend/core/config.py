@@ -5,6 +5,7 @@ file, so a run started by clicks can be repeated from a shell.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -13,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from backend.core import catalog
 from backend.core.io import atomic_write_text
+from backend.core.models import BUNDLED
 from backend.core.precision import PRECISIONS
 
 # The allowed names come from the catalog, so a method, objective or optimizer is written down once.
@@ -194,21 +196,26 @@ def validate_config(data: dict[str, Any], source: str | None = None) -> RunConfi
         raise ConfigError(fields, source) from None
 
 
-def load_config(path: str | Path) -> RunConfig:
+def read_settings(path: str | Path) -> Any:
+    """A config file's parsed content (YAML; a .json file as JSON), or a ConfigError naming the problem."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError({"": f"the file {p} does not exist"}) from None
-    except UnicodeDecodeError:
+    except (UnicodeDecodeError, IsADirectoryError):
         raise ConfigError({"": f"{p} is not a UTF-8 text file"}) from None
     try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
+        return json.loads(text) if p.suffix == ".json" else (yaml.safe_load(text) or {})
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError({"": f"{p} is not valid YAML{where}: {getattr(e, 'problem', e)}"}) from None
-    return validate_config(data, source=str(p))
+        kind = "JSON" if p.suffix == ".json" else "YAML"
+        raise ConfigError({"": f"{p} is not valid {kind}{where}: {getattr(e, 'problem', e)}"}) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    return validate_config(read_settings(path), source=str(Path(path)))
 
 
 def config_to_yaml(cfg: RunConfig) -> str:
@@ -219,20 +226,41 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
     atomic_write_text(Path(path), config_to_yaml(cfg))
 
 
+PATH_FIELDS = ("path", "validation_path")
+
+
+def resolve_paths(cfg: RunConfig, roots: list[Path], strict: bool = False,
+                  search_order: str = "", source: Optional[str] = None) -> RunConfig:
+    """cfg with each relative data path (and a relative model folder) made absolute against the first
+    of `roots` that holds it (idempotent). A data file no root holds stays as it is, or with `strict`
+    is a ConfigError naming the folders searched and `search_order`."""
+    updates: dict[str, str] = {}
+    for field in PATH_FIELDS:
+        value = getattr(cfg.data, field)
+        if not value or Path(value).expanduser().is_absolute():
+            continue
+        found = next((r / value for r in roots if (r / value).exists()), None)
+        if found is not None:
+            updates[field] = str(found.resolve())
+        elif strict:
+            looked = ", ".join(str(r) for r in roots)
+            raise ConfigError({f"data.{field}": (
+                f"the file {value} is in none of the folders searched ({looked}); relative paths are looked up "
+                f"in {search_order}; give an absolute path or move the file there")}, source)
+    if updates:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=updates)})
+    if cfg.model not in BUNDLED and not Path(cfg.model).expanduser().is_absolute():
+        # A relative model folder, if one exists; otherwise a hub id, left as it is.
+        folder = next((r / cfg.model for r in roots if (r / cfg.model).is_dir()), None)
+        if folder is not None:
+            cfg = cfg.model_copy(update={"model": str(folder.resolve())})
+    return cfg
+
+
 def absolute_paths(cfg: RunConfig) -> RunConfig:
     """cfg with relative data/model paths resolved against the current directory (idempotent), so a run
     or a queued config no longer depends on where it was started from."""
-    updates: dict[str, Any] = {}
-    data = cfg.data
-    for field in ("path", "validation_path"):
-        value = getattr(data, field)
-        if value and not Path(value).is_absolute() and Path(value).exists():
-            updates[field] = str(Path(value).resolve())
-    if updates:
-        cfg = cfg.model_copy(update={"data": data.model_copy(update=updates)})
-    if not Path(cfg.model).is_absolute() and Path(cfg.model).is_dir():
-        cfg = cfg.model_copy(update={"model": str(Path(cfg.model).resolve())})
-    return cfg
+    return resolve_paths(cfg, [Path.cwd()])
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from backend import cli
-from backend.core.config import ConfigError, RunConfig, config_to_yaml
+from backend.core.config import ConfigError, RunConfig, config_to_yaml, resolve_paths
 from backend.core.paths import PRESETS_DIR, PROJECT_ROOT
 from backend.core.presets import load_preset, preset_config
 from backend.runs import queue, rundir
-from backend.runs.run_files import read_run_files, resolve_paths, search_roots
+from backend.runs.run_files import read_run_files, search_roots
 
 pytestmark = pytest.mark.timeout(600)
 PRESETS = sorted(PRESETS_DIR.glob("*.yaml"))
