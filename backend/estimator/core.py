@@ -86,7 +86,7 @@ def _gradients(shape: ModelShape, plan: PrecisionPlan) -> tuple[int, str]:
 def _optimizer(shape: ModelShape, plan: PrecisionPlan, optimizer: str, strategy: str) -> tuple[int, str, int]:
     """(state bytes, formula, step temporaries)."""
     base_b = T.dtype_bytes(plan.base)
-    zero_master = strategy in ("zero1", "zero2", "zero3") and optimizer == "adamw_torch"
+    zero_master = strategy in ("zero1", "zero2", "zero3") and optimizer == OPTIMIZER.adamw_torch
     total = master = 0
     for shp, is_base, count in shape.trainable_shapes:
         numel = math.prod(shp)

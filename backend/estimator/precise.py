@@ -29,7 +29,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from backend.core.catalog import OPTIMIZERS
+from backend.core.catalog import OPTIMIZER, OPTIMIZERS
 from backend.core.precision import plan_for, torch_dtype
 from backend.estimator import terms as T
 from backend.estimator.core import estimate
@@ -76,12 +76,12 @@ def _optimizer(cfg: Any, params: list[nn.Parameter]) -> Optional[torch.optim.Opt
     name, lr, wd = cfg.train.optimizer, cfg.train.learning_rate, cfg.train.weight_decay
     if not params:
         return None
-    if name == "adamw_torch":
+    if name == OPTIMIZER.adamw_torch:
         # On CUDA tensors torch picks the foreach implementation by default; fake CPU tensors would not.
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd, foreach=True)
-    if name == "sgd":
+    if name == OPTIMIZER.sgd:
         return torch.optim.SGD(params, lr=lr, foreach=True)
-    if name == "adafactor":
+    if name == OPTIMIZER.adafactor:
         from transformers.optimization import Adafactor
         return Adafactor(params, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
     if OPTIMIZERS[name].bitsandbytes:

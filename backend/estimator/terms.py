@@ -79,7 +79,7 @@ def gradient_bytes(trainable: int, dtype: str = "bf16") -> int:
     return int(trainable * dtype_bytes(dtype))
 
 
-def optimizer_state_breakdown(trainable: int, optimizer: str = "adamw_torch", state_dtype: str = "fp32",
+def optimizer_state_breakdown(trainable: int, optimizer: str = OPTIMIZER.adamw_torch, state_dtype: str = "fp32",
                               master_copy: bool = False) -> dict[str, int]:
     """Per-state bytes for `trainable` parameters held as large tensors.
 
@@ -110,7 +110,7 @@ def optimizer_state_breakdown(trainable: int, optimizer: str = "adamw_torch", st
     return out
 
 
-def optimizer_bytes(trainable: int, optimizer: str = "adamw_torch", state_dtype: str = "fp32",
+def optimizer_bytes(trainable: int, optimizer: str = OPTIMIZER.adamw_torch, state_dtype: str = "fp32",
                     master_copy: bool = False) -> int:
     return sum(optimizer_state_breakdown(trainable, optimizer, state_dtype, master_copy).values())
 

@@ -96,16 +96,18 @@ def effective_config(cfg):
         train["precision"] = plan.precision
     if not torch.cuda.is_available():
         if catalog.OPTIMIZERS[cfg.train.optimizer].bitsandbytes:
-            note(f"No GPU found: the {cfg.train.optimizer} optimizer needs CUDA; using adamw_torch.")
-            train["optimizer"] = "adamw_torch"
+            fallback = catalog.OPTIMIZER.adamw_torch
+            note(f"No GPU found: the {cfg.train.optimizer} optimizer needs CUDA; using {fallback}.")
+            train["optimizer"] = fallback
     if not train:
         return cfg
     return cfg.model_copy(update={"train": cfg.train.model_copy(update=train)})
 
 
 def build_datasets(cfg, tokenizer):
-    from backend.objectives.trainers import build_alignment_datasets
     if is_alignment(cfg.objective):
+        from backend.objectives.trainers import build_alignment_datasets
+
         return build_alignment_datasets(cfg, tokenizer)  # TRL tokenizes these itself (GRPO/RLOO: prompts only)
     loaded, train_rows, val_rows = load_for_training(cfg.data, cfg.train.seed)
     if not train_rows:
@@ -181,8 +183,9 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_ds, val_ds, faults
     if faults:
         callbacks.append(FaultCallback(faults))
     callbacks += method_callbacks(model, cfg, run_dir)  # AdaLoRA's ranks, unfreezing, Fish Mask
-    from backend.objectives.trainers import build_alignment_trainer
     if is_alignment(cfg.objective):
+        from backend.objectives.trainers import build_alignment_trainer
+
         trainer = build_alignment_trainer(cfg, args, model, tokenizer, train_ds, val_ds, callbacks,
                                           create_optimizer(model, cfg))
         install_save_fault(trainer, faults)
