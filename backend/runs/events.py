@@ -23,12 +23,6 @@ ALIGNMENT = "alignment"              # alignment trainers' metrics (reward margi
 FISH_MASK = "fish_mask"              # the Fish Mask method chose its trainable weights
 UNFREEZE = "unfreeze"                # gradual unfreezing made one more layer group trainable
 
-EVENT_TYPES = frozenset({
-    TRAIN_BEGIN, TRAIN, EVAL, EARLY_STOP, CHECKPOINT, TRAIN_END, END, ERROR, RESUME, RESUME_FALLBACK,
-    ALIGNMENT, FISH_MASK, UNFREEZE,
-})
-
-
 def check_event_type(event: Any) -> str:
     """The event's type; ValueError when it has none or one not in EVENT_TYPES (a typo in a writer)."""
     kind = event.get("type") if isinstance(event, dict) else None
@@ -157,3 +151,4 @@ EVENT_SHAPES: dict[str, type] = {
     RESUME: ResumeEvent, RESUME_FALLBACK: ResumeFallbackEvent, ALIGNMENT: AlignmentEvent,
     FISH_MASK: FishMaskEvent, UNFREEZE: UnfreezeEvent,
 }
+EVENT_TYPES = frozenset(EVENT_SHAPES)  # what append_event accepts
