@@ -221,11 +221,3 @@ OPTIMIZER = SimpleNamespace(**{n: n for n in OPTIMIZERS})
 def methods_where(**flags: object) -> tuple[str, ...]:
     """Method names whose fields equal the given values, in catalog order."""
     return tuple(n for n, m in METHODS.items() if all(getattr(m, k) == v for k, v in flags.items()))
-
-
-def objectives_where(**flags: object) -> tuple[str, ...]:
-    return tuple(n for n, o in OBJECTIVES.items() if all(getattr(o, k) == v for k, v in flags.items()))
-
-
-def optimizers_where(**flags: object) -> tuple[str, ...]:
-    return tuple(n for n, o in OPTIMIZERS.items() if all(getattr(o, k) == v for k, v in flags.items()))
