@@ -30,7 +30,6 @@ def run(args: argparse.Namespace) -> dict[str, Any] | int:
     # Scores are compared to each other: on a CPU use fp32, where bf16 would round close scores together.
     model, tokenizer = load_reward_model(args.reward_model, dtype=None if torch.cuda.is_available() else torch.float32)
     if args.data is not None:
-
         loaded = load_rows(args.data)
         if loaded.format != "preference":
             raise UserError(f"{args.data} holds '{loaded.format}' rows; scoring accuracy needs prompt/chosen/rejected "

@@ -91,7 +91,6 @@ def get_tokenizer(model: str, trust_remote_code: bool = False):
 def _load_tokenizer_retrying(model: str, trust_remote_code: bool, attempts: int = 3):
     import time
 
-
     for attempt in range(attempts):
         try:
             return load_tokenizer(model, trust_remote_code=trust_remote_code)
@@ -321,7 +320,6 @@ def build_sft_dataset(tokenizer, rows: list[dict], data_cfg: Any):
     a loss of 0/0. Plain-text rows with packing are cut into full blocks instead of truncated.
     """
     import datasets
-
 
     if not rows:
         raise UserError("There are no rows to train on. Load a dataset with at least one usable row.")

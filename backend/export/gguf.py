@@ -50,7 +50,6 @@ def locate_source(src: str | Path, base: Optional[str] = None) -> ExportSource:
         raise UserError("Nothing to export. Pick a finished run, an adapter folder or a model folder.")
     p = Path(text).expanduser()
     if not p.exists():
-
         if text in BUNDLED:
             return ExportSource("model", ensure_bundled(text), base, ensure_bundled(text))
         raise UserError(f"{p} does not exist. Pick a finished run, an adapter folder or a model folder.")
@@ -59,13 +58,11 @@ def locate_source(src: str | Path, base: Optional[str] = None) -> ExportSource:
     is_run = (p / "config.yaml").exists() and (p / "adapter").is_dir()
     adapter_dir = p / "adapter" if is_run else p
     if (adapter_dir / "adapter_config.json").exists():
-
         found = locate_adapter(p)
         tok_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else Path(_model_dir(found.base))
         return ExportSource("adapter", p, base or found.base, tok_dir)
     if (adapter_dir / "config.json").exists():
         if is_run and base is None:
-
             base = load_config(p / "config.yaml").model  # a full fine-tune: its base is the run's model
         merged_from = read_json(adapter_dir / ".ftstudio-merged", {}) or {}
         return ExportSource("model", adapter_dir, base or merged_from.get("base"), adapter_dir)
@@ -145,7 +142,6 @@ def export_gguf(src: str | Path, out_file: str | Path, quant: str = "f16", progr
     behaves like the base.
     """
     from transformers import AutoConfig, AutoTokenizer
-
 
     quant = check_quant(quant)
     source = locate_source(src, base)

@@ -147,7 +147,6 @@ def check_export(gguf_path: Path, source_dir: Path, ref_tok: Any, quant: str,
     scale = max(1.0, max(float(x.abs().max()) for x in source))
     base_logits, notes = None, []
     if base:
-
         if progress:
             progress(0.8, "Checking: logits of the untrained base model")
         try:

@@ -61,7 +61,6 @@ class AdapterSource:
 
 
 def _run_config(run_dir: Path):
-
     return load_config(run_dir / "config.yaml")
 
 
@@ -146,7 +145,6 @@ def _say(progress: Progress, fraction: float, message: str) -> None:
 
 
 def _load_base(ref: str, dtype: Any):
-
     try:
         return load_causal_lm(ref, dtype=dtype)
     except ModelError as e:
@@ -156,7 +154,6 @@ def _load_base(ref: str, dtype: Any):
 def _load_tokenizer_for(src: AdapterSource):
     """The adapter folder's tokenizer first: training may have set its chat template."""
     from transformers import AutoTokenizer
-
 
     if (src.adapter_dir / "tokenizer_config.json").exists():
         return AutoTokenizer.from_pretrained(str(src.adapter_dir))

@@ -94,7 +94,6 @@ class ChatEngine:
 
         import torch
 
-
         self.model = self.tokenizer = None
         self.adapters, self.active, self.base_source = {}, None, None
         gc.collect()
@@ -147,7 +146,6 @@ class ChatEngine:
     def _load_tokenizer(self, adapter_dir: Optional[Path]) -> None:
         """The adapter's tokenizer when it saved one: training may have given it its chat template."""
         from transformers import AutoTokenizer
-
 
         if adapter_dir is not None and (adapter_dir / "tokenizer_config.json").exists():
             tok = AutoTokenizer.from_pretrained(str(adapter_dir))

@@ -34,7 +34,6 @@ def _load_models(cfg, adapter: Path, device: str, dtype):
     """(model, use_adapter context factory, base context factory) for PEFT and full runs alike."""
     import contextlib
 
-
     if (adapter / "adapter_config.json").exists():
         from peft import PeftModel
 
@@ -89,7 +88,6 @@ def _generate(model, tokenizer, prompt_text: str, device: str, max_new_tokens: i
 
 def evaluate_run(run_dir: str | Path, data_path: Optional[str] = None, samples: int = 5,
                  max_new_tokens: int = 48, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise UserError(f"{run_dir} is not a run directory (it has no config.yaml).")

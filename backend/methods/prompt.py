@@ -23,7 +23,6 @@ def _prompt_merge(_cfg: Any) -> tuple[bool, str]:
 def apply_prompt_tuning(model: nn.Module, cfg: Any) -> nn.Module:
     from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 
-
     m = cfg.method
     kwargs: dict[str, Any] = {"prompt_tuning_init": PromptTuningInit.RANDOM}
     # Initialising from text reads the real embeddings; a meta skeleton has none (and the count is the same).

@@ -109,7 +109,6 @@ def install_mask(model: nn.Module, masks: dict[str, torch.Tensor]) -> int:
 def _fish_callbacks(model: Any, cfg: Any, run_dir: Path) -> list:
     from transformers import TrainerCallback
 
-
     class FishMaskCallback(TrainerCallback):
         """Measures the Fisher information on a few training batches when training begins (the
         optimizer already holds every weight; unselected ones then get no gradient at all)."""
@@ -189,7 +188,6 @@ class UnfreezeSchedule:
 
 def _unfreeze_callbacks(model: Any, cfg: Any, run_dir: Path) -> list:
     from transformers import TrainerCallback
-
 
     every = cfg.method.unfreeze_every
     schedule = UnfreezeSchedule(model)

@@ -182,19 +182,16 @@ def locate_reward_model(ref: str) -> dict[str, Any]:
 
     p = Path(ref).expanduser()
     if not p.is_dir():
-
         if not p.exists() and looks_like_hub_id(ref):
             # A hub reward model (owner/name): checked when it downloads, like a hub base model.
             return {"kind": "full", "path": ref, "base": None}
         raise UserError(f"The reward model {ref} is not a directory; pick a finished reward-model run, a "
                         "directory holding a reward model, or a hub id (owner/name).")
     if (p / "config.yaml").exists() and not (p / "adapter").is_dir():
-
         state = rundir.read_status(p).get("state") or "unknown"
         raise UserError(f"The run {p.name} has no saved model yet (state: {state}); wait until it has finished, "
                         "or pick a finished reward-model run.")
     if (p / "config.yaml").exists():  # a studio run directory
-
         run_cfg = load_config(p / "config.yaml")
         if run_cfg.objective != catalog.OBJECTIVE.reward:
             raise UserError(f"The run {p.name} trained with the {run_cfg.objective} objective, not a reward "
@@ -223,7 +220,6 @@ def locate_reward_model(ref: str) -> dict[str, Any]:
 def load_reward_model(ref: str, dtype: Any, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """(sequence-classification model in eval mode, its tokenizer) for a reward model reference."""
     from transformers import AutoModelForSequenceClassification
-
 
     found = locate_reward_model(ref)
     if found["kind"] == "full":

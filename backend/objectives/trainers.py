@@ -127,7 +127,6 @@ def load_objective_model(cfg: Any) -> Any:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     torch.manual_seed(cfg.train.seed)  # the new head starts random; the seed makes it repeatable
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -168,7 +167,6 @@ def _conversation(rows: list[dict], fmt: str, system: Optional[str]) -> list[dic
 
 def build_alignment_datasets(cfg: Any, tokenizer: Any = None) -> tuple[Any, Any]:
     from datasets import Dataset
-
 
     spec, _ = get_objective(cfg.objective)
     loaded, train_rows, val_rows = load_for_training(cfg.data, cfg.train.seed)

@@ -352,7 +352,6 @@ def notify_end(run_dir: Path, wait_s: float = 10.0) -> None:
     runs in a daemon thread joined for at most `wait_s`, so a hanging hook cannot keep the process alive."""
     import threading
 
-
     try:
         url = load_config(run_dir / rundir.CONFIG_FILE).notify.webhook
     except Exception:  # noqa: BLE001 - no readable config, no webhook to call
