@@ -56,8 +56,16 @@ def launch_from_args(args: argparse.Namespace) -> None:
     workspace = Path(args.workspace).expanduser().resolve()
     workspace.mkdir(parents=True, exist_ok=True)
     os.environ["FTSTUDIO_WORKSPACE"] = str(workspace)
-    auth = parse_auth(args.auth)
-    if not is_loopback(args.host) and auth is None:
+    pair = parse_auth(args.auth)
+    allowed = []
+    for folder in getattr(args, "allow_path", None) or []:
+        p = Path(folder).expanduser()
+        if not p.is_dir():
+            raise SystemExit(f"--allow-path {folder}: no such folder. Name an existing folder to let the studio read it.")
+        allowed.append(p)
+    from backend.core import access
+    allowed = access.allow_paths(allowed)
+    if not is_loopback(args.host) and pair is None:
         print(f"WARNING: the studio is bound to {args.host} without --auth: anyone who can reach "
               "this address can start training and read your data. Add --auth USER:PASS.",
               file=sys.stderr)
@@ -75,6 +83,15 @@ def launch_from_args(args: argparse.Namespace) -> None:
     _patient_localhost_probe()
     demo.queue(default_concurrency_limit=4)
     print(f"Fine-Tune Studio: http://{args.host}:{args.port}  (workspace {workspace})", flush=True)
+    if allowed:
+        print("The studio may also read: " + ", ".join(str(p) for p in allowed), flush=True)
+    from starlette.middleware import Middleware
+    from studio.login_throttle import login_checker
+    from studio.web_guard import OriginGuard
+
+    # A wrong password is slowed down (login_throttle); cross-site POSTs are refused (web_guard).
+    auth = login_checker(*pair) if pair else None
     demo.launch(server_name=args.host, server_port=args.port, auth=auth, inbrowser=False,
                 share=False, show_error=True, css=CSS, allowed_paths=[str(workspace)],
-                footer_links=[], ssr_mode=False, quiet=True)
+                footer_links=[], ssr_mode=False, quiet=True,
+                app_kwargs={"middleware": [Middleware(OriginGuard)]})

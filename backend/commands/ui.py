@@ -9,6 +9,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--workspace", default="workspace", help="where runs, uploads and caches go")
     p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
+    p.add_argument("--allow-path", action="append", default=[], metavar="DIR",
+                   help="a folder outside the workspace the studio may read (data, models); repeat for more")
     p.add_argument("--no-browser", action="store_true", help="accepted for compatibility; no browser is opened")
 
 

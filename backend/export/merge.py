@@ -24,7 +24,7 @@ from backend.core.errors import UserError
 from backend.core.io import atomic_write_json, read_json
 from backend.core.models import BUNDLED, ModelError, load_causal_lm, load_tokenizer, model_cache_dir
 from backend.core.paths import PROJECT_ROOT
-from backend.core.security import refuse_pickled_weights
+from backend.core.security import is_within, refuse_pickled_weights
 from backend.runs.rundir import adapter_dir, list_runs
 
 Progress = Optional[Callable[[float, str], None]]
@@ -352,17 +352,40 @@ def _fix_base_reference(adapter_dir: Path, base: str) -> None:
 
 
 def export_zip(adapter_dir: str | Path, out_zip: str | Path) -> Path:
-    """Zip an adapter folder (or a run's adapter) for download."""
+    """Zip an adapter folder (or a run's adapter) for download.
+
+    Only regular files that lie inside the folder are packed: a symbolic link whose target is outside
+    it (a file or a folder) is left out, so a link planted in an adapter folder cannot carry /etc or
+    ~/.ssh into a download. Folders are walked without following links."""
     src = locate_adapter(adapter_dir)
+    root = src.adapter_dir.resolve()
+    picked = Path(str(adapter_dir).strip()).expanduser().resolve()
+    if not (is_within(picked, root) or (src.run_dir is not None and is_within(src.run_dir, root))):
+        raise UserError(f"{src.adapter_dir} is a link to a folder outside {picked}; the studio does not zip "
+                        "what a link points to outside the folder. Pick the adapter folder itself.")
     out_zip = Path(out_zip).expanduser().resolve()
     out_zip.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_zip.with_name(f".{out_zip.name}.partial")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for f in sorted(src.adapter_dir.rglob("*")):
-            if f.is_file():
-                zf.write(f, arcname=str(Path(src.adapter_dir.name) / f.relative_to(src.adapter_dir)))
+        for f in _files_inside(root):
+            zf.write(f, arcname=str(Path(src.adapter_dir.name) / f.relative_to(root)))
     os.replace(tmp, out_zip)
     return out_zip
+
+
+def _files_inside(root: Path) -> list[Path]:
+    """Regular files under `root` (sorted) whose real path is inside it; links out and special files skipped."""
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs.sort()
+        for name in files:
+            f = Path(folder) / name
+            try:
+                if f.is_file() and is_within(root, f):  # is_file follows a link; is_within resolves it
+                    found.append(f)
+            except OSError:
+                continue
+    return sorted(found)
 
 
 def estimate_merged_bytes(base: str) -> Optional[int]:

@@ -10,11 +10,12 @@ import atexit
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import gradio as gr
 
 from backend.inference.chat import DEFAULT_SETTINGS, ChatClient, ChatError, build_messages, chat_choices, split_choice
+from backend.core import access
 from backend.core.config import ConfigError
 from backend.core.errors import UserError
 from backend.core.models import DEFAULT_MODEL, ModelError
@@ -50,17 +51,21 @@ def _loaded_text(info: dict[str, Any]) -> str:
 class ChatSession:
     """The tab's link to the worker: one client per studio (single-user) and a stop request flag."""
 
-    def __init__(self) -> None:
+    def __init__(self, workspace: Optional[Path] = None) -> None:
+        self.workspace = workspace  # set in the studio: what it may load is checked against its policy
         self.client = ChatClient()
         self.stop_requested = threading.Event()
         self.loaded = False
         atexit.register(self.client.shutdown)
 
     def load(self, choice: str, quantize: bool) -> str:
-        model, adapter = split_choice(choice)
-        if not model and not adapter:
+        if not (choice or "").strip():
             return TEXT["not_loaded"]
         try:
+            if self.workspace is not None:
+                # Before split_choice looks at the disk: one sentence whether the folder is missing or not allowed.
+                choice = access.policy(self.workspace).model(choice, "model or adapter folder")
+            model, adapter = split_choice(choice)
             info = self.client.load(model, adapter, quantize=quantize)
         except BAD_INPUT as e:
             return _error(e)
@@ -155,7 +160,7 @@ def _conversation_layout(c: ChatView) -> None:
 
 
 def build(ctx: StudioContext) -> None:
-    session = ChatSession()
+    session = ChatSession(ctx.workspace)
     ctx.extras["chat_client"] = session.client
     c = ChatView(ctx, session)
     gr.Markdown("## Chat\n" + TEXT["intro"])

@@ -7,6 +7,7 @@ import html
 
 import gradio as gr
 
+from backend.core import access
 from backend.core.config import ConfigError, validate_config
 from backend.training.distributed import write_bundle
 from backend.core.errors import UserError
@@ -17,6 +18,7 @@ from studio.context import StudioContext
 def bundle_for(ctx: StudioContext, rc: dict, nodes: float, gpus: float, name: str) -> str:
     """Markdown saying what was written and how to start it, or the sentence why not."""
     try:
+        access.policy(ctx.workspace).run_config(rc)
         cfg = validate_config(rc)
         folder = safe_join(ctx.workspace / "bundles", safe_filename(name or cfg.name or "bundle", default="bundle"))
         out = write_bundle(cfg, int(nodes or 0), int(gpus or 0), folder)

@@ -20,6 +20,7 @@ import gradio as gr
 
 from pydantic import ValidationError
 
+from backend.core import access
 from backend.core.config import ConfigError, DataConfig, validate_config
 from backend.data.records import FORMATS, LoadedDataset, load_rows, split_rows
 from backend.core.errors import UserError
@@ -331,6 +332,8 @@ def load_all(v: DatasetView, path, fmt_v, mapping, skip_v, tmpl, sysp, maxlen, t
     if not path:
         return {v.status: "No dataset loaded yet."}
     try:
+        # The sample, upload, path box and mapping all arrive here: check before the file is touched.
+        path = str(access.policy(v.ctx.workspace).readable(path, "dataset file"))
         ds = v.cache.load(path, mapping, fmt_v, bool(skip_v))
         cfg = data_cfg(path, tmpl, sysp, maxlen, top, last, pack, run_config)
         new_rc = with_data(run_config, path=path, format=ds.format, mapping=ds.mapping,

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 import gradio as gr
 
+from backend.core import access
 from backend.export import merge as mg
 from backend.core.config import ConfigError
 from backend.core.errors import UserError
@@ -177,9 +178,20 @@ def on_refresh(ws: Path, current: str, chosen: list[str]):
     return gr.update(choices=choices, value=current), gr.update(choices=choices, value=chosen)
 
 
+def _adapter(ws: Path, choice: str) -> str:
+    """The picked run or adapter folder, resolved, when the studio may read it (UserError otherwise)."""
+    return str(access.policy(ws).readable(choice, "run or adapter folder"))
+
+
 def on_pick(ws: Path, choice: str):
     """Reads the picked run; writes the description and a default output folder."""
-    return describe(choice), default_out(ws, choice) if (choice or "").strip() else ""
+    if not (choice or "").strip():
+        return describe(choice), ""
+    try:
+        _adapter(ws, choice)
+    except UserError as e:
+        return f"<span class='ft-error'>{e}</span>", default_out(ws, choice)
+    return describe(choice), default_out(ws, choice)
 
 
 def on_merge(ws: Path, choice: str, out_dir: str) -> Iterator[Any]:
@@ -188,14 +200,17 @@ def on_merge(ws: Path, choice: str, out_dir: str) -> Iterator[Any]:
         yield TEXT["no_pick"]
         return
     try:
-        ok, reason = mg.can_merge(mg.locate_adapter(choice))
+        # Both paths are checked before any work starts: the merge loads whole models.
+        source = _adapter(ws, choice)
+        out = access.policy(ws).writable((out_dir or "").strip() or default_out(ws, choice), "merge output folder")
+        ok, reason = mg.can_merge(mg.locate_adapter(source))
     except BAD_INPUT as e:
         yield f"<span class='ft-error'>{e}</span>"
         return
     if not ok:
         yield f"<span class='ft-error'>{reason}</span>"
         return
-    yield from stream_job(mg.merge_command([choice.strip()], (out_dir or "").strip() or default_out(ws, choice)))
+    yield from stream_job(mg.merge_command([source], str(out)))
 
 
 def on_zip(ws: Path, choice: str):
@@ -203,8 +218,9 @@ def on_zip(ws: Path, choice: str):
     if not (choice or "").strip():
         return None, TEXT["no_pick"]
     try:
+        source = _adapter(ws, choice)
         target = ws / "exports" / (Path(default_out(ws, choice)).name + "-adapter.zip")
-        z = mg.export_zip(choice, target)
+        z = mg.export_zip(source, target)
     except BAD_INPUT as e:
         return None, f"<span class='ft-error'>{e}</span>"
     except OSError as e:
@@ -220,10 +236,12 @@ def on_combine(ws: Path, chosen: list[str], w: str, how: str, dens: float, dest:
         return
     try:
         ws_list = parse_weights(w, len(chosen))
+        chosen = [_adapter(ws, c) for c in chosen]
+        dest = str(access.policy(ws).writable((dest or "").strip() or str(ws / "merged" / "combined"),
+                                              "combined adapter folder"))
     except UserError as e:
         yield f"<span class='ft-error'>{e}</span>"
         return
-    dest = (dest or "").strip() or str(ws / "merged" / "combined")
     yield from stream_job(mg.merge_command(chosen, dest, ws_list, how, float(dens), bool(full)))
 
 

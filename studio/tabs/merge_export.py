@@ -12,6 +12,8 @@ from typing import Any, Iterator
 
 import gradio as gr
 
+from backend.core import access
+from backend.core.errors import UserError
 from backend.export import merge as mg
 from backend.export.gguf import export_command
 from backend.core.security import safe_filename, safe_join
@@ -66,9 +68,14 @@ def build(ctx: StudioContext, run: gr.Dropdown) -> None:
         if not (choice or "").strip():
             yield "Pick a run or type an adapter or model folder above first."
             return
+        try:
+            source = str(access.policy(ws).readable(choice, "run, adapter or model folder"))
+        except UserError as e:
+            yield f"<span class='ft-error'>{html.escape(str(e))}</span>"
+            return
         stem = safe_filename((fname or "").strip() or Path(choice.strip()).name, default="model")
         if not stem.endswith(".gguf"):
             stem += f"-{q}.gguf"
-        yield from stream_export(choice.strip(), str(safe_join(ws / "exports", stem)), q)
+        yield from stream_export(source, str(safe_join(ws / "exports", stem)), q)
 
     go.click(on_export, [run, quant, name], status, concurrency_id="merge", concurrency_limit=1)

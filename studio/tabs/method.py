@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import gradio as gr
 
+from backend.core import access
 from backend.core.config import ConfigError, config_to_yaml, validate_config
 from backend.core.errors import UserError
 from backend.core.io import atomic_write_text
@@ -104,8 +105,14 @@ def effective_batch_text(rc: dict[str, Any]) -> str:
     return TEXT["effective"].format(b=b, a=a, g=g, e=b * a * g)
 
 
-def problems_of(rc: dict[str, Any]) -> tuple[Any, dict[str, str]]:
-    """(RunConfig or None, field path -> sentence) for everything this tab can check before training."""
+def problems_of(rc: dict[str, Any], workspace: Optional[Path] = None) -> tuple[Any, dict[str, str]]:
+    """(RunConfig or None, field path -> sentence) for everything this tab can check before training.
+
+    With the studio's workspace, a path the studio may not read is reported first, and nothing is read from it."""
+    if workspace is not None:
+        refused = access.policy(workspace).config_problems(rc)
+        if refused:
+            return None, refused
     try:
         cfg, errors = check_run(rc)
     except BAD_INPUT as e:
@@ -343,7 +350,7 @@ def error_updates(v: MethodView, errors: dict[str, str], method_v: str) -> dict:
 def on_edit(v: MethodView, *args):
     """Reads every field; writes run_config, the per-field errors, visibility and help."""
     rc = read(v, *args)
-    _, errors = problems_of(rc)
+    _, errors = problems_of(rc, v.ctx.workspace)
     shown_now = shown_fields(rc["method"]["name"])
     spec = METHODS.get(rc["method"]["name"])
     out = {v.ctx.run_config: rc, v.help_md: spec.help if spec else "", v.batch_md: effective_batch_text(rc),
@@ -362,6 +369,7 @@ def on_inspect(v: MethodView, model_v, targets_v, all_v, rc):
     rc = copy.deepcopy(rc or {})
     rc["model"] = (model_v or "").strip()
     try:
+        access.policy(v.ctx.workspace).model(rc["model"])
         info = inspect_model(rc["model"], trust_remote_code=bool(rc.get("trust_remote_code")))
     except BAD_INPUT as e:
         return {v.model_md: "", v.errs["model"]: gr.update(value=str(e), visible=True), v.ctx.run_config: rc}
@@ -372,7 +380,7 @@ def on_inspect(v: MethodView, model_v, targets_v, all_v, rc):
     choices = info.linear_layers + [t for t in chosen if t not in info.linear_layers]
     if all_v:
         chosen = list(info.linear_layers)
-    _, errors = problems_of(rc)
+    _, errors = problems_of(rc, v.ctx.workspace)
     out = {v.model_md: model_info_text(info), v.ctx.run_config: rc,
            v.targets: gr.update(choices=choices, value=chosen),
            v.sc_attn: gr.update(visible="attention only" in info.shortcuts),
@@ -384,6 +392,7 @@ def on_inspect(v: MethodView, model_v, targets_v, all_v, rc):
 def on_shortcut(v: MethodView, which: str, model_v, *rest):
     """Reads the model; writes the target selection (then on_edit runs)."""
     try:
+        access.policy(v.ctx.workspace).model(model_v)
         info = inspect_model((model_v or "").strip())
     except BAD_INPUT as e:
         return {v.errs["model"]: gr.update(value=str(e), visible=True)}
@@ -395,7 +404,9 @@ def on_shortcut(v: MethodView, which: str, model_v, *rest):
 
 def on_state(v: MethodView, rc, card):
     """Reads run_config (any tab may have changed it); writes the estimate and the data fields shown here."""
-    fig, fits, details = compute_estimate(rc, card)
+    refused = access.policy(v.ctx.workspace).config_problems(rc)
+    # The estimate reads the model's config.json: not from a folder the studio may not read.
+    fig, fits, details = (None, next(iter(refused.values())), "") if refused else compute_estimate(rc, card)
     return {v.plot: fig, v.fits_md: fits, v.details_md: details, v.batch_md: effective_batch_text(rc),
             v.widgets["data.max_length"]: get_path(rc, "data.max_length"),
             v.widgets["data.packing"]: bool(get_path(rc, "data.packing"))}

@@ -16,6 +16,7 @@ import gradio as gr
 
 from backend.runs import runner
 from backend.runs import rundir
+from backend.core import access
 from backend.core.config import ConfigError, RunConfig, config_to_yaml, load_config, validate_config
 from backend.core.errors import UserError
 from backend.core.models import ModelError
@@ -286,6 +287,7 @@ def on_config(rc):
 def on_start(ctx: StudioContext, rc, lv):
     """Reads the RunConfig; starts a run and views it."""
     try:
+        access.policy(ctx.workspace).run_config(rc)
         cfg = validate_config(rc)
         if webhook_problem(cfg.notify.webhook):
             raise UserError(webhook_problem(cfg.notify.webhook))

@@ -21,6 +21,7 @@ import gradio as gr
 
 from backend.runs import queue as run_queue
 from backend.runs import rundir
+from backend.core import access
 from backend.core.config import ConfigError, config_to_yaml, save_config, validate_config
 from backend.core.errors import UserError
 from backend.inference.evaluate import EVAL_FILE
@@ -68,7 +69,9 @@ def queue_rows(workspace: Path) -> tuple[list[list[Any]], Optional[str]]:
 
 
 def queue_config(workspace: Path, rc: dict[str, Any]) -> dict[str, Any]:
-    """Validate the session's RunConfig (a malformed webhook too) and append it to the queue."""
+    """Validate the session's RunConfig (its paths against the studio's policy, a malformed webhook too) and
+    append it to the queue."""
+    access.policy(workspace).run_config(rc)
     cfg = validate_config(rc)
     problem = webhook_problem(cfg.notify.webhook)
     if problem:
