@@ -3,15 +3,20 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+import sys
+import time
+from typing import Any, Callable
 
 from backend.core.config import DataConfig
 from backend.core.errors import UserError
 from backend.core.models import DEFAULT_MODEL
-from backend.data.records import load_rows
+from backend.data.files import Budget
+from backend.data.records import load_rows, look_seconds
 from backend.data.templates import get_tokenizer, preview_row, resolve_template, token_length_stats
 
 ERRORS_SHOWN = 100
+STATS_ROWS = 20_000   # tokenizing is the slow part: the statistics come from the first rows
+PROGRESS_AFTER = 2.0  # seconds before a read starts reporting progress on stderr (small files stay quiet)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -23,6 +28,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mapping", default=None, help='column mapping as JSON, e.g. {"prompt": "q", "completion": "a"}')
     p.add_argument("--system-prompt", default=None, help="system prompt added to conversations without one")
     p.add_argument("--strict", action="store_true", help="fail on the first bad row instead of skipping it")
+    p.add_argument("--stats-rows", type=int, default=STATS_ROWS,
+                   help=f"rows tokenized for the length statistics (default {STATS_ROWS:,}; every row is still "
+                        "read and checked)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -63,8 +71,20 @@ def _data_cfg(args: argparse.Namespace, loaded) -> Any:
                       last_turn_only=getattr(args, "last_turn_only", False))
 
 
+def _progress_printer() -> Callable[[int, int], None]:
+    started = time.monotonic()
+
+    def show(done: int, total: int) -> None:
+        if time.monotonic() - started >= PROGRESS_AFTER:
+            print(f"reading: {done / total:.0%} ({done / 2**20:,.0f} MB of {total / 2**20:,.0f} MB)",
+                  file=sys.stderr, flush=True)
+    return show
+
+
 def _load(args: argparse.Namespace):
-    loaded = load_rows(args.file, _mapping(args.mapping), args.format, skip_bad_rows=not args.strict)
+    # A look, not a training: bounded memory (the rows kept), a time budget, progress on stderr.
+    loaded = load_rows(args.file, _mapping(args.mapping), args.format, skip_bad_rows=not args.strict,
+                       keep_all=False, budget=Budget(look_seconds(), _progress_printer(), every=2.0))
     tok = get_tokenizer(args.model or DEFAULT_MODEL)
     return loaded, tok, _data_cfg(args, loaded)
 
@@ -75,9 +95,11 @@ def inspect(args: argparse.Namespace) -> dict:
     out["errors"] = out["errors"][:ERRORS_SHOWN]
     out["errors_total"] = len(loaded.errors)
     out["unit"] = loaded.unit
-    stats = token_length_stats(tok, loaded.rows, cfg)
+    if args.stats_rows < 1:
+        raise UserError(f"--stats-rows {args.stats_rows} must be at least 1.")
+    stats = token_length_stats(tok, loaded.rows, cfg, limit=args.stats_rows)
     out["token_lengths"] = {k: stats[k] for k in ("min", "median", "max", "mean", "truncated",
-                                                  "truncated_share", "lost_answers", "tokens")}
+                                                  "truncated_share", "lost_answers", "tokens", "counted")}
     out["template"] = resolve_template(tok, args.template)[0]
     out["warnings"] = _warnings(loaded, stats, cfg)
     return out
@@ -87,6 +109,11 @@ def _warnings(loaded, stats: dict, cfg) -> list[str]:
     w = []
     if loaded.skipped:
         w.append(f"{loaded.skipped} row(s) of {loaded.path} were skipped because of problems; see 'errors'.")
+    if loaded.note:
+        w.append(loaded.note[0].upper() + loaded.note[1:])
+    if stats["counted"] < loaded.row_count:
+        w.append(f"The token lengths are those of the first {stats['counted']:,} of {loaded.row_count:,} rows "
+                 "(--stats-rows).")
     if stats["truncated"]:
         w.append(f"{stats['truncated']} row(s) ({stats['truncated_share']:.1%}) are longer than max_length="
                  f"{cfg.max_length} tokens and will be cut (longest: {stats['max']}). Raise max length, or "

@@ -1,26 +1,36 @@
 """Reading a dataset file into raw records, with a line (or row) number and a sentence for each problem.
 
-JSONL is read line by line (every bad line is named and can be skipped); CSV, TSV and Parquet go
-through `datasets`; JSON arrays and plain text are read directly. backend.data.records detects the layout
+JSONL and plain text are streamed a line at a time (every bad line is named and can be skipped; a line
+over FTSTUDIO_MAX_LINE_MB is refused by its number without being held); CSV, TSV and Parquet go
+through `datasets` and JSON arrays are parsed whole, within FTSTUDIO_MAX_DATA_MB. A FIFO, a device or a
+link to one is "not a regular file". A `Budget` bounds a read's time and reports its progress. backend.data.records detects the layout
 and normalizes the records.
 """
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import BinaryIO, Callable, Iterator, Optional, Union
 
 from backend.core.errors import UserError
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
             ".parquet": "parquet", ".pq": "parquet", ".txt": "text", ".md": "text"}
 
-# Everything is held in memory as Python objects (several times the file size), so the
-# bound is about the machine's RAM, not the disk. Override with FTSTUDIO_MAX_DATA_MB.
+MB = 1024 * 1024
+# JSON, CSV, TSV and Parquet are parsed whole (several times the file size in memory), so their bound is
+# about the machine's RAM. JSON Lines and text are streamed a line at a time, so theirs is about time.
+# FTSTUDIO_MAX_DATA_MB overrides both.
 DEFAULT_MAX_MB = 512
+DEFAULT_STREAMED_MB = 8192
+STREAMED = ("jsonl", "text")
+# One row is held whole (and later tokenized whole): a longer line is refused by its number.
+DEFAULT_MAX_LINE_MB = 16
 # Python's JSON parser recurses once per level; a hostile file must end in a sentence, not a crash.
 TOO_DEEP = ("nests lists or objects too deeply to read (thousands of levels). Flatten the data: "
             "training rows need at most a few levels.")
@@ -39,6 +49,9 @@ class RowError:
         return f"{where}: {self.message}"
 
 
+Item = Union[tuple[int, dict], RowError]  # what a reader yields: a numbered record, or a numbered problem
+
+
 class _Bad(Exception):
     """A row-level problem raised inside normalization; becomes a RowError."""
 
@@ -49,11 +62,25 @@ class _Bad(Exception):
 
 
 
-def max_bytes() -> int:
+def _env_mb(name: str, default: float) -> float:
     try:
-        return int(float(os.environ.get("FTSTUDIO_MAX_DATA_MB", DEFAULT_MAX_MB)) * 1024 * 1024)
+        value = float(os.environ.get(name, default))
     except ValueError:
-        return DEFAULT_MAX_MB * 1024 * 1024
+        return float(default)
+    return value if value > 0 else float(default)
+
+
+def max_bytes(kind: Optional[str] = None) -> int:
+    """The largest file the studio reads. JSON Lines and text are streamed (a row at a time), so they may
+    be larger than the kinds parsed whole; FTSTUDIO_MAX_DATA_MB sets one bound for every kind."""
+    if "FTSTUDIO_MAX_DATA_MB" in os.environ:
+        return int(_env_mb("FTSTUDIO_MAX_DATA_MB", DEFAULT_MAX_MB) * MB)
+    return int((DEFAULT_STREAMED_MB if kind in STREAMED else DEFAULT_MAX_MB) * MB)
+
+
+def max_line_bytes() -> int:
+    """The longest single line (one JSONL row, one line of text) read; a longer one is refused by number."""
+    return int(_env_mb("FTSTUDIO_MAX_LINE_MB", DEFAULT_MAX_LINE_MB) * MB)
 
 
 def _check_file(path: str) -> Path:
@@ -64,16 +91,29 @@ def _check_file(path: str) -> Path:
         raise UserError(f"The dataset file {p} does not exist. Check the path, or upload the file again.")
     if p.is_dir():
         raise UserError(f"{p} is a folder; choose a single data file (.jsonl, .json, .csv, .tsv, .parquet, .txt).")
-    size = p.stat().st_size
+    st = p.stat()  # follows a symbolic link: what counts is what it points to
+    if not stat.S_ISREG(st.st_mode):
+        # A FIFO would block the reader forever and /dev/zero never ends: neither is "empty".
+        raise UserError(f"The dataset file {p} is not a regular file (it is a {_file_type(st.st_mode)}). "
+                        "Choose a data file saved on disk.")
+    size = st.st_size
     if size == 0:
         raise UserError(f"The dataset file {p} is empty (0 bytes). Choose a file that holds rows of data.")
-    limit = max_bytes()
+    limit = max_bytes(SUFFIXES.get(p.suffix.lower()))
     if size > limit:
         raise UserError(
-            f"The dataset file {p} is {size / 2**20:,.0f} MB; the studio loads at most {limit / 2**20:,.0f} MB "
-            "into memory. Use a sample of it (for example the first 100,000 lines), split it into smaller "
+            f"The dataset file {p} is {size / 2**20:,.0f} MB; the studio reads at most {limit / 2**20:,.0f} MB "
+            "of this kind of file. Use a sample of it (for example the first 100,000 lines), split it into smaller "
             "files, or raise the limit with the FTSTUDIO_MAX_DATA_MB environment variable.")
     return p
+
+
+def _file_type(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "special file"
 
 
 def _kind_of(p: Path) -> str:
@@ -85,6 +125,62 @@ def _kind_of(p: Path) -> str:
     return kind
 
 
+class Budget:
+    """How long a read may take, and who hears how far it got.
+
+    `progress(done_bytes, total_bytes)` is called at most every `every` seconds. When `seconds` pass, the
+    reader stops at the next line and `stopped` says where; the rows read so far are kept."""
+
+    def __init__(self, seconds: Optional[float] = None, progress: Optional[Callable[[int, int], None]] = None,
+                 every: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds, self.progress, self.every, self.clock = seconds, progress, every, clock
+        self.started = clock()
+        self._last = self.started
+        self.stopped: Optional[str] = None
+
+    def tick(self, done: int, total: int, lineno: int) -> bool:
+        """False when the time is up (and records why); reports progress when due."""
+        now = self.clock()
+        if self.progress is not None and now - self._last >= self.every:
+            self._last = now
+            self.progress(done, total)
+        if self.seconds is not None and now - self.started > self.seconds:
+            self.stopped = (f"reading stopped after {self.seconds:g} s at line {lineno:,} ({done / MB:,.0f} MB of "
+                            f"{total / MB:,.0f} MB); the rest of the file was not read")
+            return False
+        return True
+
+
+def _lines(fh: BinaryIO, total: int, budget: Optional[Budget]) -> Iterator[tuple[int, Optional[bytes], int]]:
+    """(line number, the line's bytes, its length) for each line; bytes is None for a line over the limit,
+    which is skipped without being held in memory."""
+    limit = max_line_bytes()
+    done = 0
+    lineno = 0
+    while True:
+        raw = fh.readline(limit + 1)
+        if not raw:
+            return
+        lineno += 1
+        size = len(raw)
+        if size > limit and not raw.endswith(b"\n"):
+            raw = None
+            while True:  # the rest of the long line, in pieces that are dropped
+                chunk = fh.readline(1 << 20)
+                size += len(chunk)
+                if not chunk or chunk.endswith(b"\n"):
+                    break
+        done += size
+        yield lineno, raw, size
+        if budget is not None and lineno % 256 == 0 and not budget.tick(done, total, lineno):
+            return
+
+
+def _too_long(size: int) -> str:
+    return (f"is {size / MB:,.1f} MB long, over the {max_line_bytes() / MB:,.0f} MB limit for one row. Split it, "
+            "shorten it, or raise the limit with the FTSTUDIO_MAX_LINE_MB environment variable.")
+
+
 def _decode_line(raw: bytes, lineno: int) -> str:
     try:
         return raw.decode("utf-8")
@@ -93,13 +189,16 @@ def _decode_line(raw: bytes, lineno: int) -> str:
                          "Re-save the file with UTF-8 encoding.") from None
 
 
-def _read_jsonl(p: Path) -> tuple[list[tuple[int, dict]], list[RowError]]:
+def _iter_jsonl(p: Path, budget: Optional[Budget] = None) -> Iterator[Item]:
     # Read by hand rather than with datasets' JSON builder: that builder rejects the whole
-    # file at its first bad line, and we need every bad line numbered and skippable.
-    records: list[tuple[int, dict]] = []
-    errors: list[RowError] = []
+    # file at its first bad line, and we need every bad line numbered and skippable. One line
+    # at a time, so memory holds one row, never the file.
+    total = p.stat().st_size
     with open(p, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
+        for lineno, raw, size in _lines(fh, total, budget):
+            if raw is None:
+                yield RowError(lineno, None, _too_long(size))
+                continue
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # a UTF-8 byte-order mark from some editors
             if not raw.strip():
@@ -108,20 +207,27 @@ def _read_jsonl(p: Path) -> tuple[list[tuple[int, dict]], list[RowError]]:
                 text = _decode_line(raw, lineno)
                 obj = json.loads(text)
             except _Bad as b:
-                errors.append(RowError(lineno, None, b.message))
+                yield RowError(lineno, None, b.message)
                 continue
             except json.JSONDecodeError as e:
-                errors.append(RowError(lineno, None, f"is not valid JSON ({e.msg} at column {e.colno}). "
-                                                     "Fix or remove this line."))
+                yield RowError(lineno, None, f"is not valid JSON ({e.msg} at column {e.colno}). "
+                                             "Fix or remove this line.")
                 continue
             except RecursionError:
-                errors.append(RowError(lineno, None, TOO_DEEP))
+                yield RowError(lineno, None, TOO_DEEP)
                 continue
             if not isinstance(obj, dict):
-                errors.append(RowError(lineno, None, f"holds a JSON {type(obj).__name__}, not an object "
-                                                     "with named fields. Each line must be one {...} object."))
+                yield RowError(lineno, None, f"holds a JSON {type(obj).__name__}, not an object "
+                                             "with named fields. Each line must be one {...} object.")
                 continue
-            records.append((lineno, obj))
+            yield lineno, obj
+
+
+def _read_jsonl(p: Path) -> tuple[list[tuple[int, dict]], list[RowError]]:
+    records: list[tuple[int, dict]] = []
+    errors: list[RowError] = []
+    for item in _iter_jsonl(p):
+        (errors if isinstance(item, RowError) else records).append(item)  # type: ignore[arg-type]
     return records, errors
 
 
@@ -193,7 +299,7 @@ def _root_cause(e: BaseException) -> BaseException:
     return e
 
 
-def _read_with_datasets(p: Path, kind: str) -> list[tuple[int, dict]]:
+def _iter_with_datasets(p: Path, kind: str) -> Iterator[Item]:
     import datasets
 
     datasets.disable_progress_bars()
@@ -215,34 +321,80 @@ def _read_with_datasets(p: Path, kind: str) -> list[tuple[int, dict]]:
             raise UserError(f"{p} could not be read as {kind.upper()}: {str(cause).strip().splitlines()[-1]}. "
                             "Check the file (for CSV: one header line, the same number of columns on "
                             "every line, quotes around values holding commas).") from None
-        rows = ds.to_list()
-    # A CSV row is line N+1 of the file (the header is line 1) unless values span lines.
-    offset = 1 if kind in ("csv", "tsv") else 0
-    return [(i + offset, r) for i, r in enumerate(rows, start=1)]
+        # A CSV row is line N+1 of the file (the header is line 1) unless values span lines.
+        offset = 1 if kind in ("csv", "tsv") else 0
+        # One row at a time from the Arrow table: never a second, Python-object copy of the whole file.
+        for i, r in enumerate(ds, start=1):
+            yield i + offset, r
 
 
-def _read_text(p: Path) -> tuple[list[tuple[int, dict]], list[RowError]]:
+def _text_lines(p: Path, budget: Optional[Budget]) -> Iterator[tuple[int, Optional[str], int]]:
+    """(line number, the line without its end, its size) for a UTF-8 text file; None for a line over the
+    limit. A line that is not UTF-8 ends the read with a sentence naming it."""
+    total = p.stat().st_size
+    with open(p, "rb") as fh:
+        for lineno, raw, size in _lines(fh, total, budget):
+            if raw is None:
+                yield lineno, None, size
+                continue
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{p}, line {lineno}: has bytes that are not UTF-8 text. Re-save the file with "
+                                "UTF-8 encoding.") from None
+            yield lineno, line.rstrip("\r\n"), size
+
+
+def _has_paragraphs(p: Path) -> bool:
+    """True when the file has a blank line and more than one line of text (a first pass, a line at a time)."""
+    blank = False
+    filled = 0
+    for _, line, _ in _text_lines(p, None):
+        if line is not None and not line.strip():
+            blank = True
+        else:
+            filled += 1
+        if blank and filled > 1:
+            return True
+    return False
+
+
+def _iter_text(p: Path, budget: Optional[Budget] = None) -> Iterator[Item]:
     """Plain text: one document per paragraph (blank-line separated), else one per line."""
-    text = _read_utf8(p)
-    lines = text.splitlines()
-    has_paragraphs = any(not ln.strip() for ln in lines) and sum(1 for ln in lines if ln.strip()) > 1
-    records: list[tuple[int, dict]] = []
+    paragraphs = _has_paragraphs(p)
     buf: list[str] = []
+    held = 0
     start = 0
-    for i, ln in enumerate(lines, start=1):
-        if has_paragraphs:
+    for i, ln, size in _text_lines(p, budget):
+        if ln is None:
+            yield RowError(i, None, _too_long(size))
+            continue
+        if paragraphs:
             if ln.strip():
                 if not buf:
                     start = i
+                held += len(ln)
+                if held > max_line_bytes():  # a paragraph is one row: the same bound as a line
+                    yield RowError(start, None, "starts a paragraph that " + _too_long(held))
+                    buf, held = [], 0
+                    continue
                 buf.append(ln)
             elif buf:
-                records.append((start, {"text": "\n".join(buf)}))
-                buf = []
+                yield start, {"text": "\n".join(buf)}
+                buf, held = [], 0
         elif ln.strip():
-            records.append((i, {"text": ln}))
+            yield i, {"text": ln}
     if buf:
-        records.append((start, {"text": "\n".join(buf)}))
-    return records, []
+        yield start, {"text": "\n".join(buf)}
+
+
+def _read_text(p: Path) -> tuple[list[tuple[int, dict]], list[RowError]]:
+    records, errors = [], []
+    for item in _iter_text(p):
+        (errors if isinstance(item, RowError) else records).append(item)  # type: ignore[arg-type]
+    return records, errors
 
 
 def _refuse_utf16(p: Path) -> None:
@@ -254,20 +406,42 @@ def _refuse_utf16(p: Path) -> None:
                         "(in a spreadsheet: 'CSV UTF-8'; in an editor: Save As, encoding UTF-8).")
 
 
-def read_records(path: str) -> tuple[list[tuple[int, dict]], list[RowError], str, str]:
-    """(line or row number, raw record) pairs, read errors, the unit ('line'/'row') and the file kind."""
+@dataclass
+class RecordStream:
+    """A dataset file being read: its kind, its unit ('line'/'row'), and the items, each a
+    (line or row number, raw record) pair or a RowError, in file order."""
+    path: Path
+    kind: str
+    unit: str
+    items: Iterator[Item]
+    size: int
+
+
+def open_records(path: str, budget: Optional[Budget] = None) -> RecordStream:
+    """Check the file (it exists, is a regular file, is not too big, has a known extension, is not UTF-16)
+    and start reading it. JSON Lines and text stream a line at a time; JSON, CSV, TSV and Parquet are
+    parsed whole (bounded by max_bytes) and then handed out a row at a time."""
     p = _check_file(path)
     kind = _kind_of(p)
     if kind != "parquet":
         _refuse_utf16(p)
+    size = p.stat().st_size
     if kind == "jsonl":
-        recs, errs = _read_jsonl(p)
-        unit = "line"
-    elif kind == "json":
+        return RecordStream(p, kind, "line", _iter_jsonl(p, budget), size)
+    if kind == "text":
+        return RecordStream(p, kind, "line", _iter_text(p, budget), size)
+    if kind == "json":
         recs, errs, unit = _read_json(p)
-    elif kind == "text":
-        recs, errs = _read_text(p)
-        unit = "line"
-    else:
-        recs, errs, unit = _read_with_datasets(p, kind), [], ("line" if kind in ("csv", "tsv") else "row")
-    return recs, errs, unit, kind
+        items = sorted([*recs, *errs], key=lambda it: it.line if isinstance(it, RowError) else it[0])
+        return RecordStream(p, kind, unit, iter(items), size)
+    return RecordStream(p, kind, "line" if kind in ("csv", "tsv") else "row", _iter_with_datasets(p, kind), size)
+
+
+def read_records(path: str) -> tuple[list[tuple[int, dict]], list[RowError], str, str]:
+    """(line or row number, raw record) pairs, read errors, the unit ('line'/'row') and the file kind."""
+    stream = open_records(path)
+    recs: list[tuple[int, dict]] = []
+    errs: list[RowError] = []
+    for item in stream.items:
+        (errs if isinstance(item, RowError) else recs).append(item)  # type: ignore[arg-type]
+    return recs, errs, stream.unit, stream.kind

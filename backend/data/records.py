@@ -17,12 +17,13 @@ rows are skipped and counted unless the caller asks for strictness.
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
 from backend.core.errors import UserError
-from backend.data.files import _Bad, RowError, read_records
+from backend.data.files import _Bad, Budget, RowError, open_records
 
 FORMATS = ("messages", "prompt_completion", "text", "preference", "kto")
 SOURCE_FORMATS = ("alpaca", "sharegpt", "openai", "columns")
@@ -56,12 +57,21 @@ class LoadedDataset:
     lines: list[int] = field(default_factory=list)   # source line/row of each normalized row
     unit: str = "line"                                # "line" (jsonl, txt) or "row" (csv, parquet, json arrays)
     records: int = 0                                  # rows read from the file before normalizing
+    total: Optional[int] = None                       # usable rows in the file (rows may hold only the first)
+    complete: bool = True                             # False: rows holds a part of the file (see note)
+    note: Optional[str] = None                        # why rows holds only a part of the file
+
+    @property
+    def row_count(self) -> int:
+        """Usable rows in the whole file, kept or not."""
+        return len(self.rows) if self.total is None else self.total
 
     def error_sentences(self, limit: int = 20) -> list[str]:
         return [e.sentence(self.path, self.unit) for e in self.errors[:limit]]
 
     def summary(self) -> dict[str, Any]:
-        return {"format": self.format, "source_format": self.source_format, "rows": len(self.rows),
+        return {"format": self.format, "source_format": self.source_format, "rows": self.row_count,
+                "rows_kept": len(self.rows), "complete": self.complete, "note": self.note,
                 "columns": list(self.columns), "mapping": dict(self.mapping), "skipped": self.skipped,
                 "errors": [{"line": e.line, "field": e.field, "message": e.message} for e in self.errors]}
 
@@ -352,46 +362,146 @@ def with_system(turns: list[dict], system: Optional[str]) -> list[dict]:
     return turns
 
 
+DETECT_ROWS = 200          # records the layout is detected from (the columns of the first 200)
+ERRORS_KEPT = 10_000       # problems listed; more are counted
+DEFAULT_KEEP_MB = 64       # text of the rows a look (the Dataset tab, `ftstudio data inspect`) keeps
+DEFAULT_LOOK_SECONDS = 600  # how long a look may read before it stops and says so
+
+
+def keep_bytes() -> int:
+    """How much row text a look keeps in memory (FTSTUDIO_DATA_KEEP_MB); later rows are checked and counted."""
+    try:
+        mb = float(os.environ.get("FTSTUDIO_DATA_KEEP_MB", DEFAULT_KEEP_MB))
+    except ValueError:
+        mb = DEFAULT_KEEP_MB
+    return int(max(mb, 0.001) * 1024 * 1024)
+
+
+def look_seconds() -> float:
+    """How long a look may read (FTSTUDIO_DATA_SECONDS)."""
+    try:
+        s = float(os.environ.get("FTSTUDIO_DATA_SECONDS", DEFAULT_LOOK_SECONDS))
+    except ValueError:
+        s = DEFAULT_LOOK_SECONDS
+    return s if s > 0 else DEFAULT_LOOK_SECONDS
+
+
+def _row_chars(value: Any) -> int:
+    """About how much text a normalized row holds (its strings' lengths)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_row_chars(v) for v in value.values()) + 16
+    if isinstance(value, list):
+        return sum(_row_chars(v) for v in value) + 16
+    return 8
+
+
 def load_rows(path: str, mapping: dict[str, str] | None = None, format: str = "auto",
-              skip_bad_rows: bool = True) -> LoadedDataset:
-    """Read, detect and normalize a dataset file. Raises UserError with a sentence when unusable."""
-    records, errors, unit, _kind = read_records(path)
+              skip_bad_rows: bool = True, keep_all: bool = True, budget: Optional[Budget] = None) -> LoadedDataset:
+    """Read, detect and normalize a dataset file. Raises UserError with a sentence when unusable.
+
+    The file is read a record at a time and each record is normalized as it comes, so memory holds the
+    normalized rows, not the file. With keep_all=False (a look at the data, not a training) only the first
+    FTSTUDIO_DATA_KEEP_MB of row text is kept: every later row is still checked and counted (`total`), and
+    the read stops after FTSTUDIO_DATA_SECONDS (or the `budget` given) with a note saying where."""
+    if budget is None and not keep_all:
+        budget = Budget(look_seconds())
+    stream = open_records(path, budget)
+    unit = stream.unit
     name = str(path)
-    if not records:
+    errors: list[RowError] = []
+    bad = read_bad = read_ok = 0
+
+    def problem(err: RowError) -> None:
+        nonlocal bad
+        bad += 1
+        if len(errors) < ERRORS_KEPT:
+            errors.append(err)
+
+    head: list[tuple[int, dict]] = []
+    items = iter(stream.items)
+    for item in items:
+        if isinstance(item, RowError):
+            read_bad += 1
+            problem(item)
+            continue
+        read_ok += 1
+        head.append(item)
+        if len(head) >= DETECT_ROWS:
+            break
+    if not head:
         if errors:
             raise UserError(f"No usable rows in {name}: every row has a problem. The first: "
                             f"{errors[0].sentence(name, unit)}")
         raise UserError(f"The dataset file {name} holds no rows (only blank lines). Add data, one row per line.")
-    columns = _columns(records)
-    fmt, source, mapping = _resolve_layout(records, columns, mapping, format)
-    rows, lines = [], []
-    for line, rec in records:
+    columns = _columns(head)
+    fmt, source, mapping = _resolve_layout(head, columns, mapping, format)
+    rows: list[dict] = []
+    lines: list[int] = []
+    usable = 0
+    held, limit = 0, (None if keep_all else keep_bytes())
+
+    def take(line: int, rec: dict) -> None:
+        nonlocal usable, held
         try:
-            rows.append(normalize_record(rec, fmt, mapping))
-            lines.append(line)
+            row = normalize_record(rec, fmt, mapping)
         except _Bad as b:
-            errors.append(RowError(line, b.field, b.message))
+            problem(RowError(line, b.field, b.message))
+            return
+        usable += 1
+        if limit is not None:
+            if held >= limit:
+                return
+            held += _row_chars(row)
+        rows.append(row)
+        lines.append(line)
+
+    for line, rec in head:
+        take(line, rec)
+    del head
+    for item in items:
+        if isinstance(item, RowError):
+            read_bad += 1
+            problem(item)
+        else:
+            read_ok += 1
+            take(*item)
     errors.sort(key=lambda e: e.line)
     if errors and not skip_bad_rows:
-        more = f" ({len(errors) - 1} more row(s) have problems too)" if len(errors) > 1 else ""
+        more = f" ({bad - 1} more row(s) have problems too)" if bad > 1 else ""
         raise UserError(f"{errors[0].sentence(name, unit)}{more}. Fix the row, or turn on 'skip bad rows'.")
-    if not rows:
-        raise UserError(f"No usable rows in {name}: all {len(errors)} row(s) have a problem. The first: "
+    if not usable:
+        raise UserError(f"No usable rows in {name}: all {bad} row(s) have a problem. The first: "
                         f"{errors[0].sentence(name, unit)}")
+    notes = []
+    if len(rows) < usable:
+        notes.append(f"{len(rows):,} of the {usable:,} usable rows are kept for viewing (the first "
+                     f"{keep_bytes() / 2**20:,.0f} MB of text, FTSTUDIO_DATA_KEEP_MB); every row was checked")
+    if budget is not None and budget.stopped:
+        notes.append(budget.stopped)
     return LoadedDataset(path=name, format=fmt, source_format=source, rows=rows, columns=columns,
-                         mapping=mapping, errors=errors, skipped=len(errors), lines=lines, unit=unit,
-                         records=len(records) + sum(1 for e in errors if e.field is None))
+                         mapping=mapping, errors=errors, skipped=bad, lines=lines, unit=unit,
+                         records=read_ok + read_bad, total=usable, complete=not notes,
+                         note="; ".join(notes) + "." if notes else None)
 
 
 # ---------------------------------------------------------------- splitting
 
+def split_sizes(n: int, validation_split: float) -> tuple[int, int]:
+    """(training rows, validation rows) that split_rows makes of n rows."""
+    if validation_split <= 0 or n < 2:
+        return n, 0
+    n_val = min(max(1, round(n * validation_split)), n - 1)  # keep at least one training row
+    return n - n_val, n_val
+
+
 def split_rows(rows: list[dict], validation_split: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Seeded shuffle, then hold out round(n * split) rows (at least one when asked and possible)."""
     n = len(rows)
-    if validation_split <= 0 or n < 2:
+    n_val = split_sizes(n, validation_split)[1]
+    if not n_val:
         return list(rows), []
-    n_val = max(1, round(n * validation_split))
-    n_val = min(n_val, n - 1)  # keep at least one training row
     order = list(range(n))
     random.Random(seed).shuffle(order)
     val_idx = set(order[:n_val])

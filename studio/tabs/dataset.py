@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from backend.core import access
 from backend.core.config import ConfigError, DataConfig, validate_config
-from backend.data.records import FORMATS, LoadedDataset, load_rows, split_rows
+from backend.data.records import FORMATS, LoadedDataset, load_rows, split_sizes
 from backend.core.errors import UserError
 from backend.core.models import DEFAULT_MODEL, ModelError
 from backend.data.templates import (TEMPLATE_TITLES, TEMPLATES, get_tokenizer, preview_packed, preview_row,
@@ -63,8 +63,10 @@ def sample_choices() -> list[str]:
 
 def status_markdown(ds: LoadedDataset) -> str:
     name = Path(ds.path).name
-    msg = (f"<span class='ft-ok'>Loaded **{name}**: {len(ds.rows)} rows, read as **{ds.source_format}** → "
+    msg = (f"<span class='ft-ok'>Loaded **{name}**: {ds.row_count} rows, read as **{ds.source_format}** → "
            f"**{ds.format}**.</span>")
+    if ds.note:
+        msg += f" {html.escape(ds.note[0].upper() + ds.note[1:])}"
     if ds.skipped:
         msg += (f" <span class='ft-error'>{ds.skipped} bad row(s) skipped</span> (listed below; fix them in "
                 "the file, or leave them out).")
@@ -105,7 +107,7 @@ def checked_data(data: dict) -> DataConfig:
 class DatasetCache:
     """The last few parsed files, so switching rows or settings never re-reads the file."""
 
-    def __init__(self, size: int = 4):
+    def __init__(self, size: int = 2):  # each holds up to FTSTUDIO_DATA_KEEP_MB of rows
         self.size = size
         self._items: OrderedDict[str, LoadedDataset] = OrderedDict()
 
@@ -116,7 +118,8 @@ class DatasetCache:
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
-        ds = load_rows(path, mapping, fmt, skip_bad_rows=skip)
+        # A look, not a training: bounded in memory and time (backend.data.records.load_rows).
+        ds = load_rows(path, mapping, fmt, skip_bad_rows=skip, keep_all=False)
         self._items[key] = ds
         while len(self._items) > self.size:
             self._items.popitem(last=False)
@@ -303,7 +306,8 @@ def row_view(v: DatasetView, ds, cfg, row, run_config) -> dict:
     try:
         i = int(row or 0)
         if not 0 <= i < len(ds.rows):
-            raise UserError(f"Row {i} does not exist: the dataset has rows 0 to {len(ds.rows) - 1}.")
+            kept = "" if ds.complete else f" (of its {ds.row_count} rows, the first {len(ds.rows)} are kept to look at)"
+            raise UserError(f"Row {i} does not exist: the dataset has rows 0 to {len(ds.rows) - 1}{kept}.")
         tok = get_tokenizer(model_of(run_config))
         if cfg.packing:
             p = preview_packed(tok, ds.rows, i, cfg)
@@ -322,8 +326,8 @@ def split_view(ds, run_config, mode, share) -> str:
         vpath = ((run_config or {}).get("data") or {}).get("validation_path")
         return f"Validation rows come from **{Path(vpath).name}**." if vpath else "Upload a validation file."
     seed = ((run_config or {}).get("train") or {}).get("seed", 42)
-    train, val = split_rows(ds.rows, float(share), int(seed))
-    return f"{len(train)} training rows, {len(val)} validation rows (seed {seed})."
+    n_train, n_val = split_sizes(ds.row_count, float(share))  # of the whole file, not only the rows kept
+    return f"{n_train} training rows, {n_val} validation rows (seed {seed})."
 
 
 def load_all(v: DatasetView, path, fmt_v, mapping, skip_v, tmpl, sysp, maxlen, top, last, pack, mode, share,
@@ -395,7 +399,7 @@ def on_split(v: DatasetView, path, src, skip_v, mode, share, vfile, run_config):
         if mode == "separate file":
             vpath = keep_upload(v.ctx.workspace, vfile) if vfile else None
             if vpath:
-                vds = load_rows(vpath, None, "auto")
+                vds = load_rows(vpath, None, "auto", keep_all=False)
                 if path:
                     main_fmt = current(v, path, src, skip_v, run_config).format
                     if vds.format != main_fmt:

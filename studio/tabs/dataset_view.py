@@ -85,8 +85,8 @@ def length_figure(stats: dict, max_length: int):
 
 
 def stats_markdown(ds: LoadedDataset, stats: dict, max_length: int) -> str:
-    sampled = f" (first {stats['counted']} of {stats['total']} rows)" if stats["counted"] < stats["total"] else ""
-    lines = [f"**{len(ds.rows)} rows** · tokens per row{sampled}: min {stats['min']}, median {stats['median']}, "
+    sampled = f" (first {stats['counted']} of {ds.row_count} rows)" if stats["counted"] < ds.row_count else ""
+    lines = [f"**{ds.row_count} rows** · tokens per row{sampled}: min {stats['min']}, median {stats['median']}, "
              f"mean {stats['mean']}, max {stats['max']} · {stats['tokens']:,} tokens in all"]
     if stats["truncated"]:
         lines.append(f"<span class='ft-error'>{stats['truncated']} row(s) ({stats['truncated_share']:.1%}) are "
