@@ -74,8 +74,8 @@ def http_get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
 class Studio:
     """`python launch.py` in its own process group, on a free port, against a given workspace."""
 
-    def __init__(self, workspace: Path, log: Path, auth: Optional[str] = None):
-        self.workspace, self.log, self.auth = workspace, log, auth
+    def __init__(self, workspace: Path, log: Path, auth: Optional[str] = None, extra: tuple[str, ...] = ()):
+        self.workspace, self.log, self.auth, self.extra = workspace, log, auth, list(extra)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: Optional[subprocess.Popen] = None
@@ -84,6 +84,7 @@ class Studio:
         cmd = [sys.executable, "launch.py", "--port", str(self.port), "--workspace", str(self.workspace)]
         if self.auth:
             cmd += ["--auth", self.auth]
+        cmd += self.extra
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
@@ -111,8 +112,8 @@ class Studio:
 def studio_factory(tmp_path):
     started: list[Studio] = []
 
-    def make(workspace: Path, auth: Optional[str] = None) -> Studio:
-        s = Studio(workspace, tmp_path / f"studio-{len(started)}.log", auth)
+    def make(workspace: Path, auth: Optional[str] = None, extra: tuple[str, ...] = ()) -> Studio:
+        s = Studio(workspace, tmp_path / f"studio-{len(started)}.log", auth, extra)
         started.append(s)
         return s
 
