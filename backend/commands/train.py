@@ -92,6 +92,13 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print("\n---\n".join(config_to_yaml(cfg) for _, cfg in configs), end="")
         return 0
+    for path, cfg in configs:
+        # The checks that need no model (data files, this machine's GPUs) for every config before the
+        # first run starts: a folder or /dev/zero as data is exit 2 in a second, not a failed run later.
+        try:
+            runner.preflight(cfg)
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
     results: list[dict[str, Any]] = []
     interrupted = False
     for path, cfg in configs:

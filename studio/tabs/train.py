@@ -7,7 +7,6 @@ restarting the studio loses nothing: the first tick finds a running run again.
 from __future__ import annotations
 
 import html
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -86,7 +85,7 @@ def config_summary(rc: dict[str, Any]) -> tuple[str, str]:
     return md, config_to_yaml(cfg)
 
 
-def state_sentence(run_id: str, status: dict[str, Any]) -> str:
+def state_sentence(run_id: str, status: dict[str, Any], run_dir: Optional[Path] = None) -> str:
     state = status.get("state")
     if state == rundir.MISSING:
         return f"<span class='ft-error'>{html.escape(status.get('error', ''))}</span>"
@@ -98,6 +97,9 @@ def state_sentence(run_id: str, status: dict[str, Any]) -> str:
     if detail:
         cls = "ft-error" if state in ("failed", "out_of_memory") else "ft-help"
         text += f"\n\n<span class='{cls}'>{html.escape(str(detail))}</span>"
+    stalled = rundir.stall(Path(run_dir), status) if run_dir else None
+    if stalled:
+        text += f"\n\n<span class='ft-error' id='train-stalled'>{html.escape(stalled['message'])}</span>"
     return text
 
 
@@ -113,17 +115,21 @@ def progress_html(series: RunSeries, status: dict[str, Any]) -> str:
 
 
 def stats_markdown(series: RunSeries, status: dict[str, Any], estimate_bytes: Optional[int]) -> str:
-    started = rundir.parse_iso(status.get("resumed") or status.get("started"))
-    ended = rundir.parse_iso(status.get("ended"))
     active = status.get("state") in rundir.ACTIVE_STATES
-    elapsed = ((time.time() if active else (ended or time.time())) - started) if started else None
+    total, this_leg = rundir.run_times(status)
+    legs = len(status.get("legs") or []) + (1 if active else 0)
+    elapsed = fmt_duration(total)
+    if legs > 1 and this_leg is not None:  # a resumed run: the whole training time, and this leg's
+        elapsed += f"** (this leg **{fmt_duration(this_leg)}**, {legs} legs)"
+    else:
+        elapsed += "**"
     eta = series.eta_seconds() if active else None
     tps = f"{series.tokens_per_s:,.0f}" if series.tokens_per_s is not None else "–"
     mem = fmt_bytes(series.gpu_mem) if series.gpu_mem is not None else "– (no GPU)"
     est = fmt_bytes(estimate_bytes) if estimate_bytes else "–"
     best = f"{series.best_val_loss:.4f} (step {series.best_step})" if series.best_val_loss is not None else "–"
     epoch = f"{series.epoch:.2f}" if isinstance(series.epoch, (int, float)) else "–"
-    return (f"epoch **{epoch}** · elapsed **{fmt_duration(elapsed)}** · ETA **{fmt_duration(eta)}** · "
+    return (f"epoch **{epoch}** · elapsed **{elapsed} · ETA **{fmt_duration(eta)}** · "
             f"tokens/s **{tps}** · GPU memory **{mem}** (estimate {est}) · best validation loss **{best}**")
 
 
@@ -269,7 +275,7 @@ def render(ws: Path, lv: dict[str, Any], force: bool = False):
     series = lv["series"]
     charts = (loss_figure(series, f"Loss: {run_dir.name}"), lr_grad_figure(series)) \
         if (changed or force) else (gr.skip(), gr.skip())
-    return [lv, state_sentence(run_dir.name, status), progress_html(series, status),
+    return [lv, state_sentence(run_dir.name, status, run_dir), progress_html(series, status),
             stats_markdown(series, status, lv["estimate"]), *charts, rundir.tail_log(run_dir, 30)]
 
 
