@@ -154,6 +154,8 @@ class RunConfig(Strict):
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     alignment: AlignmentConfig = Field(default_factory=AlignmentConfig)
     trust_remote_code: bool = Field(False, description="Run code shipped with the model (only for models you trust).")
+    init_adapter: Optional[str] = Field(None, description=(
+        "Train more: start the adapter from this folder (a finished run's adapter/) instead of fresh weights."))
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=lambda: ["tensorboard"])
     name: Optional[str] = Field(None, max_length=80, description="A label for the run (the run id is generated).")
 

@@ -185,6 +185,8 @@ def preflight(cfg: RunConfig) -> None:
     if problem:
         raise UserError(problem)
     check_data_paths(cfg)
+    if cfg.init_adapter and not Path(cfg.init_adapter).is_dir():
+        raise UserError(f"init_adapter: the adapter folder {cfg.init_adapter} to train more from no longer exists.")
 
 
 def check_data_paths(cfg: RunConfig) -> None:
@@ -277,6 +279,36 @@ def resume_run(run_dir: Path) -> Path:
                                         "message": fallback})
         _launch(run_dir, cfg, devices, resume=True)
     return run_dir
+
+
+def train_more_config(run_dir: Path, steps: int) -> RunConfig:
+    """The config of a new run that trains a completed run's adapter `steps` steps further: its own
+    config, starting from its saved adapter (a full-style run: from its saved model). The finished run
+    is left as it is; the new run has its own directory, curve and checkpoints."""
+    from backend.core import catalog
+
+    run_dir = Path(run_dir).resolve()
+    status = rundir.read_status(run_dir)
+    if status["state"] == rundir.MISSING:
+        raise UserError(status["error"])
+    adapter = rundir.adapter_dir(run_dir)
+    if not (adapter / "adapter_model.safetensors").is_file() and not (adapter / "config.json").is_file():
+        raise UserError(f"Run {run_dir.name} has no saved adapter to train more from ({status['state']}); resume "
+                        "it instead, or start it again.")
+    if not isinstance(steps, int) or steps < 1:
+        raise UserError(f"Train more needs a number of steps of at least 1 (got {steps!r}).")
+    cfg = load_config(run_dir / rundir.CONFIG_FILE)
+    info = catalog.METHODS[cfg.method.name]
+    update: dict[str, Any] = {"name": f"{(cfg.name or run_dir.name)[:70]} more"}
+    if info.uses_peft:
+        update["init_adapter"] = str(adapter)
+    elif (adapter / "config.json").is_file() and not info.bottleneck:
+        update["model"] = str(adapter)  # full-style: the saved folder is the whole trained model
+    else:
+        raise UserError(f"Run {run_dir.name} used {cfg.method.name}, whose adapters cannot be trained further "
+                        "by the studio yet; start a new run instead.")
+    train = cfg.train.model_copy(update={"max_steps": steps})
+    return cfg.model_copy(update={**update, "train": train})
 
 
 def _group_alive(pgid: int) -> bool:
