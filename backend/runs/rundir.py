@@ -434,6 +434,24 @@ def usable_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return [(step, p) for step, p in _numbered_checkpoints(run_dir) if checkpoint_problem(p) is None]
 
 
+def best_checkpoint(run_dir: Path) -> Optional[tuple[int, Path, Optional[float]]]:
+    """(step, folder, validation loss) of the run's best checkpoint, as the newest checkpoint's trainer
+    state names it; None without a validation set or when that folder is gone or damaged."""
+    newest = last_checkpoint(run_dir)
+    if newest is None:
+        return None
+    state = read_json(newest / "trainer_state.json", {}) or {}
+    best = state.get("best_model_checkpoint")
+    if not isinstance(best, str) or not best:
+        return None
+    folder = checkpoints_dir(run_dir) / Path(best).name  # the run directory may have moved since
+    if not re.fullmatch(r"checkpoint-\d+", folder.name) or checkpoint_problem(folder) is not None:
+        return None
+    step = state.get("best_global_step") or int(folder.name.split("-")[1])
+    metric = state.get("best_metric")
+    return int(step), folder, float(metric) if isinstance(metric, (int, float)) else None
+
+
 def checkpoint_report(run_dir: Path) -> tuple[Optional[Path], list[tuple[Path, str]]]:
     """(newest usable checkpoint, [(newer checkpoint passed over, why)])."""
     skipped: list[tuple[Path, str]] = []

@@ -344,16 +344,63 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def stop_run(run_dir: Path, timeout: float = 30.0) -> dict[str, Any]:
-    """Ask the trainer to stop (it saves a checkpoint and the adapter); after `timeout` seconds
-    terminate, then kill, its whole process group. Returns the final status."""
+# A graceful stop waits for the step under way, then the checkpoint and adapter saves: the wait follows
+# the measured step time (heartbeat.json), never less than STOP_GRACE_MIN_S.
+STOP_GRACE_MIN_S = 30.0
+STOP_GRACE_STEPS = 2.5
+STOP_SAVE_S = 30.0
+
+
+def stop_grace(run_dir: Path) -> float:
+    """Seconds a graceful stop waits before it terminates the trainer: 2.5 steps and a save at the pace
+    the run has measured, at least STOP_GRACE_MIN_S (a 35-s step gets ~2 minutes, not 30 s)."""
+    beat = rundir.read_heartbeat(run_dir) or {}
+    step = beat.get("step_time") if isinstance(beat.get("step_time"), (int, float)) else 0.0
+    return max(STOP_GRACE_MIN_S, STOP_GRACE_STEPS * step + STOP_SAVE_S)
+
+
+def stop_in_background(run_dir: Path) -> float:
+    """Ask for a graceful stop and return at once (the studio's Stop); a daemon thread escalates after the
+    grace. Returns the grace in seconds; the status carries `stop_deadline` for the remaining wait."""
+    grace = stop_grace(run_dir)
+    status = rundir.read_status(run_dir)
+    if status["state"] not in rundir.ACTIVE_STATES:
+        return grace
+    rundir.request_stop(run_dir)
+    rundir.write_status(run_dir, state="stopping", stop_requested=rundir.now_iso(), stop_grace_s=round(grace, 1),
+                        stop_deadline=_iso_in(grace))
+    threading.Thread(target=stop_run, args=(run_dir, grace), daemon=True, name=f"stop-{run_dir.name}").start()
+    return grace
+
+
+def stop_now(run_dir: Path) -> dict[str, Any]:
+    """"Stop now": terminate at once without waiting for the step; the last checkpoint is kept."""
+    return stop_run(run_dir, timeout=0.0, now=True)
+
+
+def _iso_in(seconds: float) -> str:
+    from datetime import datetime, timedelta, timezone
+    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat(timespec="seconds")
+
+
+def stop_run(run_dir: Path, timeout: Optional[float] = None, now: bool = False) -> dict[str, Any]:
+    """Ask the trainer to stop (it finishes its step, then saves a checkpoint and the adapter); after
+    `timeout` seconds (default: stop_grace, from the measured step time) terminate, then kill, its whole
+    process group. Returns the final status."""
     run_dir = Path(run_dir)
     status = rundir.read_status(run_dir)
     if status["state"] not in rundir.ACTIVE_STATES:
         return status
+    if timeout is None:
+        timeout = stop_grace(run_dir)
     pid, pgid = status.get("pid"), status.get("pgid") or status.get("pid")
     rundir.request_stop(run_dir)
-    rundir.write_status(run_dir, state="stopping", stop_requested=rundir.now_iso())
+    fields: dict[str, Any] = {"state": "stopping", "stop_deadline": _iso_in(timeout), "stop_grace_s": round(timeout, 1)}
+    if status.get("state") != "stopping":
+        fields["stop_requested"] = rundir.now_iso()
+    if now:
+        fields["stop_now"] = True
+    rundir.write_status(run_dir, **fields)
     alive = lambda: rundir.pid_alive(pid, status.get("pid_start"))  # noqa: E731
     forced = False
     if not _wait(lambda: not alive(), timeout):
@@ -369,11 +416,18 @@ def stop_run(run_dir: Path, timeout: float = 30.0) -> dict[str, Any]:
             _signal_group(pgid, signal.SIGKILL)
             _wait(lambda: not _group_alive(pgid), KILL_GRACE_S)
     final = rundir.read_raw_status(run_dir)
-    # A reader may have written the inferred ending first; the stopper knows better how it ended.
-    if final.get("state") in rundir.ACTIVE_STATES or final.get("inferred"):
+    # A reader may have written the inferred ending first, or the trainer its "terminated" one; the
+    # stopper knows better how it ended.
+    if final.get("state") in rundir.ACTIVE_STATES or final.get("inferred") or (forced and final.get("state") == "stopped"):
         ckpt = rundir.last_checkpoint(run_dir)
         kept = f" The last checkpoint is kept: {ckpt.name}." if ckpt else " No checkpoint had been saved yet."
-        why = "did not stop within {:.0f} s and was killed".format(timeout) if forced else "ended while stopping"
+        if now or rundir.read_raw_status(run_dir).get("stop_now"):
+            why = "was stopped at once on request (Stop now), without finishing its step"
+        elif forced:
+            why = (f"did not finish its step and save within {timeout:.0f} s and was stopped by force "
+                   "(a step took longer than the wait)")
+        else:
+            why = "ended while stopping"
         rundir.write_status(run_dir, state="stopped", ended=final.get("ended") or rundir.now_iso(),
                             error=f"The training process {why}.{kept}", inferred=None)
     return rundir.read_status(run_dir)

@@ -144,8 +144,11 @@ def training_args(cfg, run_dir: Path, has_eval: bool):
         logging_steps=t.logging_steps, logging_first_step=True,
         eval_strategy="steps" if has_eval else "no", eval_steps=t.eval_steps if has_eval else None,
         save_strategy="steps", save_steps=save_steps, save_total_limit=2,
-        load_best_model_at_end=early, metric_for_best_model=cfg.early_stopping.metric if early else None,
-        greater_is_better=False if early else None,
+        # The best checkpoint is tracked whenever there is a validation set, so the checkpoint limit never
+        # deletes it (the Trainer's rotation keeps best_model_checkpoint); the Chat tab offers it first.
+        load_best_model_at_end=early,
+        metric_for_best_model=(cfg.early_stopping.metric if early else "eval_loss") if has_eval else None,
+        greater_is_better=False if has_eval else None,
         report_to=report_to or "none", disable_tqdm=True, dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
         # The model arrives with checkpointing already set up by the method (methods.load_trainable_model).
