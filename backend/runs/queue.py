@@ -281,7 +281,7 @@ def queue_step(workspace: Path) -> list[dict[str, Any]]:
                 data["paused"] = True
                 data["notice"] = (f"The queue is paused: the entry \"{label}\" could not start ({reason}). "
                                   f"{waiting} entr{'y' if waiting == 1 else 'ies'} still wait. Fix the cause, then "
-                                  "dismiss this notice (or add, move or remove an entry) to carry on.")
+                                  "press \"Resume the queue\" (or add, move or remove an entry) to carry on.")
                 events.append({"kind": "queue_paused", "entry": nxt["id"], "message": data["notice"]})
                 break
             nxt.update(state=RUNNING, run_dir=str(run_dir), run_id=run_dir.name, started=rundir.now_iso(),

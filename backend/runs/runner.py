@@ -424,7 +424,7 @@ def stop_run(run_dir: Path, timeout: Optional[float] = None, now: bool = False) 
         if now or rundir.read_raw_status(run_dir).get("stop_now"):
             why = "was stopped at once on request (Stop now), without finishing its step"
         elif forced:
-            why = (f"did not finish its step and save within {timeout:.0f} s and was stopped by force "
+            why = (f"did not finish its step and save within {timeout:.0f} s and was killed "
                    "(a step took longer than the wait)")
         else:
             why = "ended while stopping"

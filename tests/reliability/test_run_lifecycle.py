@@ -161,7 +161,9 @@ def test_a_queue_entry_that_cannot_start_fails_once_and_pauses_the_queue(tmp_pat
     monkeypatch.undo()
     monkeypatch.setattr(runner, "_launch_command", lambda run_dir, cfg, resume: [
         sys.executable, "-c", "import time; time.sleep(30)"])
-    run_queue.resume_queue(ws)  # space freed, the user carries on
+    from studio.tabs import train_queue
+    train_queue.edit_queue(ws, "resume", None)  # space freed, the user presses "Resume the queue"
+    assert run_queue.queue_paused(ws) is None
     events = run_queue.queue_step(ws)
     assert [e["kind"] for e in events] == ["run_start"] and events[0]["entry"] == second["id"]
     runner.stop_run(Path(events[0]["run_dir"]), timeout=0.5)
