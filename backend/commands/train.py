@@ -26,7 +26,10 @@ from backend.runs.run_files import read_run_files
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train one or more run configs, one after another")
-    p.add_argument("configs", nargs="+", metavar="CONFIG.yaml", help="run configs, trained in this order")
+    p.add_argument("configs", nargs="*", metavar="CONFIG.yaml", help="run configs, trained in this order")
+    p.add_argument("--more", default=None, metavar="RUN_DIR",
+                   help="train a completed run further: a new run that starts from its adapter")
+    p.add_argument("--steps", type=int, default=None, help="with --more: how many steps more (required)")
     p.add_argument("--workspace", default=os.environ.get("FTSTUDIO_WORKSPACE", "workspace"),
                    help="where the run directories go (default: ./workspace)")
     p.add_argument("--preset", default=None, metavar="NAME",
@@ -86,12 +89,25 @@ def run(args: argparse.Namespace) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     workspace = Path(args.workspace)
+    if not args.configs and not args.more:
+        raise UserError("Give one or more CONFIG.yaml files, or --more RUN_DIR --steps N.")
     # A bad config stops everything before anything starts: exit 2.
     configs = [(path, cfg) for path in args.configs
                for cfg in read_run_files(path, preset=args.preset, workspace=workspace)]
+    if args.more:
+        if args.steps is None:
+            raise UserError("--more needs --steps N: how many steps to train further.")
+        configs.append((args.more, runner.train_more_config(Path(args.more), args.steps)))
     if args.print_config:
         print("\n---\n".join(config_to_yaml(cfg) for _, cfg in configs), end="")
         return 0
+    for path, cfg in configs:
+        # The checks that need no model (data files, this machine's GPUs) for every config before the
+        # first run starts: a folder or /dev/zero as data is exit 2 in a second, not a failed run later.
+        try:
+            runner.preflight(cfg)
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
     results: list[dict[str, Any]] = []
     interrupted = False
     for path, cfg in configs:

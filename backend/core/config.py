@@ -25,9 +25,18 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "fsdp")
 
 
+# Upper bounds on counts a person types: a bigger number is a typo (or a test of the limits) that would
+# crash a library deep inside (a seed over 2**32) or run for ever (max_steps 10**18, epochs .inf).
+MAX_SEED = 2**32 - 1
+MAX_EPOCHS = 10_000
+MAX_STEPS = 100_000_000
+MAX_GPUS_PER_NODE = 16  # no real node has more
+
+
 class Strict(BaseModel):
-    # A typo in a YAML key is an error, not a silently ignored setting.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # A typo in a YAML key is an error, not a silently ignored setting; NaN and infinity are no numbers
+    # for any setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class MethodConfig(Strict):
@@ -39,16 +48,16 @@ class MethodConfig(Strict):
         default_factory=lambda: ["q_proj", "v_proj"],
         description="Linear layers that get adapters, or 'all-linear'.")
     loraplus_lr_ratio: float = Field(16.0, gt=0, description="LoRA+: learning-rate ratio of B over A.")
-    num_layers: int = Field(2, ge=1, description="Layer-selective: how many top decoder layers train.")
+    num_layers: int = Field(2, ge=1, le=10_000, description="Layer-selective: how many top decoder layers train.")
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="QLoRA: 4-bit data type.")
     double_quant: bool = Field(True, description="QLoRA: quantize the quantization scales too.")
     compute_dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="QLoRA: dtype of the matmuls.")
     # Later methods (prompt tuning, adapters, ...) add their fields here.
     num_virtual_tokens: int = Field(20, ge=1, le=512, description="Prompt/prefix methods: virtual tokens.")
     prompt_init_text: Optional[str] = Field(None, description="Prompt tuning: initialise from this text.")
-    bottleneck: int = Field(64, ge=1, description="Bottleneck adapters: hidden size of the adapter.")
-    init_r: int = Field(12, ge=1, description="AdaLoRA: initial rank.")
-    unfreeze_every: int = Field(0, ge=0, description="Gradual unfreezing: steps between unfreezing groups (0 = each epoch).")
+    bottleneck: int = Field(64, ge=1, le=1_048_576, description="Bottleneck adapters: hidden size of the adapter.")
+    init_r: int = Field(12, ge=1, le=4096, description="AdaLoRA: initial rank.")
+    unfreeze_every: int = Field(0, ge=0, le=MAX_STEPS, description="Gradual unfreezing: steps between unfreezing groups (0 = each epoch).")
     fish_mask_density: float = Field(0.005, gt=0, le=1, description="Fish Mask: share of parameters that train.")
     adapter_activation: Literal["relu", "gelu", "silu", "tanh"] = Field(
         "relu", description="Bottleneck adapters: non-linearity between the down and up projections.")
@@ -79,32 +88,32 @@ class DataConfig(Strict):
 
 
 class TrainConfig(Strict):
-    epochs: float = Field(3.0, gt=0, description="Passes over the training data.")
-    max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    epochs: float = Field(3.0, gt=0, le=MAX_EPOCHS, description="Passes over the training data.")
+    max_steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS, description="Stop after this many optimizer steps (overrides epochs).")
     learning_rate: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate.")
     scheduler: Literal[SCHEDULERS] = Field("cosine", description="Learning-rate schedule.")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    weight_decay: float = Field(0.0, ge=0, le=100, description="AdamW weight decay.")
     batch_size: int = Field(4, ge=1, le=4096, description="Sequences per device per step.")
     gradient_accumulation: int = Field(4, ge=1, le=4096, description="Micro-batches per optimizer step.")
     precision: Literal[PRECISIONS] = Field("bf16", description="Compute precision.")
     optimizer: Literal[OPTIMIZERS] = Field(catalog.OPTIMIZER.adamw_torch, description="Optimizer.")
     gradient_checkpointing: bool = Field(True, description="Recompute activations in backward to save memory.")
-    eval_steps: int = Field(50, ge=1, description="Evaluate every N steps.")
-    save_steps: Optional[int] = Field(None, ge=1, description="Checkpoint every N steps (default: eval_steps).")
-    logging_steps: int = Field(1, ge=1, description="Log every N steps.")
-    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm.")
-    seed: int = Field(42, description="Random seed.")
+    eval_steps: int = Field(50, ge=1, le=MAX_STEPS, description="Evaluate every N steps.")
+    save_steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS, description="Checkpoint every N steps (default: eval_steps).")
+    logging_steps: int = Field(1, ge=1, le=MAX_STEPS, description="Log every N steps.")
+    max_grad_norm: float = Field(1.0, ge=0, le=1e6, description="Gradient clipping norm.")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Random seed (0 to 2**32 - 1, what numpy accepts).")
 
 
 class EarlyStoppingConfig(Strict):
-    patience: Optional[int] = Field(3, ge=1, description="Evaluations without improvement before stopping; null turns it off.")
+    patience: Optional[int] = Field(3, ge=1, le=100_000, description="Evaluations without improvement before stopping; null turns it off.")
     threshold: float = Field(0.0, ge=0, description="Minimum improvement that counts.")
     metric: str = Field("eval_loss", description="Metric watched (lower is better for losses).")
 
 
 class DistributedConfig(Strict):
-    gpus: int = Field(1, ge=1, le=4096, description="GPUs per node.")
+    gpus: int = Field(1, ge=1, le=MAX_GPUS_PER_NODE, description="GPUs per node.")
     nodes: int = Field(1, ge=1, le=1024, description="Machines.")
     strategy: Literal[STRATEGIES] = Field("ddp", description="How work and memory are split across GPUs.")
 
@@ -145,6 +154,8 @@ class RunConfig(Strict):
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     alignment: AlignmentConfig = Field(default_factory=AlignmentConfig)
     trust_remote_code: bool = Field(False, description="Run code shipped with the model (only for models you trust).")
+    init_adapter: Optional[str] = Field(None, description=(
+        "Train more: start the adapter from this folder (a finished run's adapter/) instead of fresh weights."))
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=lambda: ["tensorboard"])
     name: Optional[str] = Field(None, max_length=80, description="A label for the run (the run id is generated).")
 
@@ -174,6 +185,10 @@ def _humanize(err: dict[str, Any]) -> tuple[str, str]:
         return loc, "is not a known setting (check the spelling, or remove it)"
     if kind == "missing":
         return loc, "is required"
+    if kind == "less_than_equal" and "le" in (err.get("ctx") or {}):
+        return loc, f"is too large: at most {err['ctx']['le']:,} (got {got!r})"
+    if kind == "finite_number":
+        return loc, f"must be a finite number (got {got!r})"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     if isinstance(got, (str, int, float, bool)) or got is None:

@@ -246,8 +246,15 @@ def _text(value: Any, field: str, allow_empty: bool = False) -> str:
     if isinstance(value, (int, float)):
         value = str(value)
     if isinstance(value, list) and all(isinstance(p, dict) for p in value):
-        # OpenAI content parts: keep the text parts.
-        value = "".join(str(p.get("text", "")) for p in value if p.get("type", "text") == "text")
+        # OpenAI content parts. Only text trains here: dropping an image part silently would train
+        # "What is this?" to "A cat." without the picture, so a row with one is refused (and, with
+        # skip_bad_rows, skipped and counted).
+        other = sorted({str(p.get("type")) for p in value if p.get("type", "text") != "text"})
+        if other:
+            raise _Bad(field, f"holds {', '.join(repr(t) for t in other)} content parts: multimodal data "
+                              "(images, audio) cannot train these text-only models. Remove those parts, or use a "
+                              "text-only dataset.")
+        value = "".join(str(p.get("text", "")) for p in value)
     if not isinstance(value, str):
         raise _Bad(field, f"is a {type(value).__name__}, but text was expected.")
     if not allow_empty and not value.strip():

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 from backend.core.config import load_config
 from backend.core.errors import UserError
-from backend.core.io import atomic_write_text, read_json
+from backend.core.io import atomic_write_text, check_free_space, read_json
 from backend.core.models import BUNDLED, ModelError, ensure_bundled, resolve_model
 from backend.export.gguf_check import check_export
 from backend.export.gguf_tokenizer import READER_UNKNOWN_PRE, describe_tokenizer
@@ -88,10 +88,7 @@ def _check_out(out: Path) -> Path:
 
 
 def _check_disk(folder: Path, needed: int, what: str) -> None:
-    free = shutil.disk_usage(folder).free
-    if free < needed:
-        raise UserError(f"Not enough disk space in {folder} for {what}: about {needed / 1e9:.2f} GB is needed "
-                        f"and {free / 1e9:.2f} GB is free. Free some space or choose another output folder.")
+    check_free_space(folder, needed, what)
 
 
 def _model_name(source: ExportSource) -> str:

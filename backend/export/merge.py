@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Optional
 from backend.core import catalog
 from backend.core.config import load_config
 from backend.core.errors import UserError
-from backend.core.io import atomic_write_json, read_json
+from backend.core.io import atomic_write_json, check_free_space, is_disk_full, read_json
 from backend.core.models import BUNDLED, ModelError, load_causal_lm, load_tokenizer, model_cache_dir
 from backend.core.paths import PROJECT_ROOT
 from backend.core.security import is_within, refuse_pickled_weights
@@ -163,15 +163,38 @@ def _load_tokenizer_for(src: AdapterSource):
         raise UserError(str(e)) from e
 
 
-def _prepare_out(out_dir: Path) -> Path:
-    """A new or empty folder, or one an earlier merge wrote; write into a sibling temp dir first."""
+def _prepare_out(out_dir: Path, needed: Optional[int] = None) -> Path:
+    """A new or empty folder, or one an earlier merge wrote; write into a sibling temp dir first.
+    With `needed` (bytes), a disk without that much free space is refused before any work."""
     out_dir = Path(out_dir).expanduser().resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"The output {out_dir} is a file, not a folder. Choose a new or empty folder for the "
+                        "merged model.")
+    blocker = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"The output folder {out_dir} cannot be made: {blocker} is a file. Choose another folder.")
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / _MERGED_MARK).exists():
         raise UserError(f"The output folder {out_dir} already holds other files. Choose a new or empty folder.")
+    if needed:
+        check_free_space(out_dir.parent, needed, "the merged model")
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise _as_user_error(e, out_dir) from e
     return tmp
+
+
+def _as_user_error(exc: BaseException, out_dir: Path) -> BaseException:
+    """A write that failed in the output folder, as a sentence (the old folder is untouched)."""
+    if is_disk_full(exc):
+        return UserError(f"The disk is full: the merged model could not be written to {out_dir} "
+                         f"({getattr(exc, 'strerror', None) or exc}). Free some space or choose a folder on "
+                         "another disk; any earlier merged model there is unchanged.")
+    if isinstance(exc, PermissionError):
+        return UserError(f"{out_dir} cannot be written (permission denied). Choose a folder you can write to.")
+    return UserError(f"The merged model could not be written to {out_dir}: {exc}. Choose another folder.")
 
 
 def _finish_out(tmp: Path, out_dir: Path, info: dict[str, Any]) -> Path:
@@ -217,7 +240,7 @@ def merge_adapter(adapter_or_run_dir: str | Path, out_dir: str | Path, progress:
         raise UserError(reason)
     from peft import PeftModel
 
-    tmp = _prepare_out(Path(out_dir))
+    tmp = _prepare_out(Path(out_dir), estimate_merged_bytes(src.base))
     notes: list[str] = []
     try:
         dtype = _merge_dtype(src)
@@ -249,6 +272,11 @@ def merge_adapter(adapter_or_run_dir: str | Path, out_dir: str | Path, progress:
         if not getattr(tok, "chat_template", None):
             notes.append("The tokenizer has no chat template; the Chat tab will fall back to a plain prompt.")
         out = _finish_out(tmp, Path(out_dir), {"adapter": str(src.adapter_dir), "base": src.base})
+    except Exception as e:  # noqa: BLE001 - safetensors reports a full disk as its own error type
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise _as_user_error(e, Path(out_dir)) from e
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -335,6 +363,11 @@ def combine_adapters(adapter_dirs: list[str | Path], weights: list[float], metho
         tok.save_pretrained(str(tmp))
         out = _finish_out(tmp, Path(out_dir), {"combined": [str(s.adapter_dir) for s in sources],
                                                 "weights": weights, "method": combination})
+    except Exception as e:  # noqa: BLE001 - safetensors reports a full disk as its own error type
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise _as_user_error(e, Path(out_dir)) from e
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -22,7 +22,7 @@ from backend.core.errors import UserError
 from backend.core.models import BUNDLED
 from backend.core.paths import PROJECT_ROOT
 from backend.export.merge import adapter_runs, merged_models
-from backend.runs.rundir import usable_checkpoints
+from backend.runs.rundir import best_checkpoint, usable_checkpoints
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "max_new_tokens": 256, "temperature": 0.7, "top_p": 0.9, "top_k": 50,
@@ -82,9 +82,15 @@ def chat_choices(workspace: str | Path) -> list[tuple[str, str]]:
     bundled base alone."""
     runs = []
     for label, d in adapter_runs(workspace):
+        best = best_checkpoint(Path(d))
+        if best is not None:  # offered first: the point of the run with the lowest validation loss
+            step, folder, val = best
+            shown = f"val {val:.3f}, step {step}" if val is not None else f"step {step}"
+            runs.append((f"run: {label} · best ({shown})", str(folder)))
         runs.append((f"run: {label}", d))
         # Earlier states of the same run: a checkpoint holds the adapter (or model) as it was at that step.
-        runs += [(f"run: {label} · checkpoint at step {step}", str(p)) for step, p in usable_checkpoints(Path(d))]
+        runs += [(f"run: {label} · checkpoint at step {step}", str(p)) for step, p in usable_checkpoints(Path(d))
+                 if best is None or p != best[1]]
     bases = [(f"base only: {name}", name) for name in BUNDLED]
     return runs + merged_models(workspace) + bases
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -111,8 +112,31 @@ def load_trainable_model(cfg: Any, device_map: Optional[Any] = None) -> nn.Modul
     if spec.quantized:
         _keep_4bit_trainable_on_cpu(model)
     model = apply_method(model, cfg)
+    if getattr(cfg, "init_adapter", None):
+        load_adapter_weights(model, Path(cfg.init_adapter))
     model.train()  # from_pretrained returns eval mode; dropout and the trainer expect train mode
     return model
+
+
+def load_adapter_weights(model: nn.Module, adapter: Path) -> None:
+    """"Train more": the freshly built PEFT adapter takes the weights a finished run saved. Refused with a
+    sentence when the folder holds no PEFT weights or they do not fit this method's adapter."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = adapter / "adapter_model.safetensors"
+    if not hasattr(model, "peft_config"):
+        raise UserError(f"Training more from {adapter} needs a PEFT method (LoRA and its kin); for full-style "
+                        "methods start a run with the finished model folder as its model instead.")
+    if not weights.is_file():
+        raise UserError(f"{adapter} holds no adapter_model.safetensors to train more from; pick a run that "
+                        "completed with a saved adapter.")
+    result = set_peft_model_state_dict(model, load_file(str(weights)))
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise UserError(f"The adapter in {adapter} does not fit this run's method settings ({len(unexpected)} "
+                        f"weights have no place, e.g. {unexpected[0]}); keep the finished run's method, rank and "
+                        "target modules.")
 
 
 def _keep_4bit_trainable_on_cpu(model: nn.Module) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 
 from backend.core.config import ConfigError, RunConfig, absolute_paths, validate_config
 from backend.core.errors import UserError
-from backend.core.io import atomic_write_json
+from backend.core.io import atomic_write_json, is_disk_full, make_reserve, write_with_reserve
 from backend.core.locks import file_lock
 from backend.core.models import BUNDLED, ModelError, resolve_model
 from backend.runs import rundir, runner
@@ -29,6 +29,8 @@ from backend.runs import rundir, runner
 log = logging.getLogger(__name__)
 
 QUEUE_FILE = "queue.json"
+# Space held back so the queue can still record a failed start when the disk is full.
+QUEUE_RESERVE = ".queue.reserve"
 QUEUE_VERSION = 1
 QUEUED, RUNNING = "queued", "running"
 OPEN_STATES = frozenset({QUEUED, RUNNING})
@@ -103,7 +105,13 @@ def _load(workspace: Path) -> dict[str, Any]:
 
 def _save(workspace: Path, data: dict[str, Any]) -> None:
     data["version"] = QUEUE_VERSION
-    atomic_write_json(queue_path(workspace), data)
+    write_with_reserve(lambda: atomic_write_json(queue_path(workspace), data), Path(workspace) / QUEUE_RESERVE)
+
+
+def _unpause(data: dict[str, Any]) -> None:
+    """The user acted on the queue (added, removed, moved, cleared, dismissed): it carries on."""
+    if data.pop("paused", None):
+        data["notice"] = None
 
 
 def read_queue(workspace: Path) -> dict[str, Any]:
@@ -136,7 +144,11 @@ def add_to_queue(workspace: Path, cfg: RunConfig, label: Optional[str] = None) -
 
     def add(data):
         data["entries"].append(entry)
+        _unpause(data)
     _mutate(workspace, add)
+    reserve = Path(workspace) / QUEUE_RESERVE
+    if not reserve.exists():
+        make_reserve(reserve)
     return entry
 
 
@@ -147,6 +159,7 @@ def remove_entry(workspace: Path, entry_id: str) -> None:
         if data["entries"][i]["state"] == RUNNING:
             raise UserError("That queue entry is training right now; stop its run first, then remove it.")
         del data["entries"][i]
+        _unpause(data)
     _mutate(workspace, remove)
 
 
@@ -157,6 +170,7 @@ def move_entry(workspace: Path, entry_id: str, offset: int) -> None:
         i = _find(data, entry_id)
         j = max(0, min(len(entries) - 1, i + offset))
         entries.insert(j, entries.pop(i))
+        _unpause(data)
     _mutate(workspace, move)
 
 
@@ -166,6 +180,7 @@ def clear_queue(workspace: Path) -> int:
         before = len(data["entries"])
         data["entries"] = [e for e in data["entries"] if e["state"] == RUNNING]
         data["notice"] = None
+        data.pop("paused", None)
         return before - len(data["entries"])
     return _mutate(workspace, clear)
 
@@ -173,7 +188,19 @@ def clear_queue(workspace: Path) -> int:
 def dismiss_notice(workspace: Path) -> None:
     def dismiss(data):
         data["notice"] = None
+        data.pop("paused", None)
     _mutate(workspace, dismiss)
+
+
+def resume_queue(workspace: Path) -> None:
+    """Carry on after a pause (a start that failed): the next queued entry starts on the next look."""
+    dismiss_notice(workspace)
+
+
+def queue_paused(workspace: Path) -> Optional[str]:
+    """The sentence the queue paused with, or None while it runs."""
+    data = read_queue(workspace)
+    return data.get("notice") if data.get("paused") else None
 
 
 def pending_count(workspace: Path) -> int:
@@ -201,6 +228,12 @@ def _finish(entry: dict[str, Any], state: str, error: Optional[str], **more: Any
             "run_dir": entry.get("run_dir"), "error": error}
 
 
+def _start_failure(exc: BaseException) -> str:
+    if is_disk_full(exc):
+        return (f"the disk is full ({exc}); free some space (old checkpoints and runs can go)")
+    return str(exc).rstrip(".")
+
+
 def queue_step(workspace: Path) -> list[dict[str, Any]]:
     """Look at the queue once: record runs that ended, start the next config if the device is free.
 
@@ -224,7 +257,7 @@ def queue_step(workspace: Path) -> list[dict[str, Any]]:
             events.append(_finish(e, state, status.get("error"), best_val_loss=status.get("best_val_loss")))
         # Entries start in order while devices are free: one at a time on a CPU or a single GPU, side by
         # side on a multi-GPU machine (each on its own GPUs). Runs started by hand hold their devices too.
-        while True:
+        while not data.get("paused"):
             nxt = next((e for e in entries if e["state"] == QUEUED), None)
             if nxt is None:
                 break
@@ -235,14 +268,27 @@ def queue_step(workspace: Path) -> list[dict[str, Any]]:
                 run_dir = runner.start_run(workspace, cfg)
             except runner.DevicesBusy:
                 break  # someone else started a run in between: try again on the next look
-            except (UserError, ConfigError, ModelError, OSError) as exc:
-                events.append(_finish(nxt, "failed", str(exc)))
+            except (UserError, ConfigError, ModelError) as exc:
+                events.append(_finish(nxt, "failed", str(exc)))  # this entry's own problem: the next may start
                 continue
+            except OSError as exc:
+                # The machine's problem (a full disk, no process can be started), not the entry's: the
+                # queue pauses, since the next entry (or this one again) would fail the same way each look.
+                reason = _start_failure(exc)
+                events.append(_finish(nxt, "failed", reason))
+                label = nxt.get("label") or nxt["id"]
+                waiting = sum(1 for e in entries if e["state"] == QUEUED)
+                data["paused"] = True
+                data["notice"] = (f"The queue is paused: the entry \"{label}\" could not start ({reason}). "
+                                  f"{waiting} entr{'y' if waiting == 1 else 'ies'} still wait. Fix the cause, then "
+                                  "press \"Resume the queue\" (or add, move or remove an entry) to carry on.")
+                events.append({"kind": "queue_paused", "entry": nxt["id"], "message": data["notice"]})
+                break
             nxt.update(state=RUNNING, run_dir=str(run_dir), run_id=run_dir.name, started=rundir.now_iso(),
                        error=None)
             events.append({"kind": "run_start", "entry": nxt["id"], "label": nxt.get("label"),
                            "run_dir": str(run_dir)})
-        if had_open and not any(e["state"] in OPEN_STATES for e in entries):
+        if had_open and not data.get("paused") and not any(e["state"] in OPEN_STATES for e in entries):
             done = [e for e in entries if e["state"] not in OPEN_STATES]
             ok = sum(1 for e in done if e["state"] == "completed")
             events.append({"kind": "queue_end", "completed": ok, "not_completed": len(done) - ok})
@@ -253,6 +299,9 @@ def queue_step(workspace: Path) -> list[dict[str, Any]]:
 
 class QueueWorker:
     """A daemon thread that calls `queue_step` every `poll` seconds until stopped."""
+
+    MAX_BACKOFF_S = 300.0
+    error: Optional[str] = None
 
     def __init__(self, workspace: Path, poll: float = 2.0,
                  on_event: Optional[Callable[[dict[str, Any]], None]] = None):
@@ -280,15 +329,22 @@ class QueueWorker:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
+        failures = 0
         while not self._stop.is_set():
             try:
                 for ev in queue_step(self.workspace):
                     log.info("queue: %s", ev)
                     if self.on_event is not None:
                         self.on_event(ev)
-            except Exception:  # noqa: BLE001 - the worker must outlive one bad look at the queue
-                log.exception("queue worker: one pass failed; trying again")
-            self._stop.wait(self.poll)
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - the worker must outlive one bad look at the queue
+                failures += 1
+                # Not a retry loop: a pass that fails (say, the queue file cannot be written on a full
+                # disk) waits twice as long each time, up to MAX_BACKOFF_S, and is logged once per change.
+                self.error = f"The queue could not be looked at ({type(exc).__name__}: {exc}); trying again later."
+                if failures == 1:
+                    log.exception("queue worker: one pass failed")
+            self._stop.wait(min(self.MAX_BACKOFF_S, self.poll * (2 ** failures)) if failures else self.poll)
 
 
 _workers: dict[Path, QueueWorker] = {}

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from backend.core.config import RunConfig, save_config
-from backend.core.io import atomic_write_json, read_json
+from backend.core.io import atomic_write_json, free_bytes, make_reserve, read_json, write_with_reserve
 from backend.core.locks import file_lock
 from backend.runs.events import check_event_type
 
@@ -33,11 +33,19 @@ CONFIG_FILE = "config.yaml"
 LOG_FILE = "train.log"
 META_FILE = "meta.json"
 STOP_REQUEST_FILE = "stop_request"
+HEARTBEAT_FILE = "heartbeat.json"
+# Space held back at creation so the final state can still be written when the trainer fills the disk.
+RESERVE_FILE = ".status.reserve"
 CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 
 # A run that says "starting" but never got a process for this long did not start.
 STARTING_GRACE_S = 120.0
+# A running trainer whose heartbeat is older than max(STALL_MIN_S, STALL_STEPS x step time) is flagged.
+STALL_MIN_S = 30.0
+STALL_STEPS = 5.0
+# Below this much free space, a run that ended without a word is taken to have filled the disk.
+DISK_FULL_BYTES = 1 << 20
 
 
 def runs_root(workspace: Path) -> Path:
@@ -81,11 +89,19 @@ def create_run(workspace: Path, cfg: RunConfig) -> Path:
             run_dir.mkdir()  # exclusive: two starts in the same second get different ids
         except FileExistsError:
             continue
-        save_config(cfg, run_dir / CONFIG_FILE)
-        atomic_write_json(run_dir / STATUS_FILE, {
-            "run_id": run_id, "state": "starting", "created": now_iso(),
-            "method": cfg.method.name, "model": cfg.model, "name": cfg.name,
-        })
+        try:
+            make_reserve(run_dir / RESERVE_FILE)
+            save_config(cfg, run_dir / CONFIG_FILE)
+            now = now_iso()
+            atomic_write_json(run_dir / STATUS_FILE, {
+                "run_id": run_id, "state": "starting", "created": now,
+                "method": cfg.method.name, "model": cfg.model, "name": cfg.name,
+            })
+        except BaseException:
+            # A start that cannot even write its config (a full disk) leaves no empty run behind.
+            import shutil
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         return run_dir
     raise RuntimeError(f"could not find a free run id under {root}")
 
@@ -101,15 +117,64 @@ def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
     if "state" in fields and fields["state"] not in RUN_STATES:
         raise ValueError(f"unknown run state {fields['state']!r}")
     with _status_lock(run_dir):
-        status = read_json(run_dir / STATUS_FILE, {}) or {}
-        for k, v in fields.items():
-            if v is None:
-                status.pop(k, None)
-            else:
-                status[k] = v
-        status["updated"] = now_iso()
-        atomic_write_json(run_dir / STATUS_FILE, status)
+        return _write_status_locked(run_dir, fields)
+
+
+def _write_status_locked(run_dir: Path, fields: dict[str, Any]) -> dict[str, Any]:
+    status = read_json(run_dir / STATUS_FILE, {}) or {}
+    was_active = status.get("state") in ACTIVE_STATES
+    for k, v in fields.items():
+        if v is None:
+            status.pop(k, None)
+        else:
+            status[k] = v
+    now = now_iso()
+    status["updated"] = now
+    if was_active and status.get("state") in FINAL_STATES:
+        _close_leg(status, now)
+    # On a full disk the reserve file's space is given back, so the final state still gets written.
+    write_with_reserve(lambda: atomic_write_json(run_dir / STATUS_FILE, status), run_dir / RESERVE_FILE)
     return status
+
+
+def _close_leg(status: dict[str, Any], now: str) -> None:
+    """Record the leg (start to end of one training process) that just ended in status["legs"]."""
+    start = status.get("leg_started") or status.get("started") or status.get("created")
+    if not start:
+        return
+    legs = status.get("legs") if isinstance(status.get("legs"), list) else []
+    legs.append({"started": start, "ended": status.get("ended") or now, "state": status.get("state"),
+                 "step": status.get("step")})
+    status["legs"] = legs
+    status.pop("leg_started", None)
+
+
+def leg_seconds(leg: dict[str, Any]) -> float:
+    a, b = parse_iso(leg.get("started")), parse_iso(leg.get("ended"))
+    return max(0.0, b - a) if a is not None and b is not None else 0.0
+
+
+def run_times(status: dict[str, Any], now: Optional[float] = None) -> tuple[Optional[float], Optional[float]]:
+    """(total training seconds over every leg, seconds of the current or last leg); None when unknown.
+
+    A resumed run keeps its creation time and lists each leg, so a resume does not restart the clock."""
+    now = time.time() if now is None else now
+    legs = [leg for leg in status.get("legs") or [] if isinstance(leg, dict)]
+    done = sum(leg_seconds(leg) for leg in legs)
+    if status.get("state") in ACTIVE_STATES:
+        start = parse_iso(status.get("leg_started") or (None if legs else status.get("started")))
+        if start is None:
+            return (done or None), None
+        this = max(0.0, now - start)
+        return done + this, this
+    if legs:
+        return done, leg_seconds(legs[-1])
+    # Written before legs were recorded: one leg from start to end.
+    start = parse_iso(status.get("started")) or parse_iso(status.get("created"))
+    end = parse_iso(status.get("ended")) or parse_iso(status.get("updated"))
+    if start is None or end is None:
+        return None, None
+    return max(0.0, end - start), max(0.0, end - start)
 
 
 def process_start_time(pid: int) -> Optional[int]:
@@ -186,20 +251,59 @@ def read_status(run_dir: Path) -> dict[str, Any]:
     if state in ACTIVE_STATES:
         pid = status.get("pid")
         if pid is None:
-            created = parse_iso(status.get("created")) or 0.0
-            if time.time() - created > STARTING_GRACE_S:
-                status.update(state="failed", error="The training process never started; see train.log.")
+            # A resume keeps `created`: its own grace runs from the leg's start.
+            created = parse_iso(status.get("leg_started") or status.get("created")) or 0.0
+            if time.time() - created <= STARTING_GRACE_S:
+                return status
+            status.update(state="failed", error="The training process never started; see train.log.")
         elif not pid_alive(pid, status.get("pid_start")):
-            last = _log_tail(run_dir)
-            hint = f" The last line of train.log: {last}" if last else " See train.log."
-            ckpt = last_checkpoint(run_dir)
-            then = (f" Resume it from the last checkpoint ({ckpt.name}, kept) or start it again." if ckpt
-                    else " No checkpoint had been saved; start it again.")
-            status.update(state="failed", error=(
-                f"The training process (pid {pid}) ended without reporting a result: it was killed or "
-                f"crashed.{hint}{then}"))
+            # Asked to stop and gone: stopped (the stopper adds how); otherwise it died on its own.
+            status.update(state="stopped" if state == "stopping" else "failed",
+                          error=_dead_process_sentence(run_dir, pid))
             status["ended"] = status.get("ended") or status.get("updated")
+        else:
+            return status
+        _write_back(run_dir, status)
     return status
+
+
+def _disk_full_seen(run_dir: Path) -> bool:
+    """train.log says ENOSPC, or the run's filesystem is (nearly) full."""
+    tail = tail_log(run_dir, 200, 65536)
+    if "No space left on device" in tail or "ENOSPC" in tail or "Errno 28" in tail:
+        return True
+    try:
+        return free_bytes(run_dir) < DISK_FULL_BYTES
+    except OSError:
+        return False
+
+
+def _dead_process_sentence(run_dir: Path, pid: Any) -> str:
+    ckpt = last_checkpoint(run_dir)
+    then = (f" Resume it from the last checkpoint ({ckpt.name}, kept) or start it again." if ckpt
+            else " No checkpoint had been saved; start it again.")
+    if _disk_full_seen(run_dir):
+        return (f"The disk is full: the training process (pid {pid}) could not write to {run_dir} and ended. "
+                f"Free some space (old checkpoints and runs can go).{then}")
+    last = _log_tail(run_dir)
+    hint = f" The last line of train.log: {last}" if last else " See train.log."
+    return f"The training process (pid {pid}) ended without reporting a result: it was killed or crashed.{hint}{then}"
+
+
+def _write_back(run_dir: Path, inferred: dict[str, Any]) -> None:
+    """Store the state a reader inferred for a dead process, once: under the status lock, and only
+    while the file still says the same active state for the same pid (the trainer may have written
+    its own ending meanwhile). A write that fails (full disk, read-only) leaves the inference to the
+    next reader."""
+    try:
+        with _status_lock(run_dir):
+            raw = read_raw_status(run_dir)
+            if raw.get("state") not in ACTIVE_STATES or raw.get("pid") != inferred.get("pid"):
+                return
+            _write_status_locked(run_dir, {"state": inferred["state"], "error": inferred.get("error"),
+                                           "ended": inferred.get("ended") or now_iso(), "inferred": True})
+    except OSError:
+        pass
 
 
 def _clean_number(v: Any) -> Any:
@@ -330,6 +434,24 @@ def usable_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return [(step, p) for step, p in _numbered_checkpoints(run_dir) if checkpoint_problem(p) is None]
 
 
+def best_checkpoint(run_dir: Path) -> Optional[tuple[int, Path, Optional[float]]]:
+    """(step, folder, validation loss) of the run's best checkpoint, as the newest checkpoint's trainer
+    state names it; None without a validation set or when that folder is gone or damaged."""
+    newest = last_checkpoint(run_dir)
+    if newest is None:
+        return None
+    state = read_json(newest / "trainer_state.json", {}) or {}
+    best = state.get("best_model_checkpoint")
+    if not isinstance(best, str) or not best:
+        return None
+    folder = checkpoints_dir(run_dir) / Path(best).name  # the run directory may have moved since
+    if not re.fullmatch(r"checkpoint-\d+", folder.name) or checkpoint_problem(folder) is not None:
+        return None
+    step = state.get("best_global_step") or int(folder.name.split("-")[1])
+    metric = state.get("best_metric")
+    return int(step), folder, float(metric) if isinstance(metric, (int, float)) else None
+
+
 def checkpoint_report(run_dir: Path) -> tuple[Optional[Path], list[tuple[Path, str]]]:
     """(newest usable checkpoint, [(newer checkpoint passed over, why)])."""
     skipped: list[tuple[Path, str]] = []
@@ -347,23 +469,17 @@ def last_checkpoint(run_dir: Path) -> Optional[Path]:
 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
-    """One row of the runs list."""
+    """One row of the runs list; `duration` is the training time of every leg together."""
     run_dir = Path(run_dir)
     status = read_status(run_dir)
-    started = parse_iso(status.get("started")) or parse_iso(status.get("created"))
-    ended = parse_iso(status.get("ended"))
-    if started is None:
-        duration = None
-    elif status.get("state") in ACTIVE_STATES:
-        duration = time.time() - started
-    else:
-        duration = (ended or parse_iso(status.get("updated")) or started) - started
+    total, this_leg = run_times(status)
     return {
         "id": run_dir.name, "dir": str(run_dir), "state": status.get("state"),
         "method": status.get("method"), "model": status.get("model"), "name": status.get("name"),
         "best_val_loss": status.get("best_val_loss"), "started": status.get("started") or status.get("created"),
-        "duration": duration, "error": status.get("error"),
-        "step": status.get("step"), "total_steps": status.get("total_steps"),
+        "created": status.get("created"), "duration": total, "leg_duration": this_leg,
+        "legs": len(status.get("legs") or []) + (1 if status.get("state") in ACTIVE_STATES else 0),
+        "error": status.get("error"), "step": status.get("step"), "total_steps": status.get("total_steps"),
     }
 
 
@@ -396,3 +512,47 @@ def stop_requested(run_dir: Path) -> bool:
 def clear_stop_request(run_dir: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         (Path(run_dir) / STOP_REQUEST_FILE).unlink()
+
+
+def write_heartbeat(run_dir: Path, step: int, step_time: Optional[float]) -> None:
+    """The trainer's sign of progress: the step it finished, when, and its recent time per step."""
+    atomic_write_json(Path(run_dir) / HEARTBEAT_FILE, {"step": step, "time": time.time(), "step_time": step_time})
+
+
+def read_heartbeat(run_dir: Path) -> Optional[dict[str, Any]]:
+    beat = read_json(Path(run_dir) / HEARTBEAT_FILE, None)
+    return beat if isinstance(beat, dict) and isinstance(beat.get("time"), (int, float)) else None
+
+
+def stall(run_dir: Path, status: Optional[dict[str, Any]] = None, now: Optional[float] = None) -> Optional[dict[str, Any]]:
+    """{"seconds", "step_time", "threshold", "message"} when a running trainer has made no progress for
+    longer than max(STALL_MIN_S, STALL_STEPS x its step time); None when it is progressing (or not running).
+
+    A stopped (SIGSTOP), deadlocked or swapping trainer still has a live pid; only its heartbeat tells."""
+    status = read_status(run_dir) if status is None else status
+    if status.get("state") not in ("running", "stopping"):
+        return None
+    beat = read_heartbeat(run_dir)
+    if beat is None:
+        return None  # still loading: no step has begun, so there is no pace to compare with
+    now = time.time() if now is None else now
+    since = now - float(beat["time"])
+    step_time = beat.get("step_time") if isinstance(beat.get("step_time"), (int, float)) else None
+    threshold = max(STALL_MIN_S, STALL_STEPS * (step_time or 0.0))
+    if since <= threshold:
+        return None
+    pace = f" (step time ~{_short_seconds(step_time)})" if step_time else ""
+    return {"seconds": since, "step_time": step_time, "threshold": threshold,
+            "message": (f"No progress for {_short_seconds(since)}{pace}, at step {beat.get('step')}. The process is "
+                        "alive but not finishing steps: it may be paused (SIGSTOP), swapping or stuck. Stop it "
+                        "if it does not recover.")}
+
+
+def _short_seconds(s: Optional[float]) -> str:
+    if s is None:
+        return "?"
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 120:
+        return f"{s:.0f} s"
+    return f"{s / 60:.0f} min"

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 from transformers import EarlyStoppingCallback, TrainerCallback
 
+from backend.core import io as core_io
 from backend.core.gpu import gpu_memory_used, visible_indices
 from backend.runs import events as ev, rundir
 
@@ -172,6 +173,103 @@ def _any_rank(flag: bool) -> bool:
         return bool(t.item())
     except Exception:  # noqa: BLE001 - without a working collective, each rank decides alone
         return flag
+
+
+class HeartbeatCallback(TrainerCallback):
+    """Writes heartbeat.json as steps (and evaluation batches, and saves) finish, with the recent time per
+    step, so a reader can tell a live but stalled trainer (SIGSTOP, a hang, swapping) from a slow one."""
+
+    EVERY_S = 1.0
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.step_time: Optional[float] = None
+        self._begin: Optional[float] = None
+        self._last_write = 0.0
+
+    def _beat(self, state, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_write >= self.EVERY_S:
+            self._last_write = now
+            try:
+                rundir.write_heartbeat(self.run_dir, state.global_step, self.step_time)
+            except OSError:
+                pass  # a missed beat is not worth ending the training over
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._begin = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        if self._begin is not None:
+            took = time.monotonic() - self._begin
+            # A moving average: one slow step (a checkpoint, an evaluation) does not swing it.
+            self.step_time = took if self.step_time is None else 0.7 * self.step_time + 0.3 * took
+        self._beat(state, force=True)
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.step_time is not None:
+            self._beat(state)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.step_time is not None:
+            self._beat(state, force=True)
+
+
+# A checkpoint also holds the tokenizer, the trainer state and RNG files: a margin over the weights.
+SAVE_MARGIN_BYTES = 16 * 2**20
+
+
+def trainable_size(model: Any) -> tuple[int, int]:
+    """(bytes as saved, element count) of the trainable parameters."""
+    try:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return sum(p.numel() * p.element_size() for p in params), sum(p.numel() for p in params)
+    except Exception:  # noqa: BLE001 - an odd model: no estimate, only the margin
+        return 0, 0
+
+
+def newest_checkpoint_bytes(run_dir: Path) -> Optional[int]:
+    ckpt = rundir.last_checkpoint(run_dir)
+    if ckpt is None:
+        return None
+    try:
+        return sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
+    except OSError:
+        return None
+
+
+def checkpoint_bytes_needed(run_dir: Path, model: Any) -> int:
+    """What the next checkpoint takes: the size of the last one, or (before the first) the trainable
+    weights and the optimizer's two fp32 moments per weight, plus a margin."""
+    last = newest_checkpoint_bytes(run_dir)
+    if last:
+        return int(last * 1.05) + SAVE_MARGIN_BYTES
+    size, count = trainable_size(model)
+    return size + 8 * count + SAVE_MARGIN_BYTES
+
+
+def adapter_bytes_needed(model: Any) -> int:
+    """What the final adapter (or model) folder takes: the trainable weights and the tokenizer."""
+    return trainable_size(model)[0] + SAVE_MARGIN_BYTES
+
+
+class DiskSpaceCallback(TrainerCallback):
+    """Before each checkpoint, the free space is checked against what the save needs (the check the GGUF
+    export uses): a full disk ends the run with a sentence and the previous checkpoint intact, instead of
+    a save cut short part-way."""
+
+    def __init__(self, run_dir: Path, model: Any):
+        self.run_dir = Path(run_dir)
+        self.model = model
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save and state.is_world_process_zero:
+            folder = rundir.checkpoints_dir(self.run_dir)
+            core_io.check_free_space(folder, checkpoint_bytes_needed(self.run_dir, self.model),
+                                     f"checkpoint-{state.global_step} (then resume the run)")
+        return control
 
 
 # ---- test-only fault injection -------------------------------------------------------------

@@ -16,11 +16,10 @@ from typing import Any
 import yaml
 
 from backend.core import catalog
-from backend.core.config import RunConfig, save_config
+from backend.core.config import MAX_GPUS_PER_NODE, RunConfig, save_config
 from backend.core.errors import UserError
 from backend.core.io import atomic_write_text
 
-MAX_GPUS_PER_NODE = 16  # no real node has more; a bigger number is a typo
 DEFAULT_PORT = 29500
 PRECISION_TO_ACCELERATE = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
 
@@ -186,6 +185,9 @@ def write_bundle(cfg: RunConfig, nodes: int, gpus_per_node: int, out_dir: Path,
     """A self-contained folder that starts this training on a cluster."""
     if nodes < 1 or gpus_per_node < 1:
         raise UserError("A bundle needs at least 1 node and 1 GPU per node.")
+    if gpus_per_node > MAX_GPUS_PER_NODE:
+        raise UserError(f"{gpus_per_node} GPUs per node is more than any single machine has (at most "
+                        f"{MAX_GPUS_PER_NODE}); use more nodes instead.")
     cfg = cfg.model_copy(deep=True)
     cfg.distributed.nodes = nodes
     cfg.distributed.gpus = gpus_per_node

@@ -12,7 +12,7 @@ imports, so a stop or a broken install during start-up still ends in a state wit
 from __future__ import annotations
 
 import argparse
-import errno
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -28,7 +28,7 @@ from typing import Any, Optional
 from backend.core import catalog, precision
 from backend.core.config import ConfigError, load_config
 from backend.core.errors import UserError
-from backend.core.io import atomic_write_json
+from backend.core.io import atomic_write_json, is_disk_full
 from backend.core.log import is_main_process, note
 from backend.core.models import ModelError, load_tokenizer
 from backend.data.records import load_for_training
@@ -144,8 +144,11 @@ def training_args(cfg, run_dir: Path, has_eval: bool):
         logging_steps=t.logging_steps, logging_first_step=True,
         eval_strategy="steps" if has_eval else "no", eval_steps=t.eval_steps if has_eval else None,
         save_strategy="steps", save_steps=save_steps, save_total_limit=2,
-        load_best_model_at_end=early, metric_for_best_model=cfg.early_stopping.metric if early else None,
-        greater_is_better=False if early else None,
+        # The best checkpoint is tracked whenever there is a validation set, so the checkpoint limit never
+        # deletes it (the Trainer's rotation keeps best_model_checkpoint); the Chat tab offers it first.
+        load_best_model_at_end=early,
+        metric_for_best_model=(cfg.early_stopping.metric if early else "eval_loss") if has_eval else None,
+        greater_is_better=False if has_eval else None,
         report_to=report_to or "none", disable_tqdm=True, dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
         # The model arrives with checkpointing already set up by the method (methods.load_trainable_model).
@@ -164,8 +167,8 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_ds, val_ds, faults
     from transformers import EarlyStoppingCallback
     from trl import SFTTrainer
 
-    from backend.training.callbacks import EventsCallback, FaultCallback, GuardedCollator, StopRequestCallback, \
-        install_save_fault
+    from backend.training.callbacks import DiskSpaceCallback, EventsCallback, FaultCallback, GuardedCollator, \
+        HeartbeatCallback, StopRequestCallback, install_save_fault
     from backend.methods import create_optimizer, method_callbacks
 
     args = training_args(cfg, run_dir, has_eval=val_ds is not None)
@@ -183,6 +186,8 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_ds, val_ds, faults
     if faults:
         callbacks.append(FaultCallback(faults))
     callbacks += method_callbacks(model, cfg, run_dir)  # AdaLoRA's ranks, unfreezing, Fish Mask
+    # Last: it sees every callback's decision to save (a stop request saves too) before the save begins.
+    callbacks += [HeartbeatCallback(run_dir), DiskSpaceCallback(run_dir, model)]
     if is_alignment(cfg.objective):
         from backend.objectives.trainers import build_alignment_trainer
 
@@ -200,18 +205,46 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_ds, val_ds, faults
     return trainer, events, stop
 
 
+# The Trainer writes its arguments as a pickle next to the weights; the final folder stays pickle-free
+# (pickles belong to checkpoints/ only, which the same run reads back).
+PICKLED_EXTRAS = ("training_args.bin",)
+
+
 def save_adapter(trainer, run_dir: Path) -> Path:
     """Write the final (best, with early stopping) adapter next to the old one, then swap, so a
-    full disk leaves the previous adapter intact."""
+    full disk leaves the previous adapter intact and no half-written adapter.partial behind."""
+    from backend.core.io import check_free_space
+    from backend.training.callbacks import adapter_bytes_needed
+
     final = rundir.adapter_dir(run_dir)
     tmp = final.with_name(final.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
+    check_free_space(run_dir, adapter_bytes_needed(trainer.model), "the final adapter (then resume the run)")
     from backend.methods import save_trained
-    save_trained(trainer, str(tmp))  # bottleneck adapters write their own format
+    try:
+        save_trained(trainer, str(tmp))  # bottleneck adapters write their own format
+        for name in PICKLED_EXTRAS:
+            (tmp / name).unlink(missing_ok=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     return final
+
+
+def finished_checkpoint(checkpoint: Path):
+    """The checkpoint's TrainerState when it is at (or past) the run's last step, else None."""
+    from transformers import TrainerState
+
+    try:
+        state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    except (OSError, ValueError, TypeError):
+        return None
+    if state.max_steps and state.global_step >= state.max_steps:
+        return state
+    return None
 
 
 def _oom_sentence(cfg) -> str:
@@ -242,7 +275,7 @@ def _classify(exc: BaseException, cfg, run_dir: Path) -> tuple[str, str]:
     oom = isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
     if oom:
         return "out_of_memory", (_oom_sentence(cfg) if cfg is not None else "The GPU ran out of memory.") + kept
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+    if is_disk_full(exc):
         return "failed", (f"The disk is full: saving to {run_dir} failed. Free some space (old checkpoints "
                           "and runs can go), then resume the run." + kept)
     if isinstance(exc, CollateError):
@@ -276,6 +309,7 @@ def run(run_dir: Path, resume: bool = False) -> int:
             fields.update(pid=os.getpid(), pgid=os.getpgid(0), pid_start=rundir.process_start_time(os.getpid()),
                           started=rundir.now_iso())
         rundir.write_status(run_dir, **fields)
+        (run_dir / rundir.HEARTBEAT_FILE).unlink(missing_ok=True)  # an earlier leg's beat says nothing now
         if resume:
             rundir.append_event(run_dir, {"type": ev.RESUME, "checkpoint": str(rundir.last_checkpoint(run_dir))})
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -289,13 +323,18 @@ def run(run_dir: Path, resume: bool = False) -> int:
     except BaseException as exc:  # noqa: BLE001 - every ending is written down, then reported
         if isinstance(exc, KeyboardInterrupt):
             exc = Terminated()
-        traceback.print_exc()
+        with contextlib.suppress(OSError):  # stdout is train.log, on the disk that may be full
+            traceback.print_exc()
         state, sentence = _classify(exc, cfg, run_dir)
         if main:
-            rundir.append_event(run_dir, {"type": ev.ERROR, "state": state, "message": sentence})
+            # The status first: it is what every reader goes by, and on a full disk it has the run's
+            # reserved space; the event line is best effort.
             rundir.write_status(run_dir, state=state, error=sentence, ended=rundir.now_iso(),
-                              last_checkpoint=str(rundir.last_checkpoint(run_dir) or "") or None)
-        note(sentence)
+                                last_checkpoint=str(rundir.last_checkpoint(run_dir) or "") or None)
+            with contextlib.suppress(OSError):
+                rundir.append_event(run_dir, {"type": ev.ERROR, "state": state, "message": sentence})
+        with contextlib.suppress(OSError):
+            note(sentence)
         return 0 if state == "stopped" else 1
 
 
@@ -319,8 +358,19 @@ def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool,
     checkpoint = rundir.last_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
         note("No complete checkpoint found: training from the start.")
-    note("Training" + (f" from {checkpoint.name}." if checkpoint else "."))
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finished = finished_checkpoint(checkpoint) if checkpoint else None
+    if finished is not None:
+        # Every step was trained and checkpointed; only the final save was cut short (a kill, a full disk).
+        # Training again from here would take one step more than max_steps: load it and save instead.
+        note(f"{checkpoint.name} already holds the last step ({finished.global_step}); saving its adapter.")
+        best = finished.best_model_checkpoint
+        keep_best = trainer.args.load_best_model_at_end and best and Path(best).is_dir()
+        trainer._load_from_checkpoint(str(best if keep_best else checkpoint))
+        trainer.state = finished
+        events.best, events.best_step = finished.best_metric, getattr(finished, "best_global_step", None)
+    else:
+        note("Training" + (f" from {checkpoint.name}." if checkpoint else "."))
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     if catalog.OBJECTIVES[cfg.objective].online:
         drop_reference_adapter(trainer.model)

@@ -39,7 +39,7 @@ TEXT = {
 STATE_WORDS = {
     "starting": "is starting: loading the model and the data",
     "running": "is training",
-    "stopping": "is stopping: saving a checkpoint and the adapter",
+    "stopping": "is stopping: finishing its current step, then saving a checkpoint and the adapter",
     "completed": "completed",
     "stopped": "stopped",
     "failed": "failed",
@@ -87,7 +87,7 @@ def config_summary(rc: dict[str, Any]) -> tuple[str, str]:
     return md, config_to_yaml(cfg)
 
 
-def state_sentence(run_id: str, status: dict[str, Any]) -> str:
+def state_sentence(run_id: str, status: dict[str, Any], run_dir: Optional[Path] = None) -> str:
     state = status.get("state")
     if state == rundir.MISSING:
         return f"<span class='ft-error'>{html.escape(status.get('error', ''))}</span>"
@@ -99,7 +99,28 @@ def state_sentence(run_id: str, status: dict[str, Any]) -> str:
     if detail:
         cls = "ft-error" if state in ("failed", "out_of_memory") else "ft-help"
         text += f"\n\n<span class='{cls}'>{html.escape(str(detail))}</span>"
+    if state == "stopping":
+        text += " " + stopping_wait(status)
+    stalled = rundir.stall(Path(run_dir), status) if run_dir else None
+    if stalled:
+        text += f"\n\n<span class='ft-error' id='train-stalled'>{html.escape(stalled['message'])}</span>"
     return text
+
+
+def stopping_wait(status: dict[str, Any], now: Optional[float] = None) -> str:
+    """How long a graceful stop still waits before it stops the run by force, and the way out."""
+    deadline = rundir.parse_iso(status.get("stop_deadline"))
+    if deadline is None:
+        return "Press **Stop now** to end it at once (the last checkpoint is kept)."
+    left = max(0.0, deadline - (time.time() if now is None else now))
+    return (f"It is stopped by force in **{fmt_duration(left)}** if it has not ended by then (the wait follows "
+            f"its step time). Press **Stop now** to end it at once; the last checkpoint is kept.")
+
+
+def with_message(lv: dict[str, Any], text: str) -> str:
+    """The state line, with the last button's message kept under it until the user acts again."""
+    message = lv.get("message")
+    return f"{text}\n\n{message}" if message else text
 
 
 def progress_html(series: RunSeries, status: dict[str, Any]) -> str:
@@ -114,17 +135,21 @@ def progress_html(series: RunSeries, status: dict[str, Any]) -> str:
 
 
 def stats_markdown(series: RunSeries, status: dict[str, Any], estimate_bytes: Optional[int]) -> str:
-    started = rundir.parse_iso(status.get("resumed") or status.get("started"))
-    ended = rundir.parse_iso(status.get("ended"))
     active = status.get("state") in rundir.ACTIVE_STATES
-    elapsed = ((time.time() if active else (ended or time.time())) - started) if started else None
+    total, this_leg = rundir.run_times(status)
+    legs = len(status.get("legs") or []) + (1 if active else 0)
+    elapsed = fmt_duration(total)
+    if legs > 1 and this_leg is not None:  # a resumed run: the whole training time, and this leg's
+        elapsed += f"** (this leg **{fmt_duration(this_leg)}**, {legs} legs)"
+    else:
+        elapsed += "**"
     eta = series.eta_seconds() if active else None
     tps = f"{series.tokens_per_s:,.0f}" if series.tokens_per_s is not None else "–"
     mem = fmt_bytes(series.gpu_mem) if series.gpu_mem is not None else "– (no GPU)"
     est = fmt_bytes(estimate_bytes) if estimate_bytes else "–"
     best = f"{series.best_val_loss:.4f} (step {series.best_step})" if series.best_val_loss is not None else "–"
     epoch = f"{series.epoch:.2f}" if isinstance(series.epoch, (int, float)) else "–"
-    return (f"epoch **{epoch}** · elapsed **{fmt_duration(elapsed)}** · ETA **{fmt_duration(eta)}** · "
+    return (f"epoch **{epoch}** · elapsed **{elapsed} · ETA **{fmt_duration(eta)}** · "
             f"tokens/s **{tps}** · GPU memory **{mem}** (estimate {est}) · best validation loss **{best}**")
 
 
@@ -184,6 +209,7 @@ class TrainView:
     yaml_view: Any = None
     start: Any = None
     stop: Any = None
+    stop_now: Any = None
     resume: Any = None
     add_queue: Any = None
     state_md: Any = None
@@ -217,6 +243,7 @@ def _controls_layout(v: TrainView) -> None:
     with gr.Row():
         v.start = gr.Button("Start", variant="primary", elem_id="train-start")
         v.stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+        v.stop_now = gr.Button("Stop now", variant="stop", size="sm", elem_id="train-stop-now")
         v.resume = gr.Button("Resume", elem_id="train-resume")
         v.add_queue = gr.Button("Add to queue", elem_id="train-add-queue")
         preview = gr.Button("Preview command", elem_id="train-preview")
@@ -270,7 +297,7 @@ def render(ws: Path, lv: dict[str, Any], force: bool = False):
     series = lv["series"]
     charts = (loss_figure(series, f"Loss: {run_dir.name}"), lr_grad_figure(series)) \
         if (changed or force) else (gr.skip(), gr.skip())
-    return [lv, state_sentence(run_dir.name, status), progress_html(series, status),
+    return [lv, with_message(lv, state_sentence(run_dir.name, status, run_dir)), progress_html(series, status),
             stats_markdown(series, status, lv["estimate"]), *charts, rundir.tail_log(run_dir, 30)]
 
 
@@ -311,7 +338,18 @@ def on_stop(ws: Path, lv):
     if status.get("state") not in rundir.ACTIVE_STATES:
         return [lv, f"Run **{Path(lv['run_dir']).name}** is not running "
                     f"({status.get('state')}); nothing to stop."] + [gr.skip()] * 5
-    runner.stop_run(Path(lv["run_dir"]), timeout=30)
+    grace = runner.stop_in_background(Path(lv["run_dir"]))
+    lv = {**lv, "message": f"<span class='ft-help'>Stop asked at {time.strftime('%H:%M:%S')}: the run finishes "
+                           f"its current step and saves (waiting up to {fmt_duration(grace)}).</span>"}
+    return render(ws, lv, force=True)
+
+
+def on_stop_now(ws: Path, lv):
+    """Reads the viewed run; ends it at once, without waiting for its step (the last checkpoint is kept)."""
+    if not lv.get("run_dir"):
+        return [lv, TEXT["no_run"]] + [gr.skip()] * 5
+    status = runner.stop_now(Path(lv["run_dir"]))
+    lv = {**lv, "message": f"<span class='ft-help'>{html.escape(str(status.get('error') or 'Stopped.'))}</span>"}
     return render(ws, lv, force=True)
 
 
@@ -322,8 +360,10 @@ def on_resume(ws: Path, lv):
     try:
         runner.resume_run(Path(lv["run_dir"]))
     except BAD_INPUT as e:
-        return [lv, f"<span class='ft-error'>{html.escape(str(e))}</span>"] + [gr.skip()] * 5
-    return render(ws, lv, force=True)
+        # Kept under the state line until the next action: the next tick must not wipe it after a second.
+        lv = {**lv, "message": f"<span class='ft-error'>{html.escape(str(e))}</span>"}
+        return render(ws, lv, force=True)
+    return render(ws, {**lv, "message": None}, force=True)
 
 
 def view_row(ws: Path, row: Optional[list], lv):
@@ -368,6 +408,8 @@ def wire(v: TrainView) -> None:
     v.start.click(bind(on_start, ctx), [ctx.run_config, live], view_outputs, concurrency_id="train-control",
                   concurrency_limit=1).then(refresh, v.compare, [v.table, v.compare])
     v.stop.click(bind(on_stop, ws), live, view_outputs, concurrency_id="train-control", concurrency_limit=1) \
+        .then(refresh, v.compare, [v.table, v.compare])
+    v.stop_now.click(bind(on_stop_now, ws), live, view_outputs, queue=False) \
         .then(refresh, v.compare, [v.table, v.compare])
     v.resume.click(bind(on_resume, ws), live, view_outputs, concurrency_id="train-control", concurrency_limit=1)
     selected = v.table.select(on_select, live, view_outputs, queue=False)

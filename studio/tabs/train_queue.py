@@ -209,6 +209,7 @@ class QueueView:
     down: Any = None
     remove: Any = None
     empty: Any = None
+    carry_on: Any = None
     picked: Any = None
     n_samples: Any = None
     evaluate: Any = None
@@ -232,6 +233,7 @@ def _queue_layout(v: QueueView) -> None:
         v.down = gr.Button("▼ Move down", elem_id="queue-down", size="sm")
         v.remove = gr.Button("Remove", elem_id="queue-remove", size="sm")
         v.empty = gr.Button("Empty the queue", elem_id="queue-clear", size="sm", variant="stop")
+        v.carry_on = gr.Button("Resume the queue", elem_id="queue-resume", size="sm")
     v.picked = gr.State(None)
 
 
@@ -290,13 +292,18 @@ def on_pick(evt: gr.SelectData):
 
 def edit_queue(ws: Path, action: str, entry_id):
     # No docstring: bound under the name of the lambdas it replaced, and Gradio shows a docstring in the API page.
-    if not entry_id and action != "clear":
+    if not entry_id and action not in ("clear", "resume"):
         return render_queue(ws, "Click a row of the queue first.")
     try:
         if action == "clear":
             gone = run_queue.clear_queue(ws)
             return render_queue(ws, f"Emptied the queue ({gone} entr{'y' if gone == 1 else 'ies'} removed; a "
                                     "running run keeps going until it ends).")
+        if action == "resume":
+            paused = run_queue.queue_paused(ws)
+            run_queue.resume_queue(ws)
+            return render_queue(ws, "The queue carries on with the next entry." if paused
+                                else "The queue is not paused.")
         if action == "remove":
             run_queue.remove_entry(ws, entry_id)
         else:
@@ -348,6 +355,7 @@ def wire(v: QueueView, add_button: gr.Button, start_button: gr.Button, run_selec
     for button, action in ((v.up, "up"), (v.down, "down"), (v.remove, "remove")):
         button.click(bind(edit_queue, ws, action, name="<lambda>"), v.picked, listing, queue=False)
     v.empty.click(bind(edit_queue, ws, "clear", None, name="<lambda>"), None, listing, queue=False)
+    v.carry_on.click(bind(edit_queue, ws, "resume", None, name="<lambda>"), None, listing, queue=False)
     v.timer.tick(bind(on_timer, ws), v.watch, [v.watch, v.qtable, v.note_box], queue=False, show_progress="hidden")
     v.note_box.change(None, v.note_box, None, js=NOTIFY_JS, queue=False)
     # Chained after the runs table's own select (a second listener on the same select never fired).

@@ -16,8 +16,11 @@ pytestmark = pytest.mark.timeout(400)
 
 def test_a_queue_of_two_where_one_fails_prints_both_run_dirs_and_exits_1(tmp_path, tiny_model_dir, capsys):
     good = tiny_config(tiny_model_dir, tmp_path, with_validation=False, max_steps=2)
-    bad = good.model_copy(update={"data": good.data.model_copy(update={"path": str(tmp_path / "gone.jsonl")}),
-                                  "name": "bad"})
+    # A file that exists but holds no usable row: found by the trainer, not by the checks before the start
+    # (a missing file is exit 2 with nothing started: tests/reliability/test_bad_run_inputs.py).
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("not json\n{also not\n")
+    bad = good.model_copy(update={"data": good.data.model_copy(update={"path": str(broken)}), "name": "bad"})
     save_config(good, tmp_path / "good.yaml")
     save_config(bad, tmp_path / "bad.yaml")
     code = cli.main(["train", str(tmp_path / "bad.yaml"), str(tmp_path / "good.yaml"),
@@ -25,7 +28,7 @@ def test_a_queue_of_two_where_one_fails_prints_both_run_dirs_and_exits_1(tmp_pat
     out = capsys.readouterr()
     lines = out.out.strip().splitlines()
     assert code == 1 and len(lines) == 2
-    assert rundir.read_status(Path(lines[0]))["state"] == "failed" and "gone.jsonl" in out.err
+    assert rundir.read_status(Path(lines[0]))["state"] == "failed" and "broken.jsonl" in out.err
     assert rundir.read_status(Path(lines[1]))["state"] == "completed"
     assert (rundir.adapter_dir(Path(lines[1])) / "adapter_config.json").is_file()
 

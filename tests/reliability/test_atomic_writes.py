@@ -167,6 +167,7 @@ def test_a_failure_inside_the_write_keeps_the_old_file_and_no_temp(tmp_path, mon
 PLAIN_WRITES_ALLOWED = {
     ("backend/core/io.py", "os.fdopen"): "the atomic writer itself (writes a temp file, then os.replace)",
     ("backend/training/callbacks.py", "fault_child.pid"): "test-only fault injection",
+    ("backend/core/io.py", "def make_reserve"): "zeros that hold disk space for a full disk; never read",
     ("backend/core/locks.py", "as lock_file"): "the flock helper's lock file; its content is never read",
     ("backend/runs/queue.py", "aside.write_bytes"): "a copy of a bad queue file set aside under a new name",
     ("backend/export/merge.py", "_MERGED_MARK"): "written into a temp directory that is swapped in with os.replace",

@@ -79,6 +79,9 @@ def test_sigkill_at_a_random_step_keeps_the_checkpoint_and_resume_joins_the_curv
     merged = tmp_path / "merged"
     merge_adapter(run_dir, merged)
     assert_safetensors_only(rundir.adapter_dir(run_dir), rundir.checkpoints_dir(run_dir), merged)
+    # The Trainer's pickled state stays in checkpoints/: the final adapter and the merge hold none.
+    for folder in (rundir.adapter_dir(run_dir), merged):
+        assert not [p for pat in PICKLED for p in folder.rglob(pat)], folder
 
 
 def test_disk_full_while_checkpointing_keeps_the_previous_one_and_resume_finishes(tmp_path, tiny_model_dir,
@@ -105,3 +108,72 @@ def test_disk_full_while_checkpointing_keeps_the_previous_one_and_resume_finishe
     assert status["state"] == "completed" and status["step"] == 6
     assert_curve_joins(run_dir, 2, 6)
     assert rundir.checkpoint_problem(rundir.checkpoints_dir(run_dir) / "checkpoint-6") is None
+
+
+def test_a_full_disk_at_the_final_save_leaves_no_partial_and_resume_saves_without_training_past_the_end(
+        tmp_path, tiny_model_dir, monkeypatch):
+    from backend.core import io as core_io
+
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", "")
+    previous = signal.getsignal(signal.SIGTERM)
+    cfg = tiny_config(tiny_model_dir, tmp_path, with_validation=False, max_steps=4, eval_steps=2)
+    run_dir = rundir.create_run(tmp_path / "ws", cfg)
+    # Room for the checkpoints, none left for the final adapter.
+    monkeypatch.setattr(core_io, "free_bytes", lambda folder: 0 if Path(folder) == run_dir else 10**12)
+    try:
+        assert train.run(run_dir) == 1
+        status = rundir.read_status(run_dir)
+        assert status["state"] == "failed" and "Not enough disk space" in status["error"], status
+        assert "final adapter" in status["error"] and "checkpoint-4" in status["error"]
+        assert not (run_dir / "adapter.partial").exists() and not rundir.adapter_dir(run_dir).exists()
+
+        monkeypatch.undo()
+        monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", "")
+        assert train.run(run_dir, resume=True) == 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    status = rundir.read_status(run_dir)
+    assert status["state"] == "completed" and status["step"] == 4, status
+    events = rundir.read_events(run_dir)[0]
+    at = max(i for i, e in enumerate(events) if e["type"] == "resume")
+    assert train_steps(events[at:]) == [], "every step was trained: the resume only saves, no step 5"
+    assert max(train_steps(events)) == 4
+    adapter = rundir.adapter_dir(run_dir)
+    assert (adapter / "adapter_model.safetensors").is_file()
+    pickled = sorted(p.name for pat in PICKLED for p in adapter.rglob(pat))
+    assert pickled == [], f"the final adapter holds pickles: {pickled}"
+
+
+def test_train_more_is_a_new_run_that_starts_from_the_completed_runs_adapter(tmp_path, tiny_model_dir, capsys):
+    import torch
+    from peft import get_peft_model_state_dict
+
+    from backend import cli
+    from backend.core.errors import UserError
+    from backend.methods.loading import load_trainable_model
+
+    cfg = tiny_config(tiny_model_dir, tmp_path, with_validation=False, max_steps=4)
+    run_dir = rundir.create_run(tmp_path / "ws", cfg)
+    model = load_trainable_model(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.add_(0.5)
+    model.save_pretrained(str(rundir.adapter_dir(run_dir)))
+    trained = get_peft_model_state_dict(model)
+    rundir.write_status(run_dir, state="completed", step=4, total_steps=4, ended=rundir.now_iso())
+
+    with pytest.raises(UserError, match="ftstudio train --more"):
+        runner.resume_run(run_dir)
+    more = runner.train_more_config(run_dir, 6)
+    assert more.train.max_steps == 6 and more.init_adapter == str(rundir.adapter_dir(run_dir))
+    assert more.model == cfg.model and more.method == cfg.method
+    again = get_peft_model_state_dict(load_trainable_model(more))
+    assert set(again) == set(trained)
+    assert all(torch.equal(again[k], trained[k]) for k in trained), "the new run starts from the saved weights"
+
+    code = cli.main(["train", "--more", str(run_dir), "--steps", "6", "--workspace", str(tmp_path / "ws"),
+                     "--print-config"])
+    out = capsys.readouterr().out
+    assert code == 0 and f"init_adapter: {rundir.adapter_dir(run_dir)}" in out and "max_steps: 6" in out
+    assert cli.main(["train", "--more", str(run_dir)]) == 2, "--steps is required"

@@ -1,11 +1,12 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from backend.core.config import RunConfig, load_config
+from backend.core.config import ConfigError, RunConfig, load_config, validate_config
 from backend.training.distributed import accelerate_config, deepspeed_config, distributed_problems, write_bundle
 from backend.core.errors import UserError
 
@@ -28,7 +29,10 @@ def test_fsdp_and_ddp_map_to_accelerate_types():
 
 def test_impossible_layouts_are_sentences():
     assert any("at least 2" in p for p in distributed_problems(_cfg(gpus=1, strategy="zero3")))
-    assert any("more than any single machine" in p for p in distributed_problems(_cfg(gpus=64)))
+    with pytest.raises(ConfigError, match="at most 16"):  # the per-node limit is the config's own bound
+        validate_config({"distributed": {"gpus": 64}})
+    with pytest.raises(UserError, match="more than any single machine"):
+        write_bundle(RunConfig(), 1, 64, Path("unused-bundle"))
 
 
 def test_bundle_writes_config_launchers_and_sbatch(tmp_path):
