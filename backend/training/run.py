@@ -160,6 +160,18 @@ def _installed(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+def make_collator(data_cfg, model, tokenizer):
+    """The SFT batch builder: padded rows, or packed rows kept apart (refused where the model cannot)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if not data_cfg.packing:
+        return SftCollator(pad_id)
+    from backend.data.packing import PackedCollator
+    from backend.training.packing_check import flattens_batches, require_isolated_packing
+
+    require_isolated_packing(model)  # before any step: a model that cross-attends is refused
+    return PackedCollator(pad_id, flatten=flattens_batches(model))
+
+
 def build_trainer(cfg, run_dir: Path, model, tokenizer, train_ds, val_ds, faults: dict[str, int]):
     from transformers import EarlyStoppingCallback
     from trl import SFTTrainer
@@ -190,10 +202,10 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_ds, val_ds, faults
                                           create_optimizer(model, cfg))
         install_save_fault(trainer, faults)
         return trainer, events, stop
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collator = make_collator(cfg.data, model, tokenizer)
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
-        data_collator=GuardedCollator(SftCollator(pad_id), faults), callbacks=callbacks,
+        data_collator=GuardedCollator(collator, faults), callbacks=callbacks,
         optimizers=(create_optimizer(model, cfg), None),
     )
     install_save_fault(trainer, faults)

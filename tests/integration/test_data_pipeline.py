@@ -50,7 +50,10 @@ def test_packed_preview_equals_the_packed_training_sequence(tok, chat_file):
     p = preview_packed(tok, rows, 0, cfg)
     assert [t["id"] for t in p["tokens"]] == ds[0]["input_ids"]
     assert [t["label"] for t in p["tokens"]] == ds[0]["labels"]
+    assert [t["position"] for t in p["tokens"]] == ds[0]["position_ids"]
     assert sum(t["boundary"] for t in p["tokens"]) == len(p["rows"]) - 1
+    assert [t["segment"] for t in p["tokens"] if t["boundary"]] == list(range(1, len(p["rows"])))
+    assert 0 < p["efficiency"] <= 1
 
 
 def test_rows_whose_answer_is_cut_off_are_dropped_from_training(tok, tmp_path):
