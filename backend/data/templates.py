@@ -545,7 +545,7 @@ def preview_packed(tokenizer, rows: list[dict], index: int, data_cfg: Any,
     The plan covers the whole dataset (best-fit-decreasing looks at every row), so a caller
     showing several rows passes the plan it computed once.
     """
-    plan = plan or plan_packing(tokenizer, rows, data_cfg)
+    plan = plan or _cached_plan(tokenizer, rows, data_cfg)
     where = next((n for n, members in enumerate(plan.rows) if index in members), None)
     if where is None:
         raise UserError(f"Row {index} is left out of training: nothing of its answer fits within "
@@ -568,6 +568,19 @@ def preview_packed(tokenizer, rows: list[dict], index: int, data_cfg: Any,
     texts = [text_of[i].text for i in dict.fromkeys(members)]
     return {"text": "".join(texts), "tokens": tokens, "rows": list(dict.fromkeys(members)),
             "length": len(tokens), "efficiency": plan.efficiency, "sequences": len(plan.sequences)}
+
+
+_LAST_PLAN: dict[tuple, PackPlan] = {}
+
+
+def _cached_plan(tokenizer, rows: list[dict], data_cfg: Any) -> PackPlan:
+    """The last plan, kept while the same rows and settings are previewed row after row."""
+    dump = data_cfg.model_dump_json() if hasattr(data_cfg, "model_dump_json") else repr(vars(data_cfg))
+    key = (id(tokenizer), id(rows), len(rows), dump)
+    if key not in _LAST_PLAN:
+        _LAST_PLAN.clear()
+        _LAST_PLAN[key] = plan_packing(tokenizer, rows, data_cfg)
+    return _LAST_PLAN[key]
 
 
 def _offset_index(seq: dict, j: int, seg_start: int, full: Encoding) -> Optional[int]:
