@@ -576,7 +576,7 @@ _LAST_PLAN: dict[tuple, PackPlan] = {}
 def _cached_plan(tokenizer, rows: list[dict], data_cfg: Any) -> PackPlan:
     """The last plan, kept while the same rows and settings are previewed row after row."""
     dump = data_cfg.model_dump_json() if hasattr(data_cfg, "model_dump_json") else repr(vars(data_cfg))
-    key = (id(tokenizer), id(rows), len(rows), dump)
+    key = (id(tokenizer), id(rows), len(rows), dump, repr(rows[:1]), repr(rows[-1:]))
     if key not in _LAST_PLAN:
         _LAST_PLAN.clear()
         _LAST_PLAN[key] = plan_packing(tokenizer, rows, data_cfg)
