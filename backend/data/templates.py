@@ -397,19 +397,59 @@ class EncodeReport:
     dropped: list[int]       # rows with nothing left to learn after truncation
 
 
-def encode_rows(tokenizer, rows: list[dict], data_cfg: Any) -> EncodeReport:
+BATCH_ROWS = 1000  # rows per tokenizer call: big enough to amortise the call, small enough to bound memory
+
+
+def _tokenize_batch(tokenizer, rendered: list[Rendered]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """Token ids and character offsets of many rendered rows, one tokenizer call per run of like rows."""
+    out: list = [None] * len(rendered)
+    groups: dict[bool, list[int]] = {}
+    for i, r in enumerate(rendered):
+        groups.setdefault(r.add_special_tokens, []).append(i)
+    for special, idx in groups.items():
+        try:
+            enc = tokenizer([rendered[i].text for i in idx], add_special_tokens=special,
+                            return_offsets_mapping=True)
+        except (NotImplementedError, ValueError, TypeError):
+            for i in idx:  # tokenizers without offsets: the row-by-row path
+                out[i] = _tokenize(tokenizer, rendered[i])
+            continue
+        for j, i in enumerate(idx):
+            out[i] = (list(enc["input_ids"][j]), [tuple(o) for o in enc["offset_mapping"][j]])
+    return out
+
+
+def _finish(tokenizer, r: Rendered, ids: list[int], offsets: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    labels = list(ids) if r.grade_all else _span_labels(ids, offsets, r.graded, len(r.text))
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if r.append_eos and eos is not None and (not ids or ids[-1] != eos):
+        ids = ids + [eos]
+        labels.append(eos if (r.grade_all or r.graded) else IGNORE)
+    return ids, labels
+
+
+def encode_rows(tokenizer, rows: list[dict], data_cfg: Any, progress=None) -> EncodeReport:
+    """encode_row for many rows: rendered one by one, tokenized in batches of BATCH_ROWS.
+
+    `progress(done, total)`, when given, is called after every batch.
+    """
     encoded, kept, dropped, truncated = [], [], [], 0
-    for i, row in enumerate(rows):
-        e = encode_full(tokenizer, row, data_cfg)
-        if len(e.input_ids) > data_cfg.max_length:
-            truncated += 1
-        n = min(len(e.input_ids), int(data_cfg.max_length))
-        enc = {"input_ids": e.input_ids[:n], "attention_mask": [1] * n, "labels": e.labels[:n]}
-        if has_graded(enc):
-            encoded.append(enc)
-            kept.append(i)
-        else:
-            dropped.append(i)
+    cap = int(data_cfg.max_length)
+    for start in range(0, len(rows), BATCH_ROWS):
+        chunk = rows[start:start + BATCH_ROWS]
+        rendered = [render(tokenizer, row, data_cfg) for row in chunk]
+        for k, (r, (ids, offs)) in enumerate(zip(rendered, _tokenize_batch(tokenizer, rendered))):
+            ids, labels = _finish(tokenizer, r, ids, offs)
+            if len(ids) > cap:
+                truncated += 1
+            enc = {"input_ids": ids[:cap], "attention_mask": [1] * min(len(ids), cap), "labels": labels[:cap]}
+            if has_graded(enc):
+                encoded.append(enc)
+                kept.append(start + k)
+            else:
+                dropped.append(start + k)
+        if progress is not None:
+            progress(min(start + BATCH_ROWS, len(rows)), len(rows))
     return EncodeReport(encoded, kept, truncated, dropped)
 
 
@@ -444,7 +484,59 @@ def plan_packing(tokenizer, rows: list[dict], data_cfg: Any) -> PackPlan:
                     packing.efficiency(lengths, cap, bins))
 
 
-def build_sft_dataset(tokenizer, rows: list[dict], data_cfg: Any):
+# Bump when encoding changes what a row becomes: cached datasets of older versions are then ignored.
+ENCODING_VERSION = 2
+
+
+def dataset_key(tokenizer, rows: list[dict], data_cfg: Any) -> str:
+    """What determines an encoded dataset: the rows, the tokenizer, the template and the data settings."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    settings = {k: getattr(data_cfg, k, None) for k in ("template", "system_prompt", "max_length",
+                                                         "train_on_prompt", "last_turn_only", "packing")}
+    h.update(json.dumps({"v": ENCODING_VERSION, "settings": settings,
+                         "tokenizer": [getattr(tokenizer, "name_or_path", ""), len(tokenizer),
+                                       str(getattr(tokenizer, "chat_template", "")), tokenizer.bos_token,
+                                       tokenizer.eos_token, tokenizer.pad_token]}, sort_keys=True,
+                        default=str).encode())
+    for row in rows:
+        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:40]
+
+
+def build_sft_dataset(tokenizer, rows: list[dict], data_cfg: Any, cache_dir=None, progress=None):
+    """build_sft_dataset, kept on disk as Arrow under cache_dir/<dataset_key>: a resume or a re-run
+    with other hyperparameters memory-maps it instead of tokenizing again."""
+    if cache_dir is None:
+        return _build_sft_dataset(tokenizer, rows, data_cfg, progress)
+    import shutil
+    from pathlib import Path
+
+    import datasets
+
+    target = Path(cache_dir) / dataset_key(tokenizer, rows, data_cfg)
+    if (target / "dataset_info.json").exists():
+        try:
+            return datasets.load_from_disk(str(target))
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt
+            shutil.rmtree(target, ignore_errors=True)
+    ds = _build_sft_dataset(tokenizer, rows, data_cfg, progress)
+    tmp = target.with_name(target.name + f".partial-{__import__('os').getpid()}")
+    try:
+        ds.save_to_disk(str(tmp))
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        return datasets.load_from_disk(str(target))  # memory-mapped: the rows leave the heap
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return ds
+
+
+def _build_sft_dataset(tokenizer, rows: list[dict], data_cfg: Any, progress=None):
     """A datasets.Dataset built with encode_row: input_ids, attention_mask, labels; packed if asked.
 
     Packed sequences carry input_ids, labels and position_ids (restarting at every row) and no
@@ -460,7 +552,7 @@ def build_sft_dataset(tokenizer, rows: list[dict], data_cfg: Any):
         items = plan_packing(tokenizer, rows, data_cfg).sequences
         keys = ("input_ids", "labels", "position_ids")
     else:
-        rep = encode_rows(tokenizer, rows, data_cfg)
+        rep = encode_rows(tokenizer, rows, data_cfg, progress)
         if not rep.encoded:
             raise UserError(
                 f"None of the {len(rows)} rows has a graded token within max_length={data_cfg.max_length}: "

@@ -104,7 +104,7 @@ def effective_config(cfg):
     return cfg.model_copy(update={"train": cfg.train.model_copy(update=train)})
 
 
-def build_datasets(cfg, tokenizer):
+def build_datasets(cfg, tokenizer, cache: Optional[Path] = None):
     if is_alignment(cfg.objective):
         from backend.objectives.trainers import build_alignment_datasets
 
@@ -114,9 +114,20 @@ def build_datasets(cfg, tokenizer):
         raise UserError(f"The training file {cfg.data.path} has no usable rows; check it in the Dataset tab.")
     note(f"Data: {len(train_rows)} training rows, {len(val_rows)} validation rows "
          f"({getattr(loaded, 'skipped', 0)} skipped) from {cfg.data.path}.")
-    train_ds = build_sft_dataset(tokenizer, train_rows, cfg.data)
-    val_ds = build_sft_dataset(tokenizer, val_rows, cfg.data) if val_rows else None
+    # The encoded rows are kept in the workspace's cache (Arrow, keyed by rows, tokenizer, template and
+    # data settings), so a resume or a re-run with other hyperparameters does not tokenize again.
+    train_ds = build_sft_dataset(tokenizer, train_rows, cfg.data, cache_dir=cache, progress=_encode_progress)
+    val_ds = build_sft_dataset(tokenizer, val_rows, cfg.data, cache_dir=cache) if val_rows else None
+    if cfg.data.packing:
+        note(f"Packing: {len(train_ds)} sequences of at most {cfg.data.max_length} tokens.")
     return train_ds, val_ds
+
+
+def _encode_progress(done: int, total: int) -> None:
+    # A line per tenth of a large file: train.log (and `ftstudio train`) show tokenization advancing.
+    step = max(1000, total // 10)
+    if total >= 5000 and (done % step < 1000 or done == total):
+        note(f"Tokenizing: {done:,} of {total:,} rows.")
 
 
 def training_args(cfg, run_dir: Path, has_eval: bool):
@@ -326,7 +337,8 @@ def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool,
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     from backend.objectives.trainers import load_objective_model
     model = load_objective_model(cfg)  # load_trainable_model, or a scorer for the reward objective
-    train_ds, val_ds = build_datasets(cfg, tokenizer)
+    # WORKSPACE/runs/<id> -> WORKSPACE/cache/datasets
+    train_ds, val_ds = build_datasets(cfg, tokenizer, Path(run_dir).resolve().parent.parent / "cache" / "datasets")
     trainer, events, stop = build_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, faults)
     checkpoint = rundir.last_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
