@@ -18,7 +18,6 @@ from typing import Any, Optional
 
 from backend.core.catalog import METHODS
 from backend.core.config import RunConfig
-from backend.methods import apply_method, build_meta_model
 
 # Method fields that never change which parameters exist or train.
 _NOT_STRUCTURAL = {"alpha", "dropout", "loraplus_lr_ratio", "compute_dtype", "quant_type", "double_quant",
@@ -110,6 +109,8 @@ def _lora_inputs(model: Any) -> tuple[int, int]:
 
 def shape_of(model_config: Any, cfg: Any) -> ModelShape:
     """Build, apply, classify. Not cached; use `cached_shape`."""
+    from backend.methods import apply_method, build_meta_model  # torch: only when a skeleton is built
+
     dims = _config_dims(model_config)
     model = build_meta_model(model_config, cfg.trust_remote_code)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -225,7 +226,7 @@ def _load_or_build(config_json: str, config_cls: type, build_json: str) -> Model
         return shape_from_json(path.read_text())
     except (OSError, ValueError, TypeError):
         pass
-    config = config_cls.from_dict(json.loads(config_json))
+    config = config_cls.from_dict(json.loads(config_json))  # plan.ConfigFile gives the transformers config
     cfg = RunConfig.model_validate_json(build_json)
     shape = derived_lora_shape(config, cfg) or shape_of(config, cfg)
     try:
