@@ -12,7 +12,7 @@ from backend.core.errors import UserError
 from backend.core.models import DEFAULT_MODEL
 from backend.data.files import Budget
 from backend.data.records import load_rows, look_seconds
-from backend.data.templates import get_tokenizer, preview_row, resolve_template, token_length_stats
+from backend.data.templates import get_tokenizer, preview_packed, preview_row, resolve_template, token_length_stats
 
 ERRORS_SHOWN = 100
 STATS_ROWS = 20_000   # tokenizing is the slow part: the statistics come from the first rows
@@ -46,6 +46,8 @@ def add_parser(sub) -> None:
     pre.add_argument("--train-on-prompt", action="store_true", help="grade the prompt tokens too")
     pre.add_argument("--last-turn-only", action="store_true", help="grade only the last assistant turn")
     pre.add_argument("--pad-to", type=int, default=None, help="show padding up to this length")
+    pre.add_argument("--packing", action="store_true",
+                     help="show the packed sequence holding the row: every token with its position and segment")
     pre.set_defaults(func=preview)
 
 
@@ -68,7 +70,8 @@ def _data_cfg(args: argparse.Namespace, loaded) -> Any:
     return DataConfig(path=args.file, template=args.template, max_length=args.max_length,
                       system_prompt=args.system_prompt, format=loaded.format, mapping=loaded.mapping,
                       train_on_prompt=getattr(args, "train_on_prompt", False),
-                      last_turn_only=getattr(args, "last_turn_only", False))
+                      last_turn_only=getattr(args, "last_turn_only", False),
+                      packing=getattr(args, "packing", False))
 
 
 def _progress_printer() -> Callable[[int, int], None]:
@@ -99,7 +102,8 @@ def inspect(args: argparse.Namespace) -> dict:
         raise UserError(f"--stats-rows {args.stats_rows} must be at least 1.")
     stats = token_length_stats(tok, loaded.rows, cfg, limit=args.stats_rows)
     out["token_lengths"] = {k: stats[k] for k in ("min", "median", "max", "mean", "truncated",
-                                                  "truncated_share", "lost_answers", "tokens", "counted")}
+                                                  "truncated_share", "lost_answers", "tokens", "counted",
+                                                  "packing_efficiency")}
     out["template"] = resolve_template(tok, args.template)[0]
     out["warnings"] = _warnings(loaded, stats, cfg)
     return out
@@ -128,7 +132,10 @@ def preview(args: argparse.Namespace) -> dict:
     n = len(loaded.rows)
     if not 0 <= args.row < n:
         raise UserError(f"--row {args.row} is out of range: {loaded.path} has {n} usable row(s), numbered 0 to {n - 1}.")
-    out = preview_row(tok, loaded.rows[args.row], cfg, pad_to=args.pad_to)
+    if args.packing:
+        out = preview_packed(tok, loaded.rows, args.row, cfg)
+    else:
+        out = preview_row(tok, loaded.rows[args.row], cfg, pad_to=args.pad_to)
     out["row"] = args.row
     out["source_line"] = loaded.lines[args.row]
     out["format"] = loaded.format

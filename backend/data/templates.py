@@ -175,10 +175,95 @@ class Rendered:
     note: Optional[str] = None
 
 
-def _assistant_spans(tokenizer, jinja: str, msgs: list[dict], full: str, last_only: bool) -> list[tuple[int, int]]:
+def _reply_turns(msgs: list[dict], last_only: bool) -> list[int]:
     turns = [k for k, m in enumerate(msgs) if m["role"] == "assistant" and m["content"].strip()]
-    if last_only and turns:
-        turns = turns[-1:]
+    return turns[-1:] if last_only and turns else turns
+
+
+def _assistant_spans(tokenizer, jinja: str, msgs: list[dict], full: str, last_only: bool) -> list[tuple[int, int]]:
+    """Graded character spans of the assistant replies, in time linear in the conversation.
+
+    The conversation is rendered once more with each graded reply replaced by a marker. Where
+    putting the replies back into that text gives the real text, the markers say where each
+    reply lies, and a turn's end is where a two-message conversation ends after its reply
+    (the end-of-turn marker). A turn where either check fails, or a template that rewrites
+    replies, is measured by rendering prefixes (`_spans_by_prefix`), which is exact but
+    quadratic in the number of turns.
+    """
+    turns = _reply_turns(msgs, last_only)
+    if not turns:
+        return []
+    if "\x00" in full:
+        return _spans_by_prefix(tokenizer, jinja, msgs, full, turns)
+    marked = list(msgs)
+    for k in turns:
+        marked[k] = {**msgs[k], "content": f"\x00{k}\x00"}
+    skeleton = _render(tokenizer, jinja, marked)
+    parts = skeleton.split("\x00")
+    if len(parts) != 2 * len(turns) + 1 or [int(p) for p in parts[1::2]] != turns:
+        return _spans_by_prefix(tokenizer, jinja, msgs, full, turns)
+    tail = _turn_tail(tokenizer, jinja)
+    spans: list[tuple[int, int]] = []
+    pos, rebuilt = 0, []
+    fallback: list[int] = []
+    for j, k in enumerate(turns):
+        lead = parts[2 * j]
+        rebuilt.append(lead)
+        pos += len(lead)
+        content = msgs[k]["content"]
+        # The template writes the reply as it is or trimmed; either way the graded text is the trimmed reply.
+        shown = content if full.startswith(content, pos) else content.strip()
+        if not full.startswith(shown, pos):
+            return _spans_by_prefix(tokenizer, jinja, msgs, full, turns)
+        start = pos + (len(shown) - len(shown.lstrip()))
+        after = pos + len(shown)
+        if tail is not None and full.startswith(tail, after):
+            end = after + len(tail)
+        else:
+            fallback.append(len(spans))
+            end = after
+        rebuilt.append(shown)
+        pos = after
+        spans.append((start, end))
+    rebuilt.append(parts[-1])
+    if "".join(rebuilt) != full:
+        return _spans_by_prefix(tokenizer, jinja, msgs, full, turns)
+    for i in fallback:  # a turn that ends unlike the two-message example: its prefix says where
+        upto = _render(tokenizer, jinja, msgs[:turns[i] + 1])
+        seg_end = len(upto) if full.startswith(upto) else _common_prefix(upto, full)
+        spans[i] = (spans[i][0], max(spans[i][1], seg_end))
+    out = []
+    for a, b in spans:
+        b = _rstrip_end(full, a, b)
+        if b > a:
+            out.append((a, b))
+    return out
+
+
+def _rstrip_end(full: str, start: int, end: int) -> int:
+    while end > start and full[end - 1].isspace():
+        end -= 1  # the newline after an end-of-turn marker is the next turn's layout, not the reply
+    return end
+
+
+_TAILS: dict[tuple, Optional[str]] = {}
+
+
+def _turn_tail(tokenizer, jinja: str) -> Optional[str]:
+    """What the template writes after a reply to close the turn (e.g. '<|im_end|>\\n'), or None."""
+    key = (id(tokenizer), jinja, tokenizer.bos_token, tokenizer.eos_token)
+    if key not in _TAILS:
+        mark = "\x00reply\x00"
+        try:
+            two = _render(tokenizer, jinja, [{"role": "user", "content": "question"},
+                                             {"role": "assistant", "content": mark}])
+            _TAILS[key] = two[two.index(mark) + len(mark):] if two.count(mark) == 1 else None
+        except (UserError, ValueError):
+            _TAILS[key] = None
+    return _TAILS[key]
+
+
+def _spans_by_prefix(tokenizer, jinja: str, msgs: list[dict], full: str, turns: list[int]) -> list[tuple[int, int]]:
     spans = []
     prefixes = {len(msgs): full}  # a prefix can serve two turns (the end of one, the start of the next)
 
@@ -198,9 +283,7 @@ def _assistant_spans(tokenizer, jinja: str, msgs: list[dict], full: str, last_on
             # The template rewrote the reply; fall back to the generation prompt's end.
             gen = _render(tokenizer, jinja, msgs[:k], generation_prompt=True)
             start = len(gen) if full.startswith(gen) and seg_start <= len(gen) < seg_end else seg_start
-        end = seg_end
-        while end > start and full[end - 1].isspace():
-            end -= 1  # the newline after an end-of-turn marker is the next turn's layout, not the reply
+        end = _rstrip_end(full, start, seg_end)
         if end > start:
             spans.append((start, end))
     return spans
@@ -260,16 +343,33 @@ def _tokenize(tokenizer, r: Rendered) -> tuple[list[int], list[tuple[int, int]]]
         return ids, offs
 
 
+def _span_labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]], n_chars: int) -> list[int]:
+    """A token's label is its id when any of its characters lies in a graded span, else IGNORE.
+
+    Vectorised (prefix sums over the characters) because a Python loop per token was most of
+    the time of encoding a long conversation.
+    """
+    import numpy as np
+
+    if not ids:
+        return []
+    if not spans:
+        return [IGNORE] * len(ids)
+    edges = np.zeros(n_chars + 1, dtype=np.int32)
+    for a, b in spans:
+        edges[a] += 1
+        edges[b] -= 1
+    inside = np.concatenate(([0], np.cumsum(np.cumsum(edges)[:-1] > 0)))
+    offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    s, e = offs[:, 0], offs[:, 1]
+    graded = (e > s) & (inside[e] - inside[s] > 0)
+    return np.where(graded, np.asarray(ids, dtype=np.int64), IGNORE).tolist()
+
+
 def encode_full(tokenizer, row: dict, data_cfg: Any) -> Encoding:
     r = render(tokenizer, row, data_cfg)
     ids, offsets = _tokenize(tokenizer, r)
-    if r.grade_all:
-        labels = list(ids)
-    else:
-        mask = bytearray(len(r.text))
-        for a, b in r.graded:
-            mask[a:b] = b"\x01" * (b - a)
-        labels = [t if (e > s and mask.find(1, s, e) != -1) else IGNORE for t, (s, e) in zip(ids, offsets)]
+    labels = list(ids) if r.grade_all else _span_labels(ids, offsets, r.graded, len(r.text))
     eos = getattr(tokenizer, "eos_token_id", None)
     if r.append_eos and eos is not None and (not ids or ids[-1] != eos):
         ids.append(eos)
@@ -297,45 +397,169 @@ class EncodeReport:
     dropped: list[int]       # rows with nothing left to learn after truncation
 
 
-def encode_rows(tokenizer, rows: list[dict], data_cfg: Any) -> EncodeReport:
+BATCH_ROWS = 1000  # rows per tokenizer call: big enough to amortise the call, small enough to bound memory
+
+
+def _tokenize_batch(tokenizer, rendered: list[Rendered]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """Token ids and character offsets of many rendered rows, one tokenizer call per run of like rows."""
+    out: list = [None] * len(rendered)
+    groups: dict[bool, list[int]] = {}
+    for i, r in enumerate(rendered):
+        groups.setdefault(r.add_special_tokens, []).append(i)
+    for special, idx in groups.items():
+        try:
+            enc = tokenizer([rendered[i].text for i in idx], add_special_tokens=special,
+                            return_offsets_mapping=True)
+        except (NotImplementedError, ValueError, TypeError):
+            for i in idx:  # tokenizers without offsets: the row-by-row path
+                out[i] = _tokenize(tokenizer, rendered[i])
+            continue
+        for j, i in enumerate(idx):
+            out[i] = (list(enc["input_ids"][j]), [tuple(o) for o in enc["offset_mapping"][j]])
+    return out
+
+
+def _finish(tokenizer, r: Rendered, ids: list[int], offsets: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    labels = list(ids) if r.grade_all else _span_labels(ids, offsets, r.graded, len(r.text))
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if r.append_eos and eos is not None and (not ids or ids[-1] != eos):
+        ids = ids + [eos]
+        labels.append(eos if (r.grade_all or r.graded) else IGNORE)
+    return ids, labels
+
+
+def encode_rows(tokenizer, rows: list[dict], data_cfg: Any, progress=None) -> EncodeReport:
+    """encode_row for many rows: rendered one by one, tokenized in batches of BATCH_ROWS.
+
+    `progress(done, total)`, when given, is called after every batch.
+    """
     encoded, kept, dropped, truncated = [], [], [], 0
-    for i, row in enumerate(rows):
-        e = encode_full(tokenizer, row, data_cfg)
-        if len(e.input_ids) > data_cfg.max_length:
-            truncated += 1
-        n = min(len(e.input_ids), int(data_cfg.max_length))
-        enc = {"input_ids": e.input_ids[:n], "attention_mask": [1] * n, "labels": e.labels[:n]}
-        if has_graded(enc):
-            encoded.append(enc)
-            kept.append(i)
-        else:
-            dropped.append(i)
+    cap = int(data_cfg.max_length)
+    for start in range(0, len(rows), BATCH_ROWS):
+        chunk = rows[start:start + BATCH_ROWS]
+        rendered = [render(tokenizer, row, data_cfg) for row in chunk]
+        for k, (r, (ids, offs)) in enumerate(zip(rendered, _tokenize_batch(tokenizer, rendered))):
+            ids, labels = _finish(tokenizer, r, ids, offs)
+            if len(ids) > cap:
+                truncated += 1
+            enc = {"input_ids": ids[:cap], "attention_mask": [1] * min(len(ids), cap), "labels": labels[:cap]}
+            if has_graded(enc):
+                encoded.append(enc)
+                kept.append(start + k)
+            else:
+                dropped.append(start + k)
+        if progress is not None:
+            progress(min(start + BATCH_ROWS, len(rows)), len(rows))
     return EncodeReport(encoded, kept, truncated, dropped)
 
 
-def build_sft_dataset(tokenizer, rows: list[dict], data_cfg: Any):
-    """A datasets.Dataset (input_ids, attention_mask, labels) built with encode_row; packed if asked.
+def _all_text(rows: list[dict]) -> bool:
+    return all("text" in r and len(r) == 1 for r in rows)
 
-    Rows left with no graded token after truncation are dropped: they would add nothing but
-    a loss of 0/0. Plain-text rows with packing are cut into full blocks instead of truncated.
+
+@dataclass
+class PackPlan:
+    """The packed sequences of a dataset and where each came from."""
+    sequences: list[dict]    # input_ids, labels, position_ids, segment
+    rows: list[list[int]]    # index into the input rows of each segment of each sequence
+    efficiency: float        # real tokens / token slots
+
+
+def plan_packing(tokenizer, rows: list[dict], data_cfg: Any) -> PackPlan:
+    """The packed training sequences, planned over the whole dataset (the preview shows one of them)."""
+    cap = int(data_cfg.max_length)
+    if _all_text(rows):
+        full = [encode_full(tokenizer, r, data_cfg) for r in rows]
+        seqs = packing.chunk_stream([{"input_ids": e.input_ids, "labels": e.labels} for e in full], cap)
+        return PackPlan(seqs, [s.pop("rows") for s in seqs],
+                        packing.efficiency([len(s["input_ids"]) for s in seqs], cap))
+    rep = encode_rows(tokenizer, rows, data_cfg)
+    if not rep.encoded:
+        raise UserError(
+            f"None of the {len(rows)} rows has a graded token within max_length={data_cfg.max_length}: "
+            "the answers are cut off. Raise max length, or shorten the prompts.")
+    lengths = [len(e["input_ids"]) for e in rep.encoded]
+    bins = packing.plan_bins(lengths, cap)
+    return PackPlan(packing.pack(rep.encoded, cap, bins), [[rep.kept[i] for i in b] for b in bins],
+                    packing.efficiency(lengths, cap, bins))
+
+
+# Bump when encoding changes what a row becomes: cached datasets of older versions are then ignored.
+ENCODING_VERSION = 2
+
+
+def dataset_key(tokenizer, rows: list[dict], data_cfg: Any) -> str:
+    """What determines an encoded dataset: the rows, the tokenizer, the template and the data settings."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    settings = {k: getattr(data_cfg, k, None) for k in ("template", "system_prompt", "max_length",
+                                                         "train_on_prompt", "last_turn_only", "packing")}
+    h.update(json.dumps({"v": ENCODING_VERSION, "settings": settings,
+                         "tokenizer": [getattr(tokenizer, "name_or_path", ""), len(tokenizer),
+                                       str(getattr(tokenizer, "chat_template", "")), tokenizer.bos_token,
+                                       tokenizer.eos_token, tokenizer.pad_token]}, sort_keys=True,
+                        default=str).encode())
+    for row in rows:
+        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:40]
+
+
+def build_sft_dataset(tokenizer, rows: list[dict], data_cfg: Any, cache_dir=None, progress=None):
+    """build_sft_dataset, kept on disk as Arrow under cache_dir/<dataset_key>: a resume or a re-run
+    with other hyperparameters memory-maps it instead of tokenizing again."""
+    if cache_dir is None:
+        return _build_sft_dataset(tokenizer, rows, data_cfg, progress)
+    import shutil
+    from pathlib import Path
+
+    import datasets
+
+    target = Path(cache_dir) / dataset_key(tokenizer, rows, data_cfg)
+    if (target / "dataset_info.json").exists():
+        try:
+            return datasets.load_from_disk(str(target))
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt
+            shutil.rmtree(target, ignore_errors=True)
+    ds = _build_sft_dataset(tokenizer, rows, data_cfg, progress)
+    tmp = target.with_name(target.name + f".partial-{__import__('os').getpid()}")
+    try:
+        ds.save_to_disk(str(tmp))
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        return datasets.load_from_disk(str(target))  # memory-mapped: the rows leave the heap
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return ds
+
+
+def _build_sft_dataset(tokenizer, rows: list[dict], data_cfg: Any, progress=None):
+    """A datasets.Dataset built with encode_row: input_ids, attention_mask, labels; packed if asked.
+
+    Packed sequences carry input_ids, labels and position_ids (restarting at every row) and no
+    attention mask: see backend.data.packing. Rows left with no graded token after truncation
+    are dropped: they would add nothing but a loss of 0/0. Plain-text rows with packing are cut
+    into full blocks instead of truncated.
     """
     import datasets
 
     if not rows:
         raise UserError("There are no rows to train on. Load a dataset with at least one usable row.")
-    if data_cfg.packing and all("text" in r and len(r) == 1 for r in rows):
-        full = [encode_full(tokenizer, r, data_cfg) for r in rows]
-        items = packing.chunk_stream(
-            [{"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels}
-             for e in full], int(data_cfg.max_length))
+    if data_cfg.packing:
+        items = plan_packing(tokenizer, rows, data_cfg).sequences
+        keys = ("input_ids", "labels", "position_ids")
     else:
-        rep = encode_rows(tokenizer, rows, data_cfg)
+        rep = encode_rows(tokenizer, rows, data_cfg, progress)
         if not rep.encoded:
             raise UserError(
                 f"None of the {len(rows)} rows has a graded token within max_length={data_cfg.max_length}: "
                 "the answers are cut off. Raise max length, or shorten the prompts.")
-        items = packing.pack(rep.encoded, int(data_cfg.max_length)) if data_cfg.packing else rep.encoded
-    return datasets.Dataset.from_dict({k: [it[k] for it in items] for k in ("input_ids", "attention_mask", "labels")})
+        items = rep.encoded
+        keys = ("input_ids", "attention_mask", "labels")
+    return datasets.Dataset.from_dict({k: [it[k] for it in items] for k in keys})
 
 
 class SftCollator:
@@ -383,8 +607,9 @@ def preview_row(tokenizer, row: dict, data_cfg: Any, pad_to: int | None = None) 
     Tokens past max_length are listed with role 'truncated' (label None: they never train);
     with pad_to, padding tokens follow as the collator would add them.
     """
-    kept = encode_row(tokenizer, row, data_cfg)
     full = encode_full(tokenizer, row, data_cfg)
+    n = min(len(full.input_ids), int(data_cfg.max_length))
+    kept = {"input_ids": full.input_ids[:n], "attention_mask": [1] * n, "labels": full.labels[:n]}
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     tokens = []
     for i, (tid, lab, att) in enumerate(zip(kept["input_ids"], kept["labels"], kept["attention_mask"])):
@@ -406,29 +631,54 @@ def preview_row(tokenizer, row: dict, data_cfg: Any, pad_to: int | None = None) 
 
 
 def preview_packed(tokenizer, rows: list[dict], index: int, data_cfg: Any,
-                   lengths: Optional[list[int]] = None) -> dict:
-    """The packed sequence that holds row `index`, each token tagged with the row it came from.
+                   plan: Optional[PackPlan] = None) -> dict:
+    """The packed sequence that holds row `index`, each token with the row, segment and position it trains with.
 
-    `lengths` (the truncated lengths of all rows, e.g. cached from the stats) saves encoding
-    every row to find the sequence.
+    The plan covers the whole dataset (best-fit-decreasing looks at every row), so a caller
+    showing several rows passes the plan it computed once.
     """
-    cap = int(data_cfg.max_length)
-    if lengths is None:
-        # Every row is at least one token, so the sequence holding `index` closes within
-        # `cap` rows after it: later rows cannot change it.
-        lengths = [len(encode_row(tokenizer, r, data_cfg)["input_ids"]) for r in rows[:index + cap + 1]]
-    members = packing.bin_of(lengths, cap, index)
+    plan = plan or _cached_plan(tokenizer, rows, data_cfg)
+    where = next((n for n, members in enumerate(plan.rows) if index in members), None)
+    if where is None:
+        raise UserError(f"Row {index} is left out of training: nothing of its answer fits within "
+                        f"max_length={data_cfg.max_length}. Raise max length, or shorten its prompt.")
+    seq, members = plan.sequences[where], plan.rows[where]
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    tokens, texts = [], []
-    for seg, i in enumerate(members):
-        enc = encode_row(tokenizer, rows[i], data_cfg)
-        full = encode_full(tokenizer, rows[i], data_cfg)
-        texts.append(full.text)
-        for j, (tid, lab) in enumerate(zip(enc["input_ids"], enc["labels"])):
-            tokens.append({"id": tid, "text": _token_text(tokenizer, full.text, tid, full.offsets[j]),
-                           "label": lab, "attention": 1, "role": _role(lab, tid, special),
-                           "row": i, "boundary": j == 0 and seg > 0})
-    return {"text": "".join(texts), "tokens": tokens, "rows": members, "length": len(tokens)}
+    text_of = {i: encode_full(tokenizer, rows[i], data_cfg) for i in dict.fromkeys(members)}
+    tokens, seg_start = [], 0
+    for j, (tid, lab, pos, seg) in enumerate(zip(seq["input_ids"], seq["labels"], seq["position_ids"],
+                                               seq["segment"])):
+        if j and seg != seq["segment"][j - 1]:
+            seg_start = j
+        row = members[seg]
+        full = text_of[row]
+        k = _offset_index(seq, j, seg_start, full)
+        tokens.append({"id": tid, "text": _token_text(tokenizer, full.text, tid, full.offsets[k]) if k is not None
+                       else tokenizer.convert_ids_to_tokens(tid), "label": lab, "attention": 1,
+                       "role": _role(lab, tid, special), "row": row, "segment": seg, "position": pos,
+                       "boundary": pos == 0 and j > 0})
+    texts = [text_of[i].text for i in dict.fromkeys(members)]
+    return {"text": "".join(texts), "tokens": tokens, "rows": list(dict.fromkeys(members)),
+            "length": len(tokens), "efficiency": plan.efficiency, "sequences": len(plan.sequences)}
+
+
+_LAST_PLAN: dict[tuple, PackPlan] = {}
+
+
+def _cached_plan(tokenizer, rows: list[dict], data_cfg: Any) -> PackPlan:
+    """The last plan, kept while the same rows and settings are previewed row after row."""
+    dump = data_cfg.model_dump_json() if hasattr(data_cfg, "model_dump_json") else repr(vars(data_cfg))
+    key = (id(tokenizer), id(rows), len(rows), dump, repr(rows[:1]), repr(rows[-1:]))
+    if key not in _LAST_PLAN:
+        _LAST_PLAN.clear()
+        _LAST_PLAN[key] = plan_packing(tokenizer, rows, data_cfg)
+    return _LAST_PLAN[key]
+
+
+def _offset_index(seq: dict, j: int, seg_start: int, full: Encoding) -> Optional[int]:
+    """Index into the row's own tokens of packed token j (a text piece may start mid-document)."""
+    k = j - seg_start + (seq["first"][seq["segment"][j]] if "first" in seq else 0)
+    return k if 0 <= k < len(full.offsets) else None
 
 
 def token_length_stats(tokenizer, rows: list[dict], data_cfg: Any, limit: int | None = None) -> dict:
@@ -446,8 +696,10 @@ def token_length_stats(tokenizer, rows: list[dict], data_cfg: Any, limit: int | 
     truncated = sum(1 for n in lengths if n > cap)
     if not lengths:
         return {"min": 0, "median": 0, "max": 0, "mean": 0.0, "truncated": 0, "truncated_share": 0.0,
-                "lost_answers": 0, "lengths": [], "counted": 0, "total": len(rows), "tokens": 0}
+                "lost_answers": 0, "lengths": [], "counted": 0, "total": len(rows), "tokens": 0,
+                "packing_efficiency": 0.0}
     return {"min": min(lengths), "median": int(statistics.median(lengths)), "max": max(lengths),
             "mean": round(statistics.fmean(lengths), 1), "truncated": truncated,
             "truncated_share": round(truncated / len(lengths), 4), "lost_answers": no_answer,
-            "lengths": lengths, "counted": len(lengths), "total": len(rows), "tokens": sum(lengths)}
+            "lengths": lengths, "counted": len(lengths), "total": len(rows), "tokens": sum(lengths),
+            "packing_efficiency": packing.efficiency(lengths, cap)}

@@ -376,7 +376,7 @@ def estimate(cfg: Any, gpus: Optional[list[GpuInfo]] = None, gpu_count: Optional
     count) asks about a hypothetical card instead. model_config skips loading cfg.model's config.
     """
     if model_config is None:
-        model_config = model_config_of(cfg)
+        model_config = model_config_of(cfg, light=True)  # no transformers import when the skeleton is cached
     shape = cached_shape(model_config, cfg)
     est = _compute(cfg, shape)
     hypothetical = gpu_memory_gb is not None

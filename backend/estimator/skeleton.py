@@ -18,7 +18,6 @@ from typing import Any, Optional
 
 from backend.core.catalog import METHODS
 from backend.core.config import RunConfig
-from backend.methods import apply_method, build_meta_model
 
 # Method fields that never change which parameters exist or train.
 _NOT_STRUCTURAL = {"alpha", "dropout", "loraplus_lr_ratio", "compute_dtype", "quant_type", "double_quant",
@@ -110,6 +109,8 @@ def _lora_inputs(model: Any) -> tuple[int, int]:
 
 def shape_of(model_config: Any, cfg: Any) -> ModelShape:
     """Build, apply, classify. Not cached; use `cached_shape`."""
+    from backend.methods import apply_method, build_meta_model  # torch: only when a skeleton is built
+
     dims = _config_dims(model_config)
     model = build_meta_model(model_config, cfg.trust_remote_code)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -187,11 +188,91 @@ def shape_of(model_config: Any, cfg: Any) -> ModelShape:
     )
 
 
+# Bump when ModelShape or the way it is computed changes: older files are then ignored.
+_DISK_VERSION = 1
+
+
+def _disk_path(key: str):
+    import hashlib
+    from pathlib import Path
+
+    from backend.core.models import workspace_root
+
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+    return Path(workspace_root()) / "cache" / "skeletons" / f"v{_DISK_VERSION}-{digest}.json"
+
+
+def _tuples(x: Any) -> Any:
+    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def shape_from_json(text: str) -> ModelShape:
+    data = json.loads(text)
+    return ModelShape(**{k: _tuples(v) for k, v in data.items()})
+
+
+def shape_to_json(shape: ModelShape) -> str:
+    return json.dumps(dataclasses.asdict(shape))
+
+
+def _load_or_build(config_json: str, config_cls: type, build_json: str) -> ModelShape:
+    """The skeleton's counts from the disk cache, else built (seconds: torch, transformers, PEFT) and stored.
+
+    The first estimate after choosing a model in a new studio process is then arithmetic on a
+    small JSON file, not a meta model build. A damaged or unwritable cache is only slower.
+    """
+    path = _disk_path(f"{config_cls.__name__}|{config_json}|{build_json}")
+    try:
+        return shape_from_json(path.read_text())
+    except (OSError, ValueError, TypeError):
+        pass
+    config = config_cls.from_dict(json.loads(config_json))  # plan.ConfigFile gives the transformers config
+    cfg = RunConfig.model_validate_json(build_json)
+    shape = derived_lora_shape(config, cfg) or shape_of(config, cfg)
+    try:
+        from backend.core.io import atomic_write_text
+        atomic_write_text(path, shape_to_json(shape))
+    except Exception:  # noqa: BLE001 - the cache is an optimisation
+        pass
+    return shape
+
+
 @functools.lru_cache(maxsize=128)
 def _shape_cached(config_json: str, config_cls: type, build_json: str, attn: str) -> ModelShape:
-    config = config_cls.from_dict(json.loads(config_json))
-    shape = shape_of(config, RunConfig.model_validate_json(build_json))
+    shape = _load_or_build(config_json, config_cls, build_json)
     return dataclasses.replace(shape, attn_implementation=attn)
+
+
+# LoRA variants whose every added parameter is a rank-r factor (A: r x in, B: out x r).
+_RANK_LINEAR = {"lora", "qlora", "rslora"}
+_PROBE_RANK = 1
+
+
+def derived_lora_shape(model_config: Any, cfg: Any) -> Optional[ModelShape]:
+    """A LoRA skeleton at rank r from the one at rank 1, without applying PEFT again; None where not exact.
+
+    Every LoRA parameter is r x in or out x r, so counts scale with r and each adapter shape
+    has exactly one factor of r. The rank-1 skeleton is cached like any other, so a rank edit
+    costs arithmetic; tests/unit/test_skeleton_cache.py checks the result equals PEFT's.
+    """
+    if cfg.method.name not in _RANK_LINEAR or int(cfg.method.r) == _PROBE_RANK:
+        return None
+    probe = cfg.model_copy(update={"method": cfg.method.model_copy(update={"r": _PROBE_RANK})})
+    base = cached_shape(model_config, probe)
+    r = int(cfg.method.r)
+    shapes = []
+    for dims, is_base, count in base.trainable_shapes:
+        if not is_base:
+            if list(dims).count(_PROBE_RANK) != 1 or len(dims) != 2:
+                return None  # an adapter tensor that is not a plain rank factor: build it instead
+            dims = tuple(r if d == _PROBE_RANK else d for d in dims)
+        shapes.append((dims, is_base, count))
+    if base.adapter_frozen:
+        return None
+    return dataclasses.replace(base, adapter_trainable=base.adapter_trainable * r,
+                               trainable_params=base.base_trainable + base.adapter_trainable * r,
+                               total_params=base.total_params + base.adapter_trainable * (r - 1),
+                               trainable_shapes=tuple(sorted(shapes, key=str)))
 
 
 def cached_shape(model_config: Any, cfg: Any) -> ModelShape:

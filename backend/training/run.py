@@ -104,7 +104,7 @@ def effective_config(cfg):
     return cfg.model_copy(update={"train": cfg.train.model_copy(update=train)})
 
 
-def build_datasets(cfg, tokenizer):
+def build_datasets(cfg, tokenizer, cache: Optional[Path] = None):
     if is_alignment(cfg.objective):
         from backend.objectives.trainers import build_alignment_datasets
 
@@ -114,9 +114,20 @@ def build_datasets(cfg, tokenizer):
         raise UserError(f"The training file {cfg.data.path} has no usable rows; check it in the Dataset tab.")
     note(f"Data: {len(train_rows)} training rows, {len(val_rows)} validation rows "
          f"({getattr(loaded, 'skipped', 0)} skipped) from {cfg.data.path}.")
-    train_ds = build_sft_dataset(tokenizer, train_rows, cfg.data)
-    val_ds = build_sft_dataset(tokenizer, val_rows, cfg.data) if val_rows else None
+    # The encoded rows are kept in the workspace's cache (Arrow, keyed by rows, tokenizer, template and
+    # data settings), so a resume or a re-run with other hyperparameters does not tokenize again.
+    train_ds = build_sft_dataset(tokenizer, train_rows, cfg.data, cache_dir=cache, progress=_encode_progress)
+    val_ds = build_sft_dataset(tokenizer, val_rows, cfg.data, cache_dir=cache) if val_rows else None
+    if cfg.data.packing:
+        note(f"Packing: {len(train_ds)} sequences of at most {cfg.data.max_length} tokens.")
     return train_ds, val_ds
+
+
+def _encode_progress(done: int, total: int) -> None:
+    # A line per tenth of a large file: train.log (and `ftstudio train`) show tokenization advancing.
+    step = max(1000, total // 10)
+    if total >= 5000 and (done % step < 1000 or done == total):
+        note(f"Tokenizing: {done:,} of {total:,} rows.")
 
 
 def training_args(cfg, run_dir: Path, has_eval: bool):
@@ -163,6 +174,18 @@ def _installed(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+def make_collator(data_cfg, model, tokenizer):
+    """The SFT batch builder: padded rows, or packed rows kept apart (refused where the model cannot)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if not data_cfg.packing:
+        return SftCollator(pad_id)
+    from backend.data.packing import PackedCollator
+    from backend.training.packing_check import flattens_batches, require_isolated_packing
+
+    require_isolated_packing(model)  # before any step: a model that cross-attends is refused
+    return PackedCollator(pad_id, flatten=flattens_batches(model))
+
+
 def build_trainer(cfg, run_dir: Path, model, tokenizer, train_ds, val_ds, faults: dict[str, int]):
     from transformers import EarlyStoppingCallback
     from trl import SFTTrainer
@@ -195,10 +218,10 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_ds, val_ds, faults
                                           create_optimizer(model, cfg))
         install_save_fault(trainer, faults)
         return trainer, events, stop
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collator = make_collator(cfg.data, model, tokenizer)
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
-        data_collator=GuardedCollator(SftCollator(pad_id), faults), callbacks=callbacks,
+        data_collator=GuardedCollator(collator, faults), callbacks=callbacks,
         optimizers=(create_optimizer(model, cfg), None),
     )
     install_save_fault(trainer, faults)
@@ -353,7 +376,8 @@ def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool,
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     from backend.objectives.trainers import load_objective_model
     model = load_objective_model(cfg)  # load_trainable_model, or a scorer for the reward objective
-    train_ds, val_ds = build_datasets(cfg, tokenizer)
+    # WORKSPACE/runs/<id> -> WORKSPACE/cache/datasets
+    train_ds, val_ds = build_datasets(cfg, tokenizer, Path(run_dir).resolve().parent.parent / "cache" / "datasets")
     trainer, events, stop = build_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, faults)
     checkpoint = rundir.last_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:

@@ -311,7 +311,9 @@ def row_view(v: DatasetView, ds, cfg, row, run_config) -> dict:
         tok = get_tokenizer(model_of(run_config))
         if cfg.packing:
             p = preview_packed(tok, ds.rows, i, cfg)
-            note = f"Packed sequence holding rows {p['rows'][0]}–{p['rows'][-1]} ({p['length']} tokens)."
+            note = (f"Packed sequence holding rows {', '.join(map(str, p['rows']))} ({p['length']} tokens; each row "
+                    f"restarts at position 0 and sees only itself). Packing fills {p['efficiency']:.0%} of the "
+                    f"{p['sequences']} sequences.")
         else:
             p = preview_row(tok, ds.rows[i], cfg)
             note = p.get("note")

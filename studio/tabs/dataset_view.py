@@ -88,6 +88,9 @@ def stats_markdown(ds: LoadedDataset, stats: dict, max_length: int) -> str:
     sampled = f" (first {stats['counted']} of {ds.row_count} rows)" if stats["counted"] < ds.row_count else ""
     lines = [f"**{ds.row_count} rows** · tokens per row{sampled}: min {stats['min']}, median {stats['median']}, "
              f"mean {stats['mean']}, max {stats['max']} · {stats['tokens']:,} tokens in all"]
+    if stats.get("packing_efficiency"):
+        lines.append(f"Packing would fill {stats['packing_efficiency']:.0%} of each {max_length}-token sequence "
+                     "with real tokens (best-fit over these rows); without packing, batches pad to their longest row.")
     if stats["truncated"]:
         lines.append(f"<span class='ft-error'>{stats['truncated']} row(s) ({stats['truncated_share']:.1%}) are "
                      f"longer than {max_length} tokens and will be cut; {stats['lost_answers']} lose their whole "

@@ -40,6 +40,20 @@ def test_preview_lists_tokens_with_labels_and_roles(tmp_path, capsys, tiny_model
     assert all(t["label"] == t["id"] for t in out2["tokens"])
 
 
+def test_packed_preview_gives_every_token_its_position_and_segment(tmp_path, capsys, tiny_model_dir):
+    code, out = run(capsys, "data", "preview", write(tmp_path), "--row", "2", "--model", str(tiny_model_dir),
+                    "--template", "chatml", "--max-length", "128", "--packing", "--json")
+    assert code == 0 and 2 in out["rows"] and len(out["rows"]) >= 2
+    toks = out["tokens"]
+    assert all({"position", "segment", "row"} <= set(t) for t in toks)
+    for j, t in enumerate(toks):  # positions count up within a segment and restart at each new one
+        if j and t["segment"] != toks[j - 1]["segment"]:
+            assert t["position"] == 0 and t["segment"] == toks[j - 1]["segment"] + 1 and t["label"] == -100
+        elif j:
+            assert t["position"] == toks[j - 1]["position"] + 1
+    assert toks[0]["position"] == 0 and 0 < out["efficiency"] <= 1
+
+
 def test_bad_input_exits_2_with_the_sentence_in_error(tmp_path, capsys):
     empty = tmp_path / "e.jsonl"
     empty.write_text("")

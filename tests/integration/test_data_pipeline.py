@@ -5,7 +5,7 @@ import pytest
 
 from backend.core.config import DataConfig
 from backend.data.records import load_for_training, load_rows
-from backend.data.templates import (IGNORE, SftCollator, build_sft_dataset, get_tokenizer, preview_packed,
+from backend.data.templates import (IGNORE, SftCollator, build_sft_dataset, get_tokenizer, plan_packing, preview_packed,
                                preview_row)
 
 
@@ -48,9 +48,13 @@ def test_packed_preview_equals_the_packed_training_sequence(tok, chat_file):
     ds = build_sft_dataset(tok, rows, cfg)
     assert len(ds) < len(rows) and all(len(x) <= 160 for x in ds["input_ids"])
     p = preview_packed(tok, rows, 0, cfg)
-    assert [t["id"] for t in p["tokens"]] == ds[0]["input_ids"]
-    assert [t["label"] for t in p["tokens"]] == ds[0]["labels"]
+    where = next(n for n, members in enumerate(plan_packing(tok, rows, cfg).rows) if 0 in members)
+    assert [t["id"] for t in p["tokens"]] == ds[where]["input_ids"]
+    assert [t["label"] for t in p["tokens"]] == ds[where]["labels"]
+    assert [t["position"] for t in p["tokens"]] == ds[where]["position_ids"]
     assert sum(t["boundary"] for t in p["tokens"]) == len(p["rows"]) - 1
+    assert [t["segment"] for t in p["tokens"] if t["boundary"]] == list(range(1, len(p["rows"])))
+    assert 0 < p["efficiency"] <= 1
 
 
 def test_rows_whose_answer_is_cut_off_are_dropped_from_training(tok, tmp_path):

@@ -132,13 +132,20 @@ def test_collator_right_pads_with_pad_zero_and_ignore():
     assert b["labels"].tolist() == [[-100, 2, 3, -100], [4, -100, -100, -100]]
 
 
-def test_packing_plan_fills_in_order_and_never_overflows():
-    from backend.data.packing import pack, plan_bins
+def test_packing_plan_is_best_fit_decreasing_and_never_overflows():
+    from backend.data.packing import efficiency, pack, plan_bins
 
-    assert plan_bins([3, 3, 5, 2, 9], 8) == [[0, 1], [2, 3], [4]]
-    enc = [{"input_ids": [i] * n, "attention_mask": [1] * n, "labels": [i] * n} for i, n in enumerate([3, 3, 5, 2])]
+    # Filled in row order these take 3 sequences; best-fit-decreasing fills 2 exactly.
+    assert plan_bins([6, 5, 2, 3], 8) == [[0, 2], [1, 3]]
+    lengths = [3, 3, 5, 2, 9, 6]
+    bins = plan_bins(lengths, 8)
+    assert len(bins) == 4  # 27 tokens (the 9 cut to 8) need 4 sequences of 8
+    assert all(sum(min(lengths[i], 8) for i in b) <= 8 for b in bins)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    enc = [{"input_ids": [i] * n, "labels": [i] * n} for i, n in enumerate([3, 3, 5, 2])]
     packed = pack(enc, 8)
-    assert [p["input_ids"] for p in packed] == [[0, 0, 0, 1, 1, 1], [2, 2, 2, 2, 2, 3, 3]]
+    assert [p["input_ids"] for p in packed] == [[0, 0, 0, 2, 2, 2, 2, 2], [1, 1, 1, 3, 3]]
+    assert efficiency([3, 3, 5, 2], 8) == round(13 / 16, 4)
 
 
 def test_tokenizer_cache_loads_once_and_retries_a_raced_import(monkeypatch):
