@@ -120,3 +120,40 @@ def test_metric_overlay_plots_checkpoints_and_the_validation_loss(tmp_path):
     assert [t.name for t in fig.data] == ["r exact match", "r val loss"]
     assert list(fig.data[0].y) == [0.9, 0.67] and fig.data[1].yaxis == "y2"
     assert "No checkpoint metrics" in metric_figure({"r": {"points": []}}).layout.annotations[0].text
+
+
+def test_evaluate_button_streams_the_child_progress_then_shows_the_report(tmp_path):
+    (tmp_path / "eval.json").write_text(json.dumps(_report()))
+    seen = {}
+
+    def fake_runner(run_dir, samples, options, on_progress):
+        seen["options"] = options
+        on_progress("answering 1/3 (base)")
+        import time
+        time.sleep(1.2)
+        return json.loads((run_dir / "eval.json").read_text())
+
+    steps = list(er.stream_eval(tmp_path, 2, {"metrics": ["exact_match"]}, runner=fake_runner))
+    assert ("answering 1/3 (base)", None) in steps
+    assert steps[-1][0] == "" and steps[-1][1]["headline"]["metric"] == "exact_match"
+    assert seen["options"] == {"metrics": ["exact_match"]}
+
+    def failing(run_dir, samples, options, on_progress):
+        raise UserError("Unknown metric blue; choose from ...")
+
+    with pytest.raises(UserError, match="Unknown metric blue"):
+        list(er.stream_eval(tmp_path, 2, {}, runner=failing))
+
+
+def test_runs_list_headline_and_the_task_metric_overlay_read_eval_json(tmp_path):
+    from backend.core.config import RunConfig
+    from backend.runs import rundir
+    from studio.tabs import train
+
+    run_dir = rundir.create_run(tmp_path, RunConfig(name="m"))
+    (run_dir / "eval.json").write_text(json.dumps(_report()))
+    row = train.runs_rows(tmp_path)[0]
+    assert row[train.RUN_COLUMNS.index("headline metric")] == "exact match 0.67 (base 0.33)"
+    fig = train.on_compare(tmp_path, [run_dir.name], "task metric")
+    assert fig.data[0].name == f"{run_dir.name} exact match" and list(fig.data[0].x) == [10]
+    assert train.on_compare(tmp_path, [run_dir.name], "loss").layout.title.text == "Compare runs"
