@@ -224,3 +224,29 @@ def overlay_figure(series: dict[str, RunSeries]) -> go.Figure:
     fig.update_layout(title="Compare runs", height=360, margin=dict(l=40, r=20, t=40, b=40), xaxis_title="step",
                       yaxis_title="loss", legend=dict(orientation="h", y=-0.25))
     return fig
+
+
+def metric_figure(runs: dict[str, dict[str, Any]]) -> go.Figure:
+    """A task metric across checkpoints (solid, left axis) beside the validation loss (dotted, right axis),
+    per run: did the metric peak before the loss bottomed out? runs: {name: {"metric": title,
+    "points": [(step, value)], "val_steps": [...], "val_loss": [...]}}."""
+    if not any(r.get("points") for r in runs.values()):
+        return _empty("Task metric across checkpoints",
+                      "No checkpoint metrics yet: evaluate with task metrics and checkpoints 'all'")
+    fig = go.Figure()
+    titles = []
+    for i, (name, r) in enumerate(runs.items()):
+        color = COLORS[i % len(COLORS)]
+        if r.get("points"):
+            titles.append(r["metric"])
+            xs, ys = zip(*r["points"])
+            fig.add_trace(go.Scatter(x=list(xs), y=list(ys), name=f"{name} {r['metric']}", mode="lines+markers",
+                                     line=dict(color=color, width=2)))
+        if r.get("val_steps"):
+            fig.add_trace(go.Scatter(x=r["val_steps"], y=r["val_loss"], name=f"{name} val loss", yaxis="y2",
+                                     mode="lines+markers", line=dict(color=color, width=1, dash="dot")))
+    fig.update_layout(title="Task metric across checkpoints", height=360, margin=dict(l=40, r=40, t=40, b=40),
+                      xaxis_title="step", yaxis_title=" / ".join(dict.fromkeys(titles)),
+                      yaxis2=dict(title="validation loss", overlaying="y", side="right"),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig

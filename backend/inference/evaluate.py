@@ -1,25 +1,36 @@
-"""The evaluation report: is the adapter better than its base model?
+"""The evaluation report: is the adapter better than its base model, at the user's task?
 
-Validation loss and perplexity of the base (adapter disabled) and of the trained
-adapter on the run's validation rows (or a file the user names), plus N prompts
-answered by both next to the reference. Runs as `ftstudio eval RUN_DIR --json` in a
-subprocess of the UI; the result is kept in RUN_DIR/eval.json.
+On the run's validation rows (or a file the user names): validation loss and perplexity of the base
+(adapter disabled) and of the trained adapter; task metrics (backend.inference.metrics) on greedy answers
+of the base, the adapter and any checkpoint, side by side and per row; the red-team set
+(backend.inference.redteam); and lm-evaluation-harness tasks (backend.inference.harness). Runs as
+`ftstudio eval RUN_DIR --json` in a subprocess of the UI; the result is kept in RUN_DIR/eval.json, where
+a section not recomputed (say the lm-eval figures when only the metrics ran again) is kept.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from backend.core.config import load_config
 from backend.core.errors import UserError
-from backend.core.io import atomic_write_json
-from backend.core.models import load_causal_lm, load_tokenizer
+from backend.core.io import atomic_write_json, read_json
+from backend.core.models import load_causal_lm, load_tokenizer, resolve_model
 from backend.data.records import load_for_training, load_rows
 from backend.data.templates import SftCollator, build_sft_dataset, resolve_template, to_conversation
+from backend.inference import harness, metrics as task_metrics, redteam
+from backend.inference.generation import greedy_answers, render_prompts
+from backend.runs.rundir import usable_checkpoints
 
 EVAL_FILE = "eval.json"
+BASE, ADAPTER = "base", "adapter"
+# Sections a later evaluation keeps when it does not compute them again.
+TASK_KEYS = ("metrics", "metric_names", "headline", "extract", "per_row", "confusion", "checkpoint_steps",
+             "metrics_data", "metrics_rows")
+SECTIONS = {"metrics": TASK_KEYS, "redteam": ("redteam",), "lm_eval": ("lm_eval",)}
 
 
 def _device_and_dtype():
@@ -30,20 +41,58 @@ def _device_and_dtype():
     return "cpu", torch.float32
 
 
-def _load_models(cfg, adapter: Path, device: str, dtype):
-    """(model, use_adapter context factory, base context factory) for PEFT and full runs alike."""
-    import contextlib
+class Models:
+    """The base, the adapter and checkpoints of one run, loaded once, used one at a time.
 
-    if (adapter / "adapter_config.json").exists():
-        from peft import PeftModel
+    A PEFT run holds one copy of the base weights: the base answers with the adapter switched off and
+    each checkpoint is a further named adapter. A full run's adapter/ and checkpoints are whole models;
+    checkpoints are loaded when used and dropped after."""
 
+    def __init__(self, cfg, adapter: Path, device: str, dtype) -> None:
+        self.cfg, self.adapter, self.device, self.dtype = cfg, adapter, device, dtype
+        self.peft = (adapter / "adapter_config.json").exists()
         base = load_causal_lm(cfg.model, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
-        model = PeftModel.from_pretrained(base, str(adapter)).to(device).eval()
-        # One copy of the weights: the base answers with the adapter switched off.
-        return (lambda: model, contextlib.nullcontext), (lambda: model, model.disable_adapter)
-    tuned = load_causal_lm(str(adapter), dtype=dtype).to(device).eval()
-    base = load_causal_lm(cfg.model, dtype=dtype, trust_remote_code=cfg.trust_remote_code).to(device).eval()
-    return (lambda: tuned, contextlib.nullcontext), (lambda: base, contextlib.nullcontext)
+        if self.peft:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(base, str(adapter)).to(device).eval()
+            self.base = None
+        else:
+            self.base = base.to(device).eval()
+            self.model = load_causal_lm(str(adapter), dtype=dtype).to(device).eval()
+        self.checkpoints: dict[str, Path] = {}
+
+    def add_checkpoint(self, label: str, path: Path) -> None:
+        if self.peft:
+            if not (path / "adapter_config.json").exists():
+                raise UserError(f"The checkpoint {path.name} holds no adapter; it cannot be evaluated.")
+            self.model.load_adapter(str(path), adapter_name=label.replace("-", "_"))
+        self.checkpoints[label] = path
+
+    @contextlib.contextmanager
+    def use(self, label: str) -> Iterator[Any]:
+        if label == BASE:
+            if self.peft:
+                with self.model.disable_adapter():
+                    yield self.model
+            else:
+                yield self.base
+        elif label == ADAPTER:
+            if self.peft:
+                self.model.set_adapter("default")
+            yield self.model
+        elif self.peft:
+            self.model.set_adapter(label.replace("-", "_"))
+            try:
+                yield self.model
+            finally:
+                self.model.set_adapter("default")
+        else:
+            model = load_causal_lm(str(self.checkpoints[label]), dtype=self.dtype).to(self.device).eval()
+            try:
+                yield model
+            finally:
+                del model
 
 
 def _loss(model, dataset, collator, device: str, batch_size: int = 4) -> float:
@@ -76,18 +125,110 @@ def _prompt_and_reference(row: dict) -> Optional[tuple[list[dict], str]]:
     return msgs[:last], msgs[last]["content"]
 
 
-def _generate(model, tokenizer, prompt_text: str, device: str, max_new_tokens: int) -> str:
-    import torch
+def parse_checkpoints(value: Any, run_dir: Path) -> list[tuple[str, int, Path]]:
+    """'all', '30,60' or a list of steps -> [(label, step, folder)] of the run's usable checkpoints."""
+    if not value:
+        return []
+    found = {step: path for step, path in usable_checkpoints(run_dir)}
+    if str(value).strip().lower() == "all":
+        steps = sorted(found)
+    else:
+        items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        try:
+            steps = [int(str(s).strip().removeprefix("checkpoint-")) for s in items if str(s).strip()]
+        except ValueError:
+            raise UserError(f"Checkpoints are 'all' or step numbers separated by commas (got {value!r}).") from None
+        missing = [s for s in steps if s not in found]
+        if missing:
+            have = ", ".join(str(s) for s in sorted(found)) or "none"
+            raise UserError(f"The run {run_dir.name} has no usable checkpoint at step {', '.join(map(str, missing))} "
+                            f"(it has: {have}).")
+    return [(f"checkpoint-{s}", s, found[s]) for s in steps]
 
-    enc = tokenizer(prompt_text, return_tensors="pt", add_special_tokens=False).to(device)
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(out[0][enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+def _eval_rows(cfg, data_path: Optional[str]) -> tuple[list[dict], str]:
+    if data_path:
+        return load_rows(data_path, mapping=cfg.data.mapping, format=cfg.data.format).rows, data_path
+    _, train_rows, rows = load_for_training(cfg.data, cfg.train.seed)
+    if not rows:
+        return train_rows[:64], "first training rows (the run has no validation set)"
+    return rows, "validation split"
+
+
+def task_section(models: Models, labels: list[str], names: list[str], extract: Optional[str],
+                 prompts: list[list[dict]], references: list[str], texts: list[str], tokenizer, device: str,
+                 max_new_tokens: int, batch_size: int, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Answers of each model to every held-out prompt, scored; per-row results with the headline change."""
+    pattern = task_metrics.compile_extractor(extract)
+    answers, scored = {}, {}
+    for label in labels:
+        with models.use(label) as model:
+            answers[label] = greedy_answers(
+                model, tokenizer, texts, device, max_new_tokens, batch_size,
+                progress=lambda done, total, lab=label: progress(f"answering {done}/{total} ({lab})"))
+        scored[label] = task_metrics.score_rows(names, answers[label], references, pattern)
+    head = names[0]
+    per_row = []
+    for i, ref in enumerate(references):
+        scores = {lab: scored[lab]["rows"][i] for lab in labels}
+        per_row.append({"prompt": prompts[i][-1]["content"] if prompts[i] else "", "reference": ref,
+                        "answers": {lab: answers[lab][i] for lab in labels},
+                        "extracted": {lab: scored[lab]["extracted"][i] for lab in labels} if pattern else None,
+                        "scores": scores, "change": task_metrics.row_change(head, scores[BASE], scores[ADAPTER])})
+    out: dict[str, Any] = {
+        "metrics": {lab: scored[lab]["metrics"] for lab in labels}, "metric_names": names, "extract": extract,
+        "headline": {"metric": head, BASE: scored[BASE]["metrics"][head], ADAPTER: scored[ADAPTER]["metrics"][head]},
+        "per_row": per_row,
+    }
+    if "accuracy" in names:
+        out["confusion"] = {lab: scored[lab]["confusion"] for lab in labels}
+    return out
+
+
+def redteam_section(models: Models, tokenizer, jinja: Optional[str], prompts: list[dict[str, Any]], device: str,
+                    max_new_tokens: int, batch_size: int, progress: Callable[[str], None]) -> dict[str, Any]:
+    texts = render_prompts(tokenizer, jinja, [[{"role": "user", "content": p["prompt"]}] for p in prompts])
+    answers = {}
+    for label in (BASE, ADAPTER):
+        with models.use(label) as model:
+            answers[label] = greedy_answers(
+                model, tokenizer, texts, device, max_new_tokens, batch_size,
+                progress=lambda done, total, lab=label: progress(f"red-team prompts {done}/{total} ({lab})"))
+    return redteam.judge(prompts, answers, base=BASE)
+
+
+def lm_eval_section(cfg, adapter: Path, tasks: list[str], merged: Optional[str], limit: Optional[int],
+                    device: str, batch_size: int, progress: Callable[[str], None]) -> dict[str, Any]:
+    base_src = resolve_model(cfg.model).source
+    tokenizer = str(adapter) if (adapter / "tokenizer_config.json").exists() else None
+    specs: dict[str, dict[str, Any]] = {BASE: {"pretrained": base_src, "tokenizer": tokenizer}}
+    if (adapter / "adapter_config.json").exists():
+        specs[ADAPTER] = {"pretrained": base_src, "peft": str(adapter), "tokenizer": tokenizer}
+    else:
+        specs[ADAPTER] = {"pretrained": str(adapter)}
+    if merged:
+        if not (Path(merged) / "config.json").exists():
+            raise UserError(f"{merged} is not a merged model folder (it has no config.json).")
+        specs["merged"] = {"pretrained": str(Path(merged).resolve())}
+    return harness.run_harness(specs, tasks, limit=limit, batch_size=batch_size, device=device, progress=progress)
+
+
+def _merge_previous(run_dir: Path, result: dict[str, Any], computed: set[str]) -> dict[str, Any]:
+    old = read_json(run_dir / EVAL_FILE, None)
+    if isinstance(old, dict):
+        for section, keys in SECTIONS.items():
+            if section not in computed:
+                result.update({k: old[k] for k in keys if k in old})
+    return result
 
 
 def evaluate_run(run_dir: str | Path, data_path: Optional[str] = None, samples: int = 5,
-                 max_new_tokens: int = 48, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+                 max_new_tokens: int = 48, progress: Callable[[str], None] = lambda s: None,
+                 metrics: Optional[list[str]] = None, extract: Optional[str] = None,
+                 checkpoints: Any = None, batch_size: int = 8, limit: Optional[int] = None,
+                 redteam_set: bool = False, redteam_file: Optional[str] = None,
+                 workspace: Optional[Path] = None, lm_eval_tasks: Optional[list[str]] = None,
+                 lm_eval_limit: Optional[int] = None, merged: Optional[str] = None) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise UserError(f"{run_dir} is not a run directory (it has no config.yaml).")
@@ -96,15 +237,19 @@ def evaluate_run(run_dir: str | Path, data_path: Optional[str] = None, samples: 
         raise UserError(f"The run {run_dir.name} has no trained adapter yet; evaluate it once it has completed "
                         "or was stopped (stopping saves the adapter).")
     cfg = load_config(run_dir / "config.yaml")
+    # Every argument is checked before a model loads, so a typo costs no minutes.
+    names = task_metrics.parse_metric_names(metrics) if metrics else []
+    task_metrics.compile_extractor(extract)
+    chosen_ckpts = parse_checkpoints(checkpoints, run_dir)
+    rt_prompts = redteam.prompt_set(workspace if workspace is not None else run_dir.parent.parent,
+                                    redteam_file) if (redteam_set or redteam_file) else []
+    tasks = harness.parse_tasks(lm_eval_tasks) if lm_eval_tasks else []
+    if tasks:
+        harness.resolve_tasks(tasks)
     started = time.time()
-    if data_path:
-        rows = load_rows(data_path, mapping=cfg.data.mapping, format=cfg.data.format).rows
-        source = data_path
-    else:
-        _, train_rows, rows = load_for_training(cfg.data, cfg.train.seed)
-        source = "validation split"
-        if not rows:
-            rows, source = train_rows[:64], "first training rows (the run has no validation set)"
+    rows, source = _eval_rows(cfg, data_path)
+    if limit:
+        rows = rows[:max(1, int(limit))]
     if not rows:
         raise UserError("There are no rows to evaluate on; name a data file.")
 
@@ -118,40 +263,55 @@ def evaluate_run(run_dir: str | Path, data_path: Optional[str] = None, samples: 
         tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     device, dtype = _device_and_dtype()
     progress("loading models")
-    (tuned_get, tuned_ctx), (base_get, base_ctx) = _load_models(cfg, adapter, device, dtype)
+    models = Models(cfg, adapter, device, dtype)
+    for label, _, path in chosen_ckpts:
+        models.add_checkpoint(label, path)
     dataset = build_sft_dataset(tokenizer, rows, cfg.data.model_copy(update={"packing": False}))
     collator = SftCollator(tokenizer.pad_token_id)
 
     progress("validation loss")
     result: dict[str, Any] = {}
-    with base_ctx():
-        base_loss = _loss(base_get(), dataset, collator, device)
-    adapter_loss = _loss(tuned_get(), dataset, collator, device)
-    for key, loss in (("base", base_loss), ("adapter", adapter_loss)):
-        result[key] = {"loss": round(loss, 5), "perplexity": round(math.exp(min(loss, 50.0)), 4)}
+    for label in (BASE, ADAPTER):
+        with models.use(label) as model:
+            loss = _loss(model, dataset, collator, device)
+        result[label] = {"loss": round(loss, 5), "perplexity": round(math.exp(min(loss, 50.0)), 4)}
 
-    progress("sample answers")
     _, jinja, _ = resolve_template(tokenizer, cfg.data.template)
-    out_samples = []
-    for row in rows:
-        if len(out_samples) >= samples:
-            break
-        pr = _prompt_and_reference(row)
-        if pr is None:
-            continue
-        prompt_msgs, reference = pr
-        if cfg.data.system_prompt and not (prompt_msgs and prompt_msgs[0]["role"] == "system"):
-            prompt_msgs = [{"role": "system", "content": cfg.data.system_prompt}] + prompt_msgs
-        text = tokenizer.apply_chat_template(prompt_msgs, chat_template=jinja, tokenize=False,
-                                             add_generation_prompt=True)
-        with base_ctx():
-            base_answer = _generate(base_get(), tokenizer, text, device, max_new_tokens)
-        adapter_answer = _generate(tuned_get(), tokenizer, text, device, max_new_tokens)
-        out_samples.append({"prompt": prompt_msgs[-1]["content"], "reference": reference,
-                            "base": base_answer, "adapter": adapter_answer})
-    result["samples"] = out_samples
+    pairs = [pr for pr in (_prompt_and_reference(r) for r in rows) if pr is not None]
+    wanted = pairs if names else pairs[:samples]
+    texts = render_prompts(tokenizer, jinja, [p for p, _ in wanted], cfg.data.system_prompt)
+    computed = set()
+    if names:
+        progress("task metrics")
+        labels = [BASE, ADAPTER] + [label for label, _, _ in chosen_ckpts]
+        result.update(task_section(models, labels, names, extract, [p for p, _ in wanted], [r for _, r in wanted],
+                                   texts, tokenizer, device, max_new_tokens, batch_size, progress))
+        result["checkpoint_steps"] = {label: step for label, step, _ in chosen_ckpts}
+        result["metrics_data"], result["metrics_rows"] = source, len(wanted)
+        result["samples"] = [{"prompt": r["prompt"], "reference": r["reference"], "base": r["answers"][BASE],
+                              "adapter": r["answers"][ADAPTER]} for r in result["per_row"][:samples]]
+        computed.add("metrics")
+    else:
+        progress("sample answers")
+        answers = {}
+        for label in (BASE, ADAPTER):
+            with models.use(label) as model:
+                answers[label] = greedy_answers(model, tokenizer, texts, device, max_new_tokens, batch_size)
+        result["samples"] = [{"prompt": p[-1]["content"], "reference": ref, "base": answers[BASE][i],
+                              "adapter": answers[ADAPTER][i]} for i, (p, ref) in enumerate(wanted)]
+    if rt_prompts:
+        progress("red-team prompts")
+        result["redteam"] = redteam_section(models, tokenizer, jinja, rt_prompts, device, max_new_tokens,
+                                            batch_size, progress)
+        computed.add("redteam")
+    del models
+    if tasks:
+        progress("lm-evaluation-harness")
+        result["lm_eval"] = lm_eval_section(cfg, adapter, tasks, merged, lm_eval_limit, device, batch_size, progress)
+        computed.add("lm_eval")
     result["data"] = source
     result["rows"] = len(rows)
     result["seconds"] = round(time.time() - started, 1)
+    result = _merge_previous(run_dir, result, computed)
     atomic_write_json(run_dir / EVAL_FILE, result)
     return result

@@ -22,12 +22,14 @@ from backend.core.errors import UserError
 from backend.core.models import ModelError
 from backend.runs.notify import webhook_problem
 from studio.context import StudioContext, bind
-from studio.plots import RunSeries, loss_figure, lr_grad_figure, overlay_figure
-from studio.tabs import cluster_bundle, trackers, train_queue
+from studio.plots import RunSeries, loss_figure, lr_grad_figure, metric_figure, overlay_figure
+from studio.tabs import cluster_bundle, eval_report, trackers, train_queue
 
 BAD_INPUT = (UserError, ConfigError, ModelError, FileNotFoundError)
+# The comparison overlay's choices: the loss curves, or the headline task metric over checkpoints.
+COMPARE_PLOTS = {"loss": "training and validation loss", "task metric": "headline task metric by checkpoint"}
 RUN_COLUMNS = ["run", "state", "method", "model", "best val loss", "duration", "adapter eval loss",
-               "eval loss vs base"]
+               "eval loss vs base", "headline metric"]
 TEXT = {
     "intro": "Start trains the configuration below (dataset from the **Dataset** tab, model and method from "
              "the **Method** tab) in its own process. Charts update every second; you can close the page or "
@@ -160,7 +162,7 @@ def runs_rows(workspace: Path) -> list[list[Any]]:
         model = r.get("model") or ""
         rows.append([r["id"], r["state"], r.get("method") or "", Path(model).name if "/" in model else model,
                      round(best, 4) if isinstance(best, (int, float)) else None, fmt_duration(r.get("duration")),
-                     *train_queue.eval_numbers(Path(r["dir"]))])
+                     *eval_report.eval_numbers(Path(r["dir"])), eval_report.headline_text(Path(r["dir"]))])
     return rows
 
 
@@ -220,6 +222,7 @@ class TrainView:
     log: Any = None
     table: Any = None
     compare: Any = None
+    compare_what: Any = None
     refresh: Any = None
     overlay: Any = None
     live: Any = None
@@ -271,6 +274,8 @@ def _runs_layout(v: TrainView) -> None:
     with gr.Row():
         v.compare = gr.Dropdown(choices=[r[0] for r in runs_rows(ws)], value=[], multiselect=True,
                                 label="Compare runs (overlay their loss curves)", elem_id="runs-compare", scale=4)
+        v.compare_what = gr.Radio(choices=list(COMPARE_PLOTS), value="loss", label="Plot",
+                                  elem_id="runs-compare-what", scale=2)
         v.refresh = gr.Button("↻ Refresh", elem_id="runs-refresh", scale=1)
     v.overlay = gr.Plot(overlay_figure({}), label="Compare", elem_id="runs-overlay-plot")
 
@@ -381,14 +386,22 @@ def on_refresh(ws: Path, chosen):
     return rows, gr.update(choices=ids, value=[c for c in (chosen or []) if c in ids])
 
 
-def on_compare(ws: Path, chosen):
-    """Reads the chosen runs' events; writes the overlay chart."""
-    series = {}
+def metric_series(run_dir: Path) -> dict[str, Any]:
+    """The run's headline task metric over its evaluated checkpoints, and its validation losses."""
+    s = series_of(run_dir)
+    name, points = eval_report.metric_points(run_dir, s.step or None)
+    title = eval_report.METRICS[name].title if name in eval_report.METRICS else (name or "")
+    return {"metric": title, "points": points, "val_steps": s.val_steps, "val_loss": s.val_loss}
+
+
+def on_compare(ws: Path, chosen, what: str = "loss"):
+    """Reads the chosen runs' events (and eval.json for the task metric); writes the overlay chart."""
+    runs = {}
     for run_id in chosen or []:
         run_dir = rundir.runs_root(ws) / str(run_id)
         if run_dir.is_dir():
-            series[str(run_id)] = series_of(run_dir)
-    return overlay_figure(series)
+            runs[str(run_id)] = metric_series(run_dir) if what == "task metric" else series_of(run_dir)
+    return metric_figure(runs) if what == "task metric" else overlay_figure(runs)
 
 
 # ---- events -----------------------------------------------------------------------------------
@@ -414,6 +427,7 @@ def wire(v: TrainView) -> None:
     v.resume.click(bind(on_resume, ws), live, view_outputs, concurrency_id="train-control", concurrency_limit=1)
     selected = v.table.select(on_select, live, view_outputs, queue=False)
     v.refresh.click(refresh, v.compare, [v.table, v.compare], queue=False)
-    v.compare.change(bind(on_compare, ws), v.compare, v.overlay)
+    v.compare.change(bind(on_compare, ws), [v.compare, v.compare_what], v.overlay)
+    v.compare_what.change(bind(on_compare, ws), [v.compare, v.compare_what], v.overlay)
     ctx.extras["train_live"] = live
     train_queue.mount(ctx, v.add_queue, v.start, selected, live)

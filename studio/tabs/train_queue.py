@@ -1,18 +1,14 @@
-"""The Train tab's overnight pieces: the run queue, the command preview, the evaluation report and
-browser notifications. Mounted by studio/tabs/train.py.
+"""The Train tab's overnight pieces: the run queue, the command preview, the evaluation report (its own
+module, studio/tabs/eval_report.py) and browser notifications. Mounted by studio/tabs/train.py.
 
 The queue lives in WORKSPACE/queue.json (backend.runs.queue); a worker thread in this process starts the
 next run through the runner when the device is free. The evaluation runs as `python -m backend.cli
-eval RUN_DIR --json` in a child process, so no model is ever loaded in the UI process.
+eval RUN_DIR --json` in a child process (eval_report), so no model is ever loaded in the UI process.
 """
 from __future__ import annotations
 
 import hashlib
 import html
-import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -24,17 +20,13 @@ from backend.runs import rundir
 from backend.core import access
 from backend.core.config import ConfigError, config_to_yaml, save_config, validate_config
 from backend.core.errors import UserError
-from backend.inference.evaluate import EVAL_FILE
-from backend.core.io import read_json
 from backend.core.models import ModelError
 from backend.runs.notify import webhook_problem
-from backend.core.paths import PROJECT_ROOT
 from studio.context import StudioContext, bind
+from studio.tabs import eval_report
 
 BAD_INPUT = (UserError, ConfigError, ModelError, FileNotFoundError)
 QUEUE_COLUMNS = ["#", "config", "state", "run", "note", "id"]
-SAMPLE_COLUMNS = ["prompt", "reference", "base model", "adapter"]
-EVAL_TIMEOUT_S = 3 * 3600
 STATE_LABELS = {"queued": "queued", "running": "running", "completed": "completed", "stopped": "stopped",
                 "failed": "failed", "out_of_memory": "out of memory"}
 # Zero-width separator: the text after it only makes each notification a new value, so it always fires.
@@ -96,74 +88,6 @@ def preview_command(workspace: Path, rc: dict[str, Any]) -> tuple[str, str]:
     return md, text
 
 
-def eval_numbers(run_dir: Path) -> tuple[Optional[float], Optional[float]]:
-    """(adapter validation loss, adapter minus base) from the run's eval.json; Nones without a report."""
-    report = read_json(Path(run_dir) / EVAL_FILE, None)
-    try:
-        adapter, base = float(report["adapter"]["loss"]), float(report["base"]["loss"])
-    except (TypeError, KeyError, ValueError):
-        return None, None
-    return round(adapter, 4), round(adapter - base, 4)
-
-
-def report_view(run_dir: Optional[Path]) -> tuple[str, list[list[str]]]:
-    """(markdown: base vs adapter loss and perplexity, rows of the samples table) for one run."""
-    if not run_dir:
-        return "Select a run in the table above, then press **Evaluate**.", []
-    report = read_json(Path(run_dir) / EVAL_FILE, None)
-    if not isinstance(report, dict) or "base" not in report:
-        return (f"Run **{Path(run_dir).name}** has no evaluation report yet. Press **Evaluate** to compare its "
-                "adapter with the base model (it runs in a separate process)."), []
-    return report_markdown(Path(run_dir).name, report), sample_rows(report)
-
-
-def report_markdown(run_id: str, report: dict[str, Any]) -> str:
-    try:
-        b, a = report["base"], report["adapter"]
-        delta = a["loss"] - b["loss"]
-    except (KeyError, TypeError):
-        return error_html(f"The evaluation report of run {run_id} is incomplete; press Evaluate to write it again.")
-    verdict = "better than" if delta < 0 else "not better than"
-    return (f"**{run_id}**: on {report.get('rows', '?')} rows ({html.escape(str(report.get('data', '')))}), "
-            f"the adapter is **{verdict}** the base model.\n\n"
-            f"| | loss | perplexity |\n|---|---|---|\n"
-            f"| base model | {b['loss']:.4f} | {b['perplexity']:.2f} |\n"
-            f"| adapter | {a['loss']:.4f} | {a['perplexity']:.2f} |\n"
-            f"| difference | {delta:+.4f} | {a['perplexity'] - b['perplexity']:+.2f} |")
-
-
-def sample_rows(report: dict[str, Any]) -> list[list[str]]:
-    return [[s.get("prompt", ""), s.get("reference", ""), s.get("base", ""), s.get("adapter", "")]
-            for s in report.get("samples") or [] if isinstance(s, dict)]
-
-
-def run_eval_process(run_dir: Path, samples: int, timeout: float = EVAL_TIMEOUT_S) -> dict[str, Any]:
-    """`python -m backend.cli eval RUN_DIR --json` in a child process; its JSON result, or UserError
-    with the sentence it printed."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", "backend.cli", "eval", str(run_dir), "--json", "--samples", str(int(samples))]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(PROJECT_ROOT), env=env,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise UserError(f"The evaluation of {Path(run_dir).name} took more than {timeout / 60:.0f} minutes and "
-                        "was stopped; try fewer samples.") from None
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
-    result: Any = None
-    if lines:
-        try:
-            result = json.loads(lines[-1])
-        except json.JSONDecodeError:
-            result = None
-    if isinstance(result, dict) and "error" in result:
-        raise UserError(str(result["error"]))
-    if proc.returncode != 0 or not isinstance(result, dict):
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UserError(f"The evaluation process ended with code {proc.returncode}: {last}")
-    return result
-
-
 def notifications(watch: dict[str, Any], workspace: Path) -> tuple[dict[str, Any], list[str]]:
     """Compare the runs and the queue with the last look; sentences for runs that ended and a queue that
     emptied since then. The first look only takes note, so old runs never notify."""
@@ -211,10 +135,7 @@ class QueueView:
     empty: Any = None
     carry_on: Any = None
     picked: Any = None
-    n_samples: Any = None
-    evaluate: Any = None
-    eval_md: Any = None
-    eval_table: Any = None
+    report: Any = None
     note_box: Any = None
     watch: Any = None
     timer: Any = None
@@ -237,28 +158,13 @@ def _queue_layout(v: QueueView) -> None:
     v.picked = gr.State(None)
 
 
-def _eval_layout(v: QueueView) -> None:
-    """The evaluation report of the selected run."""
-    with gr.Accordion("Evaluation report (selected run)", open=False, elem_id="eval-report"):
-        gr.Markdown("<span class='ft-help'>Validation loss and perplexity of the base model and of the trained "
-                    "adapter, and prompts answered by both next to the reference. Runs in a separate process; "
-                    "kept in the run's eval.json.</span>")
-        with gr.Row():
-            v.n_samples = gr.Number(5, precision=0, minimum=0, maximum=100, label="Sample prompts",
-                                    elem_id="eval-samples", scale=1)
-            v.evaluate = gr.Button("Evaluate", elem_id="eval-run", scale=1)
-        v.eval_md = gr.Markdown(report_view(None)[0], elem_id="eval-summary")
-        v.eval_table = gr.Dataframe(value=[], headers=SAMPLE_COLUMNS, interactive=False, wrap=True,
-                                    elem_id="eval-samples-table")
-
-
 def mount(ctx: StudioContext, add_button: gr.Button, start_button: gr.Button, run_selected: Any,
           live: gr.State) -> None:
     """The queue list and its controls, the evaluation report, and notifications (end of the Train tab)."""
     run_queue.ensure_worker(ctx.workspace)  # a restarted studio carries on with what was queued
     v = QueueView(ctx)
     _queue_layout(v)
-    _eval_layout(v)
+    v.report = eval_report.build(ctx)
     v.note_box = gr.Textbox(visible="hidden", elem_id="notify-text")
     v.watch = gr.State({})
     v.timer = gr.Timer(2.0)
@@ -321,29 +227,6 @@ def on_timer(ws: Path, w):
     return w, rows, text
 
 
-def on_select_run(lv):
-    """Reads the run just selected in the runs table; shows its evaluation report if it has one."""
-    run_dir = (lv or {}).get("run_dir")
-    return report_view(Path(run_dir) if run_dir else None)
-
-
-def on_evaluate(lv, n):
-    """Reads the viewed run; runs `ftstudio eval` in a child process and shows the report."""
-    run_dir = (lv or {}).get("run_dir")
-    if not run_dir:
-        yield report_view(None)
-        return
-    run_dir = Path(run_dir)
-    yield (f"Evaluating **{run_dir.name}**: loading the base model and the adapter in a separate process "
-           "and answering the sample prompts. This takes a while on a CPU."), []
-    try:
-        report = run_eval_process(run_dir, int(n or 0))
-    except UserError as e:
-        yield error_html(str(e)), []
-        return
-    yield report_markdown(run_dir.name, report), sample_rows(report)
-
-
 # ---- events -----------------------------------------------------------------------------------
 
 def wire(v: QueueView, add_button: gr.Button, start_button: gr.Button, run_selected: Any, live: gr.State) -> None:
@@ -358,8 +241,5 @@ def wire(v: QueueView, add_button: gr.Button, start_button: gr.Button, run_selec
     v.carry_on.click(bind(edit_queue, ws, "resume", None, name="<lambda>"), None, listing, queue=False)
     v.timer.tick(bind(on_timer, ws), v.watch, [v.watch, v.qtable, v.note_box], queue=False, show_progress="hidden")
     v.note_box.change(None, v.note_box, None, js=NOTIFY_JS, queue=False)
-    # Chained after the runs table's own select (a second listener on the same select never fired).
-    run_selected.then(on_select_run, live, [v.eval_md, v.eval_table], queue=False)
-    v.evaluate.click(on_evaluate, [live, v.n_samples], [v.eval_md, v.eval_table], concurrency_id="eval",
-                     concurrency_limit=1)
+    eval_report.wire(v.report, run_selected, live)
     v.ctx.extras["queue_table"] = v.qtable

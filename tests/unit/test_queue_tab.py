@@ -11,6 +11,7 @@ from backend.runs import queue as q
 from backend.runs import rundir
 from backend.core.config import RunConfig, load_config
 from backend.core.errors import UserError
+from studio.tabs import eval_report as er
 from studio.tabs import train_queue as tq
 
 
@@ -48,17 +49,17 @@ def _fake_run(ws: Path, name: str) -> Path:
 
 def test_report_view_and_eval_columns_read_eval_json(tmp_path):
     run_dir = _fake_run(tmp_path, "r")
-    assert "no evaluation report yet" in tq.report_view(run_dir)[0]
-    assert tq.eval_numbers(run_dir) == (None, None)
+    assert "no evaluation report yet" in er.report_view(run_dir)[0]
+    assert er.eval_numbers(run_dir) == (None, None)
     (run_dir / "eval.json").write_text(json.dumps({
         "base": {"loss": 3.0, "perplexity": 20.09}, "adapter": {"loss": 1.0, "perplexity": 2.72}, "rows": 4,
         "data": "validation split",
         "samples": [{"prompt": "p", "reference": "r", "base": "b", "adapter": "a"}]}))
-    md, rows = tq.report_view(run_dir)
+    md, rows = er.report_view(run_dir)
     assert "**better than**" in md and "-2.0000" in md and rows == [["p", "r", "b", "a"]]
-    assert tq.eval_numbers(run_dir) == (1.0, -2.0)
+    assert er.eval_numbers(run_dir) == (1.0, -2.0)
     (run_dir / "eval.json").write_text("{broken")
-    assert tq.eval_numbers(run_dir) == (None, None)
+    assert er.eval_numbers(run_dir) == (None, None)
 
 
 def test_notifications_fire_once_when_a_run_ends_and_when_the_queue_empties(tmp_path):
@@ -79,7 +80,7 @@ def test_notifications_fire_once_when_a_run_ends_and_when_the_queue_empties(tmp_
 def test_evaluating_a_run_without_an_adapter_in_a_child_process_gives_the_sentence(tmp_path):
     run_dir = _fake_run(tmp_path, "untrained")
     with pytest.raises(UserError, match="no trained adapter yet"):
-        tq.run_eval_process(run_dir, 2, timeout=120)
+        er.run_eval_process(run_dir, 2, timeout=120)
 
 
 def test_the_train_tab_builds_with_the_queue_and_report(tmp_path):
