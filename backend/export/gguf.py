@@ -15,19 +15,43 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from backend.core.config import load_config
 from backend.core.errors import UserError
 from backend.core.io import atomic_write_text, check_free_space, read_json
 from backend.core.models import BUNDLED, ModelError, ensure_bundled, resolve_model
-from backend.export.gguf_check import check_export
-from backend.export.gguf_tokenizer import READER_UNKNOWN_PRE, describe_tokenizer
-from backend.export.gguf_write import architecture_of, check_quant, estimate_bytes, plan_tensors, write_gguf
+from backend.data.records import load_for_training
+from backend.data.templates import encode_row, has_graded, resolve_template, to_conversation
+from backend.export import llamacpp_lib
+from backend.export.gguf_check import CheckResult, CheckTexts, check_export, default_texts, load_models, reference
+from backend.export.gguf_tokenizer import describe_tokenizer
+from backend.export.gguf_write import architecture_of, estimate_bytes, plan_tensors, write_gguf
+from backend.export.llamacpp import quantize
 from backend.export.merge import estimate_merged_bytes, locate_adapter, merge_adapter
-from backend.export.modelfile import build_modelfile, ollama_model_name, template_equivalence
+from backend.export.modelfile import build_modelfile, ollama_model_name, stop_equivalence, template_equivalence
 
 Progress = Optional[Callable[[float, str], None]]
+
+# name -> what a user reads next to the choice; llama.cpp makes all but f16 from the f16 file.
+QUANTS = {
+    "f16": "16-bit, no rounding to speak of; the largest file",
+    "q8_0": "8-bit, about half the size of f16, barely measurable loss",
+    "q6_k": "6-bit k-quant, about 40% of f16",
+    "q5_k_m": "5-bit k-quant (mixed), about a third of f16",
+    "q4_k_m": "4-bit k-quant (mixed), about 30% of f16: what most Ollama models ship as",
+}
+CHECK_ROWS = 8       # validation rows for the perplexity comparison
+CHECK_PROMPTS = 4    # training-format prompts for the greedy continuations
+
+
+def check_quant(quant: str) -> str:
+    q = (quant or "").strip().lower().replace("-", "_")
+    if q not in QUANTS:
+        raise UserError(f"Unknown GGUF quantization '{quant}'. Choose one of: {', '.join(QUANTS)} "
+                        "(f16 keeps full 16-bit precision; q8_0 is about half the size; the k-quants "
+                        "q6_k, q5_k_m and q4_k_m are smaller still, with more loss).")
+    return q
 
 
 @dataclass(frozen=True)
@@ -59,7 +83,7 @@ def locate_source(src: str | Path, base: Optional[str] = None) -> ExportSource:
     adapter_dir = p / "adapter" if is_run else p
     if (adapter_dir / "adapter_config.json").exists():
         found = locate_adapter(p)
-        tok_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else Path(_model_dir(found.base))
+        tok_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else Path(model_dir_of(found.base))
         return ExportSource("adapter", p, base or found.base, tok_dir)
     if (adapter_dir / "config.json").exists():
         if is_run and base is None:
@@ -70,14 +94,14 @@ def locate_source(src: str | Path, base: Optional[str] = None) -> ExportSource:
                     "nor is it a run with a saved adapter. Pick a completed run or a model folder.")
 
 
-def _model_dir(ref: str) -> str:
+def model_dir_of(ref: str) -> str:
     try:
         return resolve_model(ref).source
     except ModelError as e:
         raise UserError(str(e)) from e
 
 
-def _check_out(out: Path) -> Path:
+def check_out_path(out: Path) -> Path:
     out = Path(out).expanduser().resolve()
     if out.suffix.lower() != ".gguf":
         raise UserError(f"The output file {out} should end in .gguf.")
@@ -109,11 +133,16 @@ def _architecture_notes(config: Any) -> list[str]:
 def _write_modelfile(out: Path, tok: Any) -> tuple[Path, str, dict[str, Any]]:
     mf = build_modelfile(tok, out.name)
     ok, why = template_equivalence(tok, mf)
+    stop_ok, stop_why = stop_equivalence(tok, mf)
     path = out.with_name(f"{out.stem}.Modelfile")
     atomic_write_text(path, mf.text)
     os.chmod(path, 0o644)  # a temp file is created private; this one is meant to be shared with Ollama
     command = f"ollama create {ollama_model_name(out.stem)} -f {path}"
-    info = {"modelfile_template_ok": ok, "stop": mf.stops, "chat_style": mf.style, "notes": list(mf.notes)}
+    info = {"modelfile_template_ok": ok, "modelfile_stop_ok": stop_ok, "stop": mf.stops, "chat_style": mf.style,
+            "notes": list(mf.notes)}
+    if not stop_ok:
+        info["notes"].append(f"The Modelfile's stop strings do not end answers where the chat template does "
+                             f"({stop_why}); add the template's turn-end marker as a PARAMETER stop.")
     if mf.style and not ok:
         info["notes"].append(f"The Modelfile's TEMPLATE does not reproduce the chat template exactly ({why}); "
                              "check answers in Ollama before relying on it.")
@@ -125,70 +154,156 @@ def _merged_model(source: ExportSource, work: Path, progress: Progress, notes: l
     merged_size = estimate_merged_bytes(source.base or "") or 0
     _check_disk(work, merged_size * 2, "the merged model and its GGUF")
     _say(progress, 0.02, f"Merging the adapter into {source.base}")
-    merged = merge_adapter(source.path, work / "merged", progress=lambda f, m: _say(progress, 0.02 + 0.15 * f, m))
+    merged = merge_adapter(source.path, work / "merged", progress=lambda f, m: _say(progress, 0.02 + 0.13 * f, m))
     notes += merged.get("notes", [])
     return Path(merged["out"])
 
 
-def export_gguf(src: str | Path, out_file: str | Path, quant: str = "f16", progress: Progress = None,
-                base: Optional[str] = None) -> dict[str, Any]:
-    """Write `out_file` (GGUF) and `<stem>.Modelfile` beside it; check the GGUF against the source.
+def parse_quants(quant: str | Sequence[str]) -> list[str]:
+    """`"q4_k_m"`, `"f16,q8_0"` or a list -> the checked, de-duplicated quant names (f16 last: the
+    other quants are made from the f16 file, which is moved into place only at the end)."""
+    items = quant.split(",") if isinstance(quant, str) else list(quant)
+    names = list(dict.fromkeys(check_quant(q) for q in items if str(q).strip()))
+    if not names:
+        raise UserError(f"No GGUF quantization given. Choose one or more of: {', '.join(QUANTS)}.")
+    return sorted(names, key=lambda q: q == "f16")
+
+
+def output_paths(out: Path, quants: list[str]) -> dict[str, Path]:
+    """One quant: the file asked for. Several: `<stem>-<quant>.gguf` beside it."""
+    if len(quants) == 1:
+        return {quants[0]: out}
+    return {q: out.with_name(f"{out.stem}-{q}.gguf") for q in quants}
+
+
+def check_texts(source: ExportSource, tok: Any, notes: list[str]) -> CheckTexts:
+    """Training-format prompts and validation rows of the run, as the trainer tokenizes them."""
+    run_dir = source.path if (source.path / "config.yaml").exists() else source.path.parent
+    if not (run_dir / "config.yaml").exists():
+        return default_texts(tok)
+    try:
+        cfg = load_config(run_dir / "config.yaml")
+        _, train_rows, rows = load_for_training(cfg.data, cfg.train.seed)
+        where = "validation rows"
+        if not rows:
+            rows, where = train_rows, "training rows (the run has no validation split)"
+        _, jinja, _ = resolve_template(tok, cfg.data.template)
+        graded, prompts = [], []
+        for row in rows[:CHECK_ROWS]:
+            enc = encode_row(tok, row, cfg.data.model_copy(update={"max_length": min(cfg.data.max_length, 256)}))
+            if has_graded(enc):
+                graded.append((enc["input_ids"], enc["labels"]))
+            msgs = to_conversation(row)
+            last = max((i for i, m in enumerate(msgs or []) if m["role"] == "assistant"), default=None)
+            if last and len(prompts) < CHECK_PROMPTS:
+                text = tok.apply_chat_template(msgs[:last], chat_template=jinja, tokenize=False,
+                                               add_generation_prompt=True)
+                prompts.append(tok(text, add_special_tokens=False)["input_ids"][-320:])
+    except (UserError, OSError) as e:
+        notes.append(f"The run's data could not be read ({str(e).splitlines()[0][:160]}), so the check used "
+                     "built-in prompts and sentences instead of its validation rows.")
+        return default_texts(tok)
+    fallback = default_texts(tok)
+    if not graded:
+        notes.append("The run's data gave no graded rows, so perplexity was measured on built-in sentences.")
+    return CheckTexts(prompts or fallback.prompts, graded or fallback.graded,
+                      f"{len(graded)} {where} of the run" if graded else fallback.source)
+
+
+def _one_result(q: str, path: Path, check: CheckResult, size: int, source: ExportSource) -> dict[str, Any]:
+    return {"out": str(path), "quant": q, "bytes": size, "base": source.base, **check.figures(),
+            "notes": list(check.notes)}
+
+
+def write_f16_gguf(model_dir: Path, tok: Any, out: Path, name: str, progress: Progress = None,
+                   copies: int = 1, disk_folder: Optional[Path] = None) -> list[str]:
+    """Convert a model folder (safetensors) to an f16 GGUF at `out`; the notes for the user."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    architecture_of(config)
+    notes = _architecture_notes(config)
+    plans = plan_tensors(model_dir, config, "f16")
+    _check_disk(disk_folder or out.parent, estimate_bytes(plans) * (1 + copies), "the GGUF files")
+    n_vocab = next((p.shape[0] for p in plans if p.gguf_name == "token_embd.weight"), None)
+    if n_vocab is None:
+        raise UserError(f"{model_dir} has no token embedding weight, so it is not a complete model.")
+    described = describe_tokenizer(tok, n_vocab)
+    _say(progress, 0.15, "Writing the f16 GGUF")
+    write_gguf(model_dir, config, described, plans, out, "f16", name,
+               lambda f, m: _say(progress, 0.15 + 0.25 * (f - 0.2) / 0.5, m))
+    return notes + described.notes
+
+
+def export_gguf(src: str | Path, out_file: str | Path, quant: str | Sequence[str] = "f16",
+                progress: Progress = None, base: Optional[str] = None) -> dict[str, Any]:
+    """Write `out_file` (GGUF; one per quant when several are asked for) and a Modelfile beside each;
+    check every file with llama.cpp against the merged model.
 
     `base` names the untrained base model for a plain model folder (runs, adapters and folders
     written by the studio's merge know theirs); with it the check also rejects an export that
-    behaves like the base.
+    behaves like the base. The merge and the f16 conversion are done once for all quants.
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    quant = check_quant(quant)
+    quants = parse_quants(quant)
     source = locate_source(src, base)
-    out = _check_out(Path(out_file))
+    out = check_out_path(Path(out_file))
+    targets = output_paths(out, quants)
+    llamacpp_lib.load()  # no llama.cpp, no check: say so before the merge, not after
     notes: list[str] = []
     if source.kind == "adapter":  # refuse an unsupported base before spending time on the merge
-        architecture_of(AutoConfig.from_pretrained(_model_dir(source.base)))
+        architecture_of(AutoConfig.from_pretrained(model_dir_of(source.base)))
     work = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
+    results: list[dict[str, Any]] = []
     try:
         model_dir = _merged_model(source, work, progress, notes) if source.kind == "adapter" else source.path
-        config = AutoConfig.from_pretrained(str(model_dir))
-        architecture_of(config)
-        notes += _architecture_notes(config)
-        plans = plan_tensors(model_dir, config, quant)
-        _check_disk(out.parent, estimate_bytes(plans), f"the {quant} GGUF")
         tok = AutoTokenizer.from_pretrained(str(source.tokenizer_dir))
-        n_vocab = next((p.shape[0] for p in plans if p.gguf_name == "token_embd.weight"), None)
-        if n_vocab is None:
-            raise UserError(f"{model_dir} has no token embedding weight, so it is not a complete model.")
-        described = describe_tokenizer(tok, n_vocab)
-        notes += described.notes
-        _say(progress, 0.2, f"Writing the {quant} GGUF")
-        tmp = work / out.name
-        write_gguf(model_dir, config, described, plans, tmp, quant, _model_name(source), progress)
-        check = check_export(tmp, model_dir, tok, quant, base=source.base, progress=progress, pre=described.pre)
-        notes += check.notes
-        if described.pre in READER_UNKNOWN_PRE:
-            notes.append(f"The tokenizer's '{described.pre}' pre-tokenizer ({READER_UNKNOWN_PRE[described.pre]}) is "
-                         "applied by llama.cpp and Ollama but not by transformers' GGUF reader, so prompts with "
-                         "digits were left out of the tokenizer comparison.")
-        if check.checked:
-            os.replace(tmp, out)
-            _say(progress, 0.95, "Writing the Ollama Modelfile")
-            modelfile, command, mf_info = _write_modelfile(out, tok)
+        f16 = work / "f16.gguf"
+        notes += write_f16_gguf(model_dir, tok, f16, _model_name(source), progress, copies=len(quants),
+                                disk_folder=out.parent)
+        texts = check_texts(source, tok, notes)
+        _say(progress, 0.42, "Loading the merged model for the check")
+        merged, base_model, load_notes = load_models(model_dir, source.base)
+        notes += load_notes
+        ref = reference(merged, tok, texts, base_model)
+        del merged, base_model
+        for i, q in enumerate(quants):
+            at = 0.45 + 0.5 * i / len(quants)
+            tmp = f16 if q == "f16" else work / f"{q}.gguf"
+            if q != "f16":
+                _say(progress, at, f"Quantizing to {q} with llama.cpp")
+                quantize(f16, tmp, q)
+            _say(progress, at + 0.25 / len(quants), f"Checking the {q} file in llama.cpp")
+            check = check_export(tmp, ref, tok, q, texts)
+            size = tmp.stat().st_size
+            result = _one_result(q, targets[q], check, size if check.checked else 0, source)
+            if check.checked:
+                os.replace(tmp, targets[q])
+                modelfile, command, mf_info = _write_modelfile(targets[q], tok)
+                result["notes"] += mf_info.pop("notes")
+                result.update(modelfile=str(modelfile), ollama_command=command, **mf_info)
+            else:
+                # A file that fails its check is not delivered: nothing at its path is replaced by it.
+                result["error"] = (f"The {q} GGUF export of {source.path} failed its check in llama.cpp, so "
+                                   f"{targets[q].name} was not written: " + "; ".join(check.problems) + ".")
+                result.update(modelfile=None, ollama_command=None, measured_bytes=size)
+                result["notes"].insert(0, result["error"])
+            results.append(result)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result = {"out": str(out), "quant": quant, "max_logit_diff": check.max_logit_diff,
-              "tolerance": check.tolerance, "checked": check.checked, "problems": check.problems,
-              "base": source.base, "base_logit_diff": check.base_diff, "adapter_effect": check.adapter_effect}
-    if not check.checked:
-        # A file that fails its check is not delivered: nothing at `out` is replaced by it.
-        sentence = (f"The GGUF export of {source.path} failed its check, so {out.name} was not written: "
-                    + "; ".join(check.problems) + ".")
-        _say(progress, 1.0, sentence)
-        return {**result, "bytes": 0, "modelfile": None, "ollama_command": None, "error": sentence,
-                "notes": [sentence] + notes}
-    notes += mf_info.pop("notes")
-    _say(progress, 1.0, f"Exported {out.name}")
-    return {**result, "bytes": out.stat().st_size, "modelfile": str(modelfile), "ollama_command": command,
-            **mf_info, "notes": notes}
+    results.sort(key=lambda r: list(QUANTS).index(r["quant"]))
+    for r in results:
+        r["notes"] = notes + r["notes"]
+    failed = [r["error"] for r in results if not r["checked"]]
+    _say(progress, 1.0, " ".join(failed) if failed else f"Exported {', '.join(Path(r['out']).name for r in results)}")
+    if len(results) == 1:
+        return results[0]
+    summary = {"checked": not failed, "out": [r["out"] for r in results], "quants": [r["quant"] for r in results],
+               "exports": results, "notes": notes}
+    if failed:
+        summary["error"] = " ".join(failed)
+    return summary
 
 
 def export_command(src: str | Path, out_file: str | Path, quant: str = "f16") -> list[str]:

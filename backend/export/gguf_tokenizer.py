@@ -15,10 +15,6 @@ from backend.core.errors import UserError
 # llama.cpp token types (gguf.TokenType), spelled out so this module needs no gguf import.
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 
-# llama.cpp pre-tokenizers that transformers' GGUF reader does not rebuild (it falls back to the
-# GPT-2 split); the check cannot compare their digit handling.
-READER_UNKNOWN_PRE = {"smollm": "digits are split one by one"}
-
 # Turn-end markers of the chat formats the Modelfile understands; each is also a stop token.
 TURN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_turn|>", "<end_of_turn>")
 
@@ -37,10 +33,14 @@ class GGUFTokenizer:
 
 
 def _pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
-    """The llama.cpp name of the pre-tokenizer whose split regex this tokenizer uses.
+    """The llama.cpp name of the pre-tokenizer this tokenizer is, read from how it splits text.
 
-    transformers' GGUF loader maps these names back to the same regex, so the split of text into
-    words survives the round trip; an unknown regex is an error rather than a silent mismatch.
+    llama.cpp's own converter names the pre-tokenizer after what the tokenizer is (it recognises
+    the tokenizer by its output on a fixed text); here the same question is answered from the
+    tokenizer.json itself: its split regex, and whether digits are cut one by one. The name must
+    be one llama.cpp knows (it refuses a file with any other, e.g. "gpt2" rather than "gpt-2"),
+    and the export's check then tokenizes fixed strings in llama.cpp and in transformers and
+    requires the same ids. An unknown split is refused rather than guessed.
     """
     from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
 
@@ -50,9 +50,11 @@ def _pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
     if not splits:
         if any(p.get("type") == "ByteLevel" and p.get("use_regex", True) for p in parts):
             # The GPT-2 regex inside ByteLevel; SmolLM2's own tokenizer.json first cuts digits one by
-            # one, which llama.cpp calls "smollm" (a tokenizer rebuilt from a GGUF has lost that step).
+            # one, which llama.cpp calls "smollm". A tokenizer rebuilt from a GGUF (the bundled model's)
+            # has lost that step and is plain GPT-2, "gpt-2" in llama.cpp; SmolLM2's vocabulary has no
+            # multi-digit tokens, so both split its text into the same ids.
             digits = any(p.get("type") == "Digits" and p.get("individual_digits") for p in parts)
-            return "smollm" if digits else "gpt2"
+            return "smollm" if digits else "gpt-2"
         raise UserError("The tokenizer's pre-tokenizer is not a byte-level one, so it cannot be written to GGUF "
                         "by this exporter. Export models with a byte-level BPE tokenizer (Llama 3, Qwen2, SmolLM2).")
     pattern = (splits[0].get("pattern") or {}).get("Regex")
@@ -60,8 +62,8 @@ def _pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
     for name in preferred + tuple(GGUF_PRE_TOKENIZER_SPLITS):
         if GGUF_PRE_TOKENIZER_SPLITS.get(name) == pattern:
             return name
-    raise UserError("The tokenizer splits text with a regular expression that GGUF readers do not know, "
-                    "so the exported model would tokenize differently. Export is limited to the byte-level "
+    raise UserError("The tokenizer splits text with a regular expression that llama.cpp does not know, "
+                    "so the exported model would tokenize differently there (or not load). Export is limited to the byte-level "
                     "BPE tokenizers of Llama 3, Qwen2, Mistral (tekken) and SmolLM2.")
 
 

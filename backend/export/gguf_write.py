@@ -9,7 +9,8 @@ transformers' GGUF loader) expect:
 - 1-D tensors (norms, biases) stay float32, as llama.cpp's converter keeps them;
 - Llama 3.1+ rotary scaling becomes llama.cpp's `rope_freqs` tensor (one divisor per frequency);
 - Q8_0 packs 32 weights as one fp16 scale + 32 int8 (34 bytes); rows whose length is not a
-  multiple of 32 fall back to f16.
+  multiple of 32 fall back to f16. The export itself writes f16 only and has llama.cpp's own
+  quantizer make Q8_0 and the k-quants from it (`backend.export.llamacpp.quantize`).
 Tensors are streamed from the safetensors files one at a time, so memory stays near one tensor.
 """
 from __future__ import annotations
@@ -25,7 +26,6 @@ from backend.export.gguf_tokenizer import GGUFTokenizer, write_tokenizer
 # model_type -> (gguf architecture, whether Q/K rows are reordered for llama.cpp's rope)
 ARCHITECTURES = {"llama": ("llama", True), "mistral": ("llama", True), "qwen2": ("qwen2", False)}
 SUPPORTED_TEXT = "Llama (including SmolLM2), Mistral and Qwen2"
-QUANTS = ("f16", "q8_0")
 _SKIP_SUFFIXES = ("rotary_emb.inv_freq",)
 _METADATA_ALLOWANCE = 32 * 2**20  # header, vocabulary, merges and alignment padding
 
@@ -39,14 +39,6 @@ class TensorPlan:
     qtype: Any             # gguf.GGMLQuantizationType
     nbytes: int
     data: Any = None       # the computed tensor, when file is None
-
-
-def check_quant(quant: str) -> str:
-    q = (quant or "").strip().lower().replace("-", "_")
-    if q not in QUANTS:
-        raise UserError(f"Unknown GGUF quantization '{quant}'. Choose one of: {', '.join(QUANTS)} "
-                        "(f16 keeps full 16-bit precision; q8_0 is about half the size).")
-    return q
 
 
 def architecture_of(config: Any) -> tuple[str, bool]:

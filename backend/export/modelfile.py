@@ -5,7 +5,8 @@ Jinja, we render it on probe conversations and recognise the turn shape of the f
 (ChatML, Llama 3): `header-start ROLE header-end CONTENT turn-end`. A default system prompt
 that the template inserts on its own becomes the Modelfile's SYSTEM line (Ollama adds it when a
 conversation has none). `template_equivalence` then renders both templates on fixed
-conversations and compares the text, so a translation that does not match is reported.
+conversations and compares the text, so a translation that does not match is reported, and
+`stop_equivalence` checks that the PARAMETER stop strings are what the template writes after an answer.
 
 `render_go_template` is a small interpreter for exactly the Go-template subset we emit (range
 over .Messages with an index, variable assignment, if/end, eq/ne/and/or/not/len/slice, fields,
@@ -154,6 +155,23 @@ def template_equivalence(tok: Any, modelfile: Modelfile) -> tuple[bool, str]:
             at = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), min(len(want), len(got)))
             return False, (f"the Ollama template renders {got[max(0, at - 20):at + 20]!r} where the tokenizer's "
                            f"template gives {want[max(0, at - 20):at + 20]!r}")
+    return True, ""
+
+
+def stop_equivalence(tok: Any, modelfile: Modelfile) -> tuple[bool, str]:
+    """Whether Ollama stops where the chat template ends an answer: on each fixed conversation
+    answered once more, the text the template writes right after the answer must begin with one of
+    the Modelfile's PARAMETER stop strings (otherwise Ollama would run on into a made-up next turn)."""
+    answer = "PROBE-ANSWER-9"
+    for conv in CONVERSATIONS:
+        try:
+            full = tok.apply_chat_template(conv + [{"role": "assistant", "content": answer}], tokenize=False)
+        except Exception as e:  # noqa: BLE001 - a template that cannot render an answered turn
+            return False, f"the chat template cannot render an answered conversation ({e})"
+        after = full[full.rindex(answer) + len(answer):]
+        if not any(after.startswith(stop) for stop in modelfile.stops):
+            return False, (f"after an answer the chat template writes {after[:24]!r}, which begins with none of "
+                           f"the Modelfile's stop strings {modelfile.stops}")
     return True, ""
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from backend.export.modelfile import (CONVERSATIONS, build_modelfile, ollama_model_name, render_go_template,
-                                    render_ollama, template_equivalence)
+                                    render_ollama, stop_equivalence, template_equivalence)
 
 LLAMA3_TEMPLATE = (
     "{% for message in messages %}{% if loop.index0 == 0 %}{{ bos_token }}{% endif %}"
@@ -110,3 +110,15 @@ def test_ollama_model_name_is_safe():
     assert ollama_model_name("run-3.q8_0") == "run-3.q8_0"
     assert ollama_model_name("My Run (v2)") == "my-run-v2"
     assert ollama_model_name("???") == "finetuned"
+
+
+def test_stop_strings_end_answers_where_the_template_does(tok, llama3_tok):
+    assert any(m["role"] == "system" for conv in CONVERSATIONS for m in conv)   # system-prompt conversations
+    assert any(sum(m["role"] == "user" for m in conv) > 1 for conv in CONVERSATIONS)  # and multi-turn ones
+    for t in (tok, llama3_tok):
+        mf = build_modelfile(t, "m.gguf")
+        assert stop_equivalence(t, mf) == (True, "")
+    mf = build_modelfile(llama3_tok, "m.gguf")
+    mf.stops = ["<|im_end|>"]  # the tokenizer's EOS only: Ollama would run past <|eot_id|>
+    ok, why = stop_equivalence(llama3_tok, mf)
+    assert not ok and "'<|eot_id|>'" in why
