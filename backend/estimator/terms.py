@@ -210,12 +210,14 @@ def fused_head_bytes(batch: int, seq: int, vocab: int, hidden: int, compute_byte
 
     Backward is its peak: one [min(N, 4096), 32768] logits tile in the compute dtype, the fp32
     gradient of the hidden states (N x H), and when the head trains its fp32 gradient accumulator
-    plus the cast to the parameter dtype (V x H). N = batch x (seq - 1) scored positions. The
+    plus, for a 16-bit head, the cast to the parameter dtype (V x H). N = batch x (seq - 1) scored positions. The
     closed form's `logits` term assumes the full [N, V] logits and their fp32 copies instead.
     """
     tokens = batch * max(seq - 1, 1)
     tile = min(tokens, 4096) * min(vocab, 32768) * compute_bytes
-    head = vocab * hidden * (4 + head_param_bytes) if head_trainable else 0
+    # An fp32 head (fp32 master weights) takes the fp32 accumulator as its gradient: no second copy.
+    cast = head_param_bytes if head_param_bytes < 4 else 0
+    head = vocab * hidden * (4 + cast) if head_trainable else 0
     return int(tile + tokens * hidden * 4 + head)
 
 
