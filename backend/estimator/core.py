@@ -124,9 +124,16 @@ def _optimizer(shape: ModelShape, plan: PrecisionPlan, optimizer: str,
     base_b = T.dtype_bytes(plan.trainable)
     zero_master = strategy in ("zero1", "zero2", "zero3") and optimizer == OPTIMIZER.adamw_torch
     total = master = 0
+    eight_bit = OPTIMIZERS[optimizer].eight_bit
     for shp, is_base, count in shape.trainable_shapes:
         numel = math.prod(shp)
         pb = base_b if is_base else shape.adapter_bytes_per_param
+        if eight_bit and is_base and tuple(shp) == (shape.vocab, shape.hidden):
+            # transformers' Trainer registers every nn.Embedding with bitsandbytes for 32-bit states
+            # (8-bit embedding states are unstable): the input embedding (tied head included) keeps
+            # fp32 m and v; an untied head of the same shape is a Linear and goes 8-bit.
+            total += 8 * numel + (count - 1) * T.optimizer_tensor_bytes(numel, shp, pb, optimizer)
+            continue
         if zero_master and pb < 4:
             # DeepSpeed keeps fp32 master weights and fp32 Adam states for 16-bit parameters.
             total += count * T.optimizer_tensor_bytes(numel, shp, 4, optimizer)
@@ -152,8 +159,10 @@ def _optimizer(shape: ModelShape, plan: PrecisionPlan, optimizer: str,
     return total + master, text, temps, parts
 
 
-def _activations(cfg: Any, shape: ModelShape, plan: PrecisionPlan) -> tuple[int, str, int, str]:
-    """(activation bytes, formula, logits bytes, formula)."""
+def _activations(cfg: Any, shape: ModelShape, plan: PrecisionPlan,
+                 device: str = "cuda") -> tuple[int, str, int, str]:
+    """(activation bytes, formula, logits bytes, formula). `device` picks the attention kernel's
+    saved tensors (terms.attention_saved_bytes_per_token): the estimate is for a CUDA card unless told."""
     c = T.dtype_bytes(plan.compute)
     batch, seq = cfg.train.batch_size, cfg.data.max_length
     if online.is_online(cfg):
@@ -225,9 +234,11 @@ def _activations(cfg: Any, shape: ModelShape, plan: PrecisionPlan) -> tuple[int,
         head_trains = any(is_base and tuple(dims) == (shape.vocab, shape.hidden)
                           for dims, is_base, _ in shape.trainable_shapes)
         logits = T.fused_head_bytes(batch, logit_seq, shape.vocab, shape.hidden, c, head_trains,
-                                    T.dtype_bytes(plan.trainable))
+                                    T.dtype_bytes(plan.trainable), device)
         ltext = (f"chunked LM head (TRL): one logits tile of min({batch} x {logit_seq - 1}, 4096) tokens x "
-                 f"min({T.fmt_count(shape.vocab)}, 32768) vocab + fp32 hidden-state gradient"
+                 f"min({T.fmt_count(shape.vocab)}, 32768) vocab"
+                 + (" (+ the CPU fallback's fp32 temporaries)" if device != "cuda" else "")
+                 + " + fp32 hidden-state gradient"
                  + (" + fp32 head gradient" if head_trains else "") + f" = {T.fmt_bytes(logits)}")
     else:
         logits = T.logits_bytes(batch, logit_seq, shape.vocab, plan.compute)
@@ -241,7 +252,7 @@ def _world(cfg: Any) -> int:
     return cfg.distributed.gpus * cfg.distributed.nodes
 
 
-def _compute(cfg: Any, shape: ModelShape) -> Estimate:
+def _compute(cfg: Any, shape: ModelShape, device: str = "cuda") -> Estimate:
     uses_peft, quantized = method_flags(cfg.method.name)
     plan = plan_for(cfg)  # the loader's dtypes, as configured
     strategy, world = cfg.distributed.strategy, _world(cfg)
@@ -252,7 +263,7 @@ def _compute(cfg: Any, shape: ModelShape) -> Estimate:
     weights, wf, wparts = _weights(shape, plan, cfg.method.double_quant)
     grads, gf, gparts = _gradients(shape, plan)
     opt, of, temps, oparts = _optimizer(shape, plan, cfg.train.optimizer, strategy)
-    acts, af, logits, lf = _activations(cfg, shape, plan)
+    acts, af, logits, lf = _activations(cfg, shape, plan, device)
 
     sharded = {"weights": T.shard(weights, "weights", strategy, world),
                "gradients": T.shard(grads, "gradients", strategy, world),
@@ -431,7 +442,7 @@ def _suggest(cfg: Any, model_config: Any, est: Estimate, capacity: int) -> list[
 
 
 def estimate(cfg: Any, gpus: Optional[list[GpuInfo]] = None, gpu_count: Optional[int] = None,
-             gpu_memory_gb: Optional[float] = None, model_config: Any = None) -> Estimate:
+             gpu_memory_gb: Optional[float] = None, model_config: Any = None, device: str = "cuda") -> Estimate:
     """Memory needed to train `cfg`, term by term, and whether it fits.
 
     gpus None probes the machine (NVML); gpu_memory_gb (with gpu_count, default the config's GPU
@@ -440,7 +451,7 @@ def estimate(cfg: Any, gpus: Optional[list[GpuInfo]] = None, gpu_count: Optional
     if model_config is None:
         model_config = model_config_of(cfg)
     shape = cached_shape(model_config, cfg)
-    est = _compute(cfg, shape)
+    est = _compute(cfg, shape, device)
     hypothetical = gpu_memory_gb is not None
     if hypothetical:
         if gpu_memory_gb <= 0:
