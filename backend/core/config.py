@@ -97,6 +97,10 @@ class TrainConfig(Strict):
     batch_size: int = Field(4, ge=1, le=4096, description="Sequences per device per step.")
     gradient_accumulation: int = Field(4, ge=1, le=4096, description="Micro-batches per optimizer step.")
     precision: Literal[PRECISIONS] = Field("bf16", description="Compute precision.")
+    pure_bf16: bool = Field(False, description=(
+        "bf16 only, for methods that train base weights: keep the trainable weights, their gradients and AdamW "
+        "states in bf16 instead of fp32 master weights (6 bytes per trainable parameter less), at a risk: "
+        "updates smaller than about 1/256 of a weight are lost, which can stall or degrade fine-tuning."))
     optimizer: Literal[OPTIMIZERS] = Field(catalog.OPTIMIZER.adamw_torch, description="Optimizer.")
     gradient_checkpointing: bool = Field(True, description="Recompute activations in backward to save memory.")
     eval_steps: int = Field(50, ge=1, le=MAX_STEPS, description="Evaluate every N steps.")

@@ -6,10 +6,19 @@ can train it. The loader (backend.methods.load_dtype), the estimator (closed for
 trace), the Method tab's validation and the trainer all ask it, so they cannot disagree.
 
 The rules:
-- fp32 loads fp32 and does not autocast; bf16 / fp16 load in that dtype and autocast to it.
-- fp16 with trainable base weights (no PEFT) loads fp32: fp16 mixed precision needs fp32 master
-  weights (the GradScaler refuses to unscale fp16 gradients), and autocast then caches 16-bit
-  copies of them on every forward. Adapters are kept fp32 by PEFT anyway.
+- fp32 loads fp32 and does not autocast; bf16 / fp16 autocast the matmuls to that dtype.
+- Mixed precision for a method that trains base weights (the catalog's `trains_base`: full,
+  last_layers, gradual_unfreezing, feature_extraction, bitfit, fish_mask): the base loads in fp32,
+  the trainable parameters stay fp32 (master weights, so gradients and AdamW states are fp32 too)
+  and the frozen ones are cast to the compute dtype (`cast_for_training` in backend.methods.loading).
+  Autocast then casts the fp32 weights to 16 bit on every forward and keeps those copies for backward.
+  Pure bf16 training would lose every update smaller than bf16's resolution around a weight
+  (about 1/256 of it).
+- `pure_bf16` (train.pure_bf16, bf16 only) is the explicit exception: everything loads and trains in
+  bf16, gradients and AdamW states included (6 B per trainable parameter less with AdamW).
+- fp16 has no pure variant: the GradScaler refuses to unscale fp16 gradients.
+- Every other method loads the base in the compute dtype; its added parameters are fp32 (PEFT and
+  the studio's bottleneck adapters keep them so).
 - A 4-bit method loads in its compute dtype, the matmuls run in it, and
   prepare_model_for_kbit_training upcasts every weight that stays unquantized to fp32.
 - A CUDA GPU trains fp32 and fp16, and bf16 when it has native bf16 (Ampere or newer).
@@ -78,11 +87,13 @@ class PrecisionPlan:
     requested: str              # train.precision as configured
     precision: str              # what training runs in (on a CPU-only machine fp32 for an accepted bf16)
     load: str                   # dtype the base weights are loaded in (from_pretrained's dtype)
-    base: str                   # dtype the unquantized base weights are in while training
+    base: str                   # dtype the frozen unquantized base weights are in while training
     compute: str                # dtype of activations and matmuls
     autocast: Optional[str]     # torch.autocast dtype (None: no mixed precision)
     quantized: bool
-    fp32_master_weights: bool   # fp16 AMP over fp32 trainable weights (autocast caches 16-bit copies)
+    fp32_master_weights: bool   # mixed precision over fp32 trainable base weights (autocast makes 16-bit copies)
+    trainable: str = "fp32"     # dtype of the trainable base weights, and so of their gradients and AdamW states
+    pure_bf16: bool = False     # train.pure_bf16 in effect: trainable base weights, gradients and states in bf16
     problems: dict[str, str] = field(default_factory=dict)  # config field -> sentence; empty when available
     note: Optional[str] = None  # a sentence when `precision` differs from `requested`
 
@@ -91,11 +102,13 @@ class PrecisionPlan:
         return not self.problems
 
 
-def precision_plan(precision: str, *, quantized: bool = False, uses_peft: bool = True,
-                   compute_dtype: str = "bf16", machine: Optional[Machine] = None) -> PrecisionPlan:
+def precision_plan(precision: str, *, quantized: bool = False, uses_peft: bool = True, trains_base: bool = False,
+                   pure_bf16: bool = False, compute_dtype: str = "bf16",
+                   machine: Optional[Machine] = None) -> PrecisionPlan:
     """The whole precision decision for one run; see the module docstring for the rules.
 
-    quantized / uses_peft: the method's flags (MethodSpec.quantized / .uses_peft); compute_dtype:
+    quantized / uses_peft / trains_base: the method's catalog flags; pure_bf16: train.pure_bf16
+    (read only when the run trains in bf16); compute_dtype:
     the 4-bit compute dtype (method.compute_dtype), read only when quantized. machine None plans
     the run as configured (no availability check, no CPU substitution).
     """
@@ -122,10 +135,12 @@ def precision_plan(precision: str, *, quantized: bool = False, uses_peft: bool =
         return PrecisionPlan(requested=precision, precision=runs, load=compute_dtype, base="fp32",
                              compute=compute_dtype, autocast=autocast, quantized=True, fp32_master_weights=False,
                              problems=problems, note=note)
-    master = runs == "fp16" and not uses_peft
+    pure = pure_bf16 and runs == "bf16" and trains_base
+    master = autocast is not None and trains_base and not pure
     load = "fp32" if master else runs
-    return PrecisionPlan(requested=precision, precision=runs, load=load, base=load, compute=runs, autocast=autocast,
-                         quantized=False, fp32_master_weights=master, problems=problems, note=note)
+    return PrecisionPlan(requested=precision, precision=runs, load=load, base=runs, compute=runs, autocast=autocast,
+                         quantized=False, fp32_master_weights=master, trainable="fp32" if master else runs,
+                         pure_bf16=pure, problems=problems, note=note)
 
 
 def plan_for(cfg: Any, machine: Optional[Machine] = None) -> PrecisionPlan:
@@ -135,6 +150,7 @@ def plan_for(cfg: Any, machine: Optional[Machine] = None) -> PrecisionPlan:
     it (validation and the trainer pass this_machine())."""
     method = catalog.METHODS[cfg.method.name]
     return precision_plan(cfg.train.precision, quantized=method.quantized, uses_peft=method.uses_peft,
+                          trains_base=method.trains_base, pure_bf16=getattr(cfg.train, "pure_bf16", False),
                           compute_dtype=cfg.method.compute_dtype, machine=machine)
 
 

@@ -5,6 +5,7 @@ the per-term formulas), and rendering elsewhere (the Method tab's plot, the CLI'
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -35,6 +36,7 @@ class Estimate:
     suggestions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     phases: dict[str, int] = field(default_factory=dict)   # forward_backward / optimizer_step peaks
+    dtypes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # term -> per-dtype parts (unsharded)
     per_gpu: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -44,15 +46,24 @@ class Estimate:
             "gpus": list(self.gpus), "fits": self.fits, "suggestions": list(self.suggestions),
             "allocated_bytes": self.allocated_bytes, "headroom_bytes": self.headroom_bytes,
             "formulas": dict(self.formulas), "notes": list(self.notes), "phases": dict(self.phases),
-            "per_gpu": list(self.per_gpu),
+            "per_gpu": list(self.per_gpu), "dtypes": {k: list(v) for k, v in self.dtypes.items()},
         }
 
 
 # ---------------------------------------------------------------------------------- arithmetic
 
-def _weights(shape: ModelShape, plan: PrecisionPlan, double_quant: bool) -> tuple[int, str]:
-    b = T.dtype_bytes(plan.base)
+Part = dict[str, Any]  # one row of the per-dtype breakdown: what, params, dtype, bytes_per_param, bytes
+
+
+def _part(what: str, params: int, dtype: str, nbytes: int) -> Part:
+    return {"what": what, "params": int(params), "dtype": dtype,
+            "bytes_per_param": round(nbytes / params, 4) if params else 0.0, "bytes": int(nbytes)}
+
+
+def _weights(shape: ModelShape, plan: PrecisionPlan, double_quant: bool) -> tuple[int, str, list[Part]]:
+    b, tb = T.dtype_bytes(plan.base), T.dtype_bytes(plan.trainable)
     adapters = int((shape.adapter_trainable + shape.adapter_frozen) * shape.adapter_bytes_per_param)
+    parts: list[Part] = []
     if plan.quantized:
         q = T.nf4_bytes(shape.base_quantizable, double_quant)
         other = int((shape.base_other + shape.base_trainable) * b)
@@ -60,37 +71,69 @@ def _weights(shape: ModelShape, plan: PrecisionPlan, double_quant: bool) -> tupl
         text = (f"{T.fmt_count(shape.base_quantizable)} linear weights x 4-bit (0.5 B + {scales}) = {T.fmt_bytes(q)}"
                 f" + {T.fmt_count(shape.base_other + shape.base_trainable)} other x 4 B (fp32 after "
                 f"prepare_model_for_kbit_training) = {T.fmt_bytes(other)}")
+        parts += [_part("4-bit linear weights", shape.base_quantizable, "nf4", q),
+                  _part("other base weights", shape.base_other + shape.base_trainable, plan.base, other)]
         total = q + other
     else:
-        n = shape.base_quantizable + shape.base_other + shape.base_trainable
-        total = int(n * b)
-        text = f"{T.fmt_count(n)} base params x {b:g} B ({plan.base}) = {T.fmt_bytes(total)}"
+        frozen = shape.base_quantizable + shape.base_other
+        frozen_b, trained_b = int(frozen * b), int(shape.base_trainable * tb)
+        total = frozen_b + trained_b
+        pieces = []
+        if shape.base_trainable:
+            kind = "fp32 master weights" if plan.fp32_master_weights else plan.trainable
+            pieces.append(f"{T.fmt_count(shape.base_trainable)} trainable base x {tb:g} B ({kind})")
+            parts.append(_part("trainable base weights" + (" (fp32 master copy)" if plan.fp32_master_weights else ""),
+                               shape.base_trainable, plan.trainable, trained_b))
+        if frozen or not shape.base_trainable:
+            pieces.append(f"{T.fmt_count(frozen)} frozen base x {b:g} B ({plan.base})")
+            parts.append(_part("frozen base weights", frozen, plan.base, frozen_b))
+        text = " + ".join(pieces) + f" = {T.fmt_bytes(total)}"
     if adapters:
         text += (f" + {T.fmt_count(shape.adapter_trainable + shape.adapter_frozen)} adapter params x "
                  f"{shape.adapter_bytes_per_param:g} B = {T.fmt_bytes(adapters)}")
-    return total + adapters, text
+        parts.append(_part("adapter weights", shape.adapter_trainable + shape.adapter_frozen,
+                           _dtype_name(shape.adapter_bytes_per_param), adapters))
+    return total + adapters, text, parts
 
 
-def _gradients(shape: ModelShape, plan: PrecisionPlan) -> tuple[int, str]:
-    b = T.dtype_bytes(plan.base)
+def _dtype_name(nbytes: float) -> str:
+    return {4: "fp32", 2: "bf16/fp16", 1: "int8"}.get(int(nbytes), f"{nbytes:g} B")
+
+
+def _gradients(shape: ModelShape, plan: PrecisionPlan) -> tuple[int, str, list[Part]]:
+    """Gradients are in their parameter's dtype: fp32 for master weights and adapters."""
+    b = T.dtype_bytes(plan.trainable)
     base = int(shape.base_trainable * b)
     adapters = int(shape.adapter_trainable * shape.adapter_bytes_per_param)
-    parts = []
+    texts, parts = [], []
     if shape.base_trainable:
-        parts.append(f"{T.fmt_count(shape.base_trainable)} trainable base x {b:g} B")
+        texts.append(f"{T.fmt_count(shape.base_trainable)} trainable base x {b:g} B ({plan.trainable})")
+        parts.append(_part("base gradients", shape.base_trainable, plan.trainable, base))
     if shape.adapter_trainable:
-        parts.append(f"{T.fmt_count(shape.adapter_trainable)} trainable adapter x {shape.adapter_bytes_per_param:g} B")
-    return base + adapters, (" + ".join(parts) or "nothing trains") + f" = {T.fmt_bytes(base + adapters)}"
+        texts.append(f"{T.fmt_count(shape.adapter_trainable)} trainable adapter x {shape.adapter_bytes_per_param:g} B")
+        parts.append(_part("adapter gradients", shape.adapter_trainable,
+                           _dtype_name(shape.adapter_bytes_per_param), adapters))
+    return base + adapters, (" + ".join(texts) or "nothing trains") + f" = {T.fmt_bytes(base + adapters)}", parts
 
 
-def _optimizer(shape: ModelShape, plan: PrecisionPlan, optimizer: str, strategy: str) -> tuple[int, str, int]:
-    """(state bytes, formula, step temporaries)."""
-    base_b = T.dtype_bytes(plan.base)
+def _optimizer(shape: ModelShape, plan: PrecisionPlan, optimizer: str,
+               strategy: str) -> tuple[int, str, int, list[Part]]:
+    """(state bytes, formula, step temporaries, per-dtype parts). torch's AdamW keeps m and v in the
+    parameter's dtype, so mixed precision's fp32 master weights give fp32 states (8 B per parameter)
+    and pure bf16 gives bf16 states (4 B)."""
+    base_b = T.dtype_bytes(plan.trainable)
     zero_master = strategy in ("zero1", "zero2", "zero3") and optimizer == OPTIMIZER.adamw_torch
     total = master = 0
+    eight_bit = OPTIMIZERS[optimizer].eight_bit
     for shp, is_base, count in shape.trainable_shapes:
         numel = math.prod(shp)
         pb = base_b if is_base else shape.adapter_bytes_per_param
+        if eight_bit and is_base and tuple(shp) == (shape.vocab, shape.hidden):
+            # transformers' Trainer registers every nn.Embedding with bitsandbytes for 32-bit states
+            # (8-bit embedding states are unstable): the input embedding (tied head included) keeps
+            # fp32 m and v; an untied head of the same shape is a Linear and goes 8-bit.
+            total += 8 * numel + (count - 1) * T.optimizer_tensor_bytes(numel, shp, pb, optimizer)
+            continue
         if zero_master and pb < 4:
             # DeepSpeed keeps fp32 master weights and fp32 Adam states for 16-bit parameters.
             total += count * T.optimizer_tensor_bytes(numel, shp, 4, optimizer)
@@ -99,14 +142,27 @@ def _optimizer(shape: ModelShape, plan: PrecisionPlan, optimizer: str, strategy:
             total += count * T.optimizer_tensor_bytes(numel, shp, pb, optimizer)
     temps = int(T.OPTIMIZER_STEP_TEMP_FACTOR.get(optimizer, 0.0) * total / 2)
     rule = OPTIMIZERS[optimizer].states
-    text = f"{T.fmt_count(shape.trainable_params)} trainable, {rule} = {T.fmt_bytes(total)}"
+    n = shape.trainable_params
+    per = total / n if n else 0.0
+    info = OPTIMIZERS[optimizer]
+    state_dtype = ("int8 + fp32 scales" if info.eight_bit else "fp32" if info.paged or not shape.base_trainable
+                   else plan.trainable)
+    text = f"{T.fmt_count(n)} trainable, {rule} = {T.fmt_bytes(total)} ({per:.3g} B/param)"
+    if plan.fp32_master_weights and shape.base_trainable and not master:
+        text += f"; {per + 4:.3g} B/param with the fp32 master weights (counted under weights)"
+    elif plan.pure_bf16 and shape.base_trainable:
+        text += "; pure bf16: no fp32 master weights"
+    parts = [_part("optimizer states", n, state_dtype, total)] if total else []
     if master:
         text += f" + fp32 master copy {T.fmt_bytes(master)} (DeepSpeed)"
-    return total + master, text, temps
+        parts.append(_part("fp32 master copy (DeepSpeed)", n, "fp32", master))
+    return total + master, text, temps, parts
 
 
-def _activations(cfg: Any, shape: ModelShape, plan: PrecisionPlan) -> tuple[int, str, int, str]:
-    """(activation bytes, formula, logits bytes, formula)."""
+def _activations(cfg: Any, shape: ModelShape, plan: PrecisionPlan,
+                 device: str = "cuda") -> tuple[int, str, int, str]:
+    """(activation bytes, formula, logits bytes, formula). `device` picks the attention kernel's
+    saved tensors (terms.attention_saved_bytes_per_token): the estimate is for a CUDA card unless told."""
     c = T.dtype_bytes(plan.compute)
     batch, seq = cfg.train.batch_size, cfg.data.max_length
     if online.is_online(cfg):
@@ -148,9 +204,14 @@ def _activations(cfg: Any, shape: ModelShape, plan: PrecisionPlan) -> tuple[int,
         acts += buf
         extras.append(f"4-bit dequantization buffer {T.fmt_bytes(buf)}")
     if plan.fp32_master_weights:
-        cache = int(shape.base_trainable * 2)
+        # Autocast casts each fp32 trainable weight to the compute dtype and keeps the copy for backward.
+        # Only matmul weights go through autocast's cast: not norms (1-D), nor the embedding lookup,
+        # nor TRL's chunked head, which casts one tile of the head at a time.
+        cast = sum(math.prod(dims) * n for dims, is_base, n in shape.trainable_shapes
+                   if is_base and len(dims) == 2 and tuple(dims) != (shape.vocab, shape.hidden))
+        cache = int(cast * c)
         acts += cache
-        extras.append(f"fp16 autocast weight copies {T.fmt_bytes(cache)}")
+        extras.append(f"{plan.compute} autocast copies of the fp32 weights {T.fmt_bytes(cache)}")
     if cfg.distributed.strategy in ("zero3", "fsdp") and _world(cfg) > 1:
         gathered = int(2 * shape.largest_layer_params * T.dtype_bytes(plan.base))
         acts += gathered
@@ -173,9 +234,11 @@ def _activations(cfg: Any, shape: ModelShape, plan: PrecisionPlan) -> tuple[int,
         head_trains = any(is_base and tuple(dims) == (shape.vocab, shape.hidden)
                           for dims, is_base, _ in shape.trainable_shapes)
         logits = T.fused_head_bytes(batch, logit_seq, shape.vocab, shape.hidden, c, head_trains,
-                                    T.dtype_bytes(plan.base))
+                                    T.dtype_bytes(plan.trainable), device)
         ltext = (f"chunked LM head (TRL): one logits tile of min({batch} x {logit_seq - 1}, 4096) tokens x "
-                 f"min({T.fmt_count(shape.vocab)}, 32768) vocab + fp32 hidden-state gradient"
+                 f"min({T.fmt_count(shape.vocab)}, 32768) vocab"
+                 + (" (+ the CPU fallback's fp32 temporaries)" if device != "cuda" else "")
+                 + " + fp32 hidden-state gradient"
                  + (" + fp32 head gradient" if head_trains else "") + f" = {T.fmt_bytes(logits)}")
     else:
         logits = T.logits_bytes(batch, logit_seq, shape.vocab, plan.compute)
@@ -189,14 +252,18 @@ def _world(cfg: Any) -> int:
     return cfg.distributed.gpus * cfg.distributed.nodes
 
 
-def _compute(cfg: Any, shape: ModelShape) -> Estimate:
+def _compute(cfg: Any, shape: ModelShape, device: str = "cuda") -> Estimate:
     uses_peft, quantized = method_flags(cfg.method.name)
     plan = plan_for(cfg)  # the loader's dtypes, as configured
     strategy, world = cfg.distributed.strategy, _world(cfg)
-    weights, wf = _weights(shape, plan, cfg.method.double_quant)
-    grads, gf = _gradients(shape, plan)
-    opt, of, temps = _optimizer(shape, plan, cfg.train.optimizer, strategy)
-    acts, af, logits, lf = _activations(cfg, shape, plan)
+    if strategy.startswith("zero") and plan.fp32_master_weights:
+        # DeepSpeed casts the module to the compute dtype and keeps its own fp32 master copy and fp32
+        # states in the optimizer (counted there: 12 B per parameter), so the model holds 16-bit weights.
+        plan = dataclasses.replace(plan, trainable=plan.compute, fp32_master_weights=False)
+    weights, wf, wparts = _weights(shape, plan, cfg.method.double_quant)
+    grads, gf, gparts = _gradients(shape, plan)
+    opt, of, temps, oparts = _optimizer(shape, plan, cfg.train.optimizer, strategy)
+    acts, af, logits, lf = _activations(cfg, shape, plan, device)
 
     sharded = {"weights": T.shard(weights, "weights", strategy, world),
                "gradients": T.shard(grads, "gradients", strategy, world),
@@ -214,12 +281,17 @@ def _compute(cfg: Any, shape: ModelShape) -> Estimate:
     if objective is not None and objective.uses_reference and not uses_peft:
         # Without an adapter to switch off, TRL keeps a frozen copy of the starting model for the
         # reference log-probabilities (with PEFT the reference is the same model, adapter disabled).
-        ref = int(shape.total_params * T.dtype_bytes(plan.base))
+        # TRL loads it in the policy's `model.dtype` (its embeddings' dtype): fp32 when the
+        # embeddings train as fp32 master weights, else the frozen base dtype.
+        ref_dtype = plan.trainable if shape.grad_through_all_layers else plan.base
+        ref = int(shape.total_params * T.dtype_bytes(ref_dtype))
         sharded["weights"] += ref
-        wf += f" + frozen reference model {T.fmt_count(shape.total_params)} params x {T.dtype_bytes(plan.base):g} B"
+        wf += f" + frozen reference model {T.fmt_count(shape.total_params)} params x {T.dtype_bytes(ref_dtype):g} B"
+        wparts.append(_part("frozen reference model", shape.total_params, ref_dtype, ref))
     generation = 0
     if online.is_online(cfg):
-        extra = online.online_terms(cfg, shape, plan.compute, plan.base, uses_peft)
+        extra = online.online_terms(cfg, shape, plan.compute,
+                                    plan.trainable if shape.grad_through_all_layers else plan.base, uses_peft)
         if extra.extra_weights:
             sharded["weights"] += extra.extra_weights
             wf += f" + {extra.weights_text}"
@@ -254,6 +326,7 @@ def _compute(cfg: Any, shape: ModelShape) -> Estimate:
                      "optimizer": sharded["optimizer"], "activations": acts, "logits": logits, "overhead": overhead},
         formulas=formulas, total_bytes=int(total), allocated_bytes=int(allocated),
         trainable_params=shape.trainable_params, total_params=shape.total_params, notes=notes,
+        dtypes={"weights": wparts, "gradients": gparts, "optimizer": oparts},
         phases={"forward_backward": int(backward), "optimizer_step": int(step),
                 **({"generation": int(generation)} if generation else {})},
     )
@@ -369,7 +442,7 @@ def _suggest(cfg: Any, model_config: Any, est: Estimate, capacity: int) -> list[
 
 
 def estimate(cfg: Any, gpus: Optional[list[GpuInfo]] = None, gpu_count: Optional[int] = None,
-             gpu_memory_gb: Optional[float] = None, model_config: Any = None) -> Estimate:
+             gpu_memory_gb: Optional[float] = None, model_config: Any = None, device: str = "cuda") -> Estimate:
     """Memory needed to train `cfg`, term by term, and whether it fits.
 
     gpus None probes the machine (NVML); gpu_memory_gb (with gpu_count, default the config's GPU
@@ -378,7 +451,7 @@ def estimate(cfg: Any, gpus: Optional[list[GpuInfo]] = None, gpu_count: Optional
     if model_config is None:
         model_config = model_config_of(cfg, light=True)  # no transformers import when the skeleton is cached
     shape = cached_shape(model_config, cfg)
-    est = _compute(cfg, shape)
+    est = _compute(cfg, shape, device)
     hypothetical = gpu_memory_gb is not None
     if hypothetical:
         if gpu_memory_gb <= 0:

@@ -36,7 +36,7 @@ from backend.estimator.core import estimate
 from backend.estimator.plan import method_flags, model_config_of
 from backend.estimator.skeleton import cached_shape
 from backend.estimator.terms import fused_head_bytes
-from backend.methods import apply_method
+from backend.methods import apply_method, cast_for_training
 
 # Categories MemTracker attributes storages to, renamed to the estimator's vocabulary.
 _CATEGORIES = {"Parameter": "parameters", "Buffer": "buffers", "Gradient": "gradients", "Activation": "activations",
@@ -225,7 +225,7 @@ def _meta_model(cfg: Any, model_config: Any, load: Any, quantized: bool) -> nn.M
     if cfg.train.gradient_checkpointing:
         _enable_checkpointing(model)
     model.config.use_cache = False
-    return apply_method(model, cfg)
+    return cast_for_training(apply_method(model, cfg), cfg)
 
 
 def _step(mt: Any, first: bool, model: nn.Module, batch: tuple[Any, Any], opt: Any, cfg: Any,
@@ -346,7 +346,7 @@ def compare(cfg: Any, batch: Optional[int] = None, seq: Optional[int] = None) ->
     head_trainable = shape.base_trainable > 0 and shape.lowest_grad_layer == 0 and shape.grad_through_all_layers
     fused = fused_head_bytes(batch, seq + (0 if shape.virtual_tokens_in_kv_only else shape.virtual_tokens),
                              shape.vocab, shape.hidden, T.dtype_bytes(plan.compute), head_trainable,
-                             T.dtype_bytes(plan.base))
+                             T.dtype_bytes(plan.trainable))
     with_fused = closed.allocated_bytes - closed.terms_bytes["logits"] + fused
     peak = precise["peak_bytes"]
     return {

@@ -204,18 +204,30 @@ def logits_bytes(batch: int, seq: int, vocab: int, dtype: str = "bf16") -> int:
     return int(batch * seq * vocab * per)
 
 
+# TRL's chunked head on a device without Triton (the CPU) folds each [tokens, vocab chunk] logits tile
+# with torch ops instead of in place. At the peak of its backward fold (_backward_tile, log-prob
+# gradient only) these tile-sized tensors are alive at once: y, z, log_p, p and grad (fp32, 5 x 4 B),
+# the is_target mask (1 B), (is_target.float() - p) and its product with the incoming gradient
+# (2 x 4 B; the mask's fp32 copy is freed by then): 29 B per tile element. Measured on the CPU
+# (bench/memory_truth.py). On CUDA the Triton kernel allocates none of them.
+HEAD_FALLBACK_TILE_BYTES = 5 * 4 + 1 + 2 * 4
+
+
 def fused_head_bytes(batch: int, seq: int, vocab: int, hidden: int, compute_bytes: float,
-                     head_trainable: bool, head_param_bytes: float) -> int:
+                     head_trainable: bool, head_param_bytes: float, device: str = "cuda") -> int:
     """Peak bytes of TRL's chunked log-prob head (what SFTTrainer trains with) beyond the activations.
 
     Backward is its peak: one [min(N, 4096), 32768] logits tile in the compute dtype, the fp32
     gradient of the hidden states (N x H), and when the head trains its fp32 gradient accumulator
-    plus the cast to the parameter dtype (V x H). N = batch x (seq - 1) scored positions. The
+    plus, for a 16-bit head, the cast to the parameter dtype (V x H). N = batch x (seq - 1) scored positions. The
     closed form's `logits` term assumes the full [N, V] logits and their fp32 copies instead.
     """
     tokens = batch * max(seq - 1, 1)
-    tile = min(tokens, 4096) * min(vocab, 32768) * compute_bytes
-    head = vocab * hidden * (4 + head_param_bytes) if head_trainable else 0
+    elements = min(tokens, 4096) * min(vocab, 32768)
+    tile = elements * (compute_bytes + (HEAD_FALLBACK_TILE_BYTES if device != "cuda" else 0))
+    # An fp32 head (fp32 master weights) takes the fp32 accumulator as its gradient: no second copy.
+    cast = head_param_bytes if head_param_bytes < 4 else 0
+    head = vocab * hidden * (4 + cast) if head_trainable else 0
     return int(tile + tokens * hidden * 4 + head)
 
 

@@ -6,7 +6,8 @@ a new method is a catalog entry plus a `register(...)` call in its family's modu
 from backend.methods.registry import METHODS, MethodSpec, always_mergeable, complete_model, get_method, register
 from backend.methods.skeleton import build_meta_model, count_parameters, decoder_layers, linear_layer_names
 from backend.methods.loading import (
-    apply_method, create_optimizer, exact_counts, load_dtype, load_trainable_model, optimizer_class,
+    apply_method, cast_for_training, create_optimizer, exact_counts, load_dtype, load_trainable_model,
+    optimizer_class,
 )
 from backend.methods.validation import bitsandbytes_problem, validate_for_model
 from backend.methods.inspect import ModelInfo, inspect_model, target_shortcuts
@@ -24,7 +25,7 @@ from backend.methods.hooks import method_callbacks, save_trained  # noqa: E402
 __all__ = [
     "METHODS", "MethodSpec", "register", "get_method", "always_mergeable", "complete_model",
     "build_meta_model", "count_parameters", "decoder_layers", "linear_layer_names",
-    "apply_method", "create_optimizer", "exact_counts", "load_dtype", "load_trainable_model", "optimizer_class",
+    "apply_method", "cast_for_training", "create_optimizer", "exact_counts", "load_dtype", "load_trainable_model", "optimizer_class",
     "bitsandbytes_problem", "validate_for_model",
     "ModelInfo", "inspect_model", "target_shortcuts", "method_callbacks", "save_trained",
 ]

@@ -62,9 +62,29 @@ def exact_counts(cfg: Any, model_config: Any = None) -> tuple[int, int]:
 
 
 def load_dtype(cfg: Any) -> torch.dtype:
-    """The dtype the base weights load in (backend.core.precision decides: fp16 with trainable
-    base weights loads fp32 master weights; a 4-bit method loads in its compute dtype)."""
+    """The dtype the base weights load in (backend.core.precision decides: mixed precision with
+    trainable base weights loads fp32 master weights; a 4-bit method loads in its compute dtype)."""
     return torch_dtype(plan_for(cfg).load)
+
+
+def cast_for_training(model: nn.Module, cfg: Any) -> nn.Module:
+    """Put each parameter in the dtype the precision plan gives it, after the method chose what trains.
+
+    Only mixed precision over trainable base weights changes anything: the model was loaded in fp32,
+    the trainable parameters stay fp32 (master weights: fp32 gradients and AdamW states follow) and
+    the frozen ones go to the compute dtype, where autocast would cast them on every forward anyway.
+    Everything else is already as the plan says (loaded in the compute dtype, adapters fp32).
+    Works on meta tensors too, so the estimator's skeleton sees the same dtypes.
+    """
+    plan = plan_for(cfg)
+    if not plan.fp32_master_weights:
+        return model
+    trainable, frozen = torch_dtype(plan.trainable), torch_dtype(plan.base)
+    for p in model.parameters():  # tied weights once
+        want = trainable if p.requires_grad else frozen
+        if p.dtype != want and p.is_floating_point():
+            p.data = p.data.to(want)
+    return model
 
 
 def quantization_config(cfg: Any):
@@ -111,7 +131,7 @@ def load_trainable_model(cfg: Any, device_map: Optional[Any] = None) -> nn.Modul
         model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
     if spec.quantized:
         _keep_4bit_trainable_on_cpu(model)
-    model = apply_method(model, cfg)
+    model = cast_for_training(apply_method(model, cfg), cfg)
     if getattr(cfg, "init_adapter", None):
         load_adapter_weights(model, Path(cfg.init_adapter))
     model.train()  # from_pretrained returns eval mode; dropout and the trainer expect train mode

@@ -22,7 +22,7 @@ from backend.core.errors import UserError
 from backend.core.log import note
 from backend.core.models import load_tokenizer, resolve_model
 from backend.data.records import as_turns, load_for_training, with_system
-from backend.methods import load_dtype, load_trainable_model
+from backend.methods import cast_for_training, load_dtype, load_trainable_model
 from backend.methods.full import apply_full, apply_last_layers
 from backend.methods.lora import lora_config
 from backend.objectives import online_rl
@@ -147,6 +147,7 @@ def load_objective_model(cfg: Any) -> Any:
         config.task_type = "SEQ_CLS"
         config.modules_to_save = ["score"]
         model = get_peft_model(model, config)
+    model = cast_for_training(model, cfg)  # full / last_layers: fp32 master weights, frozen in compute dtype
     model.train()
     return model
 

@@ -16,7 +16,8 @@ SECTIONS = {"method": MethodConfig, "train": TrainConfig, "data": DataConfig,
 METHOD_FIELDS = [f"method.{n}" for n in MethodConfig.model_fields if n not in ("name", "target_modules")]
 TRAIN_ROWS = [
     ["train.epochs", "train.max_steps", "train.learning_rate", "train.scheduler"],
-    ["train.warmup_ratio", "train.weight_decay", "train.optimizer", "train.precision"],
+    ["train.warmup_ratio", "train.weight_decay", "train.optimizer", "train.precision",
+     "train.pure_bf16"],
     ["train.batch_size", "train.gradient_accumulation", "data.max_length", "data.packing"],
     ["train.gradient_checkpointing", "train.eval_steps", "train.save_steps", "train.seed"],
 ]
@@ -48,6 +49,7 @@ LABELS = {
     "train.scheduler": "Scheduler", "train.warmup_ratio": "Warmup share", "train.weight_decay": "Weight decay",
     "train.batch_size": "Batch size", "train.gradient_accumulation": "Gradient accumulation",
     "train.precision": "Precision", "train.optimizer": "Optimizer",
+    "train.pure_bf16": "Pure bf16 (no fp32 master weights)",
     "train.gradient_checkpointing": "Gradient checkpointing", "train.eval_steps": "Evaluate every N steps",
     "train.save_steps": "Save every N steps (0 or blank: with evaluation)", "train.logging_steps": "Log every N steps",
     "train.max_grad_norm": "Gradient clipping norm", "train.seed": "Seed",

@@ -122,3 +122,37 @@ def test_results_md_embeds_the_gpu_matrix_report_when_a_gpu_run_left_one(runner,
     assert "not measured -- no GPU" not in text
     assert re.search(r"^estimator median abs error: 10\.0%$", text, re.M)
     assert text.index("NVIDIA H200") < text.index("estimator worst abs error")
+
+
+@pytest.fixture(scope="module")
+def truth():
+    return _load("memory_truth")
+
+
+def test_memory_truth_covers_the_matrix_the_issue_asks_for(truth):
+    cases = truth.build_cases()
+    assert len(cases) >= 24 and len({c["id"] for c in cases}) == len(cases)
+    assert {c["model"] for c in cases} == {"tiny", "bundled"}
+    assert {"full", "lora", "dora", "qlora", "prompt_tuning", "prefix_tuning", "last_layers"} <= {c["method"] for c in cases}
+    lora = [c for c in cases if c["method"] == "lora"]
+    assert {c["fields"]["r"] for c in lora} >= {8, 64}
+    assert {str(c["fields"]["target_modules"]) for c in lora} == {str(truth.ATTN), "all-linear"}
+    assert {(c["precision"], c["pure_bf16"]) for c in cases} == {("fp32", False), ("bf16", False), ("bf16", True)}
+    assert {c["checkpointing"] for c in cases} == {False, True}
+    assert {c["optimizer"] for c in cases} == {"adamw_torch", "adamw_8bit", "sgd"}
+    assert len({(c["batch"], c["seq"]) for c in cases}) >= 3
+    for c in cases:
+        truth.case_config(c, "owner/name")  # every case is a valid RunConfig
+
+
+def test_memory_truth_report_prints_the_median_and_worst_lines(truth):
+    def result(measured, estimated):
+        return {"id": f"case {measured}", "status": "ok", "measured": {"peak_bytes": measured, "split": {}},
+                "estimate": {"allocated_bytes": estimated, "terms_bytes": {}}}
+
+    results = [result(100, 104), result(100, 90), result(200, 202), {"id": "broken", "status": "error", "error": "x"}]
+    text = truth.format_report(results, "cpu", "python bench/memory_truth.py", "test machine")
+    assert "CPU estimator median abs error: 4.0%" in text
+    assert "CPU estimator worst abs error: 10.0%" in text
+    assert "3 of 4 cases measured, 1 failed." in text
+    assert "estimator median abs error" in truth.format_report(results, "cuda", "c", "GPU")

@@ -40,14 +40,25 @@ def test_prefix_tuning_20_tokens_on_40_layers_of_4096_counts_6553600():
     assert est.trainable_params == 6_553_600
 
 
-def test_full_fine_tuning_7b_bf16_terms(llama7b):
+def test_full_fine_tuning_7b_bf16_keeps_fp32_master_weights_and_fp32_adam_states(llama7b):
     est = estimate(run_config("full", train={"precision": "bf16", "optimizer": "adamw_torch"}), gpus=[],
                    model_config=llama7b)
     n = 6_738_415_616
-    assert est.terms_bytes["weights"] == 2 * n
-    assert est.terms_bytes["gradients"] == 2 * n
-    assert est.terms_bytes["optimizer"] == 4 * n  # torch AdamW: m and v in the parameter dtype (bf16)
+    assert est.terms_bytes["weights"] == 4 * n     # fp32 master weights (nothing stays frozen)
+    assert est.terms_bytes["gradients"] == 4 * n   # gradients in the parameter dtype
+    assert est.terms_bytes["optimizer"] == 8 * n   # torch AdamW: m and v in the parameter dtype (fp32)
+    assert "8 B/param" in est.formulas["optimizer"] and "12 B/param with the fp32 master" in est.formulas["optimizer"]
+    assert [(p["dtype"], p["bytes_per_param"]) for p in est.dtypes["optimizer"]] == [("fp32", 8.0)]
+    assert est.dtypes["weights"][0]["what"].endswith("(fp32 master copy)")
     assert est.total_bytes > est.allocated_bytes > est.terms_bytes["weights"] + est.terms_bytes["optimizer"]
+
+
+def test_full_fine_tuning_7b_pure_bf16_halves_weights_gradients_and_states(llama7b):
+    est = estimate(run_config("full", train={"precision": "bf16", "pure_bf16": True}), gpus=[], model_config=llama7b)
+    n = 6_738_415_616
+    assert (est.terms_bytes["weights"], est.terms_bytes["gradients"], est.terms_bytes["optimizer"]) == (2 * n, 2 * n, 4 * n)
+    assert "pure bf16" in est.formulas["optimizer"]
+    assert est.dtypes["optimizer"][0]["dtype"] == "bf16"
 
 
 @pytest.mark.parametrize("method", ["lora", "dora"])
@@ -78,12 +89,14 @@ def test_a_directory_holding_only_config_json_is_enough(tmp_path):
 def test_zero3_over_8_gpus_divides_weights_gradients_and_optimizer(llama7b):
     one = estimate(run_config("full"), gpus=[], model_config=llama7b)
     eight = estimate(run_config("full", distributed={"gpus": 8, "strategy": "zero3"}), gpus=[], model_config=llama7b)
+    # DeepSpeed casts the module to bf16 (its fp32 master copy lives in the optimizer), so the model's
+    # fp32 master weights of the single-GPU plan become 2 B per parameter, divided over 8 GPUs.
     for term in ("weights", "gradients"):
-        assert eight.terms_bytes[term] == pytest.approx(one.terms_bytes[term] / 8, abs=1)
+        assert eight.terms_bytes[term] == pytest.approx(one.terms_bytes[term] / 2 / 8, abs=1)
     # DeepSpeed keeps fp32 Adam states + fp32 master weights for bf16 parameters: 12 B / 8 GPUs.
     assert eight.terms_bytes["optimizer"] == pytest.approx(12 * 6_738_415_616 / 8, abs=1)
     zero1 = estimate(run_config("full", distributed={"gpus": 8, "strategy": "zero1"}), gpus=[], model_config=llama7b)
-    assert zero1.terms_bytes["weights"] == one.terms_bytes["weights"]
+    assert zero1.terms_bytes["weights"] == eight.terms_bytes["weights"] * 8  # ZeRO-1 does not shard weights
 
 
 def test_qlora_stores_the_base_in_4_bit_and_upcasts_the_rest_to_fp32(llama7b):

@@ -93,3 +93,20 @@ def test_eager_attention_adds_score_memory():
     sdpa = T.layer_activation_bytes_per_token(4096, 11008, 4096, 32, 2048, 2, attn_implementation="sdpa", **kw)
     eager = T.layer_activation_bytes_per_token(4096, 11008, 4096, 32, 2048, 2, attn_implementation="eager", **kw)
     assert eager - sdpa == pytest.approx((4 + 2) * 32 * 2048)
+
+
+def test_the_chunked_head_on_a_cpu_counts_the_torch_fallbacks_fp32_tile_temporaries():
+    from backend.estimator.terms import HEAD_FALLBACK_TILE_BYTES, fused_head_bytes
+
+    gpu = fused_head_bytes(2, 65, 49152, 64, 2, False, 2)
+    cpu = fused_head_bytes(2, 65, 49152, 64, 2, False, 2, device="cpu")
+    assert cpu - gpu == 2 * 64 * 32768 * HEAD_FALLBACK_TILE_BYTES
+
+
+def test_an_fp32_head_takes_its_accumulator_as_the_gradient():
+    from backend.estimator.terms import fused_head_bytes
+
+    v, h = 1000, 64
+    fp32 = fused_head_bytes(1, 9, v, h, 2, True, 4) - fused_head_bytes(1, 9, v, h, 2, False, 4)
+    bf16 = fused_head_bytes(1, 9, v, h, 2, True, 2) - fused_head_bytes(1, 9, v, h, 2, False, 2)
+    assert (fp32, bf16) == (4 * v * h, 6 * v * h)

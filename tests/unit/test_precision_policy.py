@@ -30,17 +30,19 @@ def tiny() -> LlamaConfig:
                        num_key_value_heads=2, vocab_size=500, max_position_embeddings=256)
 
 
-def cfg(method="full", precision="bf16", **m) -> RunConfig:
+def cfg(method="full", precision="bf16", pure_bf16=False, **m) -> RunConfig:
     return RunConfig.model_validate({"model": "owner/name", "method": {"name": method, **m},
                                      "data": {"max_length": 32},
-                                     "train": {"precision": precision, "batch_size": 1,
+                                     "train": {"precision": precision, "batch_size": 1, "pure_bf16": pure_bf16,
                                                "gradient_checkpointing": False}})
 
 
-@pytest.mark.parametrize("precision,expected", [("fp32", torch.float32), ("bf16", torch.bfloat16),
-                                                ("fp16", torch.float32)])
-def test_full_fine_tuning_loads_the_same_dtype_in_loader_closed_form_and_trace(precision, expected):
-    c, mc = cfg("full", precision), tiny()
+@pytest.mark.parametrize("precision,pure,expected", [
+    ("fp32", False, torch.float32), ("bf16", False, torch.float32), ("fp16", False, torch.float32),
+    ("bf16", True, torch.bfloat16),
+])
+def test_full_fine_tuning_loads_the_same_dtype_in_loader_closed_form_and_trace(precision, pure, expected):
+    c, mc = cfg("full", precision, pure_bf16=pure), tiny()
     assert load_dtype(c) == expected
     size = torch.empty((), dtype=expected).element_size()
     closed = estimate(c, gpus=[], model_config=mc)
@@ -49,18 +51,25 @@ def test_full_fine_tuning_loads_the_same_dtype_in_loader_closed_form_and_trace(p
     assert traced["peak_breakdown_bytes"]["parameters"] == closed.total_params * size
 
 
-@pytest.mark.parametrize("method,precision,compute,load,base", [
-    ("lora", "fp32", "bf16", "fp32", "fp32"),
-    ("lora", "bf16", "bf16", "bf16", "bf16"),
-    ("lora", "fp16", "bf16", "fp16", "fp16"),    # frozen base: no fp32 master weights needed
-    ("full", "fp16", "bf16", "fp32", "fp32"),    # trainable base: fp32 master weights for fp16 AMP
-    ("qlora", "bf16", "fp16", "fp16", "fp32"),   # 4-bit: compute dtype; kbit prep upcasts the rest
-    ("qlora", "fp32", "bf16", "bf16", "fp32"),
+@pytest.mark.parametrize("method,precision,pure,compute,load,base,trainable", [
+    ("lora", "fp32", False, "bf16", "fp32", "fp32", "fp32"),
+    ("lora", "bf16", False, "bf16", "bf16", "bf16", "bf16"),
+    ("lora", "bf16", True, "bf16", "bf16", "bf16", "bf16"),     # adapters stay fp32 either way (PEFT)
+    ("lora", "fp16", False, "bf16", "fp16", "fp16", "fp16"),    # frozen base: no fp32 master weights needed
+    ("full", "fp16", False, "bf16", "fp32", "fp16", "fp32"),    # trainable base: fp32 master weights
+    ("full", "bf16", False, "bf16", "fp32", "bf16", "fp32"),    # mixed precision by default
+    ("full", "bf16", True, "bf16", "bf16", "bf16", "bf16"),     # pure bf16 on request
+    ("full", "fp16", True, "bf16", "fp32", "fp16", "fp32"),     # no pure fp16 (the GradScaler refuses it)
+    ("last_layers", "bf16", False, "bf16", "fp32", "bf16", "fp32"),
+    ("bitfit", "bf16", False, "bf16", "fp32", "bf16", "fp32"),
+    ("adapter_houlsby", "fp16", False, "bf16", "fp16", "fp16", "fp16"),  # its adapters are fp32 already
+    ("qlora", "bf16", False, "fp16", "fp16", "fp32", "fp32"),   # 4-bit: compute dtype; kbit prep upcasts the rest
+    ("qlora", "fp32", False, "bf16", "bf16", "fp32", "fp32"),
 ])
-def test_loader_and_estimator_read_one_plan(method, precision, compute, load, base):
-    c = cfg(method, precision, compute_dtype=compute)
+def test_loader_and_estimator_read_one_plan(method, precision, pure, compute, load, base, trainable):
+    c = cfg(method, precision, pure_bf16=pure, compute_dtype=compute)
     plan = P.plan_for(c)  # the estimator's and the loader's plan
-    assert (plan.load, plan.base) == (load, base)
+    assert (plan.load, plan.base, plan.trainable) == (load, base, trainable)
     assert load_dtype(c) == P.torch_dtype(load)
     assert plan.compute == (compute if method == "qlora" else precision)
     assert plan.autocast == (None if precision == "fp32" else precision)
