@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from backend.inference.chat import split_choice
-from backend.inference.serve import API_KEY_ENV, DEFAULT_PORT, serve
+from backend.inference.serve import API_KEY_ENV, DEFAULT_PORT, api_key_from, check_bind, check_port_free, serve
 
 
 def add_parser(sub) -> None:
@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"Serving {info['model']} at {info['url']}/v1 (Ctrl+C stops).", flush=True)
         print(f"\n{info['examples']['curl']}\n\n{info['examples']['python']}\n", flush=True)
 
+    check_bind(args.host, api_key_from(args.api_key))  # sentences before a model is loaded
+    check_port_free(args.host, args.port)
     print("Loading the model…", file=sys.stderr, flush=True)
     serve(model, adapter, host=args.host, port=args.port, api_key=args.api_key, on_ready=ready)
     return 0
