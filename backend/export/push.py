@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 from backend.core.errors import UserError
 from backend.core.io import read_json
 from backend.export.merge import _MERGED_MARK, Progress, _say, locate_adapter
-from backend.runs.model_card import CARD_FILE, write_card
+from backend.runs.model_card import CARD_FILE, parse_front_matter, write_card
 
 WHAT = ("adapter", "merged", "gguf")
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -72,6 +72,15 @@ def gguf_files(run_dir: Path) -> list[Path]:
     return sorted({*run_dir.glob("*.gguf"), *(exports.glob(f"{run_dir.name}*.gguf") if exports.is_dir() else [])})
 
 
+def _run_of_merged(folder: Path) -> Optional[Path]:
+    """The run a merged folder came from, as its merge mark records it."""
+    adapter = (read_json(folder / _MERGED_MARK, {}) or {}).get("adapter")
+    if not adapter:
+        return None
+    return next((d for d in (Path(adapter).parent, Path(adapter).parent.parent) if (d / "config.yaml").exists()),
+                None)
+
+
 def find_upload(source: str | Path, what: str, path: Optional[str] = None) -> tuple[Path, Optional[Path]]:
     """(what to upload: a folder or a .gguf file, the run directory it came from)."""
     if what not in WHAT:
@@ -94,7 +103,7 @@ def find_upload(source: str | Path, what: str, path: Optional[str] = None) -> tu
         return files[0], p
     if what == "merged":
         if (p / "config.json").exists() and (p / _MERGED_MARK).exists():
-            return p, None
+            return p, _run_of_merged(p)
         folders = merged_folders(p)
         if not folders:
             raise UserError(f"{p.name} has no merged model yet. Merge it first (ftstudio merge {p} --out FOLDER, or "
@@ -107,11 +116,14 @@ def find_upload(source: str | Path, what: str, path: Optional[str] = None) -> tu
     return src.adapter_dir, src.run_dir
 
 
-def _staged(target: Path, run_dir: Optional[Path], what: str, base: Optional[str]) -> tuple[Path, Callable[[], None]]:
+def _staged(target: Path, run_dir: Optional[Path], what: str, base: Optional[str],
+            repo: str) -> tuple[Path, Callable[[], None]]:
     """A folder to upload with a fresh card: the folder itself (its README.md rewritten), or for a GGUF a
     temporary folder holding a link to the file and the card."""
     if target.is_dir():
-        write_card(target, run_dir, kind=what if what != "gguf" else "gguf", base=base)
+        if what == "merged" and run_dir is None and parse_front_matter(_text(target / CARD_FILE)):
+            return target, lambda: None  # its own card (written by the merge) knows more than we would
+        write_card(target, run_dir, kind=what, base=base, repo=repo)
         return target, lambda: None
     tmp = Path(tempfile.mkdtemp(prefix="ftstudio-push-"))
     try:
@@ -121,8 +133,15 @@ def _staged(target: Path, run_dir: Optional[Path], what: str, base: Optional[str
     modelfile = target.with_name(target.stem + ".Modelfile")  # written beside the GGUF by the export
     if modelfile.exists():
         shutil.copy2(modelfile, tmp / "Modelfile")
-    write_card(tmp, run_dir, kind="gguf", base=base)
+    write_card(tmp, run_dir, kind="gguf", base=base, repo=repo)
     return tmp, lambda: shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def _hub_sentence(e: Exception, repo: str) -> str:
@@ -154,7 +173,7 @@ def push(source: str | Path, repo: str, what: str = "adapter", path: Optional[st
         base = locate_adapter(run_dir).base if run_dir else None
     except UserError:
         pass
-    folder, cleanup = _staged(target, run_dir, what, base)
+    folder, cleanup = _staged(target, run_dir, what, base, repo)
     files = sorted(str(f.relative_to(folder)) for f in folder.rglob("*")
                    if f.is_file() and f.name != _MERGED_MARK and not f.name.endswith(".partial"))
     try:

@@ -138,21 +138,21 @@ def _table(rows: list[tuple[str, Any]]) -> list[str]:
     return ["| | |", "|---|---|", *(f"| {k} | {_fmt(v)} |" for k, v in rows if v is not None)]
 
 
-def _usage(kind: str, peft_adapter: bool, base_id: str) -> list[str]:
+def _usage(kind: str, peft_adapter: bool, base_id: str, repo: str) -> list[str]:
     if kind == "gguf":
         return ["```sh", "llama-cli -m MODEL.gguf -cnv   # or: ollama create NAME -f Modelfile", "```"]
     if kind == "adapter" and peft_adapter:
         return ["```python", "from peft import AutoPeftModelForCausalLM", "from transformers import AutoTokenizer", "",
-                'model = AutoPeftModelForCausalLM.from_pretrained("THIS_REPO")',
-                'tokenizer = AutoTokenizer.from_pretrained("THIS_REPO")', "```",
+                f'model = AutoPeftModelForCausalLM.from_pretrained("{repo}")',
+                f'tokenizer = AutoTokenizer.from_pretrained("{repo}")', "```",
                 f"The adapter loads on its base model, `{base_id}`."]
     return ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-            'model = AutoModelForCausalLM.from_pretrained("THIS_REPO")',
-            'tokenizer = AutoTokenizer.from_pretrained("THIS_REPO")', "```"]
+            f'model = AutoModelForCausalLM.from_pretrained("{repo}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo}")', "```"]
 
 
 def render_card(facts: dict[str, Any], kind: str = "adapter", peft_adapter: bool = True,
-                notes: tuple[str, ...] = ()) -> str:
+                notes: tuple[str, ...] = (), repo: Optional[str] = None) -> str:
     """The README.md text: YAML front matter, then base model, method, data, figures and intended use."""
     if kind not in KINDS:
         raise ValueError(f"unknown card kind {kind!r}; expected one of {KINDS}")
@@ -163,7 +163,7 @@ def render_card(facts: dict[str, Any], kind: str = "adapter", peft_adapter: bool
     title = facts.get("name") or facts.get("run_id") or f"Fine-tuned {base}"
     lines = ["---", yaml.safe_dump(_front_matter(facts, kind, peft_adapter), sort_keys=False).rstrip(), "---", "",
              f"# {title}", "",
-             f"A {what} of `{hub_id or base}`, trained with Fine-Tune Studio {facts.get('studio_version')}."
+             f"{'An' if what[0] in 'aeiou' else 'A'} {what} of `{hub_id or base}`, trained with Fine-Tune Studio {facts.get('studio_version')}."
              + ("" if kind != "merged" else " The adapter's weights are folded into the base: it loads as an "
                                             "ordinary model, without PEFT."), ""]
     lines += ["## Base model", "", f"`{hub_id or base}`" + (f" (license {license_})" if license_ else "")
@@ -199,7 +199,7 @@ def render_card(facts: dict[str, Any], kind: str = "adapter", peft_adapter: bool
     lines += ["## Intended use", "",
               "Answering in the style and on the tasks of its training data. It keeps the base model's limits and "
               "license; check its answers on your own examples before relying on it.", "",
-              "## How to use", "", *_usage(kind, peft_adapter, hub_id or base), ""]
+              "## How to use", "", *_usage(kind, peft_adapter, hub_id or base, repo or "THIS_REPO"), ""]
     versions = facts.get("versions") or {}
     if versions:
         lines += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in versions.items() if v), ""]
@@ -215,10 +215,10 @@ def parse_front_matter(text: str) -> dict[str, Any]:
 
 
 def write_card(out_dir: Path, run_dir: Optional[Path], kind: str = "adapter", base: Optional[str] = None,
-               notes: tuple[str, ...] = ()) -> Path:
+               notes: tuple[str, ...] = (), repo: Optional[str] = None) -> Path:
     """Render the card for `run_dir` and write it as out_dir/README.md (replacing PEFT's placeholder card)."""
     out_dir = Path(out_dir)
     peft_adapter = (out_dir / "adapter_config.json").exists()
     path = out_dir / CARD_FILE
-    atomic_write_text(path, render_card(card_facts(run_dir, base), kind, peft_adapter, notes))
+    atomic_write_text(path, render_card(card_facts(run_dir, base), kind, peft_adapter, notes, repo))
     return path
