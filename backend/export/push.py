@@ -196,3 +196,17 @@ def push(source: str | Path, repo: str, what: str = "adapter", path: Optional[st
     _say(progress, 1.0, f"Pushed to {repo}")
     return {"repo": repo, "what": what, "source": str(target), "url": str(url),
             "commit": str(getattr(commit, "commit_url", commit)), "card": CARD_FILE, "files": files}
+
+
+def push_command(source: str, repo: str, what: str = "adapter", path: Optional[str] = None,
+                 private: bool = False) -> list[str]:
+    """The `ftstudio push` command line the Merge tab runs in a child process."""
+    import sys
+
+    cmd = [sys.executable, "-m", "backend.cli", "push", str(source), "--repo", repo, "--what", what, "--json",
+           "--progress-json"]
+    if path:
+        cmd += ["--file", str(path)]
+    if private:
+        cmd.append("--private")
+    return cmd
