@@ -15,6 +15,7 @@ The bind rule is the studio's, made strict: loopback needs nothing, any other ad
 import hmac
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -392,9 +393,30 @@ def serve(model: Optional[str], adapter: Optional[str], host: str = "127.0.0.1",
         if on_ready:
             threading.Thread(target=_announce_when_up, args=(server, on_ready, url, model_id, info, api_key),
                              daemon=True).start()
-        server.run()
+        _run_until_signal(server)
     finally:
-        client.shutdown()
+        client.shutdown()  # the worker is in its own session: it must be ended, not left to a signal
+
+
+class _Stopped(Exception):
+    """SIGTERM arrived (the Chat tab's Stop, or `kill`)."""
+
+
+def _run_until_signal(server) -> None:
+    """uvicorn stops gracefully on SIGINT/SIGTERM and then raises the signal again with the handler it found;
+    with ours in place that ends here, so the caller's cleanup runs instead of the process dying at once."""
+    def stop(signum, frame):
+        raise _Stopped()
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop) if main else None
+    try:
+        server.run()
+    except (KeyboardInterrupt, _Stopped):
+        pass
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _announce_when_up(server, on_ready, url: str, model_id: str, info: dict[str, Any], api_key) -> None:
