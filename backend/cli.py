@@ -16,7 +16,8 @@ from backend.core.config import ConfigError
 from backend.core.errors import UserError
 from backend.core.models import ModelError
 
-COMMANDS = ("ui", "data", "estimate", "train", "eval", "merge", "chat", "score", "export", "launch_bundle")
+COMMANDS = ("ui", "data", "estimate", "train", "eval", "merge", "chat", "score", "export", "launch_bundle", "serve",
+            "push")
 BAD_INPUT = (UserError, ConfigError, ModelError, FileNotFoundError)
 
 

@@ -2,22 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import sys
 import threading
 from pathlib import Path
 
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from backend.core.security import LOOPBACK_NAMES, is_loopback  # noqa: F401 - the launcher's names, kept
 
 
 def parse_auth(auth: str | None) -> tuple[str, str] | None:

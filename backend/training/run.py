@@ -36,6 +36,7 @@ from backend.data.templates import SftCollator, build_sft_dataset
 from backend.objectives.online_rl import drop_reference_adapter
 from backend.objectives.validate import is_alignment
 from backend.runs import events as ev, rundir
+from backend.runs.model_card import write_card
 from backend.runs.notify import post_webhook, run_end_payload
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "fine-tune-studio")
@@ -378,6 +379,8 @@ def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool,
     model = load_objective_model(cfg)  # load_trainable_model, or a scorer for the reward objective
     # WORKSPACE/runs/<id> -> WORKSPACE/cache/datasets
     train_ds, val_ds = build_datasets(cfg, tokenizer, Path(run_dir).resolve().parent.parent / "cache" / "datasets")
+    if main:  # the model card names the data's size
+        rundir.write_status(run_dir, train_rows=len(train_ds), validation_rows=len(val_ds) if val_ds is not None else 0)
     trainer, events, stop = build_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, faults)
     checkpoint = rundir.last_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
@@ -418,7 +421,16 @@ def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool,
                       best_checkpoint=trainer.state.best_model_checkpoint, note=sentence,
                       early_stopped=events.early_stopped or None)
     note(f"Run {state}. Adapter saved to {adapter}.")
+    _write_card(run_dir, adapter)
     return 0
+
+
+def _write_card(run_dir: Path, adapter: Path) -> None:
+    """The hub-format README.md beside the saved adapter; a card that cannot be written costs the run nothing."""
+    try:
+        write_card(adapter, run_dir, kind="adapter")
+    except Exception as e:  # noqa: BLE001 - the adapter is saved; the card is a description of it
+        note(f"The model card could not be written ({type(e).__name__}: {e}).")
 
 
 def notify_end(run_dir: Path, wait_s: float = 10.0) -> None:

@@ -20,6 +20,7 @@ from backend.core.config import ConfigError
 from backend.core.errors import UserError
 from backend.core.models import DEFAULT_MODEL, ModelError
 from studio.context import StudioContext, bind
+from studio.tabs import chat_serve
 
 BAD_INPUT = (UserError, ConfigError, ModelError)
 TEXT = {
@@ -168,6 +169,7 @@ def build(ctx: StudioContext) -> None:
     c.settings = _settings_layout()
     _conversation_layout(c)
     wire(c)
+    chat_serve.build(ctx, c.pick)
 
 
 # ---- handlers: the workspace or the session first where they need it (bound in wire) ---------

@@ -18,7 +18,7 @@ from backend.core.config import ConfigError
 from backend.core.errors import UserError
 from backend.core.models import ModelError
 from studio.context import StudioContext, bind
-from studio.tabs import merge_export
+from studio.tabs import merge_export, merge_push
 
 BAD_INPUT = (UserError, ConfigError, ModelError)
 TEXT = {
@@ -256,4 +256,5 @@ def wire(m: MergeView) -> None:
     m.combine_btn.click(bind(on_combine, ws), [m.picks, *m.combine_in], m.combo_status,
                         concurrency_id="merge", concurrency_limit=1)
     merge_export.build(m.ctx, m.run)
+    merge_push.build(m.ctx, m.run)
     m.ctx.extras["merge_run"] = m.run

@@ -45,6 +45,20 @@ def trained_run(tiny_model_dir, tmp_path_factory) -> Path:
     return run_dir
 
 
+def test_the_trained_model_carries_a_card_with_the_runs_own_figures(trained_run):
+    from backend.runs.model_card import parse_front_matter
+
+    text = (trained_run / "adapter" / "README.md").read_text()
+    fm = parse_front_matter(text)
+    assert fm["library_name"] == "transformers" and fm["pipeline_tag"] == "text-generation" and "full" in fm["tags"]
+    events, _ = rundir.read_events(trained_run)
+    losses = [e["loss"] for e in events if e["type"] == "train" and e.get("loss") is not None]
+    vals = [e["val_loss"] for e in events if e["type"] == "eval" and e.get("val_loss") is not None]
+    assert f"| final train loss | {losses[-1]:.4g} |" in text and f"| best train loss | {min(losses):.4g} |" in text
+    assert f"| best validation loss | {min(vals):.4g} |" in text and "| steps | 40 |" in text
+    assert "| training rows | 12 |" in text and "| validation rows | 4 |" in text
+
+
 def test_eval_cli_shows_adapter_loss_below_base_and_answers_in_the_taught_format(trained_run):
     r = subprocess.run([sys.executable, "-m", "backend.cli", "eval", str(trained_run), "--samples", "2",
                         "--max-new-tokens", "6", "--json"], capture_output=True, text=True, timeout=300)
