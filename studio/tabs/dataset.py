@@ -67,8 +67,23 @@ def status_markdown(ds: LoadedDataset) -> str:
     if ds.skipped:
         msg += (f" <span class='ft-error'>{ds.skipped} bad row(s) skipped</span> (listed below; fix them in "
                 "the file, or leave them out).")
+    msg += unused_markdown(ds)
     hint = TEXT["objective_hint"].get(ds.format)
     return msg + (f"\n\n{hint}" if hint else "")
+
+
+def unused_markdown(ds: LoadedDataset) -> str:
+    """The columns the mapping leaves out, always named; a warning when one of them holds prose."""
+    if not ds.unused_columns:
+        return ""
+    names = ", ".join(f"`{html.escape(c)}`" for c in ds.unused_columns)
+    out = f"\n\n<span id='dataset-unused'>Columns not used for training: {names}.</span>"
+    if ds.unused_text:
+        prose = ", ".join(f"`{html.escape(c)}`" for c in ds.unused_text)
+        out += (f" <span class='ft-error' id='dataset-unused-warning'>Text column(s) {prose} are left out: "
+                "the model never sees them. If they belong to the question, map one as **input** under "
+                "\"Format and column mapping\" and press Apply mapping.</span>")
+    return out
 
 
 def error_sentence(e: Exception) -> str:
