@@ -21,7 +21,8 @@ def build_app(workspace: Path) -> gr.Blocks:
     with gr.Blocks(title="Fine-Tune Studio", analytics_enabled=False) as demo:
         gr.Markdown("# Fine-Tune Studio\nDataset → Method → Train → Merge → Chat. "
                     f"Runs are kept in `{workspace}/runs`.")
-        ctx = StudioContext(workspace=workspace, run_config=gr.State(default_run_config()))
+        ctx = StudioContext(workspace=workspace, run_config=gr.State(default_run_config()),
+                            data_lengths=gr.State(None))
         with gr.Tabs(elem_id="ft-tabs"):
             for title, module in TABS:
                 with gr.Tab(title, id=title.lower(), elem_id=f"tab-{title.lower()}"):

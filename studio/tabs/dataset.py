@@ -200,7 +200,8 @@ class DatasetView:
 
     @property
     def token_outputs(self) -> set:
-        return {self.stats_md, self.hist, self.rendered, self.preview_html, self.tok_table}
+        out = {self.stats_md, self.hist, self.rendered, self.preview_html, self.tok_table}
+        return out | ({self.ctx.data_lengths} if self.ctx.data_lengths is not None else set())
 
     @property
     def all_outputs(self) -> set:
@@ -307,9 +308,17 @@ def token_view(v: DatasetView, ds, cfg, row, run_config) -> dict:
         tok = get_tokenizer(model_of(run_config))
         stats = token_length_stats(tok, ds.rows, cfg, limit=STATS_ROWS)
     except Exception as e:  # noqa: BLE001 - shown as a sentence, the rows stay visible
-        return {v.stats_md: error_sentence(e), v.hist: None, v.rendered: "", v.preview_html: "", v.tok_table: []}
+        return {v.stats_md: error_sentence(e), v.hist: None, v.rendered: "", v.preview_html: "", v.tok_table: [],
+                **_lengths_out(v, None)}
     return {v.stats_md: stats_markdown(ds, stats, cfg.max_length), v.hist: length_figure(stats, cfg.max_length),
-            **row_view(v, ds, cfg, row, run_config)}
+            **row_view(v, ds, cfg, row, run_config), **_lengths_out(v, stats)}
+
+
+def _lengths_out(v: DatasetView, stats: Optional[dict]) -> dict:
+    """The measured lengths for the Method tab's estimate (None: unknown, the estimate assumes max length)."""
+    if v.ctx.data_lengths is None:
+        return {}
+    return {v.ctx.data_lengths: {"lengths": stats["lengths"], "total": stats["total"]} if stats else None}
 
 
 def row_view(v: DatasetView, ds, cfg, row, run_config) -> dict:

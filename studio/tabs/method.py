@@ -213,7 +213,8 @@ class MethodView:
 
     @property
     def state_inputs(self) -> list:
-        return [self.ctx.run_config, self.card_gb]
+        lengths = [self.ctx.data_lengths] if self.ctx.data_lengths is not None else []
+        return [self.ctx.run_config, self.card_gb, *lengths]
 
     @property
     def state_outputs(self) -> set:
@@ -290,8 +291,10 @@ def _fields_layout(v: MethodView, rc0: dict[str, Any], shown: set[str]) -> None:
 
 def _estimate_layout(v: MethodView) -> None:
     """The right column: the memory estimate, presets and the YAML export."""
-    v.card_gb = gr.Number(value=None, label="Check against a card of … GB (blank: the GPUs found)",
-                          elem_id="method-card-gb")
+    # A Textbox, not a Number: a browser Number box shows a cleared value as "0", which is not what
+    # blank means here.
+    v.card_gb = gr.Textbox(value="", label="Check against a card of … GB (blank: the GPUs found)",
+                           placeholder="blank: the GPUs found", elem_id="method-card-gb")
     v.fits_md = gr.Markdown(elem_id="method-fits")
     v.plot = gr.Plot(elem_id="method-estimate", label="Estimated GPU memory")
     v.details_md = gr.Markdown(elem_id="method-estimate-details")
@@ -393,9 +396,10 @@ def on_shortcut(v: MethodView, which: str, model_v, *rest):
     return {v.targets: gr.update(value=list(value or [])), v.all_linear: False}
 
 
-def on_state(v: MethodView, rc, card):
-    """Reads run_config (any tab may have changed it); writes the estimate and the data fields shown here."""
-    fig, fits, details = compute_estimate(rc, card)
+def on_state(v: MethodView, rc, card, lengths=None):
+    """Reads run_config (any tab may have changed it) and the data's lengths; writes the estimate and the
+    data fields shown here."""
+    fig, fits, details = compute_estimate(rc, card, lengths)
     return {v.plot: fig, v.fits_md: fits, v.details_md: details, v.batch_md: effective_batch_text(rc),
             v.widgets["data.max_length"]: get_path(rc, "data.max_length"),
             v.widgets["data.packing"]: bool(get_path(rc, "data.packing"))}
@@ -479,6 +483,8 @@ def wire(v: MethodView) -> None:
         btn.click(bind(on_shortcut, v, which, name="apply"), [v.model], {v.targets, v.all_linear, v.errs["model"]}
                   ).then(edit, edit_in, edit_out)
     rc.change(bind(on_state, v), state_in, state_out)
+    # No data_lengths.change listener: the Dataset tab writes the lengths in the same event as the
+    # RunConfig, whose change (above) re-estimates already; a second listener would estimate twice.
     v.card_gb.input(bind(on_state, v), state_in, state_out, trigger_mode="always_last")
     v.preset_btn.click(bind(on_preset, v), [v.preset_dd, rc], v.preset_outputs).then(
         bind(on_inspect, v), inspect_in, inspect_out).then(edit, edit_in, edit_out)
