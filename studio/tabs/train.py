@@ -20,6 +20,7 @@ from backend.core.config import ConfigError, RunConfig, config_to_yaml, load_con
 from backend.core.errors import UserError
 from backend.core.models import ModelError
 from backend.runs.notify import webhook_problem
+from backend.training.checks import data_problems, start_problems
 from studio.context import StudioContext, bind
 from studio.plots import RunSeries, loss_figure, lr_grad_figure, overlay_figure
 from studio.tabs import cluster_bundle, trackers, train_queue
@@ -80,9 +81,13 @@ def config_summary(rc: dict[str, Any]) -> tuple[str, str]:
            else "no validation set")
     early = (f"early stopping after {cfg.early_stopping.patience} evaluations without improvement"
              if cfg.early_stopping.patience else "no early stopping")
+    problems = data_problems(cfg)
+    warn = ("\n\n<span class='ft-error' id='train-problems'>Fix before starting: "
+            f"{html.escape(' '.join(problems.values()))}</span>" if problems else "")
     md = (f"**Model** `{cfg.model}` · **Dataset** `{cfg.data.path}` ({val}) · **Method** {cfg.method.name}"
           f"\n\n{steps}, batch {t.batch_size} × {t.gradient_accumulation} accumulation, learning rate "
-          f"{t.learning_rate:g}, {t.precision}, {t.optimizer}, evaluate every {t.eval_steps} steps, {early}.")
+          f"{t.learning_rate:g}, {t.precision}, {t.optimizer}, evaluate every {t.eval_steps} steps, {early}."
+          + warn)
     return md, config_to_yaml(cfg)
 
 
@@ -289,6 +294,10 @@ def on_start(ctx: StudioContext, rc, lv):
         cfg = validate_config(rc)
         if webhook_problem(cfg.notify.webhook):
             raise UserError(webhook_problem(cfg.notify.webhook))
+        # Data, mapping, template and objective are checked here, in a second, not after a model load.
+        problem = start_problems(cfg)
+        if problem:
+            raise UserError(f"Not started: {problem}")
         client = ctx.extras.get("chat_client")
         if client is not None:
             client.shutdown()  # the chat model would compete with training for GPU memory
