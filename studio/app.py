@@ -5,7 +5,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.context import StudioContext, default_run_config
+from backend.core.choices import load_choices, save_choices
+from studio.context import StudioContext, bind, default_run_config
 from studio.tabs import chat, dataset, merge, method, train
 
 CSS = """
@@ -27,4 +28,32 @@ def build_app(workspace: Path) -> gr.Blocks:
             for title, module in TABS:
                 with gr.Tab(title, id=title.lower(), elem_id=f"tab-{title.lower()}"):
                     module.build(ctx)
+        wire_choices(demo, ctx)
     return demo
+
+
+def saved_run_config(workspace: Path) -> dict:
+    """Page load: the choices saved in the workspace, else the defaults."""
+    return load_choices(workspace)["run_config"] or default_run_config()
+
+
+def remember_run_config(workspace: Path, run_config: dict) -> None:
+    """Every change of the RunConfig is saved, so a reload or a restart brings it back."""
+    if run_config:
+        try:
+            save_choices(workspace, run_config=run_config)
+        except OSError:
+            pass  # a read-only workspace loses only this convenience
+
+
+def wire_choices(demo: gr.Blocks, ctx: StudioContext) -> None:
+    """Page load reads the saved choices, then each tab's restore step runs in turn (one chain, so no
+    two of them write the RunConfig at once); a settings import runs the same steps."""
+    steps = ctx.extras.get("restore_steps", [])
+    event = demo.load(bind(saved_run_config, ctx.workspace), None, ctx.run_config)
+    follow = [event] + ([ctx.extras["import_event"]] if "import_event" in ctx.extras else [])
+    for chain in follow:
+        for fn, inputs, outputs in steps:
+            chain = chain.then(fn, inputs, outputs)
+    ctx.run_config.change(bind(remember_run_config, ctx.workspace), ctx.run_config, None, queue=False,
+                          show_progress="hidden")

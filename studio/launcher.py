@@ -53,6 +53,9 @@ def _patient_localhost_probe() -> None:
 
 
 def launch_from_args(args: argparse.Namespace) -> None:
+    from backend.core.noise import quiet_known_noise
+
+    quiet_known_noise()  # the start-up output shows only what a user can act on
     workspace = Path(args.workspace).expanduser().resolve()
     workspace.mkdir(parents=True, exist_ok=True)
     os.environ["FTSTUDIO_WORKSPACE"] = str(workspace)

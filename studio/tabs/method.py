@@ -26,6 +26,7 @@ from backend.objectives.validate import is_alignment
 from backend.training.checks import check_run
 from backend.core.models import BUNDLED, ModelError
 from backend.objectives.online_rl import reward_runs as reward_run_choices
+from backend.core.choices import settings_from
 from backend.core.presets import apply_preset, list_presets, preset_info, save_preset
 from studio.context import StudioContext, bind, default_run_config
 from studio.tabs.method_fields import (LABELS, METHOD_FIELDS, MORE_ROWS, STEPS, TRAIN_ROWS, field_info, get_path,
@@ -40,7 +41,8 @@ TEXT = {
     "effective": "Effective batch: {b} per step × {a} accumulation × {g} GPU(s) = **{e}** sequences per update.",
     "saved_preset": "Saved preset **{name}** to `{path}`.",
     "exported": "Exported the full RunConfig to `{path}`; run it headless with `ftstudio train {path}`.",
-    "preset_applied": "Applied preset **{title}**: {description}",
+    "preset_applied": "Applied preset **{title}**: {description} Your dataset is unchanged.",
+    "imported": "Loaded the settings of **{name}**: dataset, mapping, method and hyperparameters.",
 }
 BAD_INPUT = (UserError, ModelError, ConfigError)
 
@@ -177,6 +179,9 @@ class MethodView:
     save_btn: Any = None
     export_btn: Any = None
     export_file: Any = None
+    import_run: Any = None
+    import_file: Any = None
+    import_btn: Any = None
     status_md: Any = None
     widgets: dict[str, Any] = field(default_factory=dict)  # field path -> its widget
     errs: dict[str, Any] = field(default_factory=dict)     # field path -> its error line
@@ -305,6 +310,12 @@ def _estimate_layout(v: MethodView) -> None:
         v.save_btn = gr.Button("Save preset", scale=1, elem_id="method-save-preset")
     v.export_btn = gr.Button("Export RunConfig YAML", elem_id="method-export")
     v.export_file = gr.File(label="RunConfig YAML", interactive=False, elem_id="method-export-file")
+    with gr.Row():
+        v.import_run = gr.Dropdown(choices=run_choices(v.ctx.workspace), value=None, label="Load settings from a run",
+                                   elem_id="method-import-run", scale=2)
+        v.import_file = gr.File(label="…or from a RunConfig YAML file", file_types=[".yaml", ".yml"],
+                                type="filepath", elem_id="method-import-file", scale=2)
+    v.import_btn = gr.Button("Load settings", elem_id="method-import")
     v.status_md = gr.Markdown(elem_id="method-status")
 
 
@@ -405,8 +416,25 @@ def on_state(v: MethodView, rc, card, lengths=None):
             v.widgets["data.packing"]: bool(get_path(rc, "data.packing"))}
 
 
+def fill(v: MethodView, new: dict[str, Any]) -> dict:
+    """Every widget of the tab set from a RunConfig dict (a preset applied, saved choices, an import)."""
+    out = {v.ctx.run_config: new, v.model: new.get("model"), v.method: get_path(new, "method.name")}
+    tm = get_path(new, "method.target_modules")
+    out[v.all_linear] = tm == "all-linear"
+    if isinstance(tm, list):
+        out[v.targets] = gr.update(value=tm, choices=sorted(set(tm)))
+    for path in v.field_paths:
+        out[v.widgets[path]] = get_path(new, path)
+    return out
+
+
+def restore_fields(v: MethodView, rc):
+    """Page load / import: the widgets from the session's RunConfig."""
+    return fill(v, rc or default_run_config())
+
+
 def on_preset(v: MethodView, name, rc):
-    """Reads the chosen preset; writes every field it sets (the dataset file is kept)."""
+    """Reads the chosen preset; writes every field it sets (the dataset is kept: a preset never changes it)."""
     if not name:
         return {v.preset_md: "Choose a preset first."}
     try:
@@ -414,15 +442,29 @@ def on_preset(v: MethodView, name, rc):
         meta = preset_info(name, v.presets_dir)
     except BAD_INPUT as e:
         return {v.preset_md: str(e)}
-    out = {v.preset_md: TEXT["preset_applied"].format(**meta), v.ctx.run_config: new, v.model: new.get("model"),
-           v.method: get_path(new, "method.name")}
-    tm = get_path(new, "method.target_modules")
-    out[v.all_linear] = tm == "all-linear"
-    if isinstance(tm, list):
-        out[v.targets] = gr.update(value=tm)
-    for path in v.field_paths:
-        out[v.widgets[path]] = get_path(new, path)
-    return out
+    return {v.preset_md: TEXT["preset_applied"].format(**meta), **fill(v, new)}
+
+
+def run_choices(workspace: Path) -> list[str]:
+    """Run ids of the workspace, newest first, for "Load settings from a run"."""
+    root = workspace / "runs"
+    return sorted((p.name for p in root.iterdir() if (p / "config.yaml").is_file()), reverse=True) \
+        if root.is_dir() else []
+
+
+def on_import(v: MethodView, run_id, upload, rc):
+    """Reads a run's config or an uploaded YAML; writes run_config (the tabs' restore steps then show it)."""
+    source = upload or (str(v.ctx.workspace / "runs" / run_id) if run_id else None)
+    if not source:
+        return {v.status_md: "Choose a run or a YAML file to load settings from."}
+    if run_id and not upload and run_id not in run_choices(v.ctx.workspace):
+        return {v.status_md: f"There is no run named {run_id} in this workspace."}
+    try:
+        new = settings_from(source)
+    except BAD_INPUT as e:
+        return {v.status_md: str(e)}
+    name = run_id if not upload else Path(upload).name
+    return {v.ctx.run_config: new, v.status_md: TEXT["imported"].format(name=name), v.import_file: None}
 
 
 def on_save(v: MethodView, name, rc):
@@ -447,6 +489,10 @@ def on_export(v: MethodView, rc):
     path = v.ctx.workspace / "exports" / f"runconfig-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
     atomic_write_text(path, config_to_yaml(cfg))
     return {v.status_md: TEXT["exported"].format(path=path), v.export_file: str(path)}
+
+
+def run_choices_update(workspace: Path):
+    return gr.update(choices=run_choices(workspace))
 
 
 def reward_choices_update(workspace: Path):
@@ -490,9 +536,16 @@ def wire(v: MethodView) -> None:
         bind(on_inspect, v), inspect_in, inspect_out).then(edit, edit_in, edit_out)
     v.save_btn.click(bind(on_save, v), [v.preset_name, rc], {v.status_md, v.preset_dd})
     v.export_btn.click(bind(on_export, v), [rc], {v.status_md, v.export_file})
+    v.import_run.focus(bind(run_choices_update, v.ctx.workspace, name="<lambda>"), None, v.import_run)
+    # studio/app.py chains every tab's restore step after this, so the whole page shows the import.
+    v.ctx.extras["import_event"] = v.import_btn.click(bind(on_import, v), [v.import_run, v.import_file, rc],
+                                                      {rc, v.status_md, v.import_file})
     v.ctx.extras["method_model"] = v.model
 
-    # Inspect the default model and show its estimate when the page opens.
-    root = gr.context.Context.root_block
-    if root is not None:
-        root.load(bind(on_inspect, v), inspect_in, inspect_out).then(bind(on_state, v), state_in, state_out)
+    # Page load and settings import: the widgets from the RunConfig, the model inspected, the estimate.
+    fill_out = {v.ctx.run_config, v.model, v.method, v.all_linear, v.targets, *v.field_widgets}
+    v.ctx.extras.setdefault("restore_steps", []).extend([
+        (bind(restore_fields, v), [rc], fill_out),
+        (bind(on_inspect, v), inspect_in, inspect_out),
+        (edit, edit_in, edit_out),
+        (bind(on_state, v), state_in, state_out)])

@@ -21,6 +21,7 @@ from backend.core.errors import UserError
 from backend.core.models import ModelError
 from backend.runs.notify import webhook_problem
 from backend.training.checks import data_problems, start_problems
+from backend.core.choices import save_choices, selected_run_dir
 from studio.context import StudioContext, bind
 from studio.plots import RunSeries, loss_figure, lr_grad_figure, overlay_figure
 from studio.tabs import cluster_bundle, trackers, train_queue
@@ -302,6 +303,7 @@ def on_start(ctx: StudioContext, rc, lv):
         if client is not None:
             client.shutdown()  # the chat model would compete with training for GPU memory
         run_dir = runner.start_run(ctx.workspace, cfg)
+        remember_run(ctx.workspace, Path(run_dir).name)
     except BAD_INPUT as e:
         return [lv, f"<span class='ft-error'>{html.escape(str(e))}</span>"] + [gr.skip()] * 5
     except OSError as e:
@@ -338,7 +340,24 @@ def view_row(ws: Path, row: Optional[list], lv):
     row = row if row is not None else []
     if not row:
         return [lv] + [gr.skip()] * 6
+    remember_run(ws, str(row[0]))
     return render(ws, new_live(str(rundir.runs_root(ws) / str(row[0]))), force=True)
+
+
+def remember_run(ws: Path, run_id: str) -> None:
+    """The run the Train tab shows is one of the user's choices: it comes back after a reload."""
+    try:
+        save_choices(ws, selected_run=run_id)
+    except OSError:
+        pass  # a read-only workspace loses only this convenience
+
+
+def restore_view(ws: Path, lv):
+    """Page load: view the run the user last looked at, if it still exists."""
+    run_dir = selected_run_dir(ws)
+    if run_dir is None:
+        return [lv] + [gr.skip()] * 6
+    return render(ws, new_live(str(run_dir)), force=True)
 
 
 def on_refresh(ws: Path, chosen):
@@ -381,4 +400,5 @@ def wire(v: TrainView) -> None:
     v.refresh.click(refresh, v.compare, [v.table, v.compare], queue=False)
     v.compare.change(bind(on_compare, ws), v.compare, v.overlay)
     ctx.extras["train_live"] = live
+    ctx.extras.setdefault("restore_steps", []).append((bind(restore_view, ws), live, view_outputs))
     train_queue.mount(ctx, v.add_queue, v.start, selected, live)
