@@ -24,6 +24,7 @@ from backend.runs import rundir
 from backend.core.config import ConfigError, config_to_yaml, save_config, validate_config
 from backend.core.errors import UserError
 from backend.inference.evaluate import EVAL_FILE
+from backend.inference.verdict import verdict
 from backend.core.io import read_json
 from backend.core.models import ModelError
 from backend.runs.notify import webhook_problem
@@ -120,9 +121,8 @@ def report_markdown(run_id: str, report: dict[str, Any]) -> str:
         delta = a["loss"] - b["loss"]
     except (KeyError, TypeError):
         return error_html(f"The evaluation report of run {run_id} is incomplete; press Evaluate to write it again.")
-    verdict = "better than" if delta < 0 else "not better than"
-    return (f"**{run_id}**: on {report.get('rows', '?')} rows ({html.escape(str(report.get('data', '')))}), "
-            f"the adapter is **{verdict}** the base model.\n\n"
+    _, sentence = verdict(report)
+    return (f"**{run_id}** ({html.escape(str(report.get('data', '')))}): {sentence}\n\n"
             f"| | loss | perplexity |\n|---|---|---|\n"
             f"| base model | {b['loss']:.4f} | {b['perplexity']:.2f} |\n"
             f"| adapter | {a['loss']:.4f} | {a['perplexity']:.2f} |\n"
@@ -243,8 +243,9 @@ def _eval_layout(v: QueueView) -> None:
                                     elem_id="eval-samples", scale=1)
             v.evaluate = gr.Button("Evaluate", elem_id="eval-run", scale=1)
         v.eval_md = gr.Markdown(report_view(None)[0], elem_id="eval-summary")
+        # Equal shares and wrapped text: the adapter's column (the last) is never cut off at the edge.
         v.eval_table = gr.Dataframe(value=[], headers=SAMPLE_COLUMNS, interactive=False, wrap=True,
-                                    elem_id="eval-samples-table")
+                                    column_widths=["25%"] * len(SAMPLE_COLUMNS), elem_id="eval-samples-table")
 
 
 def mount(ctx: StudioContext, add_button: gr.Button, start_button: gr.Button, run_selected: Any,
