@@ -32,7 +32,8 @@ def _read(workspace: Path) -> dict[str, Any]:
 
 
 def load_choices(workspace: Path) -> dict[str, Any]:
-    """{"run_config": dict or None, "selected_run": str or None}; None where nothing usable was saved."""
+    """{"run_config": dict or None, "selected_run": str or None, "recent_models": [str]}; None (or [])
+    where nothing usable was saved."""
     data = _read(workspace)
     rc = data.get("run_config")
     if isinstance(rc, dict):
@@ -43,12 +44,14 @@ def load_choices(workspace: Path) -> dict[str, Any]:
     else:
         rc = None
     run = data.get("selected_run")
-    return {"run_config": rc, "selected_run": run if isinstance(run, str) and run else None}
+    recent = [m for m in data.get("recent_models") or [] if isinstance(m, str) and m]
+    return {"run_config": rc, "selected_run": run if isinstance(run, str) and run else None,
+            "recent_models": recent}
 
 
 def save_choices(workspace: Path, **changes: Any) -> None:
-    """Merge `run_config=` and/or `selected_run=` into the workspace's choices file."""
-    unknown = set(changes) - {"run_config", "selected_run"}
+    """Merge `run_config=`, `selected_run=` and/or `recent_models=` into the workspace's choices file."""
+    unknown = set(changes) - {"run_config", "selected_run", "recent_models"}
     if unknown:
         raise ValueError(f"unknown choice(s): {sorted(unknown)}")
     data = _read(workspace)

@@ -26,7 +26,9 @@ from backend.objectives.validate import is_alignment
 from backend.training.checks import check_run
 from backend.core.models import BUNDLED, ModelError
 from backend.objectives.online_rl import reward_runs as reward_run_choices
-from backend.core.choices import settings_from
+from backend.core.choices import load_choices, save_choices, settings_from
+from backend.core.model_choices import hub_problem, model_choices, with_recent
+from backend.core.models import hub_reachable
 from backend.core.presets import apply_preset, list_presets, preset_info, save_preset
 from studio.context import StudioContext, bind, default_run_config
 from studio.tabs.method_fields import (LABELS, METHOD_FIELDS, MORE_ROWS, STEPS, TRAIN_ROWS, field_info, get_path,
@@ -235,9 +237,10 @@ class MethodView:
 def _model_layout(v: MethodView, rc0: dict[str, Any]) -> None:
     """Model and inspection, preset, method and objective."""
     with gr.Row():
-        v.model = gr.Dropdown(choices=list(BUNDLED), value=rc0["model"], allow_custom_value=True, scale=4,
-                              label=LABELS["model"], elem_id="method-model",
-                              info="The bundled model, a local directory holding config.json, or a hub id.")
+        v.model = gr.Dropdown(choices=picker_choices(v.ctx.workspace), value=rc0["model"], allow_custom_value=True,
+                              scale=4, label=LABELS["model"], elem_id="method-model",
+                              info="The bundled model, a recent one, one already on this machine, a local "
+                                   "directory holding config.json, or a hub id (owner/name).")
         v.inspect_btn = gr.Button("Inspect", scale=1, elem_id="method-inspect")
     v.model_md = gr.Markdown(elem_id="method-model-info")
     v.errs["model"] = gr.Markdown(visible=False, elem_classes=["ft-error"], elem_id="method-err-model")
@@ -371,10 +374,29 @@ def on_edit(v: MethodView, *args):
     return out
 
 
+def picker_choices(workspace: Path, offer_hub: bool = False) -> list[tuple[str, str]]:
+    return model_choices(recent=load_choices(workspace)["recent_models"], offer_hub=offer_hub)
+
+
+def model_picker_update(workspace: Path):
+    """Opening the picker: what is on this machine now, plus small hub models where the hub answers."""
+    return gr.update(choices=picker_choices(workspace, offer_hub=hub_reachable()))
+
+
+def remember_model(workspace: Path, ref: str) -> None:
+    try:
+        save_choices(workspace, recent_models=with_recent(load_choices(workspace)["recent_models"], ref))
+    except OSError:
+        pass  # a read-only workspace loses only the recent list
+
+
 def on_inspect(v: MethodView, model_v, targets_v, all_v, rc):
     """Reads the model field; writes model info, target choices and run_config.model."""
     rc = copy.deepcopy(rc or {})
     rc["model"] = (model_v or "").strip()
+    unreachable = hub_problem(rc["model"])
+    if unreachable:  # said at once, instead of after the hub client's retries time out
+        return {v.model_md: "", v.errs["model"]: gr.update(value=unreachable, visible=True), v.ctx.run_config: rc}
     try:
         info = inspect_model(rc["model"], trust_remote_code=bool(rc.get("trust_remote_code")))
     except BAD_INPUT as e:
@@ -382,6 +404,8 @@ def on_inspect(v: MethodView, model_v, targets_v, all_v, rc):
     except Exception as e:  # noqa: BLE001 - an unreadable config must not take the tab down
         return {v.model_md: "", v.errs["model"]: gr.update(value=f"Could not read the model '{rc['model']}': {e}",
                                                             visible=True), v.ctx.run_config: rc}
+    if rc["model"] not in BUNDLED:
+        remember_model(v.ctx.workspace, rc["model"])
     chosen = [t for t in (targets_v or [])]
     choices = info.linear_layers + [t for t in chosen if t not in info.linear_layers]
     if all_v:
@@ -544,7 +568,10 @@ def wire(v: MethodView) -> None:
 
     # Page load and settings import: the widgets from the RunConfig, the model inspected, the estimate.
     fill_out = {v.ctx.run_config, v.model, v.method, v.all_linear, v.targets, *v.field_widgets}
+    # The picker's list is refreshed per page load (recent models, new downloads), not on focus: an
+    # update while the list is open would re-render it under the user's click.
     v.ctx.extras.setdefault("restore_steps", []).extend([
+        (bind(model_picker_update, v.ctx.workspace, name="<lambda>"), None, v.model),
         (bind(restore_fields, v), [rc], fill_out),
         (bind(on_inspect, v), inspect_in, inspect_out),
         (edit, edit_in, edit_out),

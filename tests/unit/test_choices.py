@@ -10,7 +10,7 @@ from backend.core.errors import UserError
 
 
 def test_nothing_saved_reads_as_none(tmp_path):
-    assert load_choices(tmp_path) == {"run_config": None, "selected_run": None}
+    assert load_choices(tmp_path) == {"run_config": None, "selected_run": None, "recent_models": []}
 
 
 def test_saved_run_config_and_selected_run_come_back(tmp_path):
@@ -32,7 +32,7 @@ def test_an_invalid_or_unreadable_choices_file_falls_back_to_defaults(tmp_path):
     assert load_choices(tmp_path)["run_config"] is None
     assert selected_run_dir(tmp_path) is None
     (tmp_path / CHOICES_FILE).write_text("{not json")
-    assert load_choices(tmp_path) == {"run_config": None, "selected_run": None}
+    assert load_choices(tmp_path) == {"run_config": None, "selected_run": None, "recent_models": []}
 
 
 def test_settings_are_imported_from_a_run_directory_or_a_yaml_file(tmp_path):
