@@ -17,7 +17,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.helpers import field, goto_studio, open_tab, pick_option, set_labelled, wait_settled
+from tests.e2e.helpers import field, goto_studio, open_tab, pick_option, set_labelled, tab_button, wait_settled
 
 pytestmark = pytest.mark.e2e
 
@@ -83,19 +83,23 @@ def test_a_new_users_own_data_stays_chosen_through_presets_checks_and_a_reload(s
     panel = open_tab(page, "Method")
     set_labelled(panel, "Objective", "dpo")
     expect(field(page, "method-err-objective")).to_contain_text("prompt/chosen/rejected pairs", timeout=60_000)
-    wait_settled(page)
-    expect(open_tab(page, "Train")).to_contain_text("Fix before starting")
-    panel = open_tab(page, "Method")
+    # Not open_tab: it waits for every pending event, and the estimate of each change queues behind
+    # the others on a loaded machine; the summary is written without waiting for them.
+    tab_button(page, "Train").click()
+    expect(page.locator("#tab-train")).to_contain_text("Fix before starting", timeout=90_000)
+    tab_button(page, "Method").click()
     set_labelled(panel, "Objective", "sft")
-    expect(field(page, "method-err-objective")).to_be_hidden()
+    expect(field(page, "method-err-objective")).to_be_hidden(timeout=90_000)
     set_labelled(panel, "Max steps", 7)
-    wait_settled(page)
+    wait_settled(page, timeout_ms=240_000)
 
     # A reload brings every choice back: the CSV, the preset's hyperparameters, the edited field.
     page.reload()
     goto_studio(page, studio_server.url)
     expect(status).to_contain_text("capitals.csv", timeout=90_000)
-    panel = open_tab(page, "Method")
+    tab_button(page, "Method").click()
+    panel = page.locator("#tab-method")
     expect(panel.get_by_label(re.compile("^Max steps")).first).to_have_value("7", timeout=60_000)
     expect(panel.get_by_label(re.compile("^Learning rate")).first).to_have_value("0.001")
-    expect(open_tab(page, "Train")).to_contain_text("capitals.csv")
+    tab_button(page, "Train").click()
+    expect(page.locator("#tab-train")).to_contain_text("capitals.csv")

@@ -71,3 +71,15 @@ def test_status_names_unused_columns_and_warns_about_left_out_text(tmp_path):
     md = tab.status_markdown(tab.load_rows(str(p)))
     assert "Columns not used for training: `notes`, `category`" in md
     assert "Text column(s) `notes` are left out" in md
+
+
+def test_the_same_content_uploaded_twice_is_stored_once_and_named_without_its_hash(tmp_path):
+    ws = tmp_path / "ws"
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "capitals.csv").write_text("Question,Answer\nq,a\n")
+    first = tab.keep_upload(ws, str(tmp_path / "a" / "capitals.csv"))
+    second = tab.keep_upload(ws, str(tmp_path / "b" / "capitals.csv"))
+    assert first == second and len(list((ws / "uploads").iterdir())) == 1
+    assert tab.display_name(first) == "capitals.csv"
+    assert tab.source_of(ws, first) == "uploaded file"
