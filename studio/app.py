@@ -10,7 +10,7 @@ from studio.context import StudioContext, bind, default_run_config
 from studio.tabs import chat, dataset, merge, method, train
 
 CSS = """
-.ft-help { color: var(--body-text-color-subdued); font-size: 0.9em; }
+.ft-help { color: #4b5563; font-size: 0.9em; }  /* gray-600: 7.5:1 on white (WCAG AA); the theme's subdued grey is not */
 .ft-error { color: #b91c1c; font-weight: 600; }
 .ft-ok { color: #15803d; }
 """
