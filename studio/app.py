@@ -5,11 +5,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.context import StudioContext, default_run_config
+from backend.core.choices import load_choices, save_choices
+from studio.context import StudioContext, bind, default_run_config
 from studio.tabs import chat, dataset, merge, method, train
 
 CSS = """
-.ft-help { color: var(--body-text-color-subdued); font-size: 0.9em; }
+.ft-help { color: #4b5563; font-size: 0.9em; }  /* gray-600: 7.5:1 on white (WCAG AA); the theme's subdued grey is not */
 .ft-error { color: #b91c1c; font-weight: 600; }
 .ft-ok { color: #15803d; }
 """
@@ -21,9 +22,38 @@ def build_app(workspace: Path) -> gr.Blocks:
     with gr.Blocks(title="Fine-Tune Studio", analytics_enabled=False) as demo:
         gr.Markdown("# Fine-Tune Studio\nDataset → Method → Train → Merge → Chat. "
                     f"Runs are kept in `{workspace}/runs`.")
-        ctx = StudioContext(workspace=workspace, run_config=gr.State(default_run_config()))
+        ctx = StudioContext(workspace=workspace, run_config=gr.State(default_run_config()),
+                            data_lengths=gr.State(None))
         with gr.Tabs(elem_id="ft-tabs"):
             for title, module in TABS:
                 with gr.Tab(title, id=title.lower(), elem_id=f"tab-{title.lower()}"):
                     module.build(ctx)
+        wire_choices(demo, ctx)
     return demo
+
+
+def saved_run_config(workspace: Path) -> dict:
+    """Page load: the choices saved in the workspace, else the defaults."""
+    return load_choices(workspace)["run_config"] or default_run_config()
+
+
+def remember_run_config(workspace: Path, run_config: dict) -> None:
+    """Every change of the RunConfig is saved, so a reload or a restart brings it back."""
+    if run_config:
+        try:
+            save_choices(workspace, run_config=run_config)
+        except OSError:
+            pass  # a read-only workspace loses only this convenience
+
+
+def wire_choices(demo: gr.Blocks, ctx: StudioContext) -> None:
+    """Page load reads the saved choices, then each tab's restore step runs in turn (one chain, so no
+    two of them write the RunConfig at once); a settings import runs the same steps."""
+    steps = ctx.extras.get("restore_steps", [])
+    event = demo.load(bind(saved_run_config, ctx.workspace), None, ctx.run_config)
+    follow = [event] + ([ctx.extras["import_event"]] if "import_event" in ctx.extras else [])
+    for chain in follow:
+        for fn, inputs, outputs in steps:
+            chain = chain.then(fn, inputs, outputs)
+    ctx.run_config.change(bind(remember_run_config, ctx.workspace), ctx.run_config, None, queue=False,
+                          show_progress="hidden")

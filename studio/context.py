@@ -24,6 +24,9 @@ def default_run_config() -> dict[str, Any]:
 class StudioContext:
     workspace: Path
     run_config: gr.State
+    # The Dataset tab's measured token lengths ({"lengths": [...], "total": rows}); the Method tab's
+    # estimate sizes the batch by them instead of assuming every row is max length.
+    data_lengths: Optional[gr.State] = None
     extras: dict[str, Any] = field(default_factory=dict)  # components a later tab listens to
 
 

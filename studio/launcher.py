@@ -35,14 +35,32 @@ def _patient_localhost_probe() -> None:
     if getattr(probe, "_ftstudio_patient", False):
         return
 
-    def patient(url: str) -> bool:
-        return any(probe(url) for _ in range(10))
+    def patient(url: str, patience_s: float = 180.0) -> bool:
+        # Gradio's own probe gives up after 3 s; under a load of 8 per core the first render has
+        # been measured at 6-14 s. One request at a time with a long timeout (short ones would
+        # pile renders up on the server), until a deadline.
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + patience_s
+        while time.monotonic() < deadline:
+            try:
+                if httpx.head(url, timeout=60, verify=False).status_code in (200, 401, 301, 302, 303, 307, 308):
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        return probe(url)
 
     patient._ftstudio_patient = True  # type: ignore[attr-defined]
     networking.url_ok = patient
 
 
 def launch_from_args(args: argparse.Namespace) -> None:
+    from backend.core.noise import quiet_known_noise
+
+    quiet_known_noise()  # the start-up output shows only what a user can act on
     workspace = Path(args.workspace).expanduser().resolve()
     workspace.mkdir(parents=True, exist_ok=True)
     os.environ["FTSTUDIO_WORKSPACE"] = str(workspace)

@@ -22,6 +22,7 @@ from backend.core.config import config_to_yaml
 from backend.core.errors import UserError
 from backend.runs import events as run_events, rundir, runner
 from backend.runs.run_files import read_run_files
+from backend.training.checks import start_problems
 
 
 def add_parser(sub) -> None:
@@ -115,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
             results.append({"config": path, "state": "not_started", "error": "the queue was interrupted"})
             continue
         try:
+            problem = start_problems(cfg)  # data, mapping, template, objective: before any model load
+            if problem:
+                raise UserError(problem)
             run_dir = runner.start_run(workspace, cfg)
         except UserError as e:
             print(f"ftstudio: {path}: {e}", file=sys.stderr)

@@ -89,9 +89,20 @@ def load_preset(name: str, user: Optional[Path] = None) -> dict[str, Any]:
     return data
 
 
+# The data section's keys that say WHICH data trains (not how it is tokenized). A preset sets the
+# method and the hyperparameters; these stay the user's, or a preset written for the sample would
+# silently train on the sample (or fail at Start with the user's mapping on the sample's columns).
+DATA_IDENTITY = ("path", "validation_path", "validation_split", "format", "mapping", "skip_bad_rows")
+
+
 def apply_preset(current: dict[str, Any], name: str, user: Optional[Path] = None) -> dict[str, Any]:
-    """`current` with the preset layered over it (the data file and anything the preset omits stay)."""
-    return deep_merge(current, load_preset(name, user))
+    """`current` with the preset layered over it; the dataset (DATA_IDENTITY) and anything the preset
+    omits stay as they were."""
+    preset = load_preset(name, user)
+    data = preset.get("data")
+    if isinstance(data, dict):
+        preset["data"] = {k: v for k, v in data.items() if k not in DATA_IDENTITY}
+    return deep_merge(current, preset)
 
 
 def preset_config(name: str, user: Optional[Path] = None) -> RunConfig:

@@ -37,6 +37,8 @@ COMPLETION_KEYS = ("completion", "response", "output", "answer", "reply", "targe
                    "gpt", "solution")
 TEXT_KEYS = ("text", "content", "document", "body", "passage", "story")
 SYSTEM_KEYS = ("system", "system_prompt")
+INPUT_KEYS = ("input", "context")     # the extra text an instruction row carries (alpaca, dolly)
+PROSE_MEDIAN_CHARS = 20               # a left-out string column this long is prose, not a label
 ROLE_NAMES = {"user": "user", "human": "user", "prompter": "user", "assistant": "assistant",
               "gpt": "assistant", "bot": "assistant", "model": "assistant", "chatgpt": "assistant",
               "system": "system", "tool": "tool", "function": "tool", "ipython": "tool"}
@@ -60,6 +62,8 @@ class LoadedDataset:
     total: Optional[int] = None                       # usable rows in the file (rows may hold only the first)
     complete: bool = True                             # False: rows holds a part of the file (see note)
     note: Optional[str] = None                        # why rows holds only a part of the file
+    unused_columns: list[str] = field(default_factory=list)  # columns the mapping leaves out
+    unused_text: list[str] = field(default_factory=list)     # ...of which hold prose the model never sees
 
     @property
     def row_count(self) -> int:
@@ -73,6 +77,7 @@ class LoadedDataset:
         return {"format": self.format, "source_format": self.source_format, "rows": self.row_count,
                 "rows_kept": len(self.rows), "complete": self.complete, "note": self.note,
                 "columns": list(self.columns), "mapping": dict(self.mapping), "skipped": self.skipped,
+                "unused_columns": list(self.unused_columns), "unused_text_columns": list(self.unused_text),
                 "errors": [{"line": e.line, "field": e.field, "message": e.message} for e in self.errors]}
 
 
@@ -143,12 +148,16 @@ def detect_schema(records: list[tuple[int, dict]], columns: list[str]) -> tuple[
         return "kto", "kto", {"prompt": prompt, "completion": completion, "label": label}
     if "instruction" in lower and completion:
         mapping = {"prompt": lower["instruction"], "completion": completion}
-        if "input" in lower and lower["input"] != completion:
-            mapping["input"] = lower["input"]
+        # Alpaca calls the extra text 'input'; Databricks-Dolly (instruction/context/response/category)
+        # calls it 'context'. Without it "Summarize this paragraph" would arrive without the paragraph.
+        extra = _pick(lower, INPUT_KEYS, exclude={completion})
+        if extra:
+            mapping["input"] = extra
         sys_col = _pick(lower, SYSTEM_KEYS)
         if sys_col:
             mapping["system"] = sys_col
-        return "messages", "alpaca", mapping
+        dolly = extra is not None and extra.lower().strip() == "context"
+        return "messages", "dolly" if dolly else "alpaca", mapping
     if "prompt" in lower and "completion" in lower:
         return "prompt_completion", "prompt_completion", {"prompt": lower["prompt"], "completion": lower["completion"]}
     if prompt and completion:
@@ -234,6 +243,24 @@ def _resolve_layout(records, columns, mapping, fmt) -> tuple[str, str, dict[str,
                         "the mapping, or keep the format on auto.")
     raise UserError(f"The file looks like {found} data ({source}), which cannot be used as {fmt}. Keep the "
                     "format on auto, or set the mapping by hand.")
+
+
+def unused_columns(records: list[tuple[int, dict]], columns: list[str],
+                   mapping: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(columns the mapping does not use, those of them that hold prose).
+
+    Prose: mostly strings with a median length of PROSE_MEDIAN_CHARS or more; a short label such as
+    Dolly's 'category' is listed as unused but is not prose the model should have seen."""
+    used = set(mapping.values())
+    left = [c for c in columns if c not in used]
+    sample = [r for _, r in records[:200]]
+    prose = []
+    for col in left:
+        values = [r.get(col) for r in sample if r.get(col) not in (None, "")]
+        strings = sorted(len(v) for v in values if isinstance(v, str))
+        if strings and len(strings) >= 0.5 * len(values) and strings[len(strings) // 2] >= PROSE_MEDIAN_CHARS:
+            prose.append(col)
+    return left, prose
 
 
 # ---------------------------------------------------------------- normalization
@@ -444,6 +471,7 @@ def load_rows(path: str, mapping: dict[str, str] | None = None, format: str = "a
         raise UserError(f"The dataset file {name} holds no rows (only blank lines). Add data, one row per line.")
     columns = _columns(head)
     fmt, source, mapping = _resolve_layout(head, columns, mapping, format)
+    left, prose = unused_columns(head, columns, mapping)
     rows: list[dict] = []
     lines: list[int] = []
     usable = 0
@@ -490,7 +518,8 @@ def load_rows(path: str, mapping: dict[str, str] | None = None, format: str = "a
     return LoadedDataset(path=name, format=fmt, source_format=source, rows=rows, columns=columns,
                          mapping=mapping, errors=errors, skipped=bad, lines=lines, unit=unit,
                          records=read_ok + read_bad, total=usable, complete=not notes,
-                         note="; ".join(notes) + "." if notes else None)
+                         note="; ".join(notes) + "." if notes else None,
+                         unused_columns=left, unused_text=prose)
 
 
 # ---------------------------------------------------------------- splitting

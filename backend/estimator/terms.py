@@ -268,13 +268,15 @@ def peak_bytes(weights: int, gradients: int, optimizer: int, activations: int, l
 def fmt_bytes(n: Optional[float]) -> str:
     if n is None:
         return "?"
+    # Binary units throughout (GiB as cards are sold and nvidia-smi counts), the same unit the
+    # Method tab's headline uses: mixing GB and GiB made a smaller need read as a larger one.
     n = float(n)
-    if abs(n) >= GB:
-        return f"{n / GB:.2f} GB"
-    if abs(n) >= 10**6:
-        return f"{n / 10**6:.1f} MB"
-    if abs(n) >= 10**3:
-        return f"{n / 10**3:.1f} kB"
+    if abs(n) >= GIB:
+        return f"{n / GIB:.2f} GiB"
+    if abs(n) >= 2**20:
+        return f"{n / 2**20:.1f} MiB"
+    if abs(n) >= 2**10:
+        return f"{n / 2**10:.1f} KiB"
     return f"{int(n)} B"
 
 

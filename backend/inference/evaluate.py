@@ -95,11 +95,13 @@ class Models:
                 del model
 
 
-def _loss(model, dataset, collator, device: str, batch_size: int = 4) -> float:
-    """Token-weighted mean loss over graded tokens (the same labels the trainer used)."""
+def _loss(model, dataset, collator, device: str, batch_size: int = 4) -> tuple[float, list[Optional[float]]]:
+    """(token-weighted mean loss over graded tokens, each row's own mean loss or None without graded
+    tokens): the same labels the trainer used. The per-row losses give the verdict its uncertainty."""
     import torch
 
     total, count = 0.0, 0
+    per_row: list[Optional[float]] = []
     rows = [dataset[i] for i in range(len(dataset))]
     with torch.no_grad():
         for i in range(0, len(rows), batch_size):
@@ -107,12 +109,16 @@ def _loss(model, dataset, collator, device: str, batch_size: int = 4) -> float:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
             labels = batch["labels"][:, 1:]
             lp = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum")
-            total += float(lp)
-            count += int((labels != -100).sum())
+                logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100,
+                reduction="none").view(labels.shape)
+            graded = (labels != -100).sum(dim=1)
+            sums = lp.sum(dim=1)
+            total += float(sums.sum())
+            count += int(graded.sum())
+            per_row += [float(s) / int(n) if int(n) else None for s, n in zip(sums, graded)]
     if count == 0:
         raise UserError("The evaluation rows have no graded tokens (every label is -100); check the data settings.")
-    return total / count
+    return total / count, per_row
 
 
 def _prompt_and_reference(row: dict) -> Optional[tuple[list[dict], str]]:
@@ -271,10 +277,15 @@ def evaluate_run(run_dir: str | Path, data_path: Optional[str] = None, samples: 
 
     progress("validation loss")
     result: dict[str, Any] = {}
+    losses: dict[str, list] = {}
     for label in (BASE, ADAPTER):
         with models.use(label) as model:
-            loss = _loss(model, dataset, collator, device)
+            loss, per_row = _loss(model, dataset, collator, device)
+        losses[label] = per_row
         result[label] = {"loss": round(loss, 5), "perplexity": round(math.exp(min(loss, 50.0)), 4)}
+    # Paired per-row differences (adapter minus base): the verdict's evidence and its uncertainty.
+    result["row_differences"] = [round(a - b, 6) for a, b in zip(losses[ADAPTER], losses[BASE])
+                                 if a is not None and b is not None]
 
     _, jinja, _ = resolve_template(tokenizer, cfg.data.template)
     pairs = [pr for pr in (_prompt_and_reference(r) for r in rows) if pr is not None]

@@ -20,6 +20,7 @@ from backend.core.config import RunConfig, save_config
 from backend.core.io import atomic_write_json, free_bytes, make_reserve, read_json, write_with_reserve
 from backend.core.locks import file_lock
 from backend.runs.events import check_event_type
+from backend.core.noise import readable_log
 
 RUN_STATES = ("starting", "running", "stopping", "completed", "stopped", "failed", "out_of_memory")
 ACTIVE_STATES = frozenset({"starting", "running", "stopping"})
@@ -214,7 +215,8 @@ def pid_alive(pid: Any, start_time: Any = None) -> bool:
 
 
 def tail_log(run_dir: Path, max_lines: int = 30, max_bytes: int = 16384) -> str:
-    """The last lines of train.log (progress bars' carriage returns resolved); "" when there is none."""
+    """The last lines of train.log (progress bars' carriage returns resolved, known noise dropped,
+    tracebacks folded into a sentence: backend.core.noise); "" when there is none."""
     try:
         with open(Path(run_dir) / LOG_FILE, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -223,7 +225,7 @@ def tail_log(run_dir: Path, max_lines: int = 30, max_bytes: int = 16384) -> str:
     except OSError:
         return ""
     kept = [ln.rsplit("\r", 1)[-1].rstrip() for ln in text.split("\n")]
-    kept = [ln for ln in kept if ln.strip()]
+    kept = [ln for ln in readable_log("\n".join(kept)).split("\n") if ln.strip()]
     return "\n".join(kept[-max_lines:])
 
 

@@ -30,6 +30,7 @@ from backend.core.config import ConfigError, load_config
 from backend.core.errors import UserError
 from backend.core.io import atomic_write_json, is_disk_full
 from backend.core.log import is_main_process, note
+from backend.core.noise import quiet_known_noise
 from backend.core.models import ModelError, load_tokenizer
 from backend.data.records import load_for_training
 from backend.data.templates import SftCollator, build_sft_dataset
@@ -466,6 +467,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     args = parser.parse_args(argv)
+    quiet_known_noise()  # before the libraries that print the noise are imported
     code = run(Path(args.run_dir), resume=args.resume)
     if is_main_process():
         notify_end(Path(args.run_dir).resolve())

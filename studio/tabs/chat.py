@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -32,7 +33,11 @@ TEXT = {
     "not_loaded": "No model loaded yet: pick one and press Load.",
     "system": "Sent as the system message before the conversation (leave empty for none).",
     "seed": "-1 = a new random reply each time; any other number repeats the same reply.",
+    "stopped": "Stopped: the reply ends where it was cut. Send another message to go on.",
+    "still_stopping": "Stop was asked, but the model has not finished its current step yet; the reply ends "
+                      "as soon as it does.",
 }
+STOP_WAIT_S = 30.0   # how long Stop waits to say "Stopped" (a reply ends within a token or two)
 
 
 def _error(e: Exception) -> str:
@@ -56,6 +61,7 @@ class ChatSession:
         self.workspace = workspace  # set in the studio: what it may load is checked against its policy
         self.client = ChatClient()
         self.stop_requested = threading.Event()
+        self.busy = threading.Event()   # set while on_send streams a reply: Stop waits for it to clear
         self.loaded = False
         atexit.register(self.client.shutdown)
 
@@ -203,6 +209,7 @@ def on_send(session: ChatSession, msg: str, sys_prompt: str, h_adapter: list, h_
     settings = {"max_new_tokens": int(mx), "temperature": temp, "top_p": tp, "top_k": int(tk),
                 "repetition_penalty": rp, "seed": None if sd is None or int(sd) < 0 else int(sd)}
     session.stop_requested.clear()
+    session.busy.set()
     new_a, new_b = list(h_adapter), list(h_base)
     try:
         for convo in session.answer(h_adapter, msg, sys_prompt, settings, use_adapter=True):
@@ -215,15 +222,28 @@ def on_send(session: ChatSession, msg: str, sys_prompt: str, h_adapter: list, h_
     except (ChatError, *BAD_INPUT) as e:
         yield new_a, new_b, new_a, new_b, _error(e), msg
         return
+    finally:
+        session.busy.clear()
     note = session.client.take_notice() or ""
-    yield new_a, new_b, new_a, new_b, note or "Ready.", ""
+    done = TEXT["stopped"] if session.stop_requested.is_set() else "Ready."
+    yield new_a, new_b, new_a, new_b, note or done, ""
 
 
-def on_stop(session: ChatSession) -> str:
-    """Writes the status; asks the worker to stop the reply under way."""
+def on_stop(session: ChatSession, wait_s: float = STOP_WAIT_S):
+    """Writes the status; asks the worker to stop the reply under way, then says when it has stopped.
+
+    The last word is this handler's, after the reply has ended: a "Stopping…" that arrived after the
+    reply's own final status used to stay on screen until the next message."""
+    if not session.busy.is_set():
+        yield "Nothing is being generated."
+        return
     session.stop_requested.set()
     session.client.stop()
-    return "Stopping…"
+    yield "Stopping…"
+    deadline = time.monotonic() + wait_s
+    while session.busy.is_set() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    yield TEXT["stopped"] if not session.busy.is_set() else TEXT["still_stopping"]
 
 
 def on_compare(both: bool):
@@ -246,7 +266,8 @@ def wire(c: ChatView) -> None:
     outputs = [c.adapter_bot, c.base_bot, c.adapter_hist, c.base_hist, c.status, c.text]
     c.send.click(bind(on_send, session), inputs, outputs, concurrency_id="chat", concurrency_limit=1)
     c.text.submit(bind(on_send, session), inputs, outputs, concurrency_id="chat", concurrency_limit=1)
-    c.stop.click(bind(on_stop, session), None, c.status, queue=False)
+    # Queued (a generator) but in its own concurrency group, so it never waits behind the reply it stops.
+    c.stop.click(bind(on_stop, session), None, c.status, concurrency_id="chat-stop", concurrency_limit=None)
     c.clear.click(bind(cleared, name="<lambda>"), None, [c.adapter_bot, c.base_bot, c.adapter_hist, c.base_hist],
                   queue=False)
     c.compare.change(on_compare, c.compare, [c.base_bot, c.adapter_bot], queue=False)

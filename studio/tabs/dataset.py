@@ -7,10 +7,11 @@ preview, histogram) is in studio/tabs/dataset_view.py.
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import json
+import os
 import shutil
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,17 +62,33 @@ def sample_choices() -> list[str]:
     return sorted(p.name for p in SAMPLES_DIR.iterdir() if p.suffix in DATA_SUFFIXES)
 
 
-def status_markdown(ds: LoadedDataset) -> str:
-    name = Path(ds.path).name
-    msg = (f"<span class='ft-ok'>Loaded **{name}**: {ds.row_count} rows, read as **{ds.source_format}** → "
-           f"**{ds.format}**.</span>")
+def status_markdown(ds: LoadedDataset, source: str = "") -> str:
+    name = display_name(ds.path)
+    src = f" ({source})" if source else ""
+    msg = (f"<span class='ft-ok'>Current dataset: **{html.escape(name)}**{src}: {ds.row_count} rows, read as "
+           f"**{ds.source_format}** → **{ds.format}**.</span>")
     if ds.note:
         msg += f" {html.escape(ds.note[0].upper() + ds.note[1:])}"
     if ds.skipped:
         msg += (f" <span class='ft-error'>{ds.skipped} bad row(s) skipped</span> (listed below; fix them in "
                 "the file, or leave them out).")
+    msg += unused_markdown(ds)
     hint = TEXT["objective_hint"].get(ds.format)
     return msg + (f"\n\n{hint}" if hint else "")
+
+
+def unused_markdown(ds: LoadedDataset) -> str:
+    """The columns the mapping leaves out, always named; a warning when one of them holds prose."""
+    if not ds.unused_columns:
+        return ""
+    names = ", ".join(f"`{html.escape(c)}`" for c in ds.unused_columns)
+    out = f"\n\n<span id='dataset-unused'>Columns not used for training: {names}.</span>"
+    if ds.unused_text:
+        prose = ", ".join(f"`{html.escape(c)}`" for c in ds.unused_text)
+        out += (f" <span class='ft-error' id='dataset-unused-warning'>Text column(s) {prose} are left out: "
+                "the model never sees them. If they belong to the question, map one as **input** under "
+                "\"Format and column mapping\" and press Apply mapping.</span>")
+    return out
 
 
 def error_sentence(e: Exception) -> str:
@@ -127,23 +144,43 @@ class DatasetCache:
 
 
 def keep_upload(workspace: Path, tmp_path: str) -> str:
-    """Copy an upload out of Gradio's temp folder: the training subprocess reads it later."""
+    """Copy an upload out of Gradio's temp folder (the training subprocess reads it later), stored once
+    per content: the name starts with the file's SHA-256, so dropping the same file again reuses the
+    copy instead of adding another, and a run's config never points at a file that changes."""
     src = Path(tmp_path)
     dest_dir = workspace / "uploads"
     dest_dir.mkdir(parents=True, exist_ok=True)
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in src.name)[-100:] or "data"
-    stamp = time.strftime('%Y%m%d-%H%M%S')
-    for n in range(1, 1000):
-        dest = dest_dir / (f"{stamp}-{safe}" if n == 1 else f"{stamp}-{n}-{safe}")
-        try:
-            # Exclusive: a second upload of the same name in the same second must not replace the
-            # copy a run's config already points at.
-            with open(dest, "xb") as out, open(src, "rb") as inp:
-                shutil.copyfileobj(inp, out)
-        except FileExistsError:
-            continue
-        return str(dest)
-    raise OSError(f"no free upload name for {safe} in {dest_dir}")
+    digest = hashlib.sha256()
+    with open(src, "rb") as inp:
+        for block in iter(lambda: inp.read(1 << 20), b""):
+            digest.update(block)
+    prefix = digest.hexdigest()[:16]
+    same = sorted(dest_dir.glob(f"{prefix}-*"))
+    if same:
+        return str(same[0])  # identical content already kept (perhaps under another name)
+    dest = dest_dir / f"{prefix}-{safe}"
+    part = dest_dir / f".{prefix}-{safe}.part"
+    shutil.copyfile(src, part)
+    os.replace(part, dest)  # atomic: a half-copied file never carries the final name
+    return str(dest)
+
+
+def source_of(workspace: Path, path: str) -> str:
+    """Where the current dataset came from, in words."""
+    p = Path(path).resolve()
+    if p.is_relative_to(SAMPLES_DIR.resolve()):
+        return "bundled sample"
+    if p.is_relative_to((workspace / "uploads").resolve()):
+        return "uploaded file"
+    return "file on this machine"
+
+
+def display_name(path: str) -> str:
+    """The file's name without the content-hash prefix keep_upload adds."""
+    name = Path(path).name
+    head, sep, rest = name.partition("-")
+    return rest if sep and len(head) == 16 and all(c in "0123456789abcdef" for c in head) else name
 
 
 # ---------------------------------------------------------------- the tab: layout
@@ -189,7 +226,8 @@ class DatasetView:
 
     @property
     def token_outputs(self) -> set:
-        return {self.stats_md, self.hist, self.rendered, self.preview_html, self.tok_table}
+        out = {self.stats_md, self.hist, self.rendered, self.preview_html, self.tok_table}
+        return out | ({self.ctx.data_lengths} if self.ctx.data_lengths is not None else set())
 
     @property
     def all_outputs(self) -> set:
@@ -296,9 +334,17 @@ def token_view(v: DatasetView, ds, cfg, row, run_config) -> dict:
         tok = get_tokenizer(model_of(run_config))
         stats = token_length_stats(tok, ds.rows, cfg, limit=STATS_ROWS)
     except Exception as e:  # noqa: BLE001 - shown as a sentence, the rows stay visible
-        return {v.stats_md: error_sentence(e), v.hist: None, v.rendered: "", v.preview_html: "", v.tok_table: []}
+        return {v.stats_md: error_sentence(e), v.hist: None, v.rendered: "", v.preview_html: "", v.tok_table: [],
+                **_lengths_out(v, None)}
     return {v.stats_md: stats_markdown(ds, stats, cfg.max_length), v.hist: length_figure(stats, cfg.max_length),
-            **row_view(v, ds, cfg, row, run_config)}
+            **row_view(v, ds, cfg, row, run_config), **_lengths_out(v, stats)}
+
+
+def _lengths_out(v: DatasetView, stats: Optional[dict]) -> dict:
+    """The measured lengths for the Method tab's estimate (None: unknown, the estimate assumes max length)."""
+    if v.ctx.data_lengths is None:
+        return {}
+    return {v.ctx.data_lengths: {"lengths": stats["lengths"], "total": stats["total"]} if stats else None}
 
 
 def row_view(v: DatasetView, ds, cfg, row, run_config) -> dict:
@@ -347,7 +393,7 @@ def load_all(v: DatasetView, path, fmt_v, mapping, skip_v, tmpl, sysp, maxlen, t
     except Exception as e:  # noqa: BLE001
         return {v.status: error_sentence(e)}
     cols = [NONE, *ds.columns]
-    out = {v.status: status_markdown(ds), v.errors_md: errors_markdown(ds), v.table: rows_table(ds),
+    out = {v.status: status_markdown(ds, source_of(v.ctx.workspace, path)), v.errors_md: errors_markdown(ds), v.table: rows_table(ds),
            v.path_state: path, v.src_state: {"mapping": mapping, "format": fmt_v}, v.ctx.run_config: new_rc,
            v.split_md: split_view(ds, new_rc, mode, share)}
     out.update({box: gr.update(choices=cols, value=ds.mapping.get(role, NONE))
@@ -416,10 +462,20 @@ def on_split(v: DatasetView, path, src, skip_v, mode, share, vfile, run_config):
     return {v.ctx.run_config: new_rc, v.split_md: text, v.val_file: gr.update(visible=mode == "separate file")}
 
 
+def _only_source(v: DatasetView, out: dict, keep: Any) -> dict:
+    """One current dataset: after a load from one picker, the other pickers are cleared (the upload box
+    too, so the next file can be dropped straight away)."""
+    if v.status in out and "Current dataset" in str(out[v.status]):
+        for comp, empty in ((v.sample, None), (v.upload, None), (v.path_box, "")):
+            if comp is not keep:
+                out[comp] = empty
+    return out
+
+
 def from_sample(v: DatasetView, name, fmt_v, skip_v, *rest):
     if not name:
         return {}
-    return load_all(v, str(SAMPLES_DIR / name), "auto", None, skip_v, *rest)
+    return _only_source(v, load_all(v, str(SAMPLES_DIR / name), "auto", None, skip_v, *rest), v.sample)
 
 
 def from_upload(v: DatasetView, tmp, fmt_v, skip_v, *rest):
@@ -429,11 +485,11 @@ def from_upload(v: DatasetView, tmp, fmt_v, skip_v, *rest):
         kept = keep_upload(v.ctx.workspace, tmp)
     except OSError as e:
         return {v.status: error_sentence(UserError(f"Could not keep the uploaded file: {e}."))}
-    return load_all(v, kept, "auto", None, skip_v, *rest)
+    return _only_source(v, load_all(v, kept, "auto", None, skip_v, *rest), None)
 
 
 def from_path(v: DatasetView, text, fmt_v, skip_v, *rest):
-    return load_all(v, (text or "").strip(), "auto", None, skip_v, *rest)
+    return _only_source(v, load_all(v, (text or "").strip(), "auto", None, skip_v, *rest), v.path_box)
 
 
 def from_mapping(v: DatasetView, path, fmt_v, skip_v, *rest_and_roles):
@@ -442,9 +498,31 @@ def from_mapping(v: DatasetView, path, fmt_v, skip_v, *rest_and_roles):
     return load_all(v, path, fmt_v, mapping or None, skip_v, *rest)
 
 
-def show_default(v: DatasetView, default: str, *rest):
-    """Page load: the default sample, picked and loaded."""
-    return {v.sample: default, **from_sample(v, default, *rest)}
+def restore(v: DatasetView, run_config):
+    """Page load and settings import: the dataset and switches the RunConfig names, loaded and shown in
+    the widgets (the saved choices, the default sample the first time)."""
+    d = (run_config or {}).get("data") or {}
+    path = d.get("path") or ""
+    if not path:
+        return {v.status: "No dataset loaded yet."}
+    fmt_v = d.get("format") or "auto"
+    widgets = {v.fmt: fmt_v if fmt_v in ("auto", *FORMATS) else "auto", v.skip: bool(d.get("skip_bad_rows", True)),
+               v.template: d.get("template") or "auto", v.system_prompt: d.get("system_prompt") or "",
+               v.max_length: int(d.get("max_length") or 512), v.train_on_prompt: bool(d.get("train_on_prompt")),
+               v.last_turn: bool(d.get("last_turn_only")), v.packing: bool(d.get("packing")),
+               v.split_mode: "separate file" if d.get("validation_path") else "split",
+               v.val_split: float(d.get("validation_split") or 0.0)}
+    out = load_all(v, path, widgets[v.fmt], d.get("mapping"), widgets[v.skip], widgets[v.template],
+                   widgets[v.system_prompt], widgets[v.max_length], widgets[v.train_on_prompt], widgets[v.last_turn],
+                   widgets[v.packing], widgets[v.split_mode], widgets[v.val_split], run_config)
+    sample = Path(path).name if source_of(v.ctx.workspace, path) == "bundled sample" else None
+    picked = {v.sample: sample if sample in sample_choices() else None, v.upload: None,
+              v.path_box: path if source_of(v.ctx.workspace, path) == "file on this machine" else ""}
+    return {**widgets, **picked, **out}
+
+
+def restore_outputs(v: DatasetView) -> set:
+    return v.all_outputs | {v.sample, v.upload, v.path_box, v.fmt, v.skip, *v.settings, v.split_mode, v.val_split}
 
 
 def on_select(evt: gr.SelectData):
@@ -465,9 +543,10 @@ def wire(v: DatasetView) -> None:
     rc, all_outputs = v.ctx.run_config, v.all_outputs
     common_in = [v.fmt, v.skip, *v.settings]
     tail_in = [v.split_mode, v.val_split, rc]
-    v.sample.input(bind(from_sample, v), [v.sample, *common_in, *tail_in], all_outputs)
-    v.upload.upload(bind(from_upload, v), [v.upload, *common_in, *tail_in], all_outputs)
-    v.path_box.submit(bind(from_path, v), [v.path_box, *common_in, *tail_in], all_outputs)
+    pickers = {v.sample, v.upload, v.path_box}
+    v.sample.input(bind(from_sample, v), [v.sample, *common_in, *tail_in], all_outputs | pickers)
+    v.upload.upload(bind(from_upload, v), [v.upload, *common_in, *tail_in], all_outputs | pickers)
+    v.path_box.submit(bind(from_path, v), [v.path_box, *common_in, *tail_in], all_outputs | pickers)
     remap_in = [v.path_state, *common_in, *tail_in, *v.role_boxes]
     v.apply_map.click(bind(from_mapping, v), remap_in, all_outputs)
     v.skip.change(bind(from_mapping, v), remap_in, all_outputs)
@@ -490,9 +569,7 @@ def wire(v: DatasetView) -> None:
     v.ctx.extras["dataset_status"] = v.status
     rc.change(sync_from_config, [rc, v.max_length, v.packing], [v.max_length, v.packing])
 
-    # Show the default sample on page load: the RunConfig already points at it, so the
-    # page should say what would train if the user changes nothing.
-    root = gr.context.Context.root_block
-    default = Path(DataConfig().path).name
-    if root is not None and default in sample_choices():
-        root.load(bind(show_default, v, default, name="<lambda>"), [*common_in, *tail_in], all_outputs | {v.sample})
+    # On page load (after the saved choices are read into the RunConfig) and after a settings import:
+    # show the dataset the RunConfig names, so the page says what would train. studio/app.py chains
+    # the tabs' restore steps in order, so they never race each other's RunConfig writes.
+    v.ctx.extras.setdefault("restore_steps", []).append((bind(restore, v), [rc], restore_outputs(v)))

@@ -21,7 +21,7 @@ STYLE = """<style>
 .tok.graded{background:#bbf7d0;color:#14532d}
 .tok.prompt{background:#e5e7eb;color:#374151}
 .tok.special{background:#e9d5ff;color:#581c87}
-.tok.padding{background:#f3f4f6;color:#9ca3af}
+.tok.padding{background:#f3f4f6;color:#4b5563}
 .tok.truncated{background:#fecaca;color:#7f1d1d;text-decoration:line-through}
 .tok.boundary{color:#dc2626;font-weight:700}
 #rendered-text pre{white-space:pre-wrap;font-size:13px;max-height:360px;overflow:auto}

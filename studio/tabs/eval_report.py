@@ -21,6 +21,7 @@ from backend.core.errors import UserError
 from backend.core.io import read_json
 from backend.core.paths import PROJECT_ROOT
 from backend.inference.evaluate import EVAL_FILE
+from backend.inference.verdict import verdict
 from backend.inference.metrics import METRICS
 
 SAMPLE_COLUMNS = ["prompt", "reference", "base model", "adapter"]
@@ -164,9 +165,8 @@ def report_markdown(run_id: str, report: dict[str, Any]) -> str:
         delta = a["loss"] - b["loss"]
     except (KeyError, TypeError):
         return error_html(f"The evaluation report of run {run_id} is incomplete; press Evaluate to write it again.")
-    verdict = "better than" if delta < 0 else "not better than"
-    parts = [f"**{run_id}**: on {report.get('rows', '?')} rows ({html.escape(str(report.get('data', '')))}), "
-             f"the adapter is **{verdict}** the base model by validation loss.\n\n"
+    _, sentence = verdict(report)
+    parts = [f"**{run_id}** ({html.escape(str(report.get('data', '')))}): {sentence}\n\n"
              f"| | loss | perplexity |\n|---|---|---|\n"
              f"| base model | {b['loss']:.4f} | {b['perplexity']:.2f} |\n"
              f"| adapter | {a['loss']:.4f} | {a['perplexity']:.2f} |\n"
@@ -317,8 +317,10 @@ def build(ctx) -> EvalView:
                                     elem_id="eval-rows-table")
         v.redteam_table = gr.Dataframe(value=[], headers=REDTEAM_COLUMNS, interactive=False, wrap=True,
                                        label="Red-team prompts", elem_id="eval-redteam-table")
+        # Equal shares and wrapped text: the adapter's column (the last) is never cut off at the edge.
         v.eval_table = gr.Dataframe(value=[], headers=SAMPLE_COLUMNS, interactive=False, wrap=True,
-                                    label="Sample answers", elem_id="eval-samples-table")
+                                    column_widths=["25%"] * len(SAMPLE_COLUMNS), label="Sample answers",
+                                    elem_id="eval-samples-table")
     return v
 
 

@@ -27,6 +27,9 @@ from backend.objectives.validate import is_alignment
 from backend.training.checks import check_run
 from backend.core.models import BUNDLED, ModelError
 from backend.objectives.online_rl import reward_runs as reward_run_choices
+from backend.core.choices import load_choices, save_choices, settings_from
+from backend.core.model_choices import hub_problem, model_choices, with_recent
+from backend.core.models import hub_reachable
 from backend.core.presets import apply_preset, list_presets, preset_info, save_preset
 from studio.context import StudioContext, bind, default_run_config
 from studio.tabs.method_fields import (LABELS, METHOD_FIELDS, MORE_ROWS, STEPS, TRAIN_ROWS, field_info, get_path,
@@ -41,7 +44,8 @@ TEXT = {
     "effective": "Effective batch: {b} per step × {a} accumulation × {g} GPU(s) = **{e}** sequences per update.",
     "saved_preset": "Saved preset **{name}** to `{path}`.",
     "exported": "Exported the full RunConfig to `{path}`; run it headless with `ftstudio train {path}`.",
-    "preset_applied": "Applied preset **{title}**: {description}",
+    "preset_applied": "Applied preset **{title}**: {description} Your dataset is unchanged.",
+    "imported": "Loaded the settings of **{name}**: dataset, mapping, method and hyperparameters.",
 }
 BAD_INPUT = (UserError, ModelError, ConfigError)
 
@@ -184,6 +188,9 @@ class MethodView:
     save_btn: Any = None
     export_btn: Any = None
     export_file: Any = None
+    import_run: Any = None
+    import_file: Any = None
+    import_btn: Any = None
     status_md: Any = None
     widgets: dict[str, Any] = field(default_factory=dict)  # field path -> its widget
     errs: dict[str, Any] = field(default_factory=dict)     # field path -> its error line
@@ -220,7 +227,8 @@ class MethodView:
 
     @property
     def state_inputs(self) -> list:
-        return [self.ctx.run_config, self.card_gb]
+        lengths = [self.ctx.data_lengths] if self.ctx.data_lengths is not None else []
+        return [self.ctx.run_config, self.card_gb, *lengths]
 
     @property
     def state_outputs(self) -> set:
@@ -236,9 +244,10 @@ class MethodView:
 def _model_layout(v: MethodView, rc0: dict[str, Any]) -> None:
     """Model and inspection, preset, method and objective."""
     with gr.Row():
-        v.model = gr.Dropdown(choices=list(BUNDLED), value=rc0["model"], allow_custom_value=True, scale=4,
-                              label=LABELS["model"], elem_id="method-model",
-                              info="The bundled model, a local directory holding config.json, or a hub id.")
+        v.model = gr.Dropdown(choices=picker_choices(v.ctx.workspace), value=rc0["model"], allow_custom_value=True,
+                              scale=4, label=LABELS["model"], elem_id="method-model",
+                              info="The bundled model, a recent one, one already on this machine, a local "
+                                   "directory holding config.json, or a hub id (owner/name).")
         v.inspect_btn = gr.Button("Inspect", scale=1, elem_id="method-inspect")
     v.model_md = gr.Markdown(elem_id="method-model-info")
     v.errs["model"] = gr.Markdown(visible=False, elem_classes=["ft-error"], elem_id="method-err-model")
@@ -297,8 +306,10 @@ def _fields_layout(v: MethodView, rc0: dict[str, Any], shown: set[str]) -> None:
 
 def _estimate_layout(v: MethodView) -> None:
     """The right column: the memory estimate, presets and the YAML export."""
-    v.card_gb = gr.Number(value=None, label="Check against a card of … GB (blank: the GPUs found)",
-                          elem_id="method-card-gb")
+    # A Textbox, not a Number: a browser Number box shows a cleared value as "0", which is not what
+    # blank means here.
+    v.card_gb = gr.Textbox(value="", label="Check against a card of … GB (blank: the GPUs found)",
+                           placeholder="blank: the GPUs found", elem_id="method-card-gb")
     v.fits_md = gr.Markdown(elem_id="method-fits")
     v.plot = gr.Plot(elem_id="method-estimate", label="Estimated GPU memory")
     v.details_md = gr.Markdown(elem_id="method-estimate-details")
@@ -309,6 +320,12 @@ def _estimate_layout(v: MethodView) -> None:
         v.save_btn = gr.Button("Save preset", scale=1, elem_id="method-save-preset")
     v.export_btn = gr.Button("Export RunConfig YAML", elem_id="method-export")
     v.export_file = gr.File(label="RunConfig YAML", interactive=False, elem_id="method-export-file")
+    with gr.Row():
+        v.import_run = gr.Dropdown(choices=run_choices(v.ctx.workspace), value=None, label="Load settings from a run",
+                                   elem_id="method-import-run", scale=2)
+        v.import_file = gr.File(label="…or from a RunConfig YAML file", file_types=[".yaml", ".yml"],
+                                type="filepath", elem_id="method-import-file", scale=2)
+    v.import_btn = gr.Button("Load settings", elem_id="method-import")
     v.status_md = gr.Markdown(elem_id="method-status")
 
 
@@ -364,10 +381,29 @@ def on_edit(v: MethodView, *args):
     return out
 
 
+def picker_choices(workspace: Path, offer_hub: bool = False) -> list[tuple[str, str]]:
+    return model_choices(recent=load_choices(workspace)["recent_models"], offer_hub=offer_hub)
+
+
+def model_picker_update(workspace: Path):
+    """Opening the picker: what is on this machine now, plus small hub models where the hub answers."""
+    return gr.update(choices=picker_choices(workspace, offer_hub=hub_reachable()))
+
+
+def remember_model(workspace: Path, ref: str) -> None:
+    try:
+        save_choices(workspace, recent_models=with_recent(load_choices(workspace)["recent_models"], ref))
+    except OSError:
+        pass  # a read-only workspace loses only the recent list
+
+
 def on_inspect(v: MethodView, model_v, targets_v, all_v, rc):
     """Reads the model field; writes model info, target choices and run_config.model."""
     rc = copy.deepcopy(rc or {})
     rc["model"] = (model_v or "").strip()
+    unreachable = hub_problem(rc["model"])
+    if unreachable:  # said at once, instead of after the hub client's retries time out
+        return {v.model_md: "", v.errs["model"]: gr.update(value=unreachable, visible=True), v.ctx.run_config: rc}
     try:
         access.policy(v.ctx.workspace).model(rc["model"])
         info = inspect_model(rc["model"], trust_remote_code=bool(rc.get("trust_remote_code")))
@@ -376,6 +412,8 @@ def on_inspect(v: MethodView, model_v, targets_v, all_v, rc):
     except Exception as e:  # noqa: BLE001 - an unreadable config must not take the tab down
         return {v.model_md: "", v.errs["model"]: gr.update(value=f"Could not read the model '{rc['model']}': {e}",
                                                             visible=True), v.ctx.run_config: rc}
+    if rc["model"] not in BUNDLED:
+        remember_model(v.ctx.workspace, rc["model"])
     chosen = [t for t in (targets_v or [])]
     choices = info.linear_layers + [t for t in chosen if t not in info.linear_layers]
     if all_v:
@@ -402,18 +440,36 @@ def on_shortcut(v: MethodView, which: str, model_v, *rest):
     return {v.targets: gr.update(value=list(value or [])), v.all_linear: False}
 
 
-def on_state(v: MethodView, rc, card):
-    """Reads run_config (any tab may have changed it); writes the estimate and the data fields shown here."""
+def on_state(v: MethodView, rc, card, lengths=None):
+    """Reads run_config (any tab may have changed it) and the data's lengths; writes the estimate and the
+    data fields shown here."""
     refused = access.policy(v.ctx.workspace).config_problems(rc)
     # The estimate reads the model's config.json: not from a folder the studio may not read.
-    fig, fits, details = (None, next(iter(refused.values())), "") if refused else compute_estimate(rc, card)
+    fig, fits, details = (None, next(iter(refused.values())), "") if refused else compute_estimate(rc, card, lengths)
     return {v.plot: fig, v.fits_md: fits, v.details_md: details, v.batch_md: effective_batch_text(rc),
             v.widgets["data.max_length"]: get_path(rc, "data.max_length"),
             v.widgets["data.packing"]: bool(get_path(rc, "data.packing"))}
 
 
+def fill(v: MethodView, new: dict[str, Any]) -> dict:
+    """Every widget of the tab set from a RunConfig dict (a preset applied, saved choices, an import)."""
+    out = {v.ctx.run_config: new, v.model: new.get("model"), v.method: get_path(new, "method.name")}
+    tm = get_path(new, "method.target_modules")
+    out[v.all_linear] = tm == "all-linear"
+    if isinstance(tm, list):
+        out[v.targets] = gr.update(value=tm, choices=sorted(set(tm)))
+    for path in v.field_paths:
+        out[v.widgets[path]] = get_path(new, path)
+    return out
+
+
+def restore_fields(v: MethodView, rc):
+    """Page load / import: the widgets from the session's RunConfig."""
+    return fill(v, rc or default_run_config())
+
+
 def on_preset(v: MethodView, name, rc):
-    """Reads the chosen preset; writes every field it sets (the dataset file is kept)."""
+    """Reads the chosen preset; writes every field it sets (the dataset is kept: a preset never changes it)."""
     if not name:
         return {v.preset_md: "Choose a preset first."}
     try:
@@ -421,15 +477,29 @@ def on_preset(v: MethodView, name, rc):
         meta = preset_info(name, v.presets_dir)
     except BAD_INPUT as e:
         return {v.preset_md: str(e)}
-    out = {v.preset_md: TEXT["preset_applied"].format(**meta), v.ctx.run_config: new, v.model: new.get("model"),
-           v.method: get_path(new, "method.name")}
-    tm = get_path(new, "method.target_modules")
-    out[v.all_linear] = tm == "all-linear"
-    if isinstance(tm, list):
-        out[v.targets] = gr.update(value=tm)
-    for path in v.field_paths:
-        out[v.widgets[path]] = get_path(new, path)
-    return out
+    return {v.preset_md: TEXT["preset_applied"].format(**meta), **fill(v, new)}
+
+
+def run_choices(workspace: Path) -> list[str]:
+    """Run ids of the workspace, newest first, for "Load settings from a run"."""
+    root = workspace / "runs"
+    return sorted((p.name for p in root.iterdir() if (p / "config.yaml").is_file()), reverse=True) \
+        if root.is_dir() else []
+
+
+def on_import(v: MethodView, run_id, upload, rc):
+    """Reads a run's config or an uploaded YAML; writes run_config (the tabs' restore steps then show it)."""
+    source = upload or (str(v.ctx.workspace / "runs" / run_id) if run_id else None)
+    if not source:
+        return {v.status_md: "Choose a run or a YAML file to load settings from."}
+    if run_id and not upload and run_id not in run_choices(v.ctx.workspace):
+        return {v.status_md: f"There is no run named {run_id} in this workspace."}
+    try:
+        new = settings_from(source)
+    except BAD_INPUT as e:
+        return {v.status_md: str(e)}
+    name = run_id if not upload else Path(upload).name
+    return {v.ctx.run_config: new, v.status_md: TEXT["imported"].format(name=name), v.import_file: None}
 
 
 def on_save(v: MethodView, name, rc):
@@ -454,6 +524,10 @@ def on_export(v: MethodView, rc):
     path = v.ctx.workspace / "exports" / f"runconfig-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
     atomic_write_text(path, config_to_yaml(cfg))
     return {v.status_md: TEXT["exported"].format(path=path), v.export_file: str(path)}
+
+
+def run_choices_update(workspace: Path):
+    return gr.update(choices=run_choices(workspace))
 
 
 def reward_choices_update(workspace: Path):
@@ -490,14 +564,26 @@ def wire(v: MethodView) -> None:
         btn.click(bind(on_shortcut, v, which, name="apply"), [v.model], {v.targets, v.all_linear, v.errs["model"]}
                   ).then(edit, edit_in, edit_out)
     rc.change(bind(on_state, v), state_in, state_out)
+    # No data_lengths.change listener: the Dataset tab writes the lengths in the same event as the
+    # RunConfig, whose change (above) re-estimates already; a second listener would estimate twice.
     v.card_gb.input(bind(on_state, v), state_in, state_out, trigger_mode="always_last")
     v.preset_btn.click(bind(on_preset, v), [v.preset_dd, rc], v.preset_outputs).then(
         bind(on_inspect, v), inspect_in, inspect_out).then(edit, edit_in, edit_out)
     v.save_btn.click(bind(on_save, v), [v.preset_name, rc], {v.status_md, v.preset_dd})
     v.export_btn.click(bind(on_export, v), [rc], {v.status_md, v.export_file})
+    v.import_run.focus(bind(run_choices_update, v.ctx.workspace, name="<lambda>"), None, v.import_run)
+    # studio/app.py chains every tab's restore step after this, so the whole page shows the import.
+    v.ctx.extras["import_event"] = v.import_btn.click(bind(on_import, v), [v.import_run, v.import_file, rc],
+                                                      {rc, v.status_md, v.import_file})
     v.ctx.extras["method_model"] = v.model
 
-    # Inspect the default model and show its estimate when the page opens.
-    root = gr.context.Context.root_block
-    if root is not None:
-        root.load(bind(on_inspect, v), inspect_in, inspect_out).then(bind(on_state, v), state_in, state_out)
+    # Page load and settings import: the widgets from the RunConfig, the model inspected, the estimate.
+    fill_out = {v.ctx.run_config, v.model, v.method, v.all_linear, v.targets, *v.field_widgets}
+    # The picker's list is refreshed per page load (recent models, new downloads), not on focus: an
+    # update while the list is open would re-render it under the user's click.
+    v.ctx.extras.setdefault("restore_steps", []).extend([
+        (bind(model_picker_update, v.ctx.workspace, name="<lambda>"), None, v.model),
+        (bind(restore_fields, v), [rc], fill_out),
+        (bind(on_inspect, v), inspect_in, inspect_out),
+        (edit, edit_in, edit_out),
+        (bind(on_state, v), state_in, state_out)])

@@ -118,19 +118,37 @@ def model_info_text(info: Any) -> str:
         params=f"{info.total_params:,}", linear=", ".join(info.linear_layers) or "none found")
 
 
-def compute_estimate(rc: dict[str, Any], card_gb: Optional[float]) -> tuple[Any, str, str]:
-    """(figure, fits markdown, details markdown) for rc; a sentence instead when rc is not valid."""
+def card_size(text: Any) -> Optional[float]:
+    """The card-size field as GiB: blank means "the GPUs found" (None); anything else must be a size."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    try:
+        value = float(str(text).strip().lower().removesuffix("gib").removesuffix("gb").strip())
+    except ValueError:
+        raise UserError(f"The card size '{text}' is not a number: type the card's memory in GB, e.g. 24, "
+                        "or leave the field blank to check the GPUs found.") from None
+    if value <= 0:
+        raise UserError(f"The card size must be more than 0 GB (got {text}); leave it blank to check the GPUs found.")
+    return value
+
+
+def compute_estimate(rc: dict[str, Any], card_gb: Any, lengths: Optional[dict] = None) -> tuple[Any, str, str]:
+    """(figure, fits markdown, details markdown) for rc; a sentence instead when rc is not valid.
+
+    lengths: the Dataset tab's measured token lengths; without them the batch is sized at max length."""
     try:
         cfg = validate_config(rc)
     except ConfigError:
         return None, FIX_FIRST, ""
-    from backend.estimator import estimate
+    from backend.estimator import estimate, lengths_from
 
     try:
-        if card_gb:
-            est = estimate(cfg, gpu_count=cfg.distributed.gpus, gpu_memory_gb=float(card_gb))
+        card = card_size(card_gb)
+        measured = lengths_from(lengths)
+        if card:
+            est = estimate(cfg, gpu_count=cfg.distributed.gpus, gpu_memory_gb=card, lengths=measured)
         else:
-            est = estimate(cfg)
+            est = estimate(cfg, lengths=measured)
     except BAD_INPUT as e:
         return None, str(e), ""
     data = est.to_json()

@@ -21,6 +21,8 @@ from backend.core.config import ConfigError, RunConfig, config_to_yaml, load_con
 from backend.core.errors import UserError
 from backend.core.models import ModelError
 from backend.runs.notify import webhook_problem
+from backend.training.checks import data_problems, start_problems
+from backend.core.choices import save_choices, selected_run_dir
 from studio.context import StudioContext, bind
 from studio.plots import RunSeries, loss_figure, lr_grad_figure, metric_figure, overlay_figure
 from studio.tabs import cluster_bundle, eval_report, trackers, train_queue
@@ -83,9 +85,13 @@ def config_summary(rc: dict[str, Any]) -> tuple[str, str]:
            else "no validation set")
     early = (f"early stopping after {cfg.early_stopping.patience} evaluations without improvement"
              if cfg.early_stopping.patience else "no early stopping")
+    problems = data_problems(cfg)
+    warn = ("\n\n<span class='ft-error' id='train-problems'>Fix before starting: "
+            f"{html.escape(' '.join(problems.values()))}</span>" if problems else "")
     md = (f"**Model** `{cfg.model}` · **Dataset** `{cfg.data.path}` ({val}) · **Method** {cfg.method.name}"
           f"\n\n{steps}, batch {t.batch_size} × {t.gradient_accumulation} accumulation, learning rate "
-          f"{t.learning_rate:g}, {t.precision}, {t.optimizer}, evaluate every {t.eval_steps} steps, {early}.")
+          f"{t.learning_rate:g}, {t.precision}, {t.optimizer}, evaluate every {t.eval_steps} steps, {early}."
+          + warn)
     return md, config_to_yaml(cfg)
 
 
@@ -323,10 +329,15 @@ def on_start(ctx: StudioContext, rc, lv):
         cfg = validate_config(rc)
         if webhook_problem(cfg.notify.webhook):
             raise UserError(webhook_problem(cfg.notify.webhook))
+        # Data, mapping, template and objective are checked here, in a second, not after a model load.
+        problem = start_problems(cfg)
+        if problem:
+            raise UserError(f"Not started: {problem}")
         client = ctx.extras.get("chat_client")
         if client is not None:
             client.shutdown()  # the chat model would compete with training for GPU memory
         run_dir = runner.start_run(ctx.workspace, cfg)
+        remember_run(ctx.workspace, Path(run_dir).name)
     except BAD_INPUT as e:
         return [lv, f"<span class='ft-error'>{html.escape(str(e))}</span>"] + [gr.skip()] * 5
     except OSError as e:
@@ -376,7 +387,24 @@ def view_row(ws: Path, row: Optional[list], lv):
     row = row if row is not None else []
     if not row:
         return [lv] + [gr.skip()] * 6
+    remember_run(ws, str(row[0]))
     return render(ws, new_live(str(rundir.runs_root(ws) / str(row[0]))), force=True)
+
+
+def remember_run(ws: Path, run_id: str) -> None:
+    """The run the Train tab shows is one of the user's choices: it comes back after a reload."""
+    try:
+        save_choices(ws, selected_run=run_id)
+    except OSError:
+        pass  # a read-only workspace loses only this convenience
+
+
+def restore_view(ws: Path, lv):
+    """Page load: view the run the user last looked at, if it still exists."""
+    run_dir = selected_run_dir(ws)
+    if run_dir is None:
+        return [lv] + [gr.skip()] * 6
+    return render(ws, new_live(str(run_dir)), force=True)
 
 
 def on_refresh(ws: Path, chosen):
@@ -430,4 +458,5 @@ def wire(v: TrainView) -> None:
     v.compare.change(bind(on_compare, ws), [v.compare, v.compare_what], v.overlay)
     v.compare_what.change(bind(on_compare, ws), [v.compare, v.compare_what], v.overlay)
     ctx.extras["train_live"] = live
+    ctx.extras.setdefault("restore_steps", []).append((bind(restore_view, ws), live, view_outputs))
     train_queue.mount(ctx, v.add_queue, v.start, selected, live)

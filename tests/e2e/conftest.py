@@ -211,6 +211,9 @@ def studio_page(chromium_browser, studio_server, request):
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # The studio keeps a user's choices in the workspace (backend.core.choices); each test starts as a
+    # new user would, from the defaults, whatever the test before it chose.
+    (studio_server.workspace / "studio-choices.json").unlink(missing_ok=True)
     goto_studio(page, studio_server.url)
     yield page
     failed = getattr(request.node, "rep_call", None)

@@ -273,3 +273,27 @@ def test_two_unnamed_text_columns_guess_prompt_then_completion(tmp_path):
     d = load_rows(write_jsonl(tmp_path / "u.jsonl", [{"q": "hi", "a": "hello"}, {"q": "x"}]))
     assert (d.format, d.mapping) == ("messages", {"prompt": "q", "completion": "a"})
     assert d.skipped == 1 and d.errors[0].field == "a"
+
+
+def test_dolly_rows_are_detected_with_context_as_the_input(tmp_path):
+    p = write_jsonl(tmp_path / "dolly.jsonl", [
+        {"instruction": "Summarize this paragraph.", "context": "Bern is the federal city of Switzerland.",
+         "response": "Bern hosts the government.", "category": "summarization"},
+        {"instruction": "Name a colour.", "context": "", "response": "Blue.", "category": "open_qa"}])
+    d = load_rows(p)
+    assert (d.format, d.source_format) == ("messages", "dolly")
+    assert d.mapping == {"prompt": "instruction", "completion": "response", "input": "context"}
+    assert d.rows[0]["messages"][0]["content"] == ("Summarize this paragraph.\n\n"
+                                                   "Bern is the federal city of Switzerland.")
+    assert d.rows[1]["messages"][0]["content"] == "Name a colour."
+    # The label column is named as unused, but it is not prose the model should have seen.
+    assert d.unused_columns == ["category"] and d.unused_text == []
+
+
+def test_a_left_out_text_column_is_listed_as_unused_prose(tmp_path):
+    p = write_jsonl(tmp_path / "qa.jsonl", [
+        {"question": "What is the capital of France?", "answer": "Paris.",
+         "notes": "Checked against the 2024 atlas, page 12.", "id": 7}])
+    d = load_rows(p)
+    assert d.unused_columns == ["notes", "id"] and d.unused_text == ["notes"]
+    assert d.summary()["unused_text_columns"] == ["notes"]

@@ -62,3 +62,24 @@ def test_settings_written_by_the_tab_reload_to_the_same_rows_for_training(sample
                        validation_split=0.0)
     loaded, train, val = load_for_training(DataConfig(**rc["data"]), seed=1)
     assert loaded.format == ds.format and train == ds.rows and val == []
+
+
+def test_status_names_unused_columns_and_warns_about_left_out_text(tmp_path):
+    p = tmp_path / "qa.jsonl"
+    p.write_text(json.dumps({"question": "What is the capital of France?", "answer": "Paris.",
+                             "notes": "Checked against the 2024 atlas, page 12.", "category": "geo"}) + "\n")
+    md = tab.status_markdown(tab.load_rows(str(p)))
+    assert "Columns not used for training: `notes`, `category`" in md
+    assert "Text column(s) `notes` are left out" in md
+
+
+def test_the_same_content_uploaded_twice_is_stored_once_and_named_without_its_hash(tmp_path):
+    ws = tmp_path / "ws"
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "capitals.csv").write_text("Question,Answer\nq,a\n")
+    first = tab.keep_upload(ws, str(tmp_path / "a" / "capitals.csv"))
+    second = tab.keep_upload(ws, str(tmp_path / "b" / "capitals.csv"))
+    assert first == second and len(list((ws / "uploads").iterdir())) == 1
+    assert tab.display_name(first) == "capitals.csv"
+    assert tab.source_of(ws, first) == "uploaded file"

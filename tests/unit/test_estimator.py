@@ -157,7 +157,7 @@ def test_a_4gb_card_is_too_small_for_7b_and_suggestions_are_ranked(llama7b):
 
     def saving(sentence):
         number, unit = sentence.split("saves ")[1].split(" ")[:2]
-        return float(number) * {"GB": 1e9, "MB": 1e6, "kB": 1e3, "B": 1}[unit.rstrip(")")]
+        return float(number) * {"GiB": 2**30, "MiB": 2**20, "KiB": 2**10, "B": 1}[unit.rstrip(")")]
     savings = [saving(s) for s in est.suggestions if not s.startswith("All of these")]
     assert savings == sorted(savings, reverse=True)
     # Nothing alone fits on 4 GB, so the combination is offered last.
@@ -255,3 +255,50 @@ def test_sft_uses_the_fused_head_and_orpo_the_full_logits(llama7b):
     assert orpo.terms_bytes["logits"] > 4 * full_logits
     assert sft.terms_bytes["logits"] < full_logits / 1.5
     assert "chunked LM head" in sft.formulas["logits"]
+
+
+# ---------------------------------------------------------------- one unit, real row lengths
+
+def test_every_number_in_the_estimate_is_in_binary_units_and_savings_are_against_the_headline(llama7b):
+    cfg = run_config("full", train={"gradient_checkpointing": False, "batch_size": 8}, data={"max_length": 1024})
+    est = estimate(cfg, gpu_count=1, gpu_memory_gb=4, model_config=llama7b)
+    text = " ".join([*est.suggestions, *est.formulas.values()])
+    assert " GB" not in text and " MB" not in text and " kB" not in text
+    headline = f"{est.total_bytes / 2**30:.2f} GiB"
+    for s in est.suggestions:
+        assert f"of the {headline} needed" in s, s
+
+
+def test_the_estimate_sizes_the_batch_by_the_datas_longest_row_and_says_so(llama7b):
+    from backend.estimator import DataLengths
+
+    cfg = run_config("lora", train={"batch_size": 16}, data={"max_length": 2048})
+    blind = estimate(cfg, gpus=[], model_config=llama7b)
+    short = estimate(cfg, gpus=[], model_config=llama7b, lengths=DataLengths.of([20, 35, 61, 40]))
+    assert short.terms_bytes["activations"] < blind.terms_bytes["activations"] / 20
+    assert "the data's longest row, 61 tokens (max length 2048)" in short.formulas["activations"]
+    assert "16 x 61 tokens" in short.formulas["activations"]
+    assert "no data lengths measured" in blind.formulas["activations"]
+
+
+def test_with_packing_the_estimate_uses_the_longest_packed_sequence(llama7b):
+    from backend.estimator import DataLengths
+
+    lengths = DataLengths.of([100] * 50)
+    assert lengths.sequence(512, packing=True) == (500, "the longest packed sequence of the data, 500 of max length 512")
+    assert DataLengths.of([30, 30]).sequence(512, packing=True)[0] == 60  # all rows fit in one sequence
+    cfg = run_config("lora", data={"max_length": 512, "packing": True})
+    est = estimate(cfg, gpus=[], model_config=llama7b, lengths=lengths)
+    assert "longest packed sequence of the data, 500" in est.formulas["activations"]
+
+
+def test_the_max_length_suggestion_comes_from_the_datas_p99(llama7b):
+    from backend.estimator import DataLengths
+
+    lengths = DataLengths.of(list(range(1, 1001)))  # p99 = 990 -> 992 as a multiple of 8
+    assert lengths.quantile() == 990 and lengths.suggested_max_length() == 992
+    cfg = run_config("full", train={"gradient_checkpointing": False, "batch_size": 8}, data={"max_length": 4096})
+    est = estimate(cfg, gpu_count=1, gpu_memory_gb=4, model_config=llama7b, lengths=lengths)
+    joined = " ".join(est.suggestions)
+    assert "Set max length from 4096 to 992 tokens (99% of the rows are at most 990 tokens)" in joined
+    assert "Shorten sequences from 4096 to 2048" not in joined

@@ -187,3 +187,28 @@ def test_objective_and_method_mismatch_is_reported_before_training(tiny_model_di
     errors = run_problems(cfg, load_model_config(str(tiny_model_dir)))
     assert "method.name" in errors
     assert "method.name" in check_run(cfg.model_dump())[1]
+
+
+def test_data_checks_find_a_mapping_mismatch_and_an_objective_mismatch_without_a_model(tmp_path):
+    import json as _json
+
+    from backend.core.config import validate_config
+    from backend.training.checks import data_problems, start_problems
+
+    csv = tmp_path / "capitals.csv"
+    csv.write_text("Question,Answer\nCapital of France?,Paris\nCapital of Peru?,Lima\n")
+    # The sample's mapping on the user's CSV: refused before the start, at the mapping field.
+    cfg = validate_config({"model": str(tmp_path / "never-loaded"),
+                           "data": {"path": str(csv), "mapping": {"prompt": "instruction", "completion": "output"}}})
+    problems = data_problems(cfg)
+    assert "does not have" in problems["data.mapping"] and "Question" in problems["data.mapping"]
+    assert start_problems(cfg).startswith("The mapping names column(s)")
+    # Prompt/answer rows cannot train DPO.
+    dpo = validate_config({"data": {"path": str(csv)}, "objective": "dpo"})
+    assert "prompt/chosen/rejected pairs" in data_problems(dpo)["objective"]
+    missing = validate_config({"data": {"path": str(tmp_path / "gone.jsonl")}})
+    assert "does not exist" in data_problems(missing)["data.path"]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(_json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
+    assert data_problems(validate_config({"data": {"path": str(pairs)}, "objective": "dpo"})) == {}
+    assert data_problems(validate_config({"data": {"path": str(csv), "template": "nope"}}))["data.template"]

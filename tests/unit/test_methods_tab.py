@@ -11,7 +11,7 @@ from studio.tabs.method_view import estimate_figure, estimate_summary, humanize_
 EST = {
     "terms_bytes": {"weights": 2**30, "gradients": 2**29, "optimizer": 2**31, "activations": 2**28,
                     "logits": 2**30, "overhead": 2**29},
-    "formulas": {"weights": "7,000 params x 2 B = 14 kB", "logits": "4 x 512 x 49,152 x 14 B"},
+    "formulas": {"weights": "7,000 params x 2 B = 13.7 KiB", "logits": "4 x 512 x 49,152 x 14 B"},
     "total_bytes": 5 * 2**30, "allocated_bytes": 4 * 2**30, "trainable_params": 10, "total_params": 1000,
     "gpus": [], "fits": None, "suggestions": [], "notes": ["No GPU was found (no NVIDIA driver)", "A note."],
 }
@@ -79,7 +79,7 @@ def test_figure_has_one_segment_per_term_with_its_formula_on_hover():
     assert [t.name for t in fig.data] == ["Weights", "Gradients", "Optimizer states", "Activations",
                                           "Logits and loss", "Runtime overhead"]
     assert fig.layout.barmode == "stack" and fig.data[0].x[0] == 1.0
-    assert fig.data[0].customdata[0][0] == "7,000 params x 2 B = 14 kB"
+    assert fig.data[0].customdata[0][0] == "7,000 params x 2 B = 13.7 KiB"
     assert "customdata[0]" in fig.data[0].hovertemplate
     with_gpu = estimate_figure({**EST, "per_gpu": [{"name": "RTX", "free_bytes": 24 * 2**30}]})
     assert with_gpu.layout.shapes and with_gpu.layout.shapes[0].x0 == 24
@@ -140,3 +140,30 @@ def test_reward_model_choices_list_only_finished_reward_runs(tmp_path):
     choices = reward_runs(ws)
     assert [path for _, path in choices] == [str(done)]
     assert choices[0][0].startswith("scorer")
+
+
+def test_the_card_size_field_is_blank_for_the_gpus_found_and_a_number_otherwise():
+    import pytest
+
+    from backend.core.errors import UserError
+    from studio.tabs.method_view import card_size
+
+    assert card_size("") is None and card_size(None) is None and card_size("  ") is None
+    assert card_size("24") == 24.0 and card_size("80 GB") == 80.0
+    with pytest.raises(UserError, match="not a number"):
+        card_size("big")
+    with pytest.raises(UserError, match="more than 0"):
+        card_size("0")
+
+
+def test_the_studio_estimate_uses_the_dataset_tabs_measured_lengths(tiny_model_dir):
+    from studio.context import default_run_config
+    from studio.tabs.method_view import compute_estimate
+
+    rc = default_run_config()
+    rc["model"] = str(tiny_model_dir)
+    rc["data"]["max_length"] = 1024
+    _, _, blind = compute_estimate(rc, "24")
+    _, _, measured = compute_estimate(rc, "24", {"lengths": [12, 30, 61], "total": 3})
+    assert "the data's longest row, 61 tokens (max length 1024)" in measured
+    assert "no data lengths measured" in blind

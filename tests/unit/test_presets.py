@@ -48,6 +48,17 @@ def test_applying_a_preset_keeps_the_dataset_choice(tmp_path):
     assert out["method"]["name"] == "lora"
 
 
+def test_a_preset_that_names_a_data_file_never_replaces_the_users_dataset(tmp_path):
+    # cpu-quick-try names the bundled sample; a user's CSV and its mapping must survive it.
+    current = {"data": {"path": "uploads/capitals.csv", "format": "alpaca",
+                        "mapping": {"prompt": "Question", "completion": "Answer"}, "validation_split": 0.2}}
+    out = apply_preset(current, "cpu-quick-try", tmp_path)
+    assert out["data"]["path"] == "uploads/capitals.csv"
+    assert out["data"]["mapping"] == {"prompt": "Question", "completion": "Answer"}
+    assert out["data"]["format"] == "alpaca" and out["data"]["validation_split"] == 0.2
+    assert out["data"]["max_length"] == 256  # the preset's tokenization settings still apply
+
+
 def test_save_then_load_round_trips_and_lists_the_title(tmp_path):
     partial = {"method": {"name": "dora", "r": 4}, "train": {"learning_rate": 3e-4}}
     path = save_preset("My DoRA run!", partial, title="My DoRA run", user=tmp_path)

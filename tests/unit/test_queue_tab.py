@@ -56,7 +56,9 @@ def test_report_view_and_eval_columns_read_eval_json(tmp_path):
         "data": "validation split",
         "samples": [{"prompt": "p", "reference": "r", "base": "b", "adapter": "a"}]}))
     md, rows = er.report_view(run_dir)
-    assert "**better than**" in md and "-2.0000" in md and rows == [["p", "r", "b", "a"]]
+    # 4 rows are too few for a verdict: the report says so instead of claiming one.
+    assert "No verdict: 4 row(s)" in md and "better" not in md.split("|")[0]
+    assert "-2.0000" in md and rows == [["p", "r", "b", "a"]]
     assert er.eval_numbers(run_dir) == (1.0, -2.0)
     (run_dir / "eval.json").write_text("{broken")
     assert er.eval_numbers(run_dir) == (None, None)
