@@ -411,7 +411,7 @@ def _zero3(cfg: Any, model_config: Any, capacity: int,
         if world <= _world(cfg):
             continue
         dist = cfg.distributed.model_copy(update={"strategy": "zero3", "gpus": world, "nodes": 1})
-        other = _compute(cfg.model_copy(update={"distributed": dist}), cached_shape(model_config, cfg), lengths)
+        other = _compute(cfg.model_copy(update={"distributed": dist}), cached_shape(model_config, cfg), lengths=lengths)
         if other.total_bytes <= capacity:
             return world, other
         if world == 8:
@@ -435,7 +435,7 @@ def _suggest(cfg: Any, model_config: Any, est: Estimate, capacity: int,
     for text, changes in variants:
         try:
             variant = _apply_changes(cfg, changes)
-            ranked.append(sentence(text, _compute(variant, cached_shape(model_config, variant), lengths)))
+            ranked.append(sentence(text, _compute(variant, cached_shape(model_config, variant), lengths=lengths)))
         except Exception:  # noqa: BLE001 - a suggestion that cannot be computed is just left out
             continue
     zero = _zero3(cfg, model_config, capacity, lengths)
@@ -452,7 +452,7 @@ def _suggest(cfg: Any, model_config: Any, est: Estimate, capacity: int,
         try:
             combined = _apply_changes(cfg, merged)
             _, text = sentence("All of these single-GPU changes together",
-                               _compute(combined, cached_shape(model_config, combined), lengths))
+                               _compute(combined, cached_shape(model_config, combined), lengths=lengths))
             out.append(text)
         except Exception:  # noqa: BLE001
             pass
