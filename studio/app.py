@@ -11,8 +11,14 @@ from studio.tabs import chat, dataset, merge, method, train
 
 CSS = """
 .ft-help { color: #4b5563; font-size: 0.9em; }  /* gray-600: 7.5:1 on white (WCAG AA); the theme's subdued grey is not */
+.ft-help p, .ft-help .prose, .ft-help .prose * { color: #4b5563 !important; }
 .ft-error { color: #b91c1c; font-weight: 600; }
 .ft-ok { color: #15803d; }
+/* WCAG AA (axe-core's color-contrast rule, tests/e2e/test_contrast.py): the theme's field hints and
+   its orange/red buttons with white text are below 4.5:1. */
+.info-text, .or, .max_value { color: #4b5563 !important; }
+button.primary { background: #c2410c !important; color: #ffffff !important; }
+button.stop { background: #b91c1c !important; color: #ffffff !important; }
 """
 
 TABS = (("Dataset", dataset), ("Method", method), ("Train", train), ("Merge", merge), ("Chat", chat))
