@@ -179,7 +179,8 @@ def push(source: str | Path, repo: str, what: str = "adapter", path: Optional[st
     try:
         if api is None:
             from huggingface_hub import HfApi
-            api = HfApi(token=token)
+            # HF_ENDPOINT read now, not at import: a private hub (or a test's stand-in) set after start-up counts.
+            api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
         _say(progress, 0.1, f"Creating {repo} on the hub")
         try:
             url = api.create_repo(repo, private=private, exist_ok=True, token=token)

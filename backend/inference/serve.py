@@ -175,7 +175,9 @@ def parse_request(body: Any, model_id: str) -> dict[str, Any]:
     if body.get("tools") or body.get("functions"):
         raise ApiError(400, "This server does not call tools or functions; send the request without 'tools'.",
                        param="tools")
-    max_tokens = _number(body, "max_completion_tokens", int) or _number(body, "max_tokens", int)
+    max_tokens = _number(body, "max_completion_tokens", int)
+    if max_tokens is None:
+        max_tokens = _number(body, "max_tokens", int)
     settings = {"max_new_tokens": max_tokens, "temperature": _number(body, "temperature"),
                 "top_p": _number(body, "top_p"), "top_k": _number(body, "top_k", int),
                 "repetition_penalty": _number(body, "repetition_penalty"), "seed": _number(body, "seed", int)}

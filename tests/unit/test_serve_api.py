@@ -92,6 +92,7 @@ def test_streaming_sends_role_then_deltas_then_finish_and_done():
     ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, 400, "must be a number"),
     ({"messages": [{"role": "user", "content": "x"}], "temperature": 9}, 400, "temperature must be between"),
     ({"messages": [{"role": "user", "content": "x"}], "n": 3}, 400, "one answer per request"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, 400, "max new tokens must be between"),
     ({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}, 404, "not served here"),
 ])
 def test_bad_requests_get_openai_error_json_with_a_sentence(body, status, words):
