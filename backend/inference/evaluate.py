@@ -251,6 +251,7 @@ def evaluate_run(run_dir: str | Path, data_path: Optional[str] = None, samples: 
                                     redteam_file) if (redteam_set or redteam_file) else []
     tasks = harness.parse_tasks(lm_eval_tasks) if lm_eval_tasks else []
     if tasks:
+        harness.require_lm_eval()
         harness.resolve_tasks(tasks)
     started = time.time()
     rows, source = _eval_rows(cfg, data_path)

@@ -52,7 +52,7 @@ def resolve_tasks(tasks: list[str]) -> tuple[list[str], list[str]]:
     return names, folders
 
 
-def _require_lm_eval():
+def require_lm_eval():
     try:
         import lm_eval  # noqa: F401
     except ImportError:
@@ -87,7 +87,7 @@ def run_harness(models: dict[str, dict[str, Any]], tasks: list[str], limit: Opti
                 progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """models: {label: {"pretrained": path, "peft": adapter dir or None, "tokenizer": path or None}}.
     Returns {"tasks": [...], "results": {label: {task: {metric: value}}}, "problems": [sentences]}."""
-    _require_lm_eval()
+    require_lm_eval()
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
