@@ -161,8 +161,11 @@ def studio_server(tmp_path_factory) -> Iterator[Studio]:
                TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
                FTSTUDIO_MODEL_CACHE=str(REPO / ".test-cache" / "models"))
     python = REPO / ".venv" / "bin" / "python"
+    # The tests' tiny model lives outside the workspace: the studio reads it only where --allow-path says.
+    test_cache = REPO / ".test-cache"
+    test_cache.mkdir(exist_ok=True)
     cmd = [str(python if python.exists() else sys.executable), "launch.py",
-           "--port", str(port), "--workspace", str(workspace)]
+           "--port", str(port), "--workspace", str(workspace), "--allow-path", str(test_cache)]
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
