@@ -1,12 +1,17 @@
-"""Export a run, an adapter or a model folder as a GGUF file, checked for behaviour, plus an Ollama Modelfile.
+"""Export a run, an adapter or a model folder as GGUF files checked by llama.cpp, plus Ollama Modelfiles.
 
-    export_gguf(src, out_file, quant="f16", progress=None) -> {"out", "bytes", "max_logit_diff",
-        "checked", "modelfile", "ollama_command", "notes", ...}
+    export_gguf(src, out_file, quant="f16" | "f16,q8_0,q4_k_m" | [...], progress=None)
+        -> one quant: {"out", "bytes", "checked", "token_agreement", "top1_agreement", "topk_agreement",
+                       "greedy_agreement", "perplexity", "quality_loss", "modelfile", "ollama_command", ...}
+        -> several:   {"checked", "out": [...], "exports": [one dict per quant], "notes"}
 
 An adapter (or a run's adapter) is first merged into its base with `backend.export.merge.merge_adapter`
-into a temporary folder next to the output. The GGUF is written to a temporary file and moved into
-place with `os.replace`, so a failure leaves no half-written file and keeps whatever was there.
-Loading models is heavy: the studio runs this through `ftstudio export` in a subprocess.
+into a temporary folder next to the output, once. The f16 GGUF is written from it (`gguf_write`), and
+llama.cpp's own quantizer makes every other quant from that f16 file. Each file is then loaded in
+llama.cpp and compared with the merged model (`gguf_check`); a file that passes is moved into place
+with `os.replace`, one that fails is deleted, so a failure leaves no file that looks like a good
+export and keeps whatever was there. Loading models is heavy: the studio runs this through
+`ftstudio export` in a subprocess.
 """
 from __future__ import annotations
 
