@@ -62,17 +62,27 @@ CASES: list[tuple] = [
     ("tiny", "prefix_tuning", {"num_virtual_tokens": 8}, "bf16", False, False, 2, 64, "adamw_torch"),
     ("tiny", "last_layers", {"num_layers": 1}, "bf16", False, False, 2, 64, "adamw_torch"),
     ("tiny", "last_layers", {"num_layers": 1}, "bf16", True, True, 2, 64, "adamw_torch"),
-    ("bundled", "full", {}, "bf16", False, False, 1, 64, "adamw_torch"),
-    ("bundled", "full", {}, "bf16", True, False, 1, 64, "adamw_torch"),
+    ("tiny", "qlora", {"r": 8, "target_modules": "all-linear", "compute_dtype": "bf16"}, "bf16", False, True, 4, 32,
+     "adamw_8bit"),
+    ("tiny", "prompt_tuning", {"num_virtual_tokens": 16}, "bf16", False, True, 2, 64, "sgd"),
+    ("tiny", "last_layers", {"num_layers": 2}, "fp32", False, False, 4, 32, "sgd"),
+    ("tiny", "lora", {"r": 64, "target_modules": ATTN}, "fp32", False, True, 4, 32, "adamw_torch"),
+    ("tiny", "full", {}, "bf16", True, False, 4, 32, "sgd"),
+    ("tiny", "dora", {"r": 8, "target_modules": "all-linear"}, "bf16", False, False, 1, 128, "adamw_8bit"),
+    # The 135M model: fp32 first; bf16 autocast on a CPU without native bf16 matmuls is ~10x slower,
+    # so its bf16 cases are short.
+    ("bundled", "full", {}, "fp32", False, False, 1, 32, "adamw_torch"),
     ("bundled", "full", {}, "fp32", False, True, 1, 64, "sgd"),
-    ("bundled", "lora", {"r": 16, "target_modules": "all-linear"}, "bf16", False, False, 2, 64, "adamw_torch"),
+    ("bundled", "lora", {"r": 16, "target_modules": "all-linear"}, "fp32", False, False, 2, 64, "adamw_torch"),
     ("bundled", "lora", {"r": 8, "target_modules": ATTN}, "fp32", False, True, 1, 128, "adamw_torch"),
     ("bundled", "lora", {"r": 64, "target_modules": "all-linear"}, "fp32", False, False, 1, 64, "adamw_8bit"),
-    ("bundled", "dora", {"r": 8, "target_modules": ATTN}, "bf16", False, False, 1, 64, "adamw_torch"),
-    ("bundled", "qlora", {"r": 16, "target_modules": "all-linear", "compute_dtype": "bf16"}, "bf16", False, True, 1,
+    ("bundled", "dora", {"r": 8, "target_modules": ATTN}, "fp32", False, False, 1, 64, "adamw_torch"),
+    ("bundled", "qlora", {"r": 16, "target_modules": "all-linear", "compute_dtype": "fp32"}, "fp32", False, True, 1,
      64, "adamw_torch"),
-    ("bundled", "prompt_tuning", {"num_virtual_tokens": 16}, "bf16", False, False, 1, 64, "adamw_torch"),
-    ("bundled", "last_layers", {"num_layers": 4}, "bf16", False, False, 1, 64, "adamw_8bit"),
+    ("bundled", "prompt_tuning", {"num_virtual_tokens": 16}, "fp32", False, False, 1, 64, "adamw_torch"),
+    ("bundled", "full", {}, "bf16", False, False, 1, 32, "adamw_torch"),
+    ("bundled", "full", {}, "bf16", True, False, 1, 32, "adamw_torch"),
+    ("bundled", "last_layers", {"num_layers": 4}, "bf16", False, False, 1, 32, "adamw_8bit"),
 ]
 
 
@@ -283,6 +293,19 @@ def _machine(device: str) -> str:
            f"{time.strftime('%Y-%m-%d %H:%M')}"
 
 
+def merge(out: Path, device: str, dirs: list[Path]) -> None:
+    """One results file from partial runs (say, the tiny model and the 135M model run side by side)."""
+    runs = [json.loads((d / f"memory_truth_{device}.json").read_text()) for d in dirs]
+    by_id = {c["id"]: c for run in runs for c in run["cases"]}
+    order = [c["id"] for c in build_cases()]
+    cases = [by_id[i] for i in order if i in by_id]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"memory_truth_{device}.json").write_text(json.dumps({
+        "command": "; ".join(r["command"] for r in runs) + f"; python bench/memory_truth.py --merge "
+                   + " ".join(str(d) for d in dirs),
+        "machine": runs[0].get("machine", ""), "summary": summarize(cases), "cases": cases}, indent=1))
+
+
 def reestimate(out: Path, device: str) -> int:
     """Recompute the estimate column of a finished run; the measurements stay as they were."""
     from backend.core.models import ensure_bundled
@@ -310,10 +333,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--only", default=None, help="run only cases whose id contains this text")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     ap.add_argument("--max-minutes", type=float, default=None, help="stop starting new cases after this long")
+    ap.add_argument("--from-case", type=int, default=0, help="skip the first N selected cases (resume by hand)")
     ap.add_argument("--reestimate", action="store_true",
                     help="keep the measurements in OUT's JSON and recompute only the estimates (after an estimator fix)")
+    ap.add_argument("--merge", nargs="+", metavar="DIR", default=None,
+                    help="join the results of runs made with other --out folders into OUT (in matrix order)")
     args = ap.parse_args(argv)
-    if args.reestimate:
+    if args.merge:
+        merge(Path(args.out), args.device, [Path(d) for d in args.merge])
+    if args.reestimate or args.merge:
         return reestimate(Path(args.out), args.device)
 
     import torch
@@ -326,6 +354,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     bundled = ensure_bundled()
     dirs = {"bundled": str(bundled), "tiny": str(make_tiny_model(REPO / ".test-cache" / "tiny-llama", bundled))}
     cases = [c for c in build_cases(args.models.split(",")) if not args.only or args.only in c["id"]]
+    cases = cases[args.from_case:]
     command = "python bench/memory_truth.py " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -118,7 +118,7 @@ def _gradients(shape: ModelShape, plan: PrecisionPlan) -> tuple[int, str, list[P
 
 
 def _optimizer(shape: ModelShape, plan: PrecisionPlan, optimizer: str,
-               strategy: str) -> tuple[int, str, int, list[Part]]:
+               strategy: str, device: str = "cuda") -> tuple[int, str, int, list[Part]]:
     """(state bytes, formula, step temporaries, per-dtype parts). torch's AdamW keeps m and v in the
     parameter's dtype, so mixed precision's fp32 master weights give fp32 states (8 B per parameter)
     and pure bf16 gives bf16 states (4 B)."""
@@ -142,6 +142,11 @@ def _optimizer(shape: ModelShape, plan: PrecisionPlan, optimizer: str,
         else:
             total += count * T.optimizer_tensor_bytes(numel, shp, pb, optimizer)
     temps = int(T.OPTIMIZER_STEP_TEMP_FACTOR.get(optimizer, 0.0) * total / 2)
+    if device != "cuda" and optimizer == OPTIMIZER.adamw_torch:
+        # torch's AdamW takes the foreach path only on CUDA; on a CPU it loops tensor by tensor, so its
+        # one temporary (the denominator) is the size of the largest trainable tensor.
+        temps = int(max((math.prod(shp) * (base_b if is_base else shape.adapter_bytes_per_param)
+                         for shp, is_base, _ in shape.trainable_shapes), default=0))
     rule = OPTIMIZERS[optimizer].states
     n = shape.trainable_params
     per = total / n if n else 0.0
@@ -270,7 +275,7 @@ def _compute(cfg: Any, shape: ModelShape, device: str = "cuda", lengths: Optiona
         plan = dataclasses.replace(plan, trainable=plan.compute, fp32_master_weights=False)
     weights, wf, wparts = _weights(shape, plan, cfg.method.double_quant)
     grads, gf, gparts = _gradients(shape, plan)
-    opt, of, temps, oparts = _optimizer(shape, plan, cfg.train.optimizer, strategy)
+    opt, of, temps, oparts = _optimizer(shape, plan, cfg.train.optimizer, strategy, device)
     acts, af, logits, lf = _activations(cfg, shape, plan, device, lengths)
 
     sharded = {"weights": T.shard(weights, "weights", strategy, world),
@@ -309,6 +314,13 @@ def _compute(cfg: Any, shape: ModelShape, device: str = "cuda", lengths: Optiona
     paged = sharded["optimizer"] if OPTIMIZERS[cfg.train.optimizer].paged else 0
     backward = acts + logits + (sharded["gradients"] if cfg.train.gradient_accumulation > 1 else 0)
     step = sharded["gradients"] + temps
+    tied = [n for dims, is_base, n in shape.trainable_shapes if is_base and tuple(dims) == (shape.vocab, shape.hidden)]
+    if tied == [1] and shape.grad_through_all_layers and world == 1:
+        # A trained tied embedding ends backward with three vocabulary-sized fp32-or-parameter-dtype
+        # tensors next to every other gradient: the head's gradient, the embedding lookup's dense
+        # gradient and their sum (measured with MemTracker: bench/memory_truth.py).
+        emb = shape.vocab * shape.hidden * T.dtype_bytes(plan.trainable)
+        step = max(step, int(sharded["gradients"] + 2 * emb))
     allocated = sharded["weights"] + (sharded["optimizer"] - paged) + max(backward, step, generation)
     overhead = T.overhead_bytes(allocated)
     total = allocated + paged + overhead
