@@ -172,6 +172,11 @@ PLAIN_WRITES_ALLOWED = {
     ("backend/runs/queue.py", "aside.write_bytes"): "a copy of a bad queue file set aside under a new name",
     ("backend/export/merge.py", "_MERGED_MARK"): "written into a temp directory that is swapped in with os.replace",
     ("backend/core/models.py", "_CONVERTED_MARK"): "written into a temp directory that is swapped in with os.replace",
+    ("backend/export/llamacpp_lib.py", "patch_c23_references"): "a library copy written to a temp name and "
+                                                              "moved in with os.replace; `.complete` is "
+                                                              "written last, under the lock",
+    ("backend/inference/arena.py", "VOTES_FILE"): "one JSON line appended per vote under the file lock; a "
+                                                  "half-written last line is skipped by the reader",
     ("studio/tabs/dataset.py", "Exclusive"): "an upload copied to a new name (exclusive create); nothing points "
                                              "at it until the copy has returned",
 }

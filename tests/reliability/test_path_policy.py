@@ -44,6 +44,7 @@ def _same_sentence(a: str, path_a, b: str, path_b) -> bool:
 def _dataset_view(ws: Path):
     names = ["status", "errors_md", "table", "path_state", "src_state", "split_md", "row_no", "stats_md", "hist",
              "rendered", "preview_html", "tok_table"]
+    names += ["sample", "upload", "path_box"]  # the pickers a load clears (one current dataset)
     v = SimpleNamespace(**{n: n for n in names}, role_boxes=[f"role-{r}" for r in dataset.MAP_ROLES])
     v.ctx = SimpleNamespace(run_config="rc", workspace=ws)
     v.cache = dataset.DatasetCache()
