@@ -47,6 +47,26 @@ def fake_trainer(monkeypatch, tmp_path) -> Path:
     return script
 
 
+@pytest.fixture()
+def launch_kwargs(monkeypatch) -> dict:
+    """What the launcher hands Gradio's launch(), captured by a stand-in app (no server, no bundled model)."""
+    import studio.app
+    from backend.core import models
+
+    seen: dict = {}
+
+    class FakeDemo:
+        def queue(self, **kw):
+            return self
+
+        def launch(self, **kw):
+            seen.update(kw)
+
+    monkeypatch.setattr(studio.app, "build_app", lambda ws: FakeDemo())
+    monkeypatch.setattr(models, "ensure_bundled", lambda *a, **k: None)
+    return seen
+
+
 def wait_until(predicate: Callable, timeout: float = 60.0, poll: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -83,22 +83,11 @@ def test_a_folder_named_with_allow_path_becomes_readable(places):
         access.policy(places.ws).writable(places.outside / "merged")
 
 
-def test_the_launcher_takes_allow_path_and_sets_the_policy(places, monkeypatch):
-    import studio.app
+def test_the_launcher_takes_allow_path_and_sets_the_policy(places, monkeypatch, launch_kwargs):
     from backend.commands.ui import add_arguments
     from studio import launcher
 
-    seen = {}
-
-    class FakeDemo:
-        def queue(self, **kw):
-            return self
-
-        def launch(self, **kw):
-            seen.update(kw)
-
-    monkeypatch.setattr(studio.app, "build_app", lambda ws: FakeDemo())
-    monkeypatch.setattr(models, "ensure_bundled", lambda *a, **k: None)
+    seen = launch_kwargs
     monkeypatch.setenv("FTSTUDIO_WORKSPACE", str(places.ws))
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -92,21 +92,10 @@ def test_default_bind_is_loopback_and_auth_is_off_until_asked():
     assert parse_auth(parser.parse_args(["--auth", "alice:s3cret"]).auth) == ("alice", "s3cret")
 
 
-def test_launcher_passes_the_workspace_as_the_only_allowed_path(tmp_path, monkeypatch):
-    import studio.app
+def test_launcher_passes_the_workspace_as_the_only_allowed_path(tmp_path, monkeypatch, launch_kwargs):
     from studio import launcher
 
-    seen = {}
-
-    class FakeDemo:
-        def queue(self, **kw):
-            return self
-
-        def launch(self, **kw):
-            seen.update(kw)
-
-    monkeypatch.setattr(studio.app, "build_app", lambda ws: FakeDemo())
-    monkeypatch.setattr(models, "ensure_bundled", lambda *a, **k: None)
+    seen = launch_kwargs
     monkeypatch.delenv("FTSTUDIO_WORKSPACE", raising=False)
     args = argparse.Namespace(host="127.0.0.1", port=0, workspace=str(tmp_path / "ws"), auth=None)
     launcher.launch_from_args(args)
