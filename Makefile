@@ -28,7 +28,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VPY) tests/ensure_browser.py || true
-	$(VPY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+	$(VPY) -m pytest -q -p no:cacheprovider -n 2 tests $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(VPY) bench/run_cpu.py

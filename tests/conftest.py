@@ -21,6 +21,20 @@ def _has_cuda() -> bool:
         return False
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs two pytest-xdist workers. A file's tests stay in one worker, so its module fixtures (a
+    trained run, a merged model) are built once; the browser tests share one studio and one Chromium, so the
+    whole of tests/e2e is one unit. (xdist's own `loadgroup` mode did not group anything in xdist 3.8.)"""
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesAndBrowserSuite(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "tests/e2e" if nodeid.startswith("tests/e2e/") else super()._split_scope(nodeid)
+
+    return FilesAndBrowserSuite(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     if not _has_cuda():
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
