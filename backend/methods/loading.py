@@ -192,6 +192,11 @@ def optimizer_class(name: str) -> tuple[type, dict[str, Any]]:
 
 
 def create_optimizer(model: nn.Module, cfg: Any) -> Optional[torch.optim.Optimizer]:
-    """The method's own optimizer (LoRA+), or None to let the Trainer build cfg.train.optimizer."""
+    """The method's own optimizer (LoRA+), the studio's (Lion, Muon, or per-group learning rates), or None to
+    let the Trainer build cfg.train.optimizer."""
+    from backend.methods.optimizers import build_optimizer, needs_own_optimizer
+
     spec = get_method(cfg.method.name)
-    return spec.optimizer(model, cfg) if spec.optimizer else None
+    if spec.optimizer:
+        return spec.optimizer(model, cfg)
+    return build_optimizer(model, cfg) if needs_own_optimizer(cfg) else None

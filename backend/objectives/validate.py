@@ -41,6 +41,9 @@ def validate_objective(cfg: Any) -> dict[str, str]:
     losses = validate_losses(cfg)
     if losses:
         return losses
+    if cfg.train.neftune_noise_alpha and catalog.OBJECTIVES[cfg.objective].online:
+        return {"train.neftune_noise_alpha": (f"NEFTune noise is for learning from given answers; {cfg.objective.upper()} "
+                                              "samples its own answers, so clear the NEFTune setting.")}
     if not is_alignment(cfg.objective):
         return {}
     method = catalog.METHODS[cfg.method.name]
