@@ -218,17 +218,18 @@ class PreferenceLossInfo:
 # TRL 1.16 has no unpaired BCO trainer, so BCO is offered on pairs only (thumbs-up/down data: KTO).
 PREFERENCE_LOSSES: dict[str, PreferenceLossInfo] = {x.name: x for x in (
     PreferenceLossInfo("sigmoid", "DPO (sigmoid)",
-                       ("The DPO paper's loss; with label smoothing above 0 it is conservative DPO (cDPO), which "
-                        "assumes that share of the pairs is mislabeled."), label_smoothing=True),
+                       ("The DPO paper's loss: the usual choice. (TRL 1.16's sigmoid loss ignores label smoothing, so "
+                        "conservative DPO for noisy labels is the robust loss here.)")),
     PreferenceLossInfo("ipo", "IPO",
                        ("Identity preference optimization: a squared loss toward a fixed margin (1/2 beta), which "
                         "does not over-fit when the pairs are always won; beta is its regularization strength.")),
     PreferenceLossInfo("hinge", "Hinge (SLiC)",
                        ("A hinge on the reward margin (SLiC): stops pushing a pair once it is won by 1/beta, which "
                         "keeps the policy closer to the reference on easy pairs.")),
-    PreferenceLossInfo("robust", "Robust DPO",
+    PreferenceLossInfo("robust", "Robust DPO (label smoothing, cDPO-style)",
                        ("DPO made unbiased under label noise: give label smoothing the share of pairs you think are "
-                        "flipped (e.g. 0.1, below 0.5)."), label_smoothing=True),
+                        "flipped (e.g. 0.1, below 0.5); the loss then discounts that share of each pair's verdict."),
+                       label_smoothing=True),
     PreferenceLossInfo("bco_pair", "BCO (pairs)",
                        ("Binary classifier optimization on pairs: chosen and rejected are classified good and bad "
                         "around a running reward mean; steadier than sigmoid when answers are both good or both "

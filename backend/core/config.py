@@ -145,7 +145,7 @@ class AlignmentConfig(Strict):
     loss_type: Literal[PREFERENCE_LOSSES] = Field("sigmoid", description=(
         "DPO: the preference loss (sigmoid is DPO's own; ipo, hinge, robust, bco_pair)."))
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description=(
-        "DPO sigmoid (cDPO) and robust losses: the assumed share of pairs whose labels are flipped."))
+        "DPO's robust loss: the assumed share of pairs whose labels are flipped (below 0.5)."))
     cpo_alpha: float = Field(1.0, ge=0.0, le=100, description="CPO: weight of the SFT term on the chosen answer.")
     simpo_gamma: float = Field(0.5, ge=0.0, le=100, description=(
         "SimPO: the target margin between chosen and rejected (length-normalized) rewards."))

@@ -27,8 +27,8 @@ def validate_losses(cfg: Any) -> dict[str, str]:
         out["alignment.loss_type"] = (f"The {loss.title} loss is a DPO loss (prompt/chosen/rejected pairs); choose "
                                       f"the dpo objective, or set the loss back to sigmoid for {cfg.objective}.")
     elif a.label_smoothing and cfg.objective != catalog.OBJECTIVE.dpo:
-        out["alignment.label_smoothing"] = (f"Label smoothing is read by DPO's sigmoid (cDPO) and robust losses only; "
-                                            f"set it to 0 for {cfg.objective} or choose the dpo objective.")
+        out["alignment.label_smoothing"] = (f"Label smoothing is read by DPO's robust loss only; set it to 0 for "
+                                            f"{cfg.objective} or choose the dpo objective with the robust loss.")
     elif a.label_smoothing and not loss.label_smoothing:
         takes = ", ".join(n for n, x in catalog.PREFERENCE_LOSSES.items() if x.label_smoothing)
         out["alignment.label_smoothing"] = (f"The {loss.title} loss has no label smoothing (only {takes} do); set it "
