@@ -275,15 +275,21 @@ class OptimizerInfo:
 
 
 OPTIMIZERS: dict[str, OptimizerInfo] = {o.name: o for o in (
-    OptimizerInfo("adamw_torch", "adamw_torch", states="AdamW m + v in the parameter dtype"),
+    OptimizerInfo("adamw_torch", "adamw_torch", states="AdamW m + v in the parameter dtype",
+                  help="AdamW: the usual choice; two states per trainable parameter."),
     OptimizerInfo("adamw_8bit", "adamw_bnb_8bit", bitsandbytes=True, eight_bit=True,
+                  help="AdamW with 8-bit states (bitsandbytes, CUDA): about a quarter of AdamW's optimizer memory.",
                   states="8-bit AdamW: 2 B + fp32 scale per 256 (tensors < 4096 elements: 8 B)"),
     OptimizerInfo("paged_adamw_8bit", "paged_adamw_8bit", bitsandbytes=True, eight_bit=True, paged=True,
+                  help="8-bit AdamW whose states can page out to host memory at memory peaks (CUDA).",
                   states="paged 8-bit AdamW (managed memory): 2 B + fp32 scale per 256"),
     OptimizerInfo("paged_adamw_32bit", "paged_adamw_32bit", bitsandbytes=True, paged=True,
+                  help="AdamW whose 32-bit states can page out to host memory at memory peaks (CUDA).",
                   states="paged AdamW (managed memory): 8 B fp32"),
-    OptimizerInfo("sgd", "sgd", states="SGD without momentum keeps no state"),
-    OptimizerInfo("adafactor", "adafactor", states="Adafactor: factored row + column second moments"),
+    OptimizerInfo("sgd", "sgd", states="SGD without momentum keeps no state",
+                  help="Plain SGD: no optimizer memory at all, but needs a much higher learning rate and more steps."),
+    OptimizerInfo("adafactor", "adafactor", states="Adafactor: factored row + column second moments",
+                  help="Adafactor: factored second moments, a small fraction of AdamW's optimizer memory."),
     OptimizerInfo("lion", "adamw_torch", own=True,
                   help=("Lion: updates by the sign of a momentum, one state instead of AdamW's two (half the optimizer "
                         "memory); use a 3-10x lower learning rate and a larger weight decay than AdamW."),

@@ -163,6 +163,27 @@ def _output_ids(model: nn.Module) -> set[int]:
 
 # ---- building ------------------------------------------------------------------------------------
 
+def optimizer_class(name: str) -> tuple[type, dict[str, Any]]:
+    """The torch optimizer class behind a RunConfig optimizer name, plus kwargs it needs."""
+    if name not in OPTIMIZERS:
+        raise UserError(f"The optimizer '{name}' is not known; choose one of {', '.join(OPTIMIZERS)}.")
+    if name == OPTIMIZER.adamw_torch:
+        return torch.optim.AdamW, {}
+    if name == OPTIMIZER.sgd:
+        return torch.optim.SGD, {}
+    if name == OPTIMIZER.adafactor:
+        from transformers.optimization import Adafactor
+
+        # A fixed learning rate, so the scheduler and LoRA+'s ratios apply as configured.
+        return Adafactor, {"scale_parameter": False, "relative_step": False, "warmup_init": False}
+    import bitsandbytes as bnb
+
+    classes = {OPTIMIZER.adamw_8bit: bnb.optim.AdamW8bit, OPTIMIZER.paged_adamw_8bit: bnb.optim.PagedAdamW8bit,
+               OPTIMIZER.paged_adamw_32bit: bnb.optim.PagedAdamW32bit}
+    return classes[name], {}
+
+
+
 def package_problem(name: str) -> Optional[str]:
     """A sentence when the optimizer needs a package this Python lacks (or a torch without Muon)."""
     info = OPTIMIZERS[name]
@@ -184,8 +205,6 @@ def needs_own_optimizer(cfg: Any) -> bool:
 
 def build_optimizer(model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
     """The run's optimizer over `param_groups` (Lion, Muon + AdamW, or a torch/bitsandbytes optimizer)."""
-    from backend.methods.loading import optimizer_class
-
     name = cfg.train.optimizer
     problem = package_problem(name)
     if problem:

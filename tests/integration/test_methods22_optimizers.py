@@ -113,3 +113,25 @@ def test_embedding_learning_rate_reaches_the_trained_embedding_copy(tiny_model_d
     problems = validate_for_model(run_cfg(tiny_model_dir, "loraplus", embedding_learning_rate=1e-4),
                                   load_model_config(str(tiny_model_dir)))
     assert "train.embedding_learning_rate" in problems
+
+
+@pytest.mark.parametrize("optimizer,method,train", [("muon", "full", {"layer_lr_decay": 0.8}),
+                                                    ("lion", "lora", {})])
+def test_the_trainer_runs_the_studios_optimizer_and_keeps_its_rates(tiny_model_dir, tmp_path, optimizer, method,
+                                                                    train):
+    from backend.runs import rundir
+    from backend.training.run import run
+    from tests.samples import small_copy
+
+    cfg = RunConfig.model_validate({
+        "model": str(tiny_model_dir), "early_stopping": {"patience": None},
+        "method": {"name": method, "r": 4, "dropout": 0.0},
+        "data": {"path": str(small_copy(tmp_path, "instructions.jsonl")), "validation_split": 0.0, "max_length": 64},
+        "train": {"max_steps": 2, "batch_size": 2, "gradient_accumulation": 1, "precision": "fp32",
+                  "gradient_checkpointing": False, "learning_rate": 1e-3, "warmup_ratio": 0.0,
+                  "scheduler": "constant", "optimizer": optimizer, "save_steps": 1, **train}})
+    run_dir = rundir.create_run(tmp_path / "ws", cfg)
+    assert run(run_dir) == 0, rundir.read_status(run_dir).get("error")
+    events = rundir.read_events(run_dir)[0]
+    assert [e["step"] for e in events if e["type"] == "train"] == [1, 2]
+    assert (rundir.checkpoints_dir(run_dir) / "checkpoint-2" / "optimizer.pt").is_file()
