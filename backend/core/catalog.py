@@ -14,6 +14,8 @@ from types import SimpleNamespace
 from typing import Optional
 
 LORA_PARAMS = ("r", "alpha", "dropout", "target_modules")
+# Plain LoRA and the variants whose adapter can start from the weights' own decomposition (PiSSA, OLoRA).
+LORA_INIT_PARAMS = LORA_PARAMS + ("lora_init",)
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     _m("lora", "LoRA", "reparameterization",
        ("Trains small low-rank matrices beside the chosen layers while the base stays frozen: the usual "
         "first choice, a few MB of adapter and a fraction of full fine-tuning's memory."),
-       params=LORA_PARAMS, uses_peft=True, quantized=False, lora_family=True, reward_model=True, qlora_switch=True),
+       params=LORA_INIT_PARAMS, uses_peft=True, quantized=False, lora_family=True, reward_model=True, qlora_switch=True),
     _m("qlora", "QLoRA (4-bit base)", "hybrid",
        ("LoRA on a base loaded in 4-bit NF4: choose it when the model does not fit in 16-bit (a 7B model "
         "on a 24 GB card); about 4x less weight memory, somewhat slower steps. Needs bitsandbytes."),
@@ -59,11 +61,11 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     _m("dora", "DoRA", "reparameterization",
        ("LoRA that learns each weight's magnitude and direction separately: often more stable and closer "
         "to full fine-tuning at low ranks, at roughly 1.2-2x LoRA's step time and a little more memory."),
-       params=LORA_PARAMS, uses_peft=True, quantized=False, lora_family=True, reward_model=True, qlora_switch=True),
+       params=LORA_INIT_PARAMS, uses_peft=True, quantized=False, lora_family=True, reward_model=True, qlora_switch=True),
     _m("rslora", "rsLoRA (rank-stabilized)", "reparameterization",
        ("LoRA scaled by alpha/sqrt(r) instead of alpha/r, so high ranks (64+) keep learning; same cost as"
         " LoRA. Choose it when you want a large rank."),
-       params=LORA_PARAMS, uses_peft=True, quantized=False, lora_family=True, reward_model=True, qlora_switch=True),
+       params=LORA_INIT_PARAMS, uses_peft=True, quantized=False, lora_family=True, reward_model=True, qlora_switch=True),
     _m("loraplus", "LoRA+", "reparameterization",
        ("LoRA whose B matrices learn faster than A (the ratio below): often converges faster at the same "
         "cost as LoRA; lower the base learning rate a little."),
@@ -170,6 +172,16 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {o.name: o for o in (
          "usable straight from a base model; beta weighs the preference term."),
         "preference", alignment=True),
     ObjectiveInfo(
+        "cpo", "CPO (contrastive preference optimization)",
+        ("Preference pairs with no reference model: a DPO-style loss on the policy alone plus an SFT term on the "
+         "chosen answer (weighted by CPO alpha); one model in memory, like ORPO."),
+        "preference", alignment=True),
+    ObjectiveInfo(
+        "simpo", "SimPO (simple preference optimization)",
+        ("Preference pairs with no reference model: the length-normalized log-probability of chosen over "
+         "rejected must beat a target margin (SimPO gamma); cheap (one model) and robust to long answers."),
+        "preference", alignment=True),
+    ObjectiveInfo(
         "kto", "KTO (Kahneman-Tversky optimization)",
         ("Learns from single answers marked good or bad (no pairs needed): choose it when you have thumbs-up/"
          "down data; like DPO it needs a reference pass, and both labels should be present in each batch."),
@@ -195,6 +207,61 @@ OBJECTIVE = SimpleNamespace(**{n: n for n in OBJECTIVES})
 
 
 @dataclass(frozen=True)
+class PreferenceLossInfo:
+    name: str                    # TRL's DPOConfig.loss_type value
+    title: str
+    help: str
+    label_smoothing: bool = False  # reads alignment.label_smoothing (the assumed share of flipped labels)
+
+
+# DPO's losses (TRL DPOConfig.loss_type); each trains on prompt/chosen/rejected pairs, like DPO itself.
+# TRL 1.16 has no unpaired BCO trainer, so BCO is offered on pairs only (thumbs-up/down data: KTO).
+PREFERENCE_LOSSES: dict[str, PreferenceLossInfo] = {x.name: x for x in (
+    PreferenceLossInfo("sigmoid", "DPO (sigmoid)",
+                       ("The DPO paper's loss: the usual choice. (TRL 1.16's sigmoid loss ignores label smoothing, so "
+                        "conservative DPO for noisy labels is the robust loss here.)")),
+    PreferenceLossInfo("ipo", "IPO",
+                       ("Identity preference optimization: a squared loss toward a fixed margin (1/2 beta), which "
+                        "does not over-fit when the pairs are always won; beta is its regularization strength.")),
+    PreferenceLossInfo("hinge", "Hinge (SLiC)",
+                       ("A hinge on the reward margin (SLiC): stops pushing a pair once it is won by 1/beta, which "
+                        "keeps the policy closer to the reference on easy pairs.")),
+    PreferenceLossInfo("robust", "Robust DPO (label smoothing, cDPO-style)",
+                       ("DPO made unbiased under label noise: give label smoothing the share of pairs you think are "
+                        "flipped (e.g. 0.1, below 0.5); the loss then discounts that share of each pair's verdict."),
+                       label_smoothing=True),
+    PreferenceLossInfo("bco_pair", "BCO (pairs)",
+                       ("Binary classifier optimization on pairs: chosen and rejected are classified good and bad "
+                        "around a running reward mean; steadier than sigmoid when answers are both good or both "
+                        "bad. Unpaired thumbs-up/down data trains with KTO instead.")),
+)}
+PREFERENCE_LOSS = SimpleNamespace(**{n: n for n in PREFERENCE_LOSSES})
+
+
+@dataclass(frozen=True)
+class LoraInitInfo:
+    name: str
+    title: str
+    help: str
+    peft_value: object           # LoraConfig.init_lora_weights
+    changes_base: bool = False   # the method moves part of the base weights into the adapter at the start
+
+
+# How a LoRA-family adapter starts (PEFT's init_lora_weights).
+LORA_INITS: dict[str, LoraInitInfo] = {x.name: x for x in (
+    LoraInitInfo("default", "Default (B = 0)", "A random, B zero: the adapter starts as a no-op.", True),
+    LoraInitInfo("pissa", "PiSSA (principal singular vectors)",
+                 ("A and B start from the weight's top singular vectors, and the base keeps the rest: often faster "
+                  "convergence than LoRA. The saved adapter is converted so it applies to the original base."),
+                 "pissa", changes_base=True),
+    LoraInitInfo("olora", "OLoRA (orthonormal)",
+                 ("A and B start from a QR decomposition of the weight, the base keeps the rest: steadier early "
+                  "training. The saved adapter is converted so it applies to the original base."),
+                 "olora", changes_base=True),
+)}
+
+
+@dataclass(frozen=True)
 class OptimizerInfo:
     name: str
     trainer_name: str            # transformers' TrainingArguments.optim value
@@ -202,18 +269,48 @@ class OptimizerInfo:
     eight_bit: bool = False      # 8-bit states (2 B per state value plus block scales)
     paged: bool = False          # states in managed memory that can page out to the host
     states: str = ""             # what the optimizer keeps per trainable parameter (the estimator's breakdown)
+    own: bool = False            # built by backend.methods.optimizers, not by the Trainer's `optim` name
+    package: Optional[str] = None  # the importable package it needs (a sentence names it when missing)
+    help: str = ""               # when to choose it (the Method tab shows it under the optimizer)
 
 
 OPTIMIZERS: dict[str, OptimizerInfo] = {o.name: o for o in (
-    OptimizerInfo("adamw_torch", "adamw_torch", states="AdamW m + v in the parameter dtype"),
+    OptimizerInfo("adamw_torch", "adamw_torch", states="AdamW m + v in the parameter dtype",
+                  help="AdamW: the usual choice; two states per trainable parameter."),
     OptimizerInfo("adamw_8bit", "adamw_bnb_8bit", bitsandbytes=True, eight_bit=True,
+                  help="AdamW with 8-bit states (bitsandbytes, CUDA): about a quarter of AdamW's optimizer memory.",
                   states="8-bit AdamW: 2 B + fp32 scale per 256 (tensors < 4096 elements: 8 B)"),
     OptimizerInfo("paged_adamw_8bit", "paged_adamw_8bit", bitsandbytes=True, eight_bit=True, paged=True,
+                  help="8-bit AdamW whose states can page out to host memory at memory peaks (CUDA).",
                   states="paged 8-bit AdamW (managed memory): 2 B + fp32 scale per 256"),
     OptimizerInfo("paged_adamw_32bit", "paged_adamw_32bit", bitsandbytes=True, paged=True,
+                  help="AdamW whose 32-bit states can page out to host memory at memory peaks (CUDA).",
                   states="paged AdamW (managed memory): 8 B fp32"),
-    OptimizerInfo("sgd", "sgd", states="SGD without momentum keeps no state"),
-    OptimizerInfo("adafactor", "adafactor", states="Adafactor: factored row + column second moments"),
+    OptimizerInfo("sgd", "sgd", states="SGD without momentum keeps no state",
+                  help="Plain SGD: no optimizer memory at all, but needs a much higher learning rate and more steps."),
+    OptimizerInfo("adafactor", "adafactor", states="Adafactor: factored row + column second moments",
+                  help="Adafactor: factored second moments, a small fraction of AdamW's optimizer memory."),
+    OptimizerInfo("lion", "adamw_torch", own=True,
+                  help=("Lion: updates by the sign of a momentum, one state instead of AdamW's two (half the optimizer "
+                        "memory); use a 3-10x lower learning rate and a larger weight decay than AdamW."),
+                  states="Lion: one momentum (m) in the parameter dtype"),
+    OptimizerInfo("muon", "adamw_torch", own=True,
+                  help=("Muon: orthogonalized momentum for the hidden weight matrices (AdamW for the rest), often faster "
+                        "per step for full fine-tuning; needs a torch with torch.optim.Muon."),
+                  states=("Muon: one momentum buffer per hidden matrix; embeddings, head, norms and biases use "
+                          "AdamW (m + v)")),
+    OptimizerInfo("schedule_free_adamw", "schedule_free_adamw", package="schedulefree",
+                  help=("Schedule-free AdamW: no learning-rate schedule to tune (use a constant one), states like AdamW's "
+                        "less one; needs the schedulefree package."),
+                  states="schedule-free AdamW: z + v (no m) in the parameter dtype"),
+    OptimizerInfo("galore_adamw", "galore_adamw", package="galore_torch",
+                  help=("GaLore: AdamW states on a low-rank projection of each matrix's gradient, so full fine-tuning "
+                        "needs far less optimizer memory; needs the galore-torch package."),
+                  states="GaLore: AdamW m + v on the rank-r projected gradient of each matrix, plus the projection"),
+    OptimizerInfo("apollo_adamw", "apollo_adamw", package="apollo_torch",
+                  help=("APOLLO: AdamW-like updates scaled from a low-rank random projection of the gradient: close to "
+                        "SGD's memory at AdamW's quality; needs the apollo-torch package."),
+                  states="APOLLO: AdamW m + v on a rank-r random projection of each matrix's gradient"),
 )}
 OPTIMIZER = SimpleNamespace(**{n: n for n in OPTIMIZERS})
 

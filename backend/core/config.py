@@ -21,6 +21,8 @@ from backend.core.precision import PRECISIONS
 METHOD_NAMES = tuple(catalog.METHODS)
 OBJECTIVES = tuple(catalog.OBJECTIVES)
 OPTIMIZERS = tuple(catalog.OPTIMIZERS)
+PREFERENCE_LOSSES = tuple(catalog.PREFERENCE_LOSSES)
+LORA_INITS = tuple(catalog.LORA_INITS)
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "fsdp")
 
@@ -63,6 +65,9 @@ class MethodConfig(Strict):
         "relu", description="Bottleneck adapters: non-linearity between the down and up projections.")
     s2_attn_group_ratio: float = Field(0.25, gt=0, le=1, description=(
         "LongLoRA: attention group size as a share of the sequence length while training (1.0 turns S²-Attn off)."))
+    lora_init: Literal[LORA_INITS] = Field("default", description=(
+        "LoRA/DoRA/rsLoRA: how the adapter starts; PiSSA and OLoRA start from the weights' own decomposition "
+        "(the saved adapter is converted to apply to the original base)."))
 
     @field_validator("target_modules")
     @classmethod
@@ -108,6 +113,15 @@ class TrainConfig(Strict):
     logging_steps: int = Field(1, ge=1, le=MAX_STEPS, description="Log every N steps.")
     max_grad_norm: float = Field(1.0, ge=0, le=1e6, description="Gradient clipping norm.")
     seed: int = Field(42, ge=0, le=MAX_SEED, description="Random seed (0 to 2**32 - 1, what numpy accepts).")
+    neftune_noise_alpha: Optional[float] = Field(None, gt=0, le=100, description=(
+        "NEFTune: uniform noise of this scale (divided by sqrt(length x hidden)) added to the input embeddings while "
+        "training, never in evaluation or chat; 5 is the paper's usual value, blank turns it off."))
+    embedding_learning_rate: Optional[float] = Field(None, gt=0, le=1.0, description=(
+        "A learning rate of its own for the input embeddings and the output head where they train (continued "
+        "pre-training, LongLoRA, full fine-tuning), usually 2-10x below the main one; blank: the main rate."))
+    layer_lr_decay: float = Field(1.0, gt=0, le=1.0, description=(
+        "Layer-wise learning-rate decay for methods that train base weights: the top block trains at the main "
+        "rate and each block below at this factor times the one above (e.g. 0.9); 1 turns it off."))
 
 
 class EarlyStoppingConfig(Strict):
@@ -128,6 +142,13 @@ class AlignmentConfig(Strict):
         "ORPO: weight of the odds-ratio preference term."))
     desirable_weight: float = Field(1.0, gt=0, description="KTO: loss weight of desirable (label true) examples.")
     undesirable_weight: float = Field(1.0, gt=0, description="KTO: loss weight of undesirable (label false) examples.")
+    loss_type: Literal[PREFERENCE_LOSSES] = Field("sigmoid", description=(
+        "DPO: the preference loss (sigmoid is DPO's own; ipo, hinge, robust, bco_pair)."))
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description=(
+        "DPO's robust loss: the assumed share of pairs whose labels are flipped (below 0.5)."))
+    cpo_alpha: float = Field(1.0, ge=0.0, le=100, description="CPO: weight of the SFT term on the chosen answer.")
+    simpo_gamma: float = Field(0.5, ge=0.0, le=100, description=(
+        "SimPO: the target margin between chosen and rejected (length-normalized) rewards."))
     # GRPO / RLOO: answers are sampled and scored while training.
     num_generations: int = Field(4, ge=2, le=256, description=(
         "GRPO/RLOO: answers sampled per prompt; each is judged against the others of its group."))

@@ -135,6 +135,10 @@ def _optimizer(shape: ModelShape, plan: PrecisionPlan, optimizer: str,
             # fp32 m and v; an untied head of the same shape is a Linear and goes 8-bit.
             total += 8 * numel + (count - 1) * T.optimizer_tensor_bytes(numel, shp, pb, optimizer)
             continue
+        if optimizer == OPTIMIZER.muon and shape.vocab in tuple(shp):
+            # The studio's Muon leaves the embeddings and the head to AdamW (m + v).
+            total += count * T.optimizer_tensor_bytes(numel, shp, pb, OPTIMIZER.adamw_torch)
+            continue
         if zero_master and pb < 4:
             # DeepSpeed keeps fp32 master weights and fp32 Adam states for 16-bit parameters.
             total += count * T.optimizer_tensor_bytes(numel, shp, 4, optimizer)

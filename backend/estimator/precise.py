@@ -86,6 +86,12 @@ def _optimizer(cfg: Any, params: list[nn.Parameter]) -> Optional[torch.optim.Opt
         return Adafactor(params, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
     if OPTIMIZERS[name].bitsandbytes:
         return _BnbStateStandIn(params, bits=8 if OPTIMIZERS[name].eight_bit else 32)
+    if name == OPTIMIZER.lion:
+        from backend.methods.optimizers import Lion
+        return Lion(params, lr=lr, weight_decay=wd)
+    if name in (OPTIMIZER.schedule_free_adamw, OPTIMIZER.muon, OPTIMIZER.galore_adamw, OPTIMIZER.apollo_adamw):
+        # Traced with AdamW's two full states: an upper bound for these (the closed form counts their own).
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, foreach=True)
     raise ValueError(f"unknown optimizer {name!r}")
 
 

@@ -43,6 +43,9 @@ NF4_NESTED_BLOCK = 256    # double quantization: one fp32 scale per 256 absmax v
 NF4_CODE_TABLE = 256 * 4  # the fp32 code book kept per double-quantized tensor
 BNB_8BIT_BLOCK = 256      # bitsandbytes 8-bit optimizer state blocksize
 BNB_MIN_8BIT_SIZE = 4096  # tensors with fewer elements keep 32-bit optimizer states
+GALORE_RANK = 128         # transformers' default GaLore/APOLLO projection rank (optim_args rank=...)
+# States per element, as multiples of the parameter's bytes, of the optimizers that keep full-size states.
+FULL_STATES = {OPTIMIZER.adamw_torch: 2, OPTIMIZER.lion: 1, OPTIMIZER.schedule_free_adamw: 2}
 
 
 def dtype_bytes(dtype: str) -> float:
@@ -89,9 +92,14 @@ def optimizer_state_breakdown(trainable: int, optimizer: str = OPTIMIZER.adamw_t
     """
     out: dict[str, int] = {}
     info = OPTIMIZERS.get(optimizer)
-    if optimizer in (OPTIMIZER.adamw_torch, "adam", "adamw"):
+    if optimizer in (OPTIMIZER.adamw_torch, "adam", "adamw", OPTIMIZER.schedule_free_adamw):
         b = dtype_bytes(state_dtype)
         out = {"m": int(trainable * b), "v": int(trainable * b)}
+    elif optimizer in (OPTIMIZER.lion, OPTIMIZER.muon):
+        out = {"m": int(trainable * dtype_bytes(state_dtype))}  # one momentum (Muon: for its matrices)
+    elif optimizer in (OPTIMIZER.galore_adamw, OPTIMIZER.apollo_adamw):
+        side = math.isqrt(max(trainable, 1))  # a square matrix: see projected_bytes
+        out = {"projected m + v": projected_bytes((side, side), dtype_bytes(state_dtype))}
     elif info and info.eight_bit:
         per_state = trainable + 4 * math.ceil(trainable / BNB_8BIT_BLOCK)
         out = {"m": per_state, "v": per_state}
@@ -118,8 +126,14 @@ def optimizer_bytes(trainable: int, optimizer: str = OPTIMIZER.adamw_torch, stat
 def optimizer_tensor_bytes(numel: int, shape: tuple[int, ...], param_bytes: float, optimizer: str) -> int:
     """Optimizer state bytes for one trainable tensor (exact per library rules)."""
     info = OPTIMIZERS.get(optimizer)
-    if optimizer == OPTIMIZER.adamw_torch:
-        return int(2 * numel * param_bytes)
+    if optimizer in FULL_STATES:
+        return int(FULL_STATES[optimizer] * numel * param_bytes)
+    if optimizer == OPTIMIZER.muon:
+        # torch's Muon keeps one momentum buffer per matrix; the studio gives the rest (1-D tensors, and the
+        # embeddings and head, which the estimator's caller routes to AdamW) to AdamW's m + v.
+        return int((1 if len(shape) == 2 else 2) * numel * param_bytes)
+    if optimizer in (OPTIMIZER.galore_adamw, OPTIMIZER.apollo_adamw):
+        return projected_bytes(shape, param_bytes) if len(shape) == 2 else int(2 * numel * param_bytes)
     if info and info.eight_bit:
         if numel < BNB_MIN_8BIT_SIZE:
             return 8 * numel  # bitsandbytes keeps small tensors' states in fp32
@@ -131,6 +145,14 @@ def optimizer_tensor_bytes(numel: int, shape: tuple[int, ...], param_bytes: floa
     if optimizer == OPTIMIZER.adafactor:
         return adafactor_bytes(shape, param_bytes)
     raise ValueError(f"unknown optimizer {optimizer!r}")
+
+
+def projected_bytes(shape: tuple[int, ...], param_bytes: float, rank: int = GALORE_RANK) -> int:
+    """GaLore/APOLLO on an m x n matrix: AdamW's m and v on the rank-r projected gradient (r x max(m, n))
+    plus the projection matrix (min(m, n) x r); the rank is capped at the smaller side."""
+    rows, cols = shape
+    r = min(rank, rows, cols)
+    return int((2 * r * max(rows, cols) + r * min(rows, cols)) * param_bytes)
 
 
 def adafactor_bytes(shape: tuple[int, ...], param_bytes: float) -> int:

@@ -13,11 +13,11 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from backend.core.catalog import OPTIMIZER, OPTIMIZERS
 from backend.core.config import MethodConfig, RunConfig
 from backend.core.errors import UserError
 from backend.core.models import ModelError, load_causal_lm
 from backend.core.precision import plan_for, torch_dtype
+from backend.methods.optimizers import build_optimizer, needs_own_optimizer, optimizer_class  # noqa: F401
 from backend.methods.registry import get_method
 from backend.methods.skeleton import _as_config, build_meta_model, count_parameters
 from backend.methods.validation import bitsandbytes_problem
@@ -171,27 +171,10 @@ def _keep_4bit_trainable_on_cpu(model: nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def optimizer_class(name: str) -> tuple[type, dict[str, Any]]:
-    """The torch optimizer class behind a RunConfig optimizer name, plus kwargs it needs."""
-    if name not in OPTIMIZERS:
-        raise UserError(f"The optimizer '{name}' is not known; choose one of {', '.join(OPTIMIZERS)}.")
-    if name == OPTIMIZER.adamw_torch:
-        return torch.optim.AdamW, {}
-    if name == OPTIMIZER.sgd:
-        return torch.optim.SGD, {}
-    if name == OPTIMIZER.adafactor:
-        from transformers.optimization import Adafactor
-
-        # A fixed learning rate, so the scheduler and LoRA+'s ratios apply as configured.
-        return Adafactor, {"scale_parameter": False, "relative_step": False, "warmup_init": False}
-    import bitsandbytes as bnb
-
-    classes = {OPTIMIZER.adamw_8bit: bnb.optim.AdamW8bit, OPTIMIZER.paged_adamw_8bit: bnb.optim.PagedAdamW8bit,
-               OPTIMIZER.paged_adamw_32bit: bnb.optim.PagedAdamW32bit}
-    return classes[name], {}
-
-
 def create_optimizer(model: nn.Module, cfg: Any) -> Optional[torch.optim.Optimizer]:
-    """The method's own optimizer (LoRA+), or None to let the Trainer build cfg.train.optimizer."""
+    """The method's own optimizer (LoRA+), the studio's (Lion, Muon, or per-group learning rates), or None to
+    let the Trainer build cfg.train.optimizer."""
     spec = get_method(cfg.method.name)
-    return spec.optimizer(model, cfg) if spec.optimizer else None
+    if spec.optimizer:
+        return spec.optimizer(model, cfg)
+    return build_optimizer(model, cfg) if needs_own_optimizer(cfg) else None

@@ -11,6 +11,7 @@ from typing import Any, Optional
 from backend.core.catalog import OPTIMIZER, OPTIMIZERS
 from backend.core.models import ModelError, check_causal_lm
 from backend.core.precision import plan_for, this_machine
+from backend.methods.optimizers import validate_optimizer
 from backend.methods.registry import get_method
 from backend.methods.skeleton import linear_layer_names
 
@@ -89,6 +90,8 @@ def validate_for_model(cfg: Any, model_config: Any) -> dict[str, str]:
         except ImportError:
             errors["train.optimizer"] = (f"The {cfg.train.optimizer} optimizer needs the bitsandbytes package; "
                                          f"install it or choose {OPTIMIZER.adamw_torch}.")
+    for field, sentence in validate_optimizer(cfg).items():  # Lion, Muon, packages, per-group learning rates
+        errors.setdefault(field, sentence)
     if spec.validate:
         errors.update(spec.validate(cfg, model_config))
     return errors

@@ -4,7 +4,7 @@ What each objective is (title, help, data format, families) is in backend.core.c
 says how it trains. An objective combines with any parameter method (DPO + QLoRA, KTO + full, ...):
 the model arrives from methods.load_trainable_model already frozen/wrapped; a PEFT model's reference
 is the same model with its adapter switched off, otherwise TRL loads a frozen copy of the base as
-reference. ORPO lives in trl.experimental in TRL 1.x; only this file knows where each trainer is
+reference. ORPO and CPO (which also trains SimPO) live in trl.experimental in TRL 1.x; only this file knows where each trainer is
 imported from, so an upstream move touches one line. GRPO/RLOO's prompts and rewards are in online_rl.py.
 """
 from __future__ import annotations
@@ -48,6 +48,11 @@ def _orpo_classes():
     return ORPOConfig, ORPOTrainer
 
 
+def _cpo_classes():
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+    return CPOConfig, CPOTrainer
+
+
 def _kto_classes():
     from trl import KTOConfig, KTOTrainer
     return KTOConfig, KTOTrainer
@@ -72,6 +77,22 @@ def _preference_settings(cfg: Any) -> dict[str, Any]:
     return {"beta": cfg.alignment.beta, "max_length": cfg.data.max_length}
 
 
+def _dpo_settings(cfg: Any) -> dict[str, Any]:
+    # The loss (sigmoid, IPO, hinge, robust, BCO on pairs) and cDPO/robust's flip share go to TRL as named.
+    a = cfg.alignment
+    return {**_preference_settings(cfg), "loss_type": [a.loss_type], "label_smoothing": a.label_smoothing}
+
+
+def _cpo_settings(cfg: Any) -> dict[str, Any]:
+    return {**_preference_settings(cfg), "loss_type": "sigmoid", "cpo_alpha": cfg.alignment.cpo_alpha}
+
+
+def _simpo_settings(cfg: Any) -> dict[str, Any]:
+    # SimPO is TRL's CPO trainer with the simpo loss and no SFT term (cpo_alpha 0), as in the paper.
+    return {**_preference_settings(cfg), "loss_type": "simpo", "cpo_alpha": 0.0,
+            "simpo_gamma": cfg.alignment.simpo_gamma}
+
+
 def _kto_settings(cfg: Any) -> dict[str, Any]:
     return {**_preference_settings(cfg),
             "desirable_weight": cfg.alignment.desirable_weight,
@@ -86,8 +107,10 @@ def _reward_kwargs(cfg: Any) -> dict[str, Any]:
 
 
 TRAINERS: dict[str, TrainerSpec] = {
-    OBJECTIVE.dpo: TrainerSpec(_dpo_classes, _preference_settings),
+    OBJECTIVE.dpo: TrainerSpec(_dpo_classes, _dpo_settings),
     OBJECTIVE.orpo: TrainerSpec(_orpo_classes, _preference_settings),
+    OBJECTIVE.cpo: TrainerSpec(_cpo_classes, _cpo_settings),
+    OBJECTIVE.simpo: TrainerSpec(_cpo_classes, _simpo_settings),
     OBJECTIVE.kto: TrainerSpec(_kto_classes, _kto_settings),
     OBJECTIVE.reward: TrainerSpec(_reward_classes, lambda cfg: {"max_length": cfg.data.max_length}),
     OBJECTIVE.grpo: TrainerSpec(_grpo_classes, online_rl.settings, _reward_kwargs),

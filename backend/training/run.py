@@ -153,6 +153,12 @@ def training_args(cfg, run_dir: Path, has_eval: bool):
         gradient_accumulation_steps=t.gradient_accumulation, learning_rate=t.learning_rate,
         lr_scheduler_type=t.scheduler, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, optim=catalog.OPTIMIZERS[t.optimizer].trainer_name, seed=t.seed,
+        # NEFTune: the Trainer hooks the input embeddings for the length of train() only, and the hook adds
+        # noise only in training mode, so evaluation, the saved model and chat never see it.
+        neftune_noise_alpha=t.neftune_noise_alpha,
+        # GaLore/APOLLO project the gradients of the linear layers; the rest gets their AdamW part.
+        optim_target_modules="all-linear" if t.optimizer in (catalog.OPTIMIZER.galore_adamw,
+                                                             catalog.OPTIMIZER.apollo_adamw) else None,
         bf16=t.precision == "bf16", fp16=t.precision == "fp16", use_cpu=not torch.cuda.is_available(),
         logging_steps=t.logging_steps, logging_first_step=True,
         eval_strategy="steps" if has_eval else "no", eval_steps=t.eval_steps if has_eval else None,

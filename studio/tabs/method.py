@@ -32,7 +32,8 @@ from backend.core.model_choices import hub_problem, model_choices, with_recent
 from backend.core.models import hub_reachable
 from backend.core.presets import apply_preset, list_presets, preset_info, save_preset
 from studio.context import StudioContext, bind, default_run_config
-from studio.tabs.method_fields import (LABELS, METHOD_FIELDS, MORE_ROWS, STEPS, TRAIN_ROWS, field_info, get_path,
+from studio.tabs.method_fields import (CHOICE_HELP_FIELDS, LABELS, METHOD_FIELDS, MORE_ROWS, STEPS, TRAIN_ROWS,
+                                       choice_help, field_info, get_path,
                                        label_of, set_path)
 from studio.tabs.method_view import compute_estimate, humanize_errors, model_info_text
 
@@ -153,6 +154,11 @@ def _widget(path: str, value: Any, options: Optional[list] = None) -> gr.compone
 def _field(path: str, rc: dict[str, Any], visible: bool = True, options: Optional[list] = None) -> tuple[Any, Any, Any]:
     with gr.Column(visible=visible, min_width=160, elem_id=f"method-col-{path.replace('.', '-')}") as col:
         widget = _widget(path, get_path(rc, path), options)
+        if path in CHOICE_HELP_FIELDS:  # the chosen loss / adapter start / optimizer, in a sentence
+            hint = gr.Markdown(choice_help(path, get_path(rc, path)), elem_classes=["ft-help"],
+                               elem_id=f"method-help-{path.replace('.', '-')}")
+            widget.change(lambda value, p=path: choice_help(p, value), widget, hint, queue=False,
+                          show_progress="hidden")
         err = gr.Markdown("", visible=False, elem_classes=["ft-error"], elem_id=f"method-err-{path.replace('.', '-')}")
     return col, widget, err
 

@@ -20,12 +20,16 @@ TRAIN_ROWS = [
      "train.pure_bf16"],
     ["train.batch_size", "train.gradient_accumulation", "data.max_length", "data.packing"],
     ["train.gradient_checkpointing", "train.eval_steps", "train.save_steps", "train.seed"],
+    # Issue 22's training options: noisy embeddings, and learning rates per parameter group.
+    ["train.neftune_noise_alpha", "train.embedding_learning_rate", "train.layer_lr_decay"],
 ]
 MORE_ROWS = [
     ["early_stopping.patience", "early_stopping.threshold", "early_stopping.metric"],
     ["train.logging_steps", "train.max_grad_norm", "distributed.gpus", "distributed.strategy"],
-    # Read only by the dpo/orpo/kto objectives.
+    # Read only by the dpo/orpo/cpo/simpo/kto objectives.
     ["alignment.beta", "alignment.desirable_weight", "alignment.undesirable_weight"],
+    # DPO's loss type and its label smoothing; CPO's SFT weight and SimPO's margin.
+    ["alignment.loss_type", "alignment.label_smoothing", "alignment.cpo_alpha", "alignment.simpo_gamma"],
     # Read only by grpo/rloo: sampling, then the rewards that score the samples.
     ["alignment.num_generations", "alignment.max_completion_length", "alignment.temperature", "alignment.kl_coef"],
     ["alignment.reward_model", "alignment.reward_pattern", "alignment.reward_reference"],
@@ -33,7 +37,9 @@ MORE_ROWS = [
 STEPS = {"train.learning_rate": 1e-5, "method.dropout": 0.01, "train.warmup_ratio": 0.01,
          "train.weight_decay": 0.01, "method.alpha": 1, "early_stopping.threshold": 0.001,
          "method.fish_mask_density": 0.001, "train.max_grad_norm": 0.1, "train.epochs": 0.5,
-         "method.loraplus_lr_ratio": 1, "method.s2_attn_group_ratio": 0.05}
+         "method.loraplus_lr_ratio": 1, "method.s2_attn_group_ratio": 0.05,
+         "train.neftune_noise_alpha": 1, "train.embedding_learning_rate": 1e-6, "train.layer_lr_decay": 0.05,
+         "alignment.label_smoothing": 0.05, "alignment.cpo_alpha": 0.1, "alignment.simpo_gamma": 0.1}
 
 LABELS = {
     "model": "Model", "method.name": "Method", "objective": "Objective", "method.target_modules": "Target modules",
@@ -63,7 +69,26 @@ LABELS = {
     "alignment.temperature": "Sampling temperature", "alignment.kl_coef": "KL penalty (0: no reference pass)",
     "alignment.reward_model": "Reward model run", "alignment.reward_pattern": "Reward pattern (regular expression)",
     "alignment.reward_reference": "Reward overlap with the dataset's answer",
+    "method.lora_init": "Adapter start (PiSSA / OLoRA)",
+    "train.neftune_noise_alpha": "NEFTune noise (blank: off)",
+    "train.embedding_learning_rate": "Embedding / head learning rate (blank: main)",
+    "train.layer_lr_decay": "Layer-wise LR decay (1: off)",
+    "alignment.loss_type": "DPO loss", "alignment.label_smoothing": "Label smoothing (robust DPO)",
+    "alignment.cpo_alpha": "CPO SFT weight (alpha)", "alignment.simpo_gamma": "SimPO target margin (gamma)",
 }
+
+
+CHOICE_HELP_FIELDS = ("alignment.loss_type", "method.lora_init", "train.optimizer")
+
+
+def choice_help(path: str, value: Any) -> str:
+    """The catalog's sentence for the chosen value of a choice field (DPO loss, adapter start, optimizer)."""
+    from backend.core import catalog
+
+    table = {"alignment.loss_type": catalog.PREFERENCE_LOSSES, "method.lora_init": catalog.LORA_INITS,
+             "train.optimizer": catalog.OPTIMIZERS}.get(path, {})
+    info = table.get(value)
+    return getattr(info, "help", "") if info is not None else ""
 
 
 def label_of(path: str) -> str:

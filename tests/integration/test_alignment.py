@@ -82,7 +82,7 @@ def test_prompt_methods_cannot_be_aligned_and_every_objective_has_help(tiny_mode
     assert "method.name" in validate_objective(cfg)
     assert validate_objective(config(tiny_model_dir, tmp_path / "x.jsonl", "dpo", "qlora")) == {}
     aligned = [spec for spec in OBJECTIVES.values() if spec.alignment]
-    assert [s.name for s in aligned] == ["dpo", "orpo", "kto", "reward", "grpo", "rloo"]
+    assert [s.name for s in aligned] == ["dpo", "orpo", "cpo", "simpo", "kto", "reward", "grpo", "rloo"]
     for spec in aligned:
         assert 20 < len(spec.help) < 300 and spec.data_format in ("preference", "kto", "prompts")
 

@@ -110,3 +110,18 @@ def test_an_fp32_head_takes_its_accumulator_as_the_gradient():
     fp32 = fused_head_bytes(1, 9, v, h, 2, True, 4) - fused_head_bytes(1, 9, v, h, 2, False, 4)
     bf16 = fused_head_bytes(1, 9, v, h, 2, True, 2) - fused_head_bytes(1, 9, v, h, 2, False, 2)
     assert (fp32, bf16) == (4 * v * h, 6 * v * h)
+
+
+def test_issue_22_optimizers_state_bytes_per_tensor():
+    from backend.estimator import terms as T
+
+    shape, pb = (4096, 11008), 2
+    numel = 4096 * 11008
+    adamw = T.optimizer_tensor_bytes(numel, shape, pb, "adamw_torch")
+    assert T.optimizer_tensor_bytes(numel, shape, pb, "lion") * 2 == adamw
+    assert T.optimizer_tensor_bytes(numel, shape, pb, "muon") * 2 == adamw          # a matrix: one momentum
+    assert T.optimizer_tensor_bytes(4096, (4096,), pb, "muon") == 2 * 4096 * pb     # a norm: AdamW's two
+    assert T.optimizer_tensor_bytes(numel, shape, pb, "schedule_free_adamw") == adamw
+    # GaLore: m + v of the rank-128 projection (128 x 11008) plus the projection (4096 x 128): far below AdamW.
+    galore = T.optimizer_tensor_bytes(numel, shape, pb, "galore_adamw")
+    assert galore == (2 * 128 * 11008 + 128 * 4096) * pb and galore < adamw / 10

@@ -37,8 +37,10 @@ def test_field_kinds_come_from_the_config_types():
 
 
 def test_only_the_chosen_methods_fields_are_shown():
-    assert shown_fields("lora") == {"method.r", "method.alpha", "method.dropout", "method.target_modules"}
+    assert shown_fields("lora") == {"method.r", "method.alpha", "method.dropout", "method.target_modules",
+                                    "method.lora_init"}
     assert "method.loraplus_lr_ratio" in shown_fields("loraplus")
+    assert "method.lora_init" not in shown_fields("qlora")  # PiSSA/OLoRA need the unquantized weights
     assert shown_fields("full") == set()
 
 
@@ -167,3 +169,19 @@ def test_the_studio_estimate_uses_the_dataset_tabs_measured_lengths(tiny_model_d
     _, _, measured = compute_estimate(rc, "24", {"lengths": [12, 30, 61], "total": 3})
     assert "the data's longest row, 61 tokens (max length 1024)" in measured
     assert "no data lengths measured" in blind
+
+
+def test_a_choice_fields_help_names_the_chosen_value():
+    from backend.core import catalog
+    from studio.tabs.method_fields import CHOICE_HELP_FIELDS, LABELS, MORE_ROWS, TRAIN_ROWS, choice_help
+
+    shown = {p for row in TRAIN_ROWS + MORE_ROWS for p in row}
+    for path in ("train.neftune_noise_alpha", "train.embedding_learning_rate", "train.layer_lr_decay",
+                 "alignment.loss_type", "alignment.label_smoothing", "alignment.cpo_alpha", "alignment.simpo_gamma"):
+        assert path in shown and path in LABELS
+    assert "method.lora_init" in CHOICE_HELP_FIELDS and "PiSSA" in LABELS["method.lora_init"]
+    for table, path in ((catalog.PREFERENCE_LOSSES, "alignment.loss_type"), (catalog.LORA_INITS, "method.lora_init"),
+                        (catalog.OPTIMIZERS, "train.optimizer")):
+        for name, info in table.items():
+            assert choice_help(path, name) == info.help and 20 < len(info.help) < 400, (path, name)
+    assert choice_help("train.optimizer", "nope") == ""

@@ -1,0 +1,137 @@
+"""Issue 22's optimizers and learning-rate groups on the tiny model: Lion and Muon take real steps, the
+estimator's optimizer bytes equal the states they really hold, a package that is missing is a sentence, and
+the embedding learning rate and layer-wise decay reach the optimizer's parameter groups."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from backend.core.config import RunConfig
+from backend.core.models import load_model_config
+from backend.estimator import estimate
+from backend.methods import create_optimizer, decoder_layers, load_trainable_model, validate_for_model
+from backend.methods.optimizers import optimizer_states, package_problem
+from tests.method_steps import snapshot
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def run_cfg(model_dir, method: str, optimizer: str = "adamw_torch", **train) -> RunConfig:
+    return RunConfig(model=str(model_dir), method={"name": method, "r": 4, "dropout": 0.0},
+                     train={"precision": "fp32", "gradient_checkpointing": False, "learning_rate": 1e-3,
+                            "optimizer": optimizer, "weight_decay": 0.0, **train})
+
+
+def steps(model, opt, n: int = 2) -> None:
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    for _ in range(n):
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def state_bytes(opt) -> int:
+    return sum(v.numel() * v.element_size() for st in optimizer_states(opt).values()
+               for v in st.values() if torch.is_tensor(v) and v.ndim > 0)  # scalars (step counts) aside
+
+
+@pytest.mark.parametrize("optimizer,method", [("lion", "lora"), ("lion", "full"), ("muon", "lora"),
+                                              ("muon", "full"), ("adamw_torch", "full")])
+def test_a_step_moves_the_weights_and_the_estimate_counts_the_real_states(tiny_model_dir, optimizer, method):
+    cfg = run_cfg(tiny_model_dir, method, optimizer)
+    model = load_trainable_model(cfg)
+    opt = create_optimizer(model, cfg) or torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    before = snapshot(model)
+    steps(model, opt)
+    after = snapshot(model)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    expected = estimate(cfg, gpus=[], model_config=load_model_config(str(tiny_model_dir))).terms_bytes["optimizer"]
+    assert state_bytes(opt) == expected
+
+
+def test_lion_keeps_half_of_adamw_and_muon_leaves_the_embeddings_to_adamw(tiny_model_dir):
+    mc = load_model_config(str(tiny_model_dir))
+    opt_bytes = {o: estimate(run_cfg(tiny_model_dir, "full", o), gpus=[], model_config=mc).terms_bytes["optimizer"]
+                 for o in ("adamw_torch", "lion", "muon")}
+    assert opt_bytes["lion"] * 2 == opt_bytes["adamw_torch"]
+    assert opt_bytes["lion"] < opt_bytes["muon"] < opt_bytes["adamw_torch"]
+    cfg = run_cfg(tiny_model_dir, "full", "muon")
+    model = load_trainable_model(cfg)
+    opt = create_optimizer(model, cfg)
+    muon, adamw = opt.parts
+    emb = model.get_input_embeddings().weight
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    assert any(p is emb for g in adamw.param_groups for p in g["params"])
+    assert all(p.ndim == 2 and p is not emb for g in muon.param_groups for p in g["params"])
+
+
+@pytest.mark.parametrize("optimizer", ["schedule_free_adamw", "galore_adamw", "apollo_adamw"])
+def test_an_optimizer_whose_package_is_missing_is_a_sentence(tiny_model_dir, optimizer):
+    from backend.core.catalog import OPTIMIZERS
+
+    cfg = run_cfg(tiny_model_dir, "full", optimizer)
+    problems = validate_for_model(cfg, load_model_config(str(tiny_model_dir)))
+    if importlib.util.find_spec(OPTIMIZERS[optimizer].package) is None:
+        assert "pip install" in problems["train.optimizer"] and package_problem(optimizer)
+    else:
+        assert "train.optimizer" not in problems
+
+
+def _lr_of(opt) -> dict[int, float]:
+    return {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+
+
+def test_layer_wise_decay_gives_each_block_its_rate(tiny_model_dir):
+    cfg = run_cfg(tiny_model_dir, "full", layer_lr_decay=0.5)
+    model = load_trainable_model(cfg)
+    lrs = _lr_of(create_optimizer(model, cfg))
+    layers = decoder_layers(model)
+    assert len(layers) == 2
+    assert {lrs[id(p)] for p in layers[1].parameters()} == {1e-3}        # the top block: the main rate
+    assert {lrs[id(p)] for p in layers[0].parameters()} == {5e-4}        # one below: x 0.5
+    # The tiny model ties its head to the embeddings: the shared matrix is also the top, so it keeps the main
+    # rate; an untied embedding sits below every block (x 0.5 ** 2).
+    assert lrs[id(model.get_input_embeddings().weight)] == 1e-3
+    assert lrs[id(model.model.norm.weight)] == 1e-3
+    # Off (1.0): the Trainer builds its own optimizer, one rate for all.
+    assert create_optimizer(model, run_cfg(tiny_model_dir, "full")) is None
+    problems = validate_for_model(run_cfg(tiny_model_dir, "lora", layer_lr_decay=0.5),
+                                  load_model_config(str(tiny_model_dir)))
+    assert "train.layer_lr_decay" in problems
+
+
+def test_embedding_learning_rate_reaches_the_trained_embedding_copy(tiny_model_dir):
+    cfg = run_cfg(tiny_model_dir, "longlora", embedding_learning_rate=1e-4)
+    model = load_trainable_model(cfg)
+    opt = create_optimizer(model, cfg)
+    lrs = {n: _lr_of(opt)[id(p)] for n, p in model.named_parameters() if p.requires_grad}
+    emb = [n for n in lrs if "embed_tokens" in n]
+    assert emb and all(lrs[n] == 1e-4 for n in emb)
+    assert all(v == 1e-3 for n, v in lrs.items() if n not in emb) and any("lora_" in n for n in lrs)
+    problems = validate_for_model(run_cfg(tiny_model_dir, "loraplus", embedding_learning_rate=1e-4),
+                                  load_model_config(str(tiny_model_dir)))
+    assert "train.embedding_learning_rate" in problems
+
+
+@pytest.mark.parametrize("optimizer,method,train", [("muon", "full", {"layer_lr_decay": 0.8}),
+                                                    ("lion", "lora", {})])
+def test_the_trainer_runs_the_studios_optimizer_and_keeps_its_rates(tiny_model_dir, tmp_path, optimizer, method,
+                                                                    train):
+    from backend.runs import rundir
+    from backend.training.run import run
+    from tests.samples import small_copy
+
+    cfg = RunConfig.model_validate({
+        "model": str(tiny_model_dir), "early_stopping": {"patience": None},
+        "method": {"name": method, "r": 4, "dropout": 0.0},
+        "data": {"path": str(small_copy(tmp_path, "instructions.jsonl")), "validation_split": 0.0, "max_length": 64},
+        "train": {"max_steps": 2, "batch_size": 2, "gradient_accumulation": 1, "precision": "fp32",
+                  "gradient_checkpointing": False, "learning_rate": 1e-3, "warmup_ratio": 0.0,
+                  "scheduler": "constant", "optimizer": optimizer, "save_steps": 1, **train}})
+    run_dir = rundir.create_run(tmp_path / "ws", cfg)
+    assert run(run_dir) == 0, rundir.read_status(run_dir).get("error")
+    events = rundir.read_events(run_dir)[0]
+    assert [e["step"] for e in events if e["type"] == "train"] == [1, 2]
+    assert (rundir.checkpoints_dir(run_dir) / "checkpoint-2" / "optimizer.pt").is_file()
