@@ -985,18 +985,24 @@ def _offset_index(seq: dict, j: int, seg_start: int, full: Encoding) -> Optional
     return k if 0 <= k < len(full.offsets) else None
 
 
-def token_length_stats(tokenizer, rows: list[dict], data_cfg: Any, limit: int | None = None) -> dict:
-    """Untruncated token lengths and how many rows max_length cuts (on the first `limit` rows if set)."""
+def token_length_stats(tokenizer, rows: list[dict], data_cfg: Any, limit: int | None = None, progress=None) -> dict:
+    """Untruncated token lengths and how many rows max_length cuts (on the first `limit` rows if set).
+
+    Encoded BATCH_ROWS at a time like training; progress(fraction, text) is called after each batch.
+    """
     import statistics
 
     sample = rows if limit is None else rows[:limit]
     lengths, no_answer = [], 0
     cap = int(data_cfg.max_length)
-    for r in sample:
-        e = encode_full(tokenizer, r, data_cfg)
-        lengths.append(len(e.input_ids))
-        if len(e.input_ids) > cap and not any(x != IGNORE for x in e.labels[1:cap]):
-            no_answer += 1
+    for start in range(0, len(sample), BATCH_ROWS):
+        for ids, labels in encode_full_batch(tokenizer, sample[start:start + BATCH_ROWS], data_cfg):
+            lengths.append(len(ids))
+            if len(ids) > cap and not any(x != IGNORE for x in labels[1:cap]):
+                no_answer += 1
+        if progress is not None:
+            done = min(start + BATCH_ROWS, len(sample))
+            progress(done / len(sample), f"Counting tokens: {done:,} of {len(sample):,} rows")
     truncated = sum(1 for n in lengths if n > cap)
     if not lengths:
         return {"min": 0, "median": 0, "max": 0, "mean": 0.0, "truncated": 0, "truncated_share": 0.0,
