@@ -5,8 +5,8 @@
 The first call for a model builds its meta skeleton (the "first inspection") and stores its counts on
 disk, so a new process pays only imports and a JSON read (first_estimate_new_process_cached_s); every later edit --
 batch size, sequence length, optimizer, precision, checkpointing, LoRA alpha -- should cost only
-arithmetic. Edits that change the method's structure (rank, target modules) rebuild the skeleton
-once per distinct structure and are timed separately. Times are wall-clock per estimate() call.
+arithmetic. Edits that change a LoRA's rank or target modules are counted from the probe skeleton's
+linear-layer shapes (no PEFT) and are timed separately. Times are wall-clock per estimate() call.
 """
 from __future__ import annotations
 
@@ -69,9 +69,10 @@ def main() -> None:
         t0 = time.perf_counter()
         estimate(cfg, gpus=[])
         structural.append(time.perf_counter() - t0)
-    targets = []  # a target change builds one skeleton (at rank 1) per target set; later ranks derive
-    for t in (["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"], ["down_proj"]):
-        for r in (8, 16):
+    targets = []  # a target change is counted from the probe skeleton's linear shapes (no PEFT)
+    for t in (["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"], ["down_proj"],
+              ["gate_proj", "up_proj"], "all-linear", ["k_proj", "o_proj", "down_proj"]):
+        for r in (8, 16, 48):
             cfg = base.model_copy(update={"method": base.method.model_copy(update={"r": r, "target_modules": t})})
             t0 = time.perf_counter()
             estimate(cfg, gpus=[])
