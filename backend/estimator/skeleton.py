@@ -241,7 +241,7 @@ def _load_or_build(config_json: str, config_cls: type, build_json: str) -> Model
         pass
     config = config_cls.from_dict(json.loads(config_json))  # plan.ConfigFile gives the transformers config
     cfg = RunConfig.model_validate_json(build_json)
-    shape = derived_lora_shape(config, cfg) or shape_of(config, cfg)
+    shape = shape_of(config, cfg)  # derivable LoRA shapes never reach here (cached_shape derives them)
     try:
         from backend.core.io import atomic_write_text
         atomic_write_text(path, shape_to_json(shape))
@@ -325,7 +325,21 @@ def cached_shape(model_config: Any, cfg: Any) -> ModelShape:
     method = json.loads(structural_method_key(cfg.method))
     build = {"model": cfg.model, "trust_remote_code": cfg.trust_remote_code, "method": method}
     attn = str(getattr(model_config, "_attn_implementation", None) or "sdpa")
-    return _shape_cached(config_json_of(model_config), type(model_config), json.dumps(build, sort_keys=True), attn)
+    key = (config_json_of(model_config), type(model_config), json.dumps(build, sort_keys=True), attn)
+    if key in _DERIVED:
+        return _DERIVED[key]
+    # A LoRA rank or target edit: counted from the probe skeleton in memory, never written to disk
+    # (writing and re-reading the file cost more than the arithmetic).
+    derived = derived_lora_shape(model_config, cfg)
+    if derived is not None:
+        if len(_DERIVED) > 512:
+            _DERIVED.clear()
+        _DERIVED[key] = derived = dataclasses.replace(derived, attn_implementation=attn)
+        return derived
+    return _shape_cached(*key)
+
+
+_DERIVED: dict[tuple, ModelShape] = {}
 
 
 _CONFIG_JSON: dict[int, tuple[Any, str]] = {}

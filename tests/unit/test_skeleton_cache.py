@@ -42,17 +42,20 @@ def test_rank_derived_lora_counts_equal_peft_applied_counts(tiny_model_dir, mode
 def test_a_new_process_reads_the_skeleton_from_disk_without_building(tiny_model_dir, model_config, workspace,
                                                                      monkeypatch):
     cfg = _cfg(tiny_model_dir, r=8)
+    S._shape_cached.cache_clear()  # earlier tests' skeletons were kept in another workspace
+    S._DERIVED.clear()
     first = S.cached_shape(model_config, cfg)
     assert list((workspace / "cache" / "skeletons").glob("*.json"))
     S._shape_cached.cache_clear()  # as in a fresh process
+    S._DERIVED.clear()
 
     def no_build(*a, **k):
         raise AssertionError("the skeleton was rebuilt instead of read from disk")
 
-    monkeypatch.setattr(S, "shape_of", no_build)
-    monkeypatch.setattr(S, "derived_lora_shape", no_build)
+    monkeypatch.setattr(S, "shape_of", no_build)  # the probe comes from disk; rank 8 is counted from it
     assert S.cached_shape(model_config, cfg) == first
     S._shape_cached.cache_clear()
+    S._DERIVED.clear()
 
 
 def test_a_target_change_is_counted_without_applying_peft(tiny_model_dir, model_config, workspace, monkeypatch):
