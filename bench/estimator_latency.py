@@ -5,8 +5,8 @@
 The first call for a model builds its meta skeleton (the "first inspection") and stores its counts on
 disk, so a new process pays only imports and a JSON read (first_estimate_new_process_cached_s); every later edit --
 batch size, sequence length, optimizer, precision, checkpointing, LoRA alpha -- should cost only
-arithmetic. Edits that change the method's structure (rank, target modules) rebuild the skeleton
-once per distinct structure and are timed separately. Times are wall-clock per estimate() call.
+arithmetic. Edits that change a LoRA's rank or target modules are counted from the probe skeleton's
+linear-layer shapes (no PEFT) and are timed separately. Times are wall-clock per estimate() call.
 """
 from __future__ import annotations
 
@@ -69,9 +69,10 @@ def main() -> None:
         t0 = time.perf_counter()
         estimate(cfg, gpus=[])
         structural.append(time.perf_counter() - t0)
-    targets = []  # a target change builds one skeleton (at rank 1) per target set; later ranks derive
-    for t in (["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"], ["down_proj"]):
-        for r in (8, 16):
+    targets = []  # a target change is counted from the probe skeleton's linear shapes (no PEFT)
+    for t in (["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"], ["down_proj"],
+              ["gate_proj", "up_proj"], "all-linear", ["k_proj", "o_proj", "down_proj"]):
+        for r in (8, 16, 48):
             cfg = base.model_copy(update={"method": base.method.model_copy(update={"r": r, "target_modules": t})})
             t0 = time.perf_counter()
             estimate(cfg, gpus=[])
@@ -84,13 +85,19 @@ def main() -> None:
             "from backend.estimator import estimate; "
             f"estimate(RunConfig.model_validate({{'model': {model!r}, 'method': {{'name': 'lora'}}}}), gpus=[]); "
             "print(time.perf_counter()-t)")
+    import resource
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     fresh = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                  cwd=str(Path(__file__).resolve().parents[1])).stdout.split()[-1])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # On a shared machine the wall time waits for a CPU; the CPU seconds are what the process itself needed.
+    fresh_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
     print(json.dumps({
         "model": model, "first_inspection_s": round(first, 3), "update_ms": _ms(updates),
         "rank_change_first_time_ms": _ms(structural), "target_change_first_time_ms": _ms(targets),
         "all_edits_ms": _ms(edits_all), "first_estimate_new_process_cached_s": round(fresh, 3),
+        "first_estimate_new_process_cached_cpu_s": round(fresh_cpu, 3), "load_average": os.getloadavg(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
     }))
 

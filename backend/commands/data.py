@@ -84,6 +84,26 @@ def _progress_printer() -> Callable[[int, int], None]:
     return show
 
 
+def progress_bar(after: float = PROGRESS_AFTER) -> Callable[[float, str], None]:
+    """progress(fraction, text) drawn as a bar on stderr, once the work has taken `after` seconds."""
+    from tqdm import tqdm
+
+    started, state = time.monotonic(), {"bar": None}
+
+    def show(fraction: float, text: str) -> None:
+        bar = state["bar"]
+        if bar is None:
+            if time.monotonic() - started < after:
+                return
+            bar = state["bar"] = tqdm(total=1000, file=sys.stderr, dynamic_ncols=True,
+                                      bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+        bar.set_description_str(text, refresh=False)
+        bar.update(max(0, int(fraction * 1000) - bar.n))
+        if fraction >= 1.0:
+            bar.close()
+    return show
+
+
 def _load(args: argparse.Namespace):
     # A look, not a training: bounded memory (the rows kept), a time budget, progress on stderr.
     loaded = load_rows(args.file, _mapping(args.mapping), args.format, skip_bad_rows=not args.strict,
@@ -100,7 +120,7 @@ def inspect(args: argparse.Namespace) -> dict:
     out["unit"] = loaded.unit
     if args.stats_rows < 1:
         raise UserError(f"--stats-rows {args.stats_rows} must be at least 1.")
-    stats = token_length_stats(tok, loaded.rows, cfg, limit=args.stats_rows)
+    stats = token_length_stats(tok, loaded.rows, cfg, limit=args.stats_rows, progress=progress_bar())
     out["token_lengths"] = {k: stats[k] for k in ("min", "median", "max", "mean", "truncated",
                                                   "truncated_share", "lost_answers", "tokens", "counted",
                                                   "packing_efficiency")}

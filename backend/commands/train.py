@@ -61,6 +61,11 @@ def _progress(run_dir: Path, show: bool, poll: float = 0.5) -> dict[str, Any]:
                         postfix["loss"] = f"{ev['loss']:.4f}"
                 elif ev.get("type") == run_events.EVAL and ev.get("val_loss") is not None:
                     postfix["val"] = f"{ev['val_loss']:.4f}"
+            preparing = status.get("preparing")
+            if preparing and not bar.n:  # tokenizing the data, before the first step
+                postfix["data"] = f"{preparing.get('text', '')} ({float(preparing.get('fraction') or 0):.0%})"
+            else:
+                postfix.pop("data", None)
             if postfix:
                 bar.set_postfix(postfix, refresh=False)
             bar.refresh()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from backend.core.errors import UserError
 from backend.core.models import load_tokenizer
@@ -121,10 +121,47 @@ def resolve_template(tokenizer, name: str) -> tuple[str, str, Optional[str]]:
     return name, TEMPLATES[name], None
 
 
+_RENDERERS: dict[tuple, Any] = {}
+
+
+def _plain_messages(messages: list[dict]) -> bool:
+    """Messages of only string roles and contents: what the direct render below passes through unchanged."""
+    return all(type(m) is dict and m.keys() <= {"role", "content"} and type(m.get("role")) is str
+               and type(m.get("content")) is str for m in messages)
+
+
+def _direct_renderer(tokenizer, jinja: str):
+    """The compiled template and the variables apply_chat_template would give it, or None.
+
+    apply_chat_template normalises the messages (objects to dicts, None keys dropped, reasoning
+    aliases, sandbox-safe copies) on every call, which was a third of encoding time; for plain
+    string messages none of that changes anything, so the compiled template renders them directly
+    (tests/unit/test_data_speed_path.py checks the texts are identical).
+    """
+    key = (id(tokenizer), jinja, tokenizer.bos_token, tokenizer.eos_token)
+    if key not in _RENDERERS:
+        try:
+            from transformers.utils.chat_template_utils import _compile_jinja_template, _plain_template_data
+
+            variables = _plain_template_data({**tokenizer.special_tokens_map, "bos_token": tokenizer.bos_token or "",
+                                              "eos_token": tokenizer.eos_token or ""})
+            _RENDERERS[key] = (_compile_jinja_template(jinja), variables)
+        except Exception:  # noqa: BLE001 - another transformers version: the public call is used
+            _RENDERERS[key] = None
+        if len(_RENDERERS) > 64:
+            _RENDERERS.pop(next(iter(_RENDERERS)))
+    return _RENDERERS[key]
+
+
 def _render(tokenizer, jinja: str, messages: list[dict], generation_prompt: bool = False) -> str:
     if not messages:
         return ""
     try:
+        direct = _direct_renderer(tokenizer, jinja) if _plain_messages(messages) else None
+        if direct is not None:
+            compiled, variables = direct
+            return compiled.render(messages=[dict(m) for m in messages], tools=None, documents=None,
+                                   add_generation_prompt=generation_prompt, **variables)
         return tokenizer.apply_chat_template(
             messages, chat_template=jinja, tokenize=False, add_generation_prompt=generation_prompt,
             bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "")
@@ -346,23 +383,29 @@ def _tokenize(tokenizer, r: Rendered) -> tuple[list[int], list[tuple[int, int]]]
 def _span_labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]], n_chars: int) -> list[int]:
     """A token's label is its id when any of its characters lies in a graded span, else IGNORE.
 
-    Vectorised (prefix sums over the characters) because a Python loop per token was most of
-    the time of encoding a long conversation.
+    Characters [s, e) meet a span [a, b) exactly when s < b and e > a, so no per-character array
+    is needed: a plain loop for the usual one or two spans, numpy for a long conversation's many.
     """
-    import numpy as np
-
     if not ids:
         return []
     if not spans:
         return [IGNORE] * len(ids)
-    edges = np.zeros(n_chars + 1, dtype=np.int32)
-    for a, b in spans:
-        edges[a] += 1
-        edges[b] -= 1
-    inside = np.concatenate(([0], np.cumsum(np.cumsum(edges)[:-1] > 0)))
+    if len(spans) <= 4:
+        if len(spans) == 1:
+            (a, b), = spans
+            return [t if e > s and s < b and e > a else IGNORE for t, (s, e) in zip(ids, offsets)]
+        return [t if e > s and any(s < b and e > a for a, b in spans) else IGNORE for t, (s, e) in zip(ids, offsets)]
+    import numpy as np
+
     offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
     s, e = offs[:, 0], offs[:, 1]
-    graded = (e > s) & (inside[e] - inside[s] > 0)
+    starts = np.asarray([a for a, _ in spans], dtype=np.int64)
+    ends = np.asarray([b for _, b in spans], dtype=np.int64)
+    order = np.argsort(starts)
+    starts, reach = starts[order], np.maximum.accumulate(ends[order])
+    # The spans starting before a token's end; the furthest any of them reaches must pass its start.
+    k = np.searchsorted(starts, e, side="left") - 1
+    graded = (e > s) & (k >= 0) & (reach[np.maximum(k, 0)] > s)
     return np.where(graded, np.asarray(ids, dtype=np.int64), IGNORE).tolist()
 
 
@@ -398,6 +441,28 @@ class EncodeReport:
 
 
 BATCH_ROWS = 1000  # rows per tokenizer call: big enough to amortise the call, small enough to bound memory
+PROCESS_ROWS = 50_000  # from this many rows on, encoding runs in worker processes (FTSTUDIO_DATA_PROCS caps them)
+TASK_ROWS = 10 * BATCH_ROWS  # rows one worker encodes per task
+
+
+def _direct_backend(tokenizer):
+    """The Rust tokenizer itself, where calling it gives exactly what tokenizer(...) would, else None.
+
+    tokenizer(...) first resets truncation and padding and then converts every encoding to Python
+    lists twice; with neither set and the same special-token splitting, the backend's own
+    encode_batch returns the same ids and offsets (tests/unit/test_data_speed_path.py checks it).
+    """
+    bk = getattr(tokenizer, "_tokenizer", None)
+    if bk is None or not hasattr(bk, "encode_batch") or not getattr(tokenizer, "is_fast", False):
+        return None
+    try:
+        if bk.truncation is not None or bk.padding is not None:
+            return None
+        if bool(bk.encode_special_tokens) != bool(getattr(tokenizer, "split_special_tokens", False)):
+            return None
+    except AttributeError:
+        return None
+    return bk
 
 
 def _tokenize_batch(tokenizer, rendered: list[Rendered]) -> list[tuple[list[int], list[tuple[int, int]]]]:
@@ -406,10 +471,15 @@ def _tokenize_batch(tokenizer, rendered: list[Rendered]) -> list[tuple[list[int]
     groups: dict[bool, list[int]] = {}
     for i, r in enumerate(rendered):
         groups.setdefault(r.add_special_tokens, []).append(i)
+    backend = _direct_backend(tokenizer)
     for special, idx in groups.items():
+        texts = [rendered[i].text for i in idx]
+        if backend is not None:
+            for i, enc in zip(idx, backend.encode_batch(texts, add_special_tokens=special)):
+                out[i] = (enc.ids, enc.offsets)
+            continue
         try:
-            enc = tokenizer([rendered[i].text for i in idx], add_special_tokens=special,
-                            return_offsets_mapping=True)
+            enc = tokenizer(texts, add_special_tokens=special, return_offsets_mapping=True)
         except (NotImplementedError, ValueError, TypeError):
             for i in idx:  # tokenizers without offsets: the row-by-row path
                 out[i] = _tokenize(tokenizer, rendered[i])
@@ -428,28 +498,136 @@ def _finish(tokenizer, r: Rendered, ids: list[int], offsets: list[tuple[int, int
     return ids, labels
 
 
-def encode_rows(tokenizer, rows: list[dict], data_cfg: Any, progress=None) -> EncodeReport:
-    """encode_row for many rows: rendered one by one, tokenized in batches of BATCH_ROWS.
+def encode_full_batch(tokenizer, rows: list[dict], data_cfg: Any) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) of every row, untruncated: rendered one by one, tokenized in one call."""
+    rendered = [render(tokenizer, row, data_cfg) for row in rows]
+    return [_finish(tokenizer, r, list(ids), offs) for r, (ids, offs) in zip(rendered, _tokenize_batch(tokenizer, rendered))]
 
-    `progress(done, total)`, when given, is called after every batch.
-    """
-    encoded, kept, dropped, truncated = [], [], [], 0
+
+@dataclass
+class EncodedBatch:
+    """A run of encoded rows, truncated to max length, as flat int32 arrays (a few bytes per token)."""
+    start: int            # index of the batch's first input row
+    rows: int             # input rows the batch covers
+    kept: Any             # np.int64 indices (into all input rows) of the rows that train
+    lengths: Any          # np.int32 token count of each kept row
+    ids: Any              # np.int32, the kept rows' tokens end to end
+    labels: Any           # np.int32, their labels (IGNORE = masked)
+    truncated: int        # rows longer than max length
+    dropped: list[int]    # rows with nothing left to learn after truncation
+
+
+def encode_batch(tokenizer, rows: list[dict], data_cfg: Any, start: int = 0) -> EncodedBatch:
+    """encode_row for a run of rows, kept compact: what the dataset writer and the workers exchange."""
+    import numpy as np
+    from itertools import chain
+
     cap = int(data_cfg.max_length)
-    for start in range(0, len(rows), BATCH_ROWS):
-        chunk = rows[start:start + BATCH_ROWS]
-        rendered = [render(tokenizer, row, data_cfg) for row in chunk]
-        for k, (r, (ids, offs)) in enumerate(zip(rendered, _tokenize_batch(tokenizer, rendered))):
-            ids, labels = _finish(tokenizer, r, ids, offs)
-            if len(ids) > cap:
-                truncated += 1
-            enc = {"input_ids": ids[:cap], "attention_mask": [1] * min(len(ids), cap), "labels": labels[:cap]}
-            if has_graded(enc):
-                encoded.append(enc)
-                kept.append(start + k)
-            else:
-                dropped.append(start + k)
+    kept, ids_out, labels_out, lengths, dropped, truncated = [], [], [], [], [], 0
+    for k, (ids, labels) in enumerate(encode_full_batch(tokenizer, rows, data_cfg)):
+        if len(ids) > cap:
+            truncated += 1
+            ids, labels = ids[:cap], labels[:cap]
+        if any(x != IGNORE for x in labels[1:]):  # has_graded: label 0 is never predicted
+            kept.append(start + k)
+            ids_out.append(ids)
+            labels_out.append(labels)
+            lengths.append(len(ids))
+        else:
+            dropped.append(start + k)
+    total = sum(lengths)
+    return EncodedBatch(start, len(rows), np.asarray(kept, dtype=np.int64), np.asarray(lengths, dtype=np.int32),
+                        np.fromiter(chain.from_iterable(ids_out), dtype=np.int32, count=total),
+                        np.fromiter(chain.from_iterable(labels_out), dtype=np.int32, count=total),
+                        truncated, dropped)
+
+
+def data_processes(rows: int) -> int:
+    """Worker processes for encoding `rows` rows: 1 below PROCESS_ROWS, else the CPUs (FTSTUDIO_DATA_PROCS caps)."""
+    import os
+
+    if rows < PROCESS_ROWS:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cap = os.environ.get("FTSTUDIO_DATA_PROCS", "").strip()
+    if cap.isdigit() and int(cap) >= 1:
+        cpus = min(cpus, int(cap))
+    return max(1, min(cpus, 16))
+
+
+# What a forked worker encodes from: set in the parent just before the pool starts, inherited by fork,
+# so the rows are never pickled (only each task's result comes back, as flat arrays).
+_JOB: Optional[tuple] = None
+
+
+def _worker_encode(start: int, stop: int) -> EncodedBatch:
+    tokenizer, rows, data_cfg = _JOB
+    return encode_batch(tokenizer, rows[start:stop], data_cfg, start)
+
+
+def _pool_context():
+    import multiprocessing as mp
+
+    try:
+        return mp.get_context("fork")  # the rows and the tokenizer are inherited, not sent
+    except ValueError:
+        return None
+
+
+def iter_encoded(tokenizer, rows: list[dict], data_cfg: Any, progress=None,
+                 processes: Optional[int] = None) -> Iterator[EncodedBatch]:
+    """The rows encoded in order, BATCH_ROWS at a time, in worker processes for large files.
+
+    progress(fraction, text), when given, is called after every batch. With several processes at
+    most two tasks per worker are in flight, so memory stays bounded by the tasks, not the file.
+    """
+    global _JOB
+    n = len(rows)
+    procs = data_processes(n) if processes is None else max(1, int(processes))
+    ctx = _pool_context() if procs > 1 else None
+
+    def tell(done: int) -> None:
         if progress is not None:
-            progress(min(start + BATCH_ROWS, len(rows)), len(rows))
+            progress(done / n if n else 1.0, f"Tokenizing: {done:,} of {n:,} rows")
+
+    if ctx is None:
+        for start in range(0, n, BATCH_ROWS):
+            batch = encode_batch(tokenizer, rows[start:start + BATCH_ROWS], data_cfg, start)
+            tell(start + batch.rows)
+            yield batch
+        return
+    import os
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one Rust thread per worker, no fork warning
+    _JOB = (tokenizer, rows, data_cfg)
+    try:
+        with ProcessPoolExecutor(procs, mp_context=ctx) as pool:
+            spans = deque((s, min(s + TASK_ROWS, n)) for s in range(0, n, TASK_ROWS))
+            running: deque = deque()
+            while spans or running:
+                while spans and len(running) < 2 * procs:
+                    running.append(pool.submit(_worker_encode, *spans.popleft()))
+                batch = running.popleft().result()
+                tell(batch.start + batch.rows)
+                yield batch
+    finally:
+        _JOB = None
+
+
+def encode_rows(tokenizer, rows: list[dict], data_cfg: Any, progress=None) -> EncodeReport:
+    """encode_row for many rows, as Python lists (the preview's packing plan; training streams to Arrow)."""
+    encoded, kept, dropped, truncated = [], [], [], 0
+    for batch in iter_encoded(tokenizer, rows, data_cfg, progress, processes=1):
+        bounds = [0, *batch.lengths.cumsum().tolist()]
+        ids, labels = batch.ids.tolist(), batch.labels.tolist()
+        for j in range(len(batch.lengths)):
+            a, b = bounds[j], bounds[j + 1]
+            encoded.append({"input_ids": ids[a:b], "attention_mask": [1] * (b - a), "labels": labels[a:b]})
+        kept.extend(batch.kept.tolist())
+        dropped.extend(batch.dropped)
+        truncated += batch.truncated
     return EncodeReport(encoded, kept, truncated, dropped)
 
 
@@ -465,6 +643,12 @@ class PackPlan:
     efficiency: float        # real tokens / token slots
 
 
+def _no_rows_left(rows: list[dict], data_cfg: Any) -> UserError:
+    return UserError(
+        f"None of the {len(rows)} rows has a graded token within max_length={data_cfg.max_length}: "
+        "the answers are cut off. Raise max length, or shorten the prompts.")
+
+
 def plan_packing(tokenizer, rows: list[dict], data_cfg: Any) -> PackPlan:
     """The packed training sequences, planned over the whole dataset (the preview shows one of them)."""
     cap = int(data_cfg.max_length)
@@ -475,9 +659,7 @@ def plan_packing(tokenizer, rows: list[dict], data_cfg: Any) -> PackPlan:
                         packing.efficiency([len(s["input_ids"]) for s in seqs], cap))
     rep = encode_rows(tokenizer, rows, data_cfg)
     if not rep.encoded:
-        raise UserError(
-            f"None of the {len(rows)} rows has a graded token within max_length={data_cfg.max_length}: "
-            "the answers are cut off. Raise max length, or shorten the prompts.")
+        raise _no_rows_left(rows, data_cfg)
     lengths = [len(e["input_ids"]) for e in rep.encoded]
     bins = packing.plan_bins(lengths, cap)
     return PackPlan(packing.pack(rep.encoded, cap, bins), [[rep.kept[i] for i in b] for b in bins],
@@ -485,7 +667,7 @@ def plan_packing(tokenizer, rows: list[dict], data_cfg: Any) -> PackPlan:
 
 
 # Bump when encoding changes what a row becomes: cached datasets of older versions are then ignored.
-ENCODING_VERSION = 2
+ENCODING_VERSION = 3
 
 
 def dataset_key(tokenizer, rows: list[dict], data_cfg: Any) -> str:
@@ -501,65 +683,187 @@ def dataset_key(tokenizer, rows: list[dict], data_cfg: Any) -> str:
                                        str(getattr(tokenizer, "chat_template", "")), tokenizer.bos_token,
                                        tokenizer.eos_token, tokenizer.pad_token]}, sort_keys=True,
                         default=str).encode())
+    dumps = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str).encode
     for row in rows:
-        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode())
+        h.update(dumps(row).encode())
         h.update(b"\n")
     return h.hexdigest()[:40]
 
 
+ARROW_FILE = "data.arrow"   # a cached dataset: this Arrow stream (memory-mapped when read) and info.json
+WRITE_ROWS = 1000           # sequences per Arrow record batch
+
+
+def _list_array(flat, lengths, dtype=None):
+    import numpy as np
+    import pyarrow as pa
+
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    values = pa.array(flat if dtype is None else flat.astype(dtype, copy=False))
+    return pa.LargeListArray.from_arrays(pa.array(offsets), values)
+
+
+class _ArrowSink:
+    """Record batches to an Arrow stream file, or kept in memory (path None) for small builds."""
+
+    def __init__(self, path):
+        self.path, self.writer, self.batches, self.count = path, None, [], 0
+
+    def add(self, columns: dict) -> None:
+        import pyarrow as pa
+
+        batch = pa.record_batch(columns)
+        self.count += batch.num_rows
+        if self.path is None:
+            self.batches.append(batch)
+            return
+        if self.writer is None:
+            self.writer = pa.ipc.new_stream(str(self.path), batch.schema)
+        self.writer.write_batch(batch)
+
+    def dataset(self):
+        import datasets
+        import pyarrow as pa
+
+        if self.path is None:
+            from datasets.table import InMemoryTable
+            return datasets.Dataset(InMemoryTable(pa.Table.from_batches(self.batches)))
+        self.writer.close()
+        return datasets.Dataset.from_file(str(self.path))  # memory-mapped: the tokens stay on disk
+
+
+def _write_rows(batches, sink: _ArrowSink) -> tuple[list, int]:
+    """The unpacked columns input_ids, attention_mask, labels; returns (kept row lengths, rows kept)."""
+    import numpy as np
+
+    lengths = []
+    for batch in batches:
+        if len(batch.lengths):
+            sink.add({"input_ids": _list_array(batch.ids, batch.lengths),
+                      "attention_mask": _list_array(np.ones(len(batch.ids), dtype=np.int8), batch.lengths),
+                      "labels": _list_array(batch.labels, batch.lengths)})
+        lengths.append(batch.lengths)
+    return lengths, sink.count
+
+
+def _write_packed(unpacked, lengths, cap: int, sink: _ArrowSink, progress=None) -> float:
+    """Packed sequences (input_ids, labels, position_ids) of the unpacked rows, planned by plan_bins.
+
+    Reads the rows' tokens from the unpacked Arrow data (memory-mapped when on disk) one group of
+    bins at a time, so memory holds the row lengths and one group, never the whole file.
+    """
+    import numpy as np
+
+    table = unpacked.data.table
+    chunks = []
+    for ids_c, lab_c in zip(table.column("input_ids").chunks, table.column("labels").chunks):
+        chunks.append((ids_c.offsets.to_numpy(), ids_c.values.to_numpy(), lab_c.offsets.to_numpy(),
+                       lab_c.values.to_numpy()))
+    first_row = np.cumsum([0] + [len(c[0]) - 1 for c in chunks])
+    bins = packing.plan_bins(lengths.tolist(), cap)
+    for g in range(0, len(bins), WRITE_ROWS):
+        group = bins[g:g + WRITE_ROWS]
+        ids, labels, positions, seq_lengths = [], [], [], []
+        for members in group:
+            n = 0
+            for i in members:
+                c = int(np.searchsorted(first_row, i, side="right") - 1)
+                offs, vals, loffs, labs = chunks[c]
+                j = i - first_row[c]
+                a, b = int(offs[j]), int(offs[j + 1])
+                ids.append(vals[a:b])
+                lab = labs[int(loffs[j]):int(loffs[j + 1])].copy()
+                lab[0] = IGNORE  # a row's first token is never predicted, alone or packed
+                labels.append(lab)
+                positions.append(np.arange(b - a, dtype=np.int32))
+                n += b - a
+            seq_lengths.append(n)
+        seq_lengths = np.asarray(seq_lengths, dtype=np.int64)
+        sink.add({"input_ids": _list_array(np.concatenate(ids), seq_lengths),
+                  "labels": _list_array(np.concatenate(labels), seq_lengths),
+                  "position_ids": _list_array(np.concatenate(positions), seq_lengths)})
+        if progress is not None:
+            done = min(g + WRITE_ROWS, len(bins))
+            progress(done / len(bins), f"Packing: {done:,} of {len(bins):,} sequences")
+    return packing.efficiency(lengths.tolist(), cap, bins)
+
+
 def build_sft_dataset(tokenizer, rows: list[dict], data_cfg: Any, cache_dir=None, progress=None):
-    """build_sft_dataset, kept on disk as Arrow under cache_dir/<dataset_key>: a resume or a re-run
-    with other hyperparameters memory-maps it instead of tokenizing again."""
-    if cache_dir is None:
-        return _build_sft_dataset(tokenizer, rows, data_cfg, progress)
-    import shutil
-    from pathlib import Path
-
-    import datasets
-
-    target = Path(cache_dir) / dataset_key(tokenizer, rows, data_cfg)
-    if (target / "dataset_info.json").exists():
-        try:
-            return datasets.load_from_disk(str(target))
-        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt
-            shutil.rmtree(target, ignore_errors=True)
-    ds = _build_sft_dataset(tokenizer, rows, data_cfg, progress)
-    tmp = target.with_name(target.name + f".partial-{__import__('os').getpid()}")
-    try:
-        ds.save_to_disk(str(tmp))
-        if target.exists():
-            shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-        return datasets.load_from_disk(str(target))  # memory-mapped: the rows leave the heap
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        return ds
-
-
-def _build_sft_dataset(tokenizer, rows: list[dict], data_cfg: Any, progress=None):
     """A datasets.Dataset built with encode_row: input_ids, attention_mask, labels; packed if asked.
+
+    With cache_dir it is written as Arrow under cache_dir/<dataset_key> batch by batch and read back
+    memory-mapped: memory stays bounded whatever the file's size, and a resume or a re-run with
+    other hyperparameters reads it instead of tokenizing again. progress(fraction, text) follows it.
 
     Packed sequences carry input_ids, labels and position_ids (restarting at every row) and no
     attention mask: see backend.data.packing. Rows left with no graded token after truncation
     are dropped: they would add nothing but a loss of 0/0. Plain-text rows with packing are cut
     into full blocks instead of truncated.
     """
-    import datasets
-
     if not rows:
         raise UserError("There are no rows to train on. Load a dataset with at least one usable row.")
-    if data_cfg.packing:
-        items = plan_packing(tokenizer, rows, data_cfg).sequences
-        keys = ("input_ids", "labels", "position_ids")
-    else:
-        rep = encode_rows(tokenizer, rows, data_cfg, progress)
-        if not rep.encoded:
-            raise UserError(
-                f"None of the {len(rows)} rows has a graded token within max_length={data_cfg.max_length}: "
-                "the answers are cut off. Raise max length, or shorten the prompts.")
-        items = rep.encoded
-        keys = ("input_ids", "attention_mask", "labels")
-    return datasets.Dataset.from_dict({k: [it[k] for it in items] for k in keys})
+    if cache_dir is None:
+        return _build(tokenizer, rows, data_cfg, None, progress)
+    import os
+    import shutil
+    from pathlib import Path
+
+    import datasets
+
+    target = Path(cache_dir) / dataset_key(tokenizer, rows, data_cfg)
+    if (target / "info.json").exists():
+        try:
+            return datasets.Dataset.from_file(str(target / ARROW_FILE))
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt
+            shutil.rmtree(target, ignore_errors=True)
+    tmp = target.with_name(target.name + f".partial-{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _build(tokenizer, rows, data_cfg, tmp, progress)
+        (tmp / "info.json").write_text(__import__("json").dumps({"rows": len(rows), "version": ENCODING_VERSION}))
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        return datasets.Dataset.from_file(str(target / ARROW_FILE))
+    except OSError:  # a full or read-only disk: build in memory instead
+        shutil.rmtree(tmp, ignore_errors=True)
+        return _build(tokenizer, rows, data_cfg, None, progress)
+
+
+def _build(tokenizer, rows: list[dict], data_cfg: Any, folder, progress=None):
+    import datasets
+    import numpy as np
+
+    cap = int(data_cfg.max_length)
+    if data_cfg.packing and _all_text(rows):
+        import pyarrow as pa
+
+        items = plan_packing(tokenizer, rows, data_cfg).sequences  # documents cut into full blocks
+        sink = _ArrowSink(None if folder is None else folder / ARROW_FILE)
+        for g in range(0, len(items), WRITE_ROWS):
+            sink.add({k: pa.array([it[k] for it in items[g:g + WRITE_ROWS]], type=pa.large_list(pa.int32()))
+                      for k in ("input_ids", "labels", "position_ids")})
+        return sink.dataset()
+    unpacked_path = None if folder is None else folder / (ARROW_FILE if not data_cfg.packing else "rows.arrow")
+    sink = _ArrowSink(unpacked_path)
+    share = 0.9 if data_cfg.packing else 1.0  # packing's own pass reports the last tenth
+    tell = None if progress is None else (lambda f, text: progress(share * f, text))
+    lengths, kept = _write_rows(iter_encoded(tokenizer, rows, data_cfg, tell), sink)
+    if not kept:
+        raise _no_rows_left(rows, data_cfg)
+    unpacked = sink.dataset()
+    if not data_cfg.packing:
+        return unpacked
+    packed = _ArrowSink(None if folder is None else folder / ARROW_FILE)
+    tell = None if progress is None else (lambda f, text: progress(0.9 + 0.1 * f, text))
+    _write_packed(unpacked, np.concatenate(lengths), cap, packed, tell)
+    out = packed.dataset()
+    del unpacked
+    if unpacked_path is not None:
+        unpacked_path.unlink(missing_ok=True)  # the memory map stays valid until closed; the file goes
+    return out
 
 
 class SftCollator:
@@ -681,18 +985,24 @@ def _offset_index(seq: dict, j: int, seg_start: int, full: Encoding) -> Optional
     return k if 0 <= k < len(full.offsets) else None
 
 
-def token_length_stats(tokenizer, rows: list[dict], data_cfg: Any, limit: int | None = None) -> dict:
-    """Untruncated token lengths and how many rows max_length cuts (on the first `limit` rows if set)."""
+def token_length_stats(tokenizer, rows: list[dict], data_cfg: Any, limit: int | None = None, progress=None) -> dict:
+    """Untruncated token lengths and how many rows max_length cuts (on the first `limit` rows if set).
+
+    Encoded BATCH_ROWS at a time like training; progress(fraction, text) is called after each batch.
+    """
     import statistics
 
     sample = rows if limit is None else rows[:limit]
     lengths, no_answer = [], 0
     cap = int(data_cfg.max_length)
-    for r in sample:
-        e = encode_full(tokenizer, r, data_cfg)
-        lengths.append(len(e.input_ids))
-        if len(e.input_ids) > cap and not any(x != IGNORE for x in e.labels[1:cap]):
-            no_answer += 1
+    for start in range(0, len(sample), BATCH_ROWS):
+        for ids, labels in encode_full_batch(tokenizer, sample[start:start + BATCH_ROWS], data_cfg):
+            lengths.append(len(ids))
+            if len(ids) > cap and not any(x != IGNORE for x in labels[1:cap]):
+                no_answer += 1
+        if progress is not None:
+            done = min(start + BATCH_ROWS, len(sample))
+            progress(done / len(sample), f"Counting tokens: {done:,} of {len(sample):,} rows")
     truncated = sum(1 for n in lengths if n > cap)
     if not lengths:
         return {"min": 0, "median": 0, "max": 0, "mean": 0.0, "truncated": 0, "truncated_share": 0.0,

@@ -39,6 +39,9 @@ class Estimate:
     phases: dict[str, int] = field(default_factory=dict)   # forward_backward / optimizer_step peaks
     dtypes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # term -> per-dtype parts (unsharded)
     per_gpu: list[dict[str, Any]] = field(default_factory=list)
+    # With measured data lengths: real tokens and slots to train, packing efficiency (lengths.DataLengths.plan);
+    # lengths.eta_seconds(data["tokens_to_train"], tokens_per_s) is the time it takes at a measured rate.
+    data: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +51,7 @@ class Estimate:
             "allocated_bytes": self.allocated_bytes, "headroom_bytes": self.headroom_bytes,
             "formulas": dict(self.formulas), "notes": list(self.notes), "phases": dict(self.phases),
             "per_gpu": list(self.per_gpu), "dtypes": {k: list(v) for k, v in self.dtypes.items()},
+            "data": dict(self.data),
         }
 
 
@@ -488,6 +492,8 @@ def estimate(cfg: Any, gpus: Optional[list[GpuInfo]] = None, gpu_count: Optional
         model_config = model_config_of(cfg, light=True)  # no transformers import when the skeleton is cached
     shape = cached_shape(model_config, cfg)
     est = _compute(cfg, shape, device, lengths)
+    if lengths is not None and not online.is_online(cfg):
+        est.data = lengths.plan(cfg, padding_free=cfg.data.packing and "flash" in shape.attn_implementation)
     hypothetical = gpu_memory_gb is not None
     if hypothetical:
         if gpu_memory_gb <= 0:

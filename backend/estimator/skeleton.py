@@ -58,6 +58,10 @@ class ModelShape:
     largest_linear: int          # elements of the biggest frozen linear (4-bit dequantization buffer)
     largest_layer_params: int    # parameters of one block (ZeRO-3/FSDP gather one at a time)
     notes: tuple[str, ...] = field(default=())
+    # The bare model's linear layers (name, in, out, is the output head) and its other leaf modules'
+    # names: a LoRA target change is counted from these instead of applying PEFT again.
+    linears: tuple[tuple[str, int, int, bool], ...] = field(default=())
+    other_leaves: tuple[str, ...] = field(default=())
 
 
 def _config_dims(config: Any) -> dict[str, Any]:
@@ -118,6 +122,14 @@ def shape_of(model_config: Any, cfg: Any) -> ModelShape:
     linear_weight_ids = {id(mod.weight) for name, mod in model.named_modules()
                          if _is_linear(mod) and getattr(mod, "weight", None) is not None and mod is not head}
     base_ids = {id(p) for p in model.parameters()}
+    linears, other_leaves = [], []
+    for name, mod in model.named_modules():
+        if _is_linear(mod) and getattr(mod, "weight", None) is not None:
+            w = tuple(mod.weight.shape)  # nn.Linear: (out, in); GPT-2's Conv1D: (in, out)
+            i, o = (w[0], w[1]) if type(mod).__name__ == "Conv1D" else (w[1], w[0])
+            linears.append((name, int(i), int(o), mod is head))
+        elif name and not any(True for _ in mod.children()):
+            other_leaves.append(name)
     layer_params: Counter[int] = Counter()
     largest_linear = 0
     for name, p in model.named_parameters():
@@ -185,11 +197,12 @@ def shape_of(model_config: Any, cfg: Any) -> ModelShape:
         grad_through_all_layers=all_layers, lowest_grad_layer=lowest, virtual_tokens=vt,
         virtual_tokens_in_kv_only=METHODS[name].kv_prefix,
         largest_linear=largest_linear, largest_layer_params=max(layer_params.values(), default=0),
+        linears=tuple(linears), other_leaves=tuple(other_leaves),
     )
 
 
 # Bump when ModelShape or the way it is computed changes: older files are then ignored.
-_DISK_VERSION = 1
+_DISK_VERSION = 2
 
 
 def _disk_path(key: str):
@@ -228,7 +241,7 @@ def _load_or_build(config_json: str, config_cls: type, build_json: str) -> Model
         pass
     config = config_cls.from_dict(json.loads(config_json))  # plan.ConfigFile gives the transformers config
     cfg = RunConfig.model_validate_json(build_json)
-    shape = derived_lora_shape(config, cfg) or shape_of(config, cfg)
+    shape = shape_of(config, cfg)  # derivable LoRA shapes never reach here (cached_shape derives them)
     try:
         from backend.core.io import atomic_write_text
         atomic_write_text(path, shape_to_json(shape))
@@ -244,35 +257,63 @@ def _shape_cached(config_json: str, config_cls: type, build_json: str, attn: str
 
 
 # LoRA variants whose every added parameter is a rank-r factor (A: r x in, B: out x r).
-_RANK_LINEAR = {"lora", "qlora", "rslora"}
+_RANK_LINEAR = {"lora", "qlora", "rslora", "loraplus"}
 _PROBE_RANK = 1
+_PROBE_TARGETS = "all-linear"  # every model has linear layers, so the probe always builds
+
+
+def _targeted(name: str, targets: Any) -> bool:
+    """PEFT's rule for a list of target names: the module's name, or its last dotted parts."""
+    return name in targets or any(name.endswith("." + t) for t in targets)
 
 
 def derived_lora_shape(model_config: Any, cfg: Any) -> Optional[ModelShape]:
-    """A LoRA skeleton at rank r from the one at rank 1, without applying PEFT again; None where not exact.
+    """A LoRA skeleton for any rank and target modules, counted from the shapes of the model's linear
+    layers in the one probe skeleton (rank 1, all linear layers), without applying PEFT again; None
+    where that would not be exact (the probe itself, a target that is not a linear layer).
 
-    Every LoRA parameter is r x in or out x r, so counts scale with r and each adapter shape
-    has exactly one factor of r. The rank-1 skeleton is cached like any other, so a rank edit
-    costs arithmetic; tests/unit/test_skeleton_cache.py checks the result equals PEFT's.
+    Each wrapped linear of in x out gets A (r x in) and B (out x r), which is all PEFT adds for these
+    variants; tests/unit/test_skeleton_cache.py checks the result equals PEFT's for several target
+    sets and ranks.
     """
-    if cfg.method.name not in _RANK_LINEAR or int(cfg.method.r) == _PROBE_RANK:
+    m = cfg.method
+    if m.name not in _RANK_LINEAR:
         return None
-    probe = cfg.model_copy(update={"method": cfg.method.model_copy(update={"r": _PROBE_RANK})})
+    if int(m.r) == _PROBE_RANK and m.target_modules == _PROBE_TARGETS:
+        return None
+    probe = cfg.model_copy(update={"method": m.model_copy(update={"r": _PROBE_RANK,
+                                                                    "target_modules": _PROBE_TARGETS})})
     base = cached_shape(model_config, probe)
-    r = int(cfg.method.r)
-    shapes = []
-    for dims, is_base, count in base.trainable_shapes:
-        if not is_base:
-            if list(dims).count(_PROBE_RANK) != 1 or len(dims) != 2:
-                return None  # an adapter tensor that is not a plain rank factor: build it instead
-            dims = tuple(r if d == _PROBE_RANK else d for d in dims)
-        shapes.append((dims, is_base, count))
-    if base.adapter_frozen:
+    if base.adapter_frozen or not base.linears:
         return None
-    return dataclasses.replace(base, adapter_trainable=base.adapter_trainable * r,
-                               trainable_params=base.base_trainable + base.adapter_trainable * r,
-                               total_params=base.total_params + base.adapter_trainable * (r - 1),
-                               trainable_shapes=tuple(sorted(shapes, key=str)))
+    if m.target_modules == "all-linear":
+        chosen = [ln for ln in base.linears if not ln[3]]  # PEFT leaves the output head out
+    else:
+        targets = list(m.target_modules)
+        if any(_targeted(n, targets) for n in base.other_leaves):
+            return None  # an embedding or another layer PEFT wraps differently: build it
+        chosen = [ln for ln in base.linears if _targeted(ln[0], targets)]
+    if not chosen:
+        return None  # PEFT refuses the target set; building it gives its own message
+    r = int(m.r)
+    adapter = r * sum(i + o for _, i, o, _ in chosen)
+    shapes = Counter()
+    for dims, is_base, count in base.trainable_shapes:
+        if is_base:
+            shapes[(tuple(dims), True)] += count
+    distinct: set[tuple[str, int, bool]] = set()
+    for name, i, o, _ in chosen:
+        shapes[((r, i), False)] += 1
+        shapes[((o, r), False)] += 1
+        parent, _, leaf = name.rpartition(".")
+        distinct.add((parent, i, leaf in _OUTPUT_PROJECTIONS))
+    layers = max(base.layers, 1)
+    return dataclasses.replace(
+        base, adapter_trainable=adapter, trainable_params=base.base_trainable + adapter,
+        total_params=base.total_params - base.adapter_trainable + adapter,
+        trainable_shapes=tuple(sorted(((s, b, c) for (s, b), c in shapes.items()), key=str)),
+        adapter_in_features_per_layer=sum(i for _, i, _, _ in chosen) / layers,
+        adapter_distinct_in_features_per_layer=sum(d[1] for d in distinct) / layers)
 
 
 def cached_shape(model_config: Any, cfg: Any) -> ModelShape:
@@ -284,7 +325,21 @@ def cached_shape(model_config: Any, cfg: Any) -> ModelShape:
     method = json.loads(structural_method_key(cfg.method))
     build = {"model": cfg.model, "trust_remote_code": cfg.trust_remote_code, "method": method}
     attn = str(getattr(model_config, "_attn_implementation", None) or "sdpa")
-    return _shape_cached(config_json_of(model_config), type(model_config), json.dumps(build, sort_keys=True), attn)
+    key = (config_json_of(model_config), type(model_config), json.dumps(build, sort_keys=True), attn)
+    if key in _DERIVED:
+        return _DERIVED[key]
+    # A LoRA rank or target edit: counted from the probe skeleton in memory, never written to disk
+    # (writing and re-reading the file cost more than the arithmetic).
+    derived = derived_lora_shape(model_config, cfg)
+    if derived is not None:
+        if len(_DERIVED) > 512:
+            _DERIVED.clear()
+        _DERIVED[key] = derived = dataclasses.replace(derived, attn_implementation=attn)
+        return derived
+    return _shape_cached(*key)
+
+
+_DERIVED: dict[tuple, ModelShape] = {}
 
 
 _CONFIG_JSON: dict[int, tuple[Any, str]] = {}

@@ -106,7 +106,7 @@ def effective_config(cfg):
     return cfg.model_copy(update={"train": cfg.train.model_copy(update=train)})
 
 
-def build_datasets(cfg, tokenizer, cache: Optional[Path] = None):
+def build_datasets(cfg, tokenizer, cache: Optional[Path] = None, progress=None):
     if is_alignment(cfg.objective):
         from backend.objectives.trainers import build_alignment_datasets
 
@@ -118,18 +118,29 @@ def build_datasets(cfg, tokenizer, cache: Optional[Path] = None):
          f"({getattr(loaded, 'skipped', 0)} skipped) from {cfg.data.path}.")
     # The encoded rows are kept in the workspace's cache (Arrow, keyed by rows, tokenizer, template and
     # data settings), so a resume or a re-run with other hyperparameters does not tokenize again.
-    train_ds = build_sft_dataset(tokenizer, train_rows, cfg.data, cache_dir=cache, progress=_encode_progress)
+    train_ds = build_sft_dataset(tokenizer, train_rows, cfg.data, cache_dir=cache,
+                                 progress=progress or encode_progress())
     val_ds = build_sft_dataset(tokenizer, val_rows, cfg.data, cache_dir=cache) if val_rows else None
     if cfg.data.packing:
         note(f"Packing: {len(train_ds)} sequences of at most {cfg.data.max_length} tokens.")
     return train_ds, val_ds
 
 
-def _encode_progress(done: int, total: int) -> None:
-    # A line per tenth of a large file: train.log (and `ftstudio train`) show tokenization advancing.
-    step = max(1000, total // 10)
-    if total >= 5000 and (done % step < 1000 or done == total):
-        note(f"Tokenizing: {done:,} of {total:,} rows.")
+def encode_progress(run_dir: Optional[Path] = None):
+    """progress(fraction, text) for the dataset build: a train.log line per tenth, and status.json's
+    `preparing` (fraction and text, at most once a second) that `ftstudio train` and the Train tab show."""
+    shown = {"tenth": -1, "at": 0.0}
+
+    def progress(fraction: float, text: str) -> None:
+        tenth = int(fraction * 10)
+        if tenth != shown["tenth"]:
+            shown["tenth"] = tenth
+            note(f"{text} ({fraction:.0%}).")
+        now = time.monotonic()
+        if run_dir is not None and (now - shown["at"] >= 1.0 or fraction >= 1.0):
+            shown["at"] = now
+            rundir.write_status(run_dir, preparing={"fraction": round(float(fraction), 4), "text": text})
+    return progress
 
 
 def training_args(cfg, run_dir: Path, has_eval: bool):
@@ -385,7 +396,10 @@ def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool,
     from backend.objectives.trainers import load_objective_model
     model = load_objective_model(cfg)  # load_trainable_model, or a scorer for the reward objective
     # WORKSPACE/runs/<id> -> WORKSPACE/cache/datasets
-    train_ds, val_ds = build_datasets(cfg, tokenizer, Path(run_dir).resolve().parent.parent / "cache" / "datasets")
+    train_ds, val_ds = build_datasets(cfg, tokenizer, Path(run_dir).resolve().parent.parent / "cache" / "datasets",
+                                      progress=encode_progress(run_dir if main else None))
+    if main:
+        rundir.write_status(run_dir, preparing=None)
     if main:  # the model card names the data's size
         rundir.write_status(run_dir, train_rows=len(train_ds), validation_rows=len(val_ds) if val_ds is not None else 0)
     trainer, events, stop = build_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, faults)

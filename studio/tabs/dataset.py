@@ -328,11 +328,14 @@ def model_of(run_config) -> str:
     return (run_config or {}).get("model") or DEFAULT_MODEL
 
 
-def token_view(v: DatasetView, ds, cfg, row, run_config) -> dict:
-    """Stats, histogram and preview; reads the cached dataset, writes the token widgets."""
+def token_view(v: DatasetView, ds, cfg, row, run_config, progress=None) -> dict:
+    """Stats, histogram and preview; reads the cached dataset, writes the token widgets.
+
+    progress: a gr.Progress, advanced as the rows are encoded (the backend calls it per batch)."""
     try:
         tok = get_tokenizer(model_of(run_config))
-        stats = token_length_stats(tok, ds.rows, cfg, limit=STATS_ROWS)
+        tell = None if progress is None else (lambda fraction, text: progress(fraction, desc=text))
+        stats = token_length_stats(tok, ds.rows, cfg, limit=STATS_ROWS, progress=tell)
     except Exception as e:  # noqa: BLE001 - shown as a sentence, the rows stay visible
         return {v.stats_md: error_sentence(e), v.hist: None, v.rendered: "", v.preview_html: "", v.tok_table: [],
                 **_lengths_out(v, None)}
@@ -413,7 +416,8 @@ def current(v: DatasetView, path, src, skip_v, run_config):
     return v.cache.load(path, src.get("mapping"), src.get("format") or "auto", bool(skip_v))
 
 
-def on_settings(v: DatasetView, path, src, skip_v, tmpl, sysp, maxlen, top, last, pack, row, run_config):
+def on_settings(v: DatasetView, path, src, skip_v, tmpl, sysp, maxlen, top, last, pack, row, run_config,
+                progress=gr.Progress()):  # noqa: B008 - Gradio finds the progress bar by this default
     """Template/switch change: re-tokenizes the cached rows; writes token widgets and run_config."""
     try:
         cfg = data_cfg(path, tmpl, sysp, maxlen, top, last, pack, run_config)
@@ -426,7 +430,7 @@ def on_settings(v: DatasetView, path, src, skip_v, tmpl, sysp, maxlen, top, last
         ds = current(v, path, src, skip_v, run_config)
     except Exception as e:  # noqa: BLE001
         return {v.status: error_sentence(e), v.ctx.run_config: new_rc}
-    return {v.ctx.run_config: new_rc, **token_view(v, ds, cfg, row, new_rc)}
+    return {v.ctx.run_config: new_rc, **token_view(v, ds, cfg, row, new_rc, progress)}
 
 
 def on_row(v: DatasetView, path, src, skip_v, tmpl, sysp, maxlen, top, last, pack, row, run_config):

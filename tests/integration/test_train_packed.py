@@ -23,4 +23,4 @@ def test_a_packed_run_completes_and_caches_its_encoded_dataset(tmp_path, tiny_mo
     log = (run_dir / "train.log").read_text()
     assert code == 0 and rundir.read_status(run_dir)["state"] == "completed", log[-2000:]
     assert "Packing:" in log
-    assert list((ws / "cache" / "datasets").glob("*/dataset_info.json"))
+    assert list((ws / "cache" / "datasets").glob("*/info.json")) and list((ws / "cache" / "datasets").glob("*/data.arrow"))

@@ -20,8 +20,8 @@ def test_a_second_build_reads_the_cache_and_a_changed_setting_or_row_does_not(to
     assert len(list(tmp_path.iterdir())) == 1
 
     calls = []
-    real = T.encode_rows
-    monkeypatch.setattr(T, "encode_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = T.iter_encoded
+    monkeypatch.setattr(T, "iter_encoded", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = T.build_sft_dataset(tok, ROWS, cfg, cache_dir=tmp_path)
     assert calls == [] and again[:] == first[:]
 
