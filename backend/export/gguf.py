@@ -7,12 +7,12 @@
 
 An adapter (or a run's adapter) is first merged into its base with `backend.export.merge.merge_adapter`
 into a temporary folder next to the output, once; a merged folder the studio already wrote from the same
-adapter files, base and merge settings (`merge.find_merged`, by content hash) is used instead. The f16 GGUF is written from it (`gguf_write`), and
-llama.cpp's own quantizer makes every other quant from that f16 file. Each file is then loaded in
-llama.cpp and compared with the merged model (`gguf_check`); a file that passes is moved into place
-with `os.replace`, one that fails is deleted, so a failure leaves no file that looks like a good
-export and keeps whatever was there. Loading models is heavy: the studio runs this through
-`ftstudio export` in a subprocess.
+adapter files, base and merge settings (`merge.find_merged`, by content hash) is used instead.
+The f16 GGUF is written from it (`gguf_write`), and llama.cpp's own quantizer makes every other
+quant from that f16 file. Each file is then loaded in llama.cpp and compared with the merged model
+(`gguf_check`); a file that passes is moved into place with `os.replace`, one that fails is deleted,
+so a failure leaves no file that looks like a good export and keeps whatever was there. Loading
+models is heavy: the studio runs this through `ftstudio export` in a subprocess.
 """
 from __future__ import annotations
 

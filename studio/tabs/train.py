@@ -26,6 +26,7 @@ from backend.runs.notify import webhook_problem
 from backend.training.checks import data_problems, start_problems
 from backend.core.choices import save_choices, selected_run_dir
 from studio.context import StudioContext, bind
+from studio.progress import shows
 from studio.plots import RunSeries, loss_figure, lr_grad_figure, metric_figure, overlay_figure
 from studio.tabs import cluster_bundle, eval_report, trackers, train_queue
 
@@ -540,13 +541,16 @@ def wire(v: TrainView) -> None:
     v.slow_tick.tick(bind(on_slow_tick, ws), [v.compare, v.listed], [v.listed, v.table, v.compare], queue=False,
                      show_progress="hidden")
     ctx.run_config.change(on_config, ctx.run_config, [v.summary, v.yaml_view], queue=False)
-    v.start.click(bind(on_start, ctx), [ctx.run_config, live], view_outputs, concurrency_id="train-control",
+    starting = shows("Checking the data, mapping and template, then starting the run…", bind(on_start, ctx),
+                     [ctx.run_config, live])
+    v.start.click(starting, [ctx.run_config, live], view_outputs, concurrency_id="train-control",
                   concurrency_limit=1).then(refresh, v.compare, [v.table, v.compare])
     v.stop.click(bind(on_stop, ws), live, view_outputs, concurrency_id="train-control", concurrency_limit=1) \
         .then(refresh, v.compare, [v.table, v.compare])
     v.stop_now.click(bind(on_stop_now, ws), live, view_outputs, queue=False) \
         .then(refresh, v.compare, [v.table, v.compare])
-    v.resume.click(bind(on_resume, ws), live, view_outputs, concurrency_id="train-control", concurrency_limit=1)
+    v.resume.click(shows("Checking the checkpoints and resuming the run…", bind(on_resume, ws), [live]), live,
+                   view_outputs, concurrency_id="train-control", concurrency_limit=1)
     selected = v.table.select(on_select, live, view_outputs, queue=False)
     v.refresh.click(refresh, v.compare, [v.table, v.compare], queue=False)
     v.compare.change(bind(on_compare, ws), [v.compare, v.compare_what], v.overlay)
