@@ -33,11 +33,11 @@ def shows(text: str, fn: Callable[..., Any], inputs: Optional[Sequence[Any]] = N
 
     if inspect.isgeneratorfunction(fn):
         def wrapper(*args: Any):
-            args[-1](None, desc=text)  # None: no bar, only the sentence (the wait has no known length)
+            args[-1](0, desc=text)  # 0, not None: Gradio shows no text at all for None
             yield from fn(*args[:-1])
     else:
         def wrapper(*args: Any):
-            args[-1](None, desc=text)
+            args[-1](0, desc=text)
             return fn(*args[:-1])
 
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

@@ -354,7 +354,10 @@ def render(ws: Path, lv: dict[str, Any], force: bool = False):
     the figures when no new points arrived, are gr.skip(), so the browser redraws nothing. When none
     of the run's files changed, a finished run costs one stat per file and an active one a re-render
     of its clock-driven texts only."""
-    if lv.get("run_dir") and not force and lv.get("files") == files_signature(Path(lv["run_dir"])):
+    viewed = lv.get("run_dir")
+    # Stat before the reads: a write landing between them makes the next tick read again, never miss it.
+    before = files_signature(Path(viewed)) if viewed else None
+    if viewed and not force and lv.get("files") == before:
         status = rundir.read_status(Path(lv["run_dir"])) if lv.get("active") else None
         if status is None:
             return [lv] + [gr.skip()] * 6
@@ -365,8 +368,9 @@ def render(ws: Path, lv: dict[str, Any], force: bool = False):
         return [lv] + [gr.skip()] * 6
     run_dir = Path(lv["run_dir"])
     series = lv["series"]
-    # Stat before the reads: a write landing in between makes the next tick read again, never miss it.
-    lv["files"], lv["active"] = files_signature(run_dir), status.get("state") in rundir.ACTIVE_STATES
+    # A run attached just now has no signature from before its reads: the next tick reads it once more.
+    lv["files"] = before if lv["run_dir"] == viewed else None
+    lv["active"] = status.get("state") in rundir.ACTIVE_STATES
     charts = (loss_figure(series, f"Loss: {run_dir.name}"), lr_grad_figure(series)) \
         if (changed or force) else (gr.skip(), gr.skip())
     state_t, progress_t, stats_t, log_t = _changed_texts(lv, _texts(lv, status), force)

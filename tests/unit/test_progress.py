@@ -30,7 +30,7 @@ def test_the_wrapper_says_its_text_then_runs_the_handler_with_its_own_arguments(
     fn = shows("Adding the numbers…", bind(_slow, "="), [object(), object()])
     progress = FakeProgress()
     assert fn(1, 2, progress) == "=3"
-    assert progress.calls == [(None, "Adding the numbers…")]
+    assert progress.calls == [(0, "Adding the numbers…")]
     assert fn.__name__ == "_slow" and fn.__doc__ == "Adds."  # the API name and its description stay
 
 
@@ -49,7 +49,7 @@ def test_a_streaming_handler_stays_a_generator():
     fn = shows("Streaming…", _stream, [object()])
     assert inspect.isgeneratorfunction(fn)
     progress = FakeProgress()
-    assert list(fn(3, progress)) == [3, 6] and progress.calls == [(None, "Streaming…")]
+    assert list(fn(3, progress)) == [3, 6] and progress.calls == [(0, "Streaming…")]
 
 
 def _texts_of(demo) -> dict[str, str]:
