@@ -30,10 +30,12 @@ def build_app(workspace: Path) -> gr.Blocks:
                     f"Runs are kept in `{workspace}/runs`.")
         ctx = StudioContext(workspace=workspace, run_config=gr.State(default_run_config()),
                             data_lengths=gr.State(None))
+        tabs = {}
         with gr.Tabs(elem_id="ft-tabs"):
             for title, module in TABS:
-                with gr.Tab(title, id=title.lower(), elem_id=f"tab-{title.lower()}"):
+                with gr.Tab(title, id=title.lower(), elem_id=f"tab-{title.lower()}") as tabs[title.lower()]:
                     module.build(ctx)
+        train.follow_tabs(ctx, tabs)  # the Train tab's timers run only while it is shown
         wire_choices(demo, ctx)
     return demo
 

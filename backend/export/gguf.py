@@ -6,12 +6,13 @@
         -> several:   {"checked", "out": [...], "exports": [one dict per quant], "notes"}
 
 An adapter (or a run's adapter) is first merged into its base with `backend.export.merge.merge_adapter`
-into a temporary folder next to the output, once. The f16 GGUF is written from it (`gguf_write`), and
-llama.cpp's own quantizer makes every other quant from that f16 file. Each file is then loaded in
-llama.cpp and compared with the merged model (`gguf_check`); a file that passes is moved into place
-with `os.replace`, one that fails is deleted, so a failure leaves no file that looks like a good
-export and keeps whatever was there. Loading models is heavy: the studio runs this through
-`ftstudio export` in a subprocess.
+into a temporary folder next to the output, once; a merged folder the studio already wrote from the same
+adapter files, base and merge settings (`merge.find_merged`, by content hash) is used instead.
+The f16 GGUF is written from it (`gguf_write`), and llama.cpp's own quantizer makes every other
+quant from that f16 file. Each file is then loaded in llama.cpp and compared with the merged model
+(`gguf_check`); a file that passes is moved into place with `os.replace`, one that fails is deleted,
+so a failure leaves no file that looks like a good export and keeps whatever was there. Loading
+models is heavy: the studio runs this through `ftstudio export` in a subprocess.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from backend.export.gguf_check import CheckResult, CheckTexts, check_export, def
 from backend.export.gguf_tokenizer import describe_tokenizer
 from backend.export.gguf_write import architecture_of, estimate_bytes, plan_tensors, write_gguf
 from backend.export.llamacpp import quantize
-from backend.export.merge import estimate_merged_bytes, locate_adapter, merge_adapter
+from backend.export.merge import estimate_merged_bytes, find_merged, locate_adapter, merge_adapter, merged_notes
 from backend.export.modelfile import build_modelfile, ollama_model_name, stop_equivalence, template_equivalence
 
 Progress = Optional[Callable[[float, str], None]]
@@ -155,7 +156,16 @@ def _write_modelfile(out: Path, tok: Any) -> tuple[Path, str, dict[str, Any]]:
 
 
 def _merged_model(source: ExportSource, work: Path, progress: Progress, notes: list[str]) -> Path:
-    """Fold the adapter into its base, in the export's temporary folder (removed afterwards)."""
+    """The adapter folded into its base: a merged folder the studio already wrote from the same adapter
+    files, base and merge settings (the Merge tab's), or a new merge in the export's temporary folder."""
+    found = find_merged(locate_adapter(source.path))
+    if found is not None:
+        # A merge of a small model takes minutes on a CPU; the same inputs give the same folder.
+        message = (f"Reusing the merged folder {found} (same adapter files, base and merge settings), "
+                   "instead of merging again")
+        _say(progress, 0.15, message)
+        notes += [message + "."] + merged_notes(found)
+        return found
     merged_size = estimate_merged_bytes(source.base or "") or 0
     _check_disk(work, merged_size * 2, "the merged model and its GGUF")
     _say(progress, 0.02, f"Merging the adapter into {source.base}")

@@ -7,6 +7,7 @@ The merging itself is PEFT's (`merge_and_unload`, `add_weighted_adapter`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,7 +23,8 @@ from backend.core import catalog
 from backend.core.config import load_config
 from backend.core.errors import UserError
 from backend.core.io import atomic_write_json, check_free_space, is_disk_full, read_json
-from backend.core.models import BUNDLED, ModelError, load_causal_lm, load_tokenizer, model_cache_dir
+from backend.core.models import (BUNDLED, ModelError, load_causal_lm, load_tokenizer, model_cache_dir,
+                                 workspace_root)
 from backend.core.paths import PROJECT_ROOT
 from backend.core.security import is_within, refuse_pickled_weights
 from backend.runs.model_card import write_card
@@ -233,6 +235,53 @@ def _merge_dtype(src: AdapterSource):
     return "auto"
 
 
+MERGE_KEY_VERSION = 1  # bump when the merge itself changes, so older merged folders are not reused
+
+
+def merge_key(src: AdapterSource) -> str:
+    """What makes two merges give the same folder: the adapter's files (their bytes), the base they go
+    into and the merge settings. The model card (README.md) is left out: it is rendered again on a push."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in src.adapter_dir.iterdir() if p.is_file() and p.name != "README.md"):
+        h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    base = Path(src.base).expanduser()
+    settings = {"version": MERGE_KEY_VERSION, "base": str(base.resolve()) if base.exists() else src.base,
+                "dtype": (src.compute_dtype or "bf16") if trained_on_4bit(src) else "auto"}
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _merge_places(src: AdapterSource) -> list[Path]:
+    """The workspaces whose merged/ folders may hold an earlier merge of this adapter: the studio's, and
+    the one the adapter's run lives in (WORKSPACE/runs/<id>)."""
+    places = [workspace_root()]
+    if src.run_dir is not None and src.run_dir.parent.name == "runs":
+        places.append(src.run_dir.parent.parent.resolve())
+    return list(dict.fromkeys(places))
+
+
+def find_merged(src: AdapterSource, key: Optional[str] = None) -> Optional[Path]:
+    """A complete merged folder the studio wrote from this very adapter, base and settings (the newest),
+    or None. The key is compared, not the path: a retrained run in the same place has other bytes."""
+    key = key or merge_key(src)
+    found = []
+    for ws in _merge_places(src):
+        for _label, folder in merged_models(ws):
+            p = Path(folder)
+            mark = read_json(p / _MERGED_MARK, {}) or {}
+            if mark.get("key") == key and (any(p.glob("*.safetensors")) or any(p.glob("*.bin"))):
+                found.append(p)
+    return max(found, key=lambda p: (p / _MERGED_MARK).stat().st_mtime, default=None)
+
+
+def merged_notes(folder: Path) -> list[str]:
+    """The notes the merge that wrote `folder` gave (kept in its mark file), for a reuse to repeat."""
+    return list((read_json(Path(folder) / _MERGED_MARK, {}) or {}).get("notes") or [])
+
+
 def merge_adapter(adapter_or_run_dir: str | Path, out_dir: str | Path, progress: Progress = None) -> dict[str, Any]:
     """Fold an adapter into its base and save a plain transformers model directory."""
     src = locate_adapter(adapter_or_run_dir)
@@ -241,6 +290,7 @@ def merge_adapter(adapter_or_run_dir: str | Path, out_dir: str | Path, progress:
         raise UserError(reason)
     from peft import PeftModel
 
+    key = merge_key(src)  # of the files as they are merged now (a reuse compares against this)
     tmp = _prepare_out(Path(out_dir), estimate_merged_bytes(src.base))
     notes: list[str] = []
     try:
@@ -273,7 +323,8 @@ def merge_adapter(adapter_or_run_dir: str | Path, out_dir: str | Path, progress:
         if not getattr(tok, "chat_template", None):
             notes.append("The tokenizer has no chat template; the Chat tab will fall back to a plain prompt.")
         write_card(tmp, src.run_dir, kind="merged", base=src.base, notes=tuple(notes))
-        out = _finish_out(tmp, Path(out_dir), {"adapter": str(src.adapter_dir), "base": src.base})
+        out = _finish_out(tmp, Path(out_dir), {"adapter": str(src.adapter_dir), "base": src.base,
+                                               "key": key, "notes": notes})
     except Exception as e:  # noqa: BLE001 - safetensors reports a full disk as its own error type
         shutil.rmtree(tmp, ignore_errors=True)
         if is_disk_full(e):

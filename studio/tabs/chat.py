@@ -21,6 +21,7 @@ from backend.core.config import ConfigError
 from backend.core.errors import UserError
 from backend.core.models import DEFAULT_MODEL, ModelError
 from studio.context import StudioContext, bind
+from studio.progress import shows
 from studio.tabs import chat_serve
 
 BAD_INPUT = (UserError, ConfigError, ModelError)
@@ -260,7 +261,8 @@ def cleared():
 def wire(c: ChatView) -> None:
     session = c.session
     c.refresh.click(bind(on_refresh, c.ctx.workspace), c.pick, c.pick, queue=False)
-    c.load.click(bind(on_load, session), [c.pick, c.quantize], c.status, concurrency_id="chat", concurrency_limit=1)
+    loading = shows("Loading the model for chat (in its own process)…", bind(on_load, session), [c.pick, c.quantize])
+    c.load.click(loading, [c.pick, c.quantize], c.status, concurrency_id="chat", concurrency_limit=1)
     c.unload.click(bind(on_unload, session), None, c.status)
     inputs = [c.text, c.system, c.adapter_hist, c.base_hist, c.compare, *c.settings]
     outputs = [c.adapter_bot, c.base_bot, c.adapter_hist, c.base_hist, c.status, c.text]

@@ -15,6 +15,7 @@ from backend.core.errors import UserError
 from backend.inference.serve import DEFAULT_PORT, check_bind
 from backend.inference.serve_process import ServeProcess
 from studio.context import StudioContext, bind
+from studio.progress import shows
 
 HELP = ("Serve the picked model over HTTP at /v1/chat/completions and /v1/models, so your own tools and the "
         "`openai` client can call it. It runs in its own process with its own copy of the model (the chat above "
@@ -64,5 +65,6 @@ def build(ctx: StudioContext, pick: gr.Dropdown) -> None:
             start = gr.Button("Serve", variant="primary", elem_id="serve-start")
             stop = gr.Button("Stop serving", elem_id="serve-stop")
         status = gr.Markdown(NOT_RUNNING, elem_id="serve-status")
-    start.click(bind(on_start, server), [pick, host, port, key], status, concurrency_id="serve", concurrency_limit=1)
+    start.click(shows("Starting the server and loading the model…", bind(on_start, server), [pick, host, port, key]),
+                [pick, host, port, key], status, concurrency_id="serve", concurrency_limit=1)
     stop.click(bind(on_stop, server), None, status)

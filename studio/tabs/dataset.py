@@ -29,6 +29,7 @@ from backend.core.models import DEFAULT_MODEL, ModelError
 from backend.data.templates import (TEMPLATE_TITLES, TEMPLATES, get_tokenizer, preview_packed, preview_row,
                                token_length_stats)
 from studio.context import StudioContext, bind
+from studio.progress import listen, shows
 from studio.tabs.dataset_view import (STYLE, errors_markdown, length_figure, rows_table, stats_markdown,
                                       token_rows, tokens_html)
 from backend.core.paths import SAMPLES_DIR
@@ -543,37 +544,51 @@ def sync_from_config(run_config, maxlen, pack):
 
 # ---------------------------------------------------------------- the tab: events
 
+# What each slow step says while it runs (over the widgets it will write).
+WAIT = {
+    "load": "Reading the file: detecting its format and mapping, counting the tokens of every row…",
+    "mapping": "Applying the mapping and reading the rows again…",
+    "settings": "Rendering the rows with the template and counting their tokens…",
+    "split": "Splitting off the validation rows…",
+    "restore": "Loading the dataset you chose last time…",
+}
+
 def wire(v: DatasetView) -> None:
     rc, all_outputs = v.ctx.run_config, v.all_outputs
     common_in = [v.fmt, v.skip, *v.settings]
     tail_in = [v.split_mode, v.val_split, rc]
     pickers = {v.sample, v.upload, v.path_box}
-    v.sample.input(bind(from_sample, v), [v.sample, *common_in, *tail_in], all_outputs | pickers)
-    v.upload.upload(bind(from_upload, v), [v.upload, *common_in, *tail_in], all_outputs | pickers)
-    v.path_box.submit(bind(from_path, v), [v.path_box, *common_in, *tail_in], all_outputs | pickers)
+    # Each wait over a second says what it is doing (studio/progress.py).
+    for comp, event, fn in ((v.sample, v.sample.input, from_sample), (v.upload, v.upload.upload, from_upload),
+                            (v.path_box, v.path_box.submit, from_path)):
+        listen(event, WAIT["load"], bind(fn, v), [comp, *common_in, *tail_in], all_outputs | pickers)
     remap_in = [v.path_state, *common_in, *tail_in, *v.role_boxes]
-    v.apply_map.click(bind(from_mapping, v), remap_in, all_outputs)
-    v.skip.change(bind(from_mapping, v), remap_in, all_outputs)
+    remap = shows(WAIT["mapping"], bind(from_mapping, v), remap_in)
+    v.apply_map.click(remap, remap_in, all_outputs)
+    v.skip.change(remap, remap_in, all_outputs)
 
     settings_in = [v.path_state, v.src_state, v.skip, *v.settings, v.row_no, rc]
     settings_out = {rc, v.status, *v.token_outputs}
+    settings = shows(WAIT["settings"], bind(on_settings, v), settings_in)
     for comp in (v.template, v.train_on_prompt, v.last_turn, v.packing):
-        comp.change(bind(on_settings, v), settings_in, settings_out)
+        comp.change(settings, settings_in, settings_out)
     for comp in (v.system_prompt, v.max_length):
-        comp.blur(bind(on_settings, v), settings_in, settings_out)
-        comp.submit(bind(on_settings, v), settings_in, settings_out)
+        comp.blur(settings, settings_in, settings_out)
+        comp.submit(settings, settings_in, settings_out)
     v.row_no.change(bind(on_row, v), settings_in, {v.rendered, v.preview_html, v.tok_table})
     v.table.select(on_select, None, v.row_no)
 
     split_in = [v.path_state, v.src_state, v.skip, v.split_mode, v.val_split, v.val_file, rc]
     split_out = {rc, v.split_md, v.val_file}
-    v.split_mode.change(bind(on_split, v), split_in, split_out)
-    v.val_split.release(bind(on_split, v), split_in, split_out)
-    v.val_file.upload(bind(on_split, v), split_in, split_out)
+    split = shows(WAIT["split"], bind(on_split, v), split_in)
+    v.split_mode.change(split, split_in, split_out)
+    v.val_split.release(split, split_in, split_out)
+    v.val_file.upload(split, split_in, split_out)
     v.ctx.extras["dataset_status"] = v.status
     rc.change(sync_from_config, [rc, v.max_length, v.packing], [v.max_length, v.packing])
 
     # On page load (after the saved choices are read into the RunConfig) and after a settings import:
     # show the dataset the RunConfig names, so the page says what would train. studio/app.py chains
     # the tabs' restore steps in order, so they never race each other's RunConfig writes.
-    v.ctx.extras.setdefault("restore_steps", []).append((bind(restore, v), [rc], restore_outputs(v)))
+    v.ctx.extras.setdefault("restore_steps", []).append((shows(WAIT["restore"], bind(restore, v), [rc]), [rc],
+                                                         restore_outputs(v)))

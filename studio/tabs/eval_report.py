@@ -23,6 +23,7 @@ from backend.core.paths import PROJECT_ROOT
 from backend.inference.evaluate import EVAL_FILE
 from backend.inference.verdict import verdict
 from backend.inference.metrics import METRICS
+from studio.progress import shows
 
 SAMPLE_COLUMNS = ["prompt", "reference", "base model", "adapter"]
 ROW_COLUMNS = ["change", "prompt", "reference", "base answer", "adapter answer", "base score", "adapter score"]
@@ -362,5 +363,7 @@ def wire(v: EvalView, run_selected: Any, live: gr.State) -> None:
     outputs = [v.eval_md, v.eval_table, v.rows_table, v.redteam_table]
     # Chained after the runs table's own select (a second listener on the same select never fired).
     run_selected.then(on_select_run, live, outputs, queue=False)
-    v.evaluate.click(on_evaluate, [live, v.n_samples, v.metrics, v.extract, v.checkpoints, v.redteam, v.lm_eval],
-                     outputs, concurrency_id="eval", concurrency_limit=1)
+    eval_in = [live, v.n_samples, v.metrics, v.extract, v.checkpoints, v.redteam, v.lm_eval]
+    # The child process takes seconds to import its libraries before its first line: say so meanwhile.
+    v.evaluate.click(shows("Starting the evaluation process (loading the base model and the adapter)…",
+                           on_evaluate, eval_in), eval_in, outputs, concurrency_id="eval", concurrency_limit=1)

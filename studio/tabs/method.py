@@ -32,6 +32,7 @@ from backend.core.model_choices import hub_problem, model_choices, with_recent
 from backend.core.models import hub_reachable
 from backend.core.presets import apply_preset, list_presets, preset_info, save_preset
 from studio.context import StudioContext, bind, default_run_config
+from studio.progress import shows
 from studio.tabs.method_fields import (CHOICE_HELP_FIELDS, LABELS, METHOD_FIELDS, MORE_ROWS, STEPS, TRAIN_ROWS,
                                        choice_help, field_info, get_path,
                                        label_of, set_path)
@@ -543,12 +544,25 @@ def reward_choices_update(workspace: Path):
 
 # ---------------------------------------------------------------- events
 
+# What each slow step says while it runs (over the widgets it will write).
+TEXT_WAIT = {
+    "edit": "Checking the settings…",
+    "inspect": "Reading the model's layers and size…",
+    "estimate": "Estimating the memory this configuration needs…",
+    "preset": "Applying the preset (method and hyperparameters; the dataset stays)…",
+    "import": "Loading the settings…",
+}
+
+
 def wire(v: MethodView) -> None:
     rc = v.ctx.run_config
-    edit = bind(on_edit, v)
     edit_in, edit_out = v.edit_inputs, v.edit_outputs
     inspect_in, inspect_out = v.inspect_inputs, v.inspect_outputs
     state_in, state_out = v.state_inputs, v.state_outputs
+    # Each wait over a second says what it is doing (studio/progress.py).
+    edit = shows(TEXT_WAIT["edit"], bind(on_edit, v), edit_in)
+    inspecting = shows(TEXT_WAIT["inspect"], bind(on_inspect, v), inspect_in)
+    estimating = shows(TEXT_WAIT["estimate"], bind(on_state, v), state_in)
     # Every handler writes run_config; its change event (which the Dataset tab's edits raise too)
     # is the one place the estimate is recomputed.
     # always_last: .input's default ("once") drops a keystroke that lands while the estimate of the
@@ -565,22 +579,23 @@ def wire(v: MethodView) -> None:
     reward.focus(bind(reward_choices_update, v.ctx.workspace, name="<lambda>"), None, reward)
     # Not model.change: that also fires for programmatic updates and would race the page-load inspection.
     for trigger in (v.inspect_btn.click, v.model.select, v.model.blur):
-        trigger(bind(on_inspect, v), inspect_in, inspect_out)
+        trigger(inspecting, inspect_in, inspect_out)
     for btn, which in ((v.sc_attn, "attention only"), (v.sc_qv, "Q and V"), (v.sc_all, "all linear")):
         btn.click(bind(on_shortcut, v, which, name="apply"), [v.model], {v.targets, v.all_linear, v.errs["model"]}
                   ).then(edit, edit_in, edit_out)
-    rc.change(bind(on_state, v), state_in, state_out)
+    rc.change(estimating, state_in, state_out)
     # No data_lengths.change listener: the Dataset tab writes the lengths in the same event as the
     # RunConfig, whose change (above) re-estimates already; a second listener would estimate twice.
-    v.card_gb.input(bind(on_state, v), state_in, state_out, trigger_mode="always_last")
-    v.preset_btn.click(bind(on_preset, v), [v.preset_dd, rc], v.preset_outputs).then(
-        bind(on_inspect, v), inspect_in, inspect_out).then(edit, edit_in, edit_out)
+    v.card_gb.input(estimating, state_in, state_out, trigger_mode="always_last")
+    v.preset_btn.click(shows(TEXT_WAIT["preset"], bind(on_preset, v), [v.preset_dd, rc]), [v.preset_dd, rc],
+                       v.preset_outputs).then(inspecting, inspect_in, inspect_out).then(edit, edit_in, edit_out)
     v.save_btn.click(bind(on_save, v), [v.preset_name, rc], {v.status_md, v.preset_dd})
     v.export_btn.click(bind(on_export, v), [rc], {v.status_md, v.export_file})
     v.import_run.focus(bind(run_choices_update, v.ctx.workspace, name="<lambda>"), None, v.import_run)
     # studio/app.py chains every tab's restore step after this, so the whole page shows the import.
-    v.ctx.extras["import_event"] = v.import_btn.click(bind(on_import, v), [v.import_run, v.import_file, rc],
-                                                      {rc, v.status_md, v.import_file})
+    import_in = [v.import_run, v.import_file, rc]
+    v.ctx.extras["import_event"] = v.import_btn.click(shows(TEXT_WAIT["import"], bind(on_import, v), import_in),
+                                                      import_in, {rc, v.status_md, v.import_file})
     v.ctx.extras["method_model"] = v.model
 
     # Page load and settings import: the widgets from the RunConfig, the model inspected, the estimate.
@@ -590,6 +605,6 @@ def wire(v: MethodView) -> None:
     v.ctx.extras.setdefault("restore_steps", []).extend([
         (bind(model_picker_update, v.ctx.workspace, name="<lambda>"), None, v.model),
         (bind(restore_fields, v), [rc], fill_out),
-        (bind(on_inspect, v), inspect_in, inspect_out),
+        (inspecting, inspect_in, inspect_out),
         (edit, edit_in, edit_out),
-        (bind(on_state, v), state_in, state_out)])
+        (estimating, state_in, state_out)])

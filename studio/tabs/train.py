@@ -2,7 +2,9 @@
 
 The tab holds no training state. A 1-second timer reads the viewed run's status and the events
 appended since the last tick (a byte offset kept per browser session), so closing the page or
-restarting the studio loses nothing: the first tick finds a running run again.
+restarting the studio loses nothing: the first tick finds a running run again. The timers run only
+while the tab is shown (`follow_tabs`), and a tick sends only what changed: nothing at all when the
+run's files are as they were, and the charts only when new points arrived.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from backend.runs.notify import webhook_problem
 from backend.training.checks import data_problems, start_problems
 from backend.core.choices import save_choices, selected_run_dir
 from studio.context import StudioContext, bind
+from studio.progress import shows
 from studio.plots import RunSeries, loss_figure, lr_grad_figure, metric_figure, overlay_figure
 from studio.tabs import cluster_bundle, eval_report, trackers, train_queue
 
@@ -173,8 +176,27 @@ def runs_rows(workspace: Path) -> list[list[Any]]:
 
 
 def new_live(run_dir: Optional[str]) -> dict[str, Any]:
-    """Per-session view of one run: where in events.jsonl we are, and what has been folded in."""
-    return {"run_dir": run_dir, "offset": 0, "series": RunSeries(), "estimate": None, "estimated": False}
+    """Per-session view of one run: where in events.jsonl we are, what has been folded in, the run files'
+    signature at the last tick and the texts last sent (so a tick sends only what changed)."""
+    return {"run_dir": run_dir, "offset": 0, "series": RunSeries(), "estimate": None, "estimated": False,
+            "files": None, "shown": {}}
+
+
+# The files a tick reads; when none of them changed, nothing on the page can have changed either,
+# except the clock-driven texts of an active run (elapsed, ETA, the stop's countdown).
+WATCHED_FILES = (rundir.STATUS_FILE, rundir.EVENTS_FILE, rundir.HEARTBEAT_FILE, rundir.LOG_FILE)
+
+
+def files_signature(run_dir: Path) -> tuple:
+    """(size, mtime) of each watched file of the run; a cheap stat, no reading."""
+    sig = []
+    for name in WATCHED_FILES:
+        try:
+            st = (run_dir / name).stat()
+            sig.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            sig.append(None)
+    return tuple(sig)
 
 
 def _estimate_bytes(run_dir: Path) -> Optional[int]:
@@ -234,6 +256,7 @@ class TrainView:
     live: Any = None
     tick: Any = None
     slow_tick: Any = None
+    listed: Any = None
 
     @property
     def view_outputs(self) -> list:
@@ -292,28 +315,94 @@ def build(ctx: StudioContext) -> None:
     _controls_layout(v)
     _runs_layout(v)
     v.live = gr.State(new_live(None))
-    v.tick = gr.Timer(1.0)
-    v.slow_tick = gr.Timer(5.0)
+    v.listed = gr.State(None)  # the runs-table rows last sent, so the 5-s refresh sends only a change
+    # Both timers start stopped: the page opens on the Dataset tab, and follow_tabs runs them only
+    # while the Train tab is shown, so a hidden Train tab keeps the browser's renderer idle.
+    v.tick = gr.Timer(1.0, active=False)
+    v.slow_tick = gr.Timer(5.0, active=False)
+    ctx.extras["train_timers"] = [v.tick, v.slow_tick]
+    ctx.extras["train_table"] = (v.compare, v.listed, v.table)
     wire(v)
+
+
+def timers_update(shown: bool):
+    """The Train tab's two timers, running only while the tab is shown."""
+    return gr.Timer(active=shown), gr.Timer(active=shown)
+
+
+def follow_tabs(ctx: StudioContext, tabs: dict[str, Any]) -> None:
+    """Selecting a tab starts the Train tab's timers (its own) or stops them (any other); studio/app.py
+    calls this once every tab is built. Coming back, the first tick reads what was written meanwhile
+    (the events from the saved offset), and the runs table is refreshed at once."""
+    timers = ctx.extras["train_timers"]
+    compare, listed, table = ctx.extras["train_table"]
+    for tab_id, tab in tabs.items():
+        shown = tab_id == "train"
+        event = tab.select(bind(timers_update, shown, name="<lambda>"), None, timers, queue=False,
+                           show_progress="hidden")
+        if shown:
+            event.then(bind(on_slow_tick, ctx.workspace), [compare, listed], [listed, table, compare],
+                       queue=False, show_progress="hidden")
 
 
 # ---- handlers: each takes the workspace or the context first (bound in wire) ------------------
 
 def render(ws: Path, lv: dict[str, Any], force: bool = False):
-    """Reads the session's live view; writes the run's state, progress, stats, charts and log."""
+    """Reads the session's live view; writes the run's state, progress, stats, charts and log.
+
+    Without `force` (a timer tick) only what changed is sent: a text equal to the one last sent, and
+    the figures when no new points arrived, are gr.skip(), so the browser redraws nothing. When none
+    of the run's files changed, a finished run costs one stat per file and an active one a re-render
+    of its clock-driven texts only."""
+    viewed = lv.get("run_dir")
+    # Stat before the reads: a write landing between them makes the next tick read again, never miss it.
+    before = files_signature(Path(viewed)) if viewed else None
+    if viewed and not force and lv.get("files") == before:
+        status = rundir.read_status(Path(lv["run_dir"])) if lv.get("active") else None
+        if status is None:
+            return [lv] + [gr.skip()] * 6
+        state_t, progress_t, stats_t, log_t = _changed_texts(lv, _texts(lv, status, with_log=False))
+        return [lv, state_t, progress_t, stats_t, gr.skip(), gr.skip(), log_t]
     lv, changed, status = refresh_live(lv, ws)
     if not lv.get("run_dir"):
         return [lv] + [gr.skip()] * 6
     run_dir = Path(lv["run_dir"])
     series = lv["series"]
+    # A run attached just now has no signature from before its reads: the next tick reads it once more.
+    lv["files"] = before if lv["run_dir"] == viewed else None
+    lv["active"] = status.get("state") in rundir.ACTIVE_STATES
     charts = (loss_figure(series, f"Loss: {run_dir.name}"), lr_grad_figure(series)) \
         if (changed or force) else (gr.skip(), gr.skip())
-    return [lv, with_message(lv, state_sentence(run_dir.name, status, run_dir)), progress_html(series, status),
-            stats_markdown(series, status, lv["estimate"]), *charts, rundir.tail_log(run_dir, 30)]
+    state_t, progress_t, stats_t, log_t = _changed_texts(lv, _texts(lv, status), force)
+    return [lv, state_t, progress_t, stats_t, *charts, log_t]
+
+
+def _texts(lv: dict[str, Any], status: dict[str, Any], with_log: bool = True) -> dict[str, Any]:
+    run_dir = Path(lv["run_dir"])
+    series = lv["series"]
+    texts = {"state": with_message(lv, state_sentence(run_dir.name, status, run_dir)),
+             "progress": progress_html(series, status), "stats": stats_markdown(series, status, lv["estimate"])}
+    if with_log:
+        texts["log"] = rundir.tail_log(run_dir, 30)
+    return texts
+
+
+def _changed_texts(lv: dict[str, Any], texts: dict[str, Any], force: bool = False) -> list[Any]:
+    """The state, progress, stats and log texts: each one new since the last send, or gr.skip()."""
+    shown = lv.setdefault("shown", {})
+    out = []
+    for key in ("state", "progress", "stats", "log"):
+        if key in texts and (force or shown.get(key) != texts[key]):
+            shown[key] = texts[key]
+            out.append(texts[key])
+        else:
+            out.append(gr.skip())
+    return out
 
 
 def on_tick(ws: Path, lv):
-    """Timer (1 s): tails the viewed run's events from the saved offset."""
+    """Timer (1 s, while the Train tab is shown): tails the viewed run's events from the saved offset;
+    sends only what changed."""
     return render(ws, lv)
 
 
@@ -414,6 +503,15 @@ def on_refresh(ws: Path, chosen):
     return rows, gr.update(choices=ids, value=[c for c in (chosen or []) if c in ids])
 
 
+def on_slow_tick(ws: Path, chosen, listed):
+    """Timer (5 s, while the Train tab is shown): the runs table and compare choices, only when a row
+    changed (a redrawn table costs the browser more than the read costs here)."""
+    rows, compare = on_refresh(ws, chosen)
+    if rows == listed:
+        return listed, gr.skip(), gr.skip()
+    return rows, rows, compare
+
+
 def metric_series(run_dir: Path) -> dict[str, Any]:
     """The run's headline task metric over its evaluated checkpoints, and its validation losses."""
     s = series_of(run_dir)
@@ -444,15 +542,19 @@ def wire(v: TrainView) -> None:
         return view_row(ws, evt.row_value, lv)
 
     v.tick.tick(bind(on_tick, ws), live, view_outputs, queue=False, show_progress="hidden")
-    v.slow_tick.tick(refresh, v.compare, [v.table, v.compare], queue=False, show_progress="hidden")
+    v.slow_tick.tick(bind(on_slow_tick, ws), [v.compare, v.listed], [v.listed, v.table, v.compare], queue=False,
+                     show_progress="hidden")
     ctx.run_config.change(on_config, ctx.run_config, [v.summary, v.yaml_view], queue=False)
-    v.start.click(bind(on_start, ctx), [ctx.run_config, live], view_outputs, concurrency_id="train-control",
+    starting = shows("Checking the data, mapping and template, then starting the run…", bind(on_start, ctx),
+                     [ctx.run_config, live])
+    v.start.click(starting, [ctx.run_config, live], view_outputs, concurrency_id="train-control",
                   concurrency_limit=1).then(refresh, v.compare, [v.table, v.compare])
     v.stop.click(bind(on_stop, ws), live, view_outputs, concurrency_id="train-control", concurrency_limit=1) \
         .then(refresh, v.compare, [v.table, v.compare])
     v.stop_now.click(bind(on_stop_now, ws), live, view_outputs, queue=False) \
         .then(refresh, v.compare, [v.table, v.compare])
-    v.resume.click(bind(on_resume, ws), live, view_outputs, concurrency_id="train-control", concurrency_limit=1)
+    v.resume.click(shows("Checking the checkpoints and resuming the run…", bind(on_resume, ws), [live]), live,
+                   view_outputs, concurrency_id="train-control", concurrency_limit=1)
     selected = v.table.select(on_select, live, view_outputs, queue=False)
     v.refresh.click(refresh, v.compare, [v.table, v.compare], queue=False)
     v.compare.change(bind(on_compare, ws), [v.compare, v.compare_what], v.overlay)

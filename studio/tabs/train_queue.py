@@ -221,10 +221,14 @@ def edit_queue(ws: Path, action: str, entry_id):
 
 def on_timer(ws: Path, w):
     """Timer (2 s): the queue list, and a notification when a run or the queue has ended."""
+    last = (w or {}).get("rows")
     w, messages = notifications(w, ws)
     rows, _ = queue_rows(ws)
     text = (" ".join(messages) + NOTE_SEP + str(len(w["runs"])) + rundir.now_iso()) if messages else gr.skip()
-    return w, rows, text
+    # The table is sent only when a row changed: redrawing an unchanged table every 2 s kept the
+    # browser's renderer busy for nothing.
+    shown, w["rows"] = (gr.skip() if last == rows else rows), rows
+    return w, shown, text
 
 
 # ---- events -----------------------------------------------------------------------------------

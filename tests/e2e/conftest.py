@@ -157,8 +157,12 @@ def studio_server(tmp_path_factory) -> Iterator[Studio]:
     workspace.mkdir()
     port = _free_port()
     log_path = workspace.parent / "studio.log"
+    # A hub cache of the session's own: the model picker lists what is in it, and a test puts a model there
+    # (the user's real ~/.cache/huggingface is not the tests' business).
+    hub_cache = workspace.parent / "hub-cache"
+    hub_cache.mkdir()
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", GRADIO_ANALYTICS_ENABLED="False",
-               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", HF_HUB_CACHE=str(hub_cache),
                FTSTUDIO_MODEL_CACHE=str(REPO / ".test-cache" / "models"))
     python = REPO / ".venv" / "bin" / "python"
     # The tests' tiny model lives outside the workspace: the studio reads it only where --allow-path says.
@@ -170,7 +174,7 @@ def studio_server(tmp_path_factory) -> Iterator[Studio]:
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
-    studio = Studio(url=url, workspace=workspace, log_path=log_path, proc=proc)
+    studio = Studio(url=url, workspace=workspace, log_path=log_path, proc=proc, hub_cache=hub_cache)
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while not _answers(url):

@@ -8,6 +8,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -25,6 +26,7 @@ class Studio:
     workspace: Path
     log_path: Path
     proc: subprocess.Popen
+    hub_cache: Optional[Path] = None  # HF_HUB_CACHE of the studio process
 
     def log(self) -> str:
         try:

@@ -206,3 +206,23 @@ def test_not_enough_disk_space_stops_before_writing(tiny_model_dir, tmp_path, mo
         export.export_gguf(tiny_model_dir, out)
     assert out.read_bytes() == b"keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.gguf"]
+
+
+def test_export_right_after_a_merge_does_not_merge_again(tiny_model_dir, tmp_path, monkeypatch):
+    """Issue 24 item 16: the export takes the Merge tab's folder of the same adapter and says so."""
+    from backend.export import gguf
+    from backend.export.merge import merge_adapter
+
+    monkeypatch.setenv("FTSTUDIO_WORKSPACE", str(tmp_path))
+    run = _lora_run(tmp_path / "runs", tiny_model_dir, trained=True)
+    merged = merge_adapter(run, tmp_path / "merged" / "run-trained")["out"]
+
+    def must_not_merge(*args, **kwargs):
+        raise AssertionError("the export merged again")
+
+    monkeypatch.setattr(gguf, "merge_adapter", must_not_merge)
+    seen: list[str] = []
+    res = gguf.export_gguf(run, tmp_path / "exports" / "t.gguf", quant="f16", progress=lambda f, m: seen.append(m))
+    assert res["checked"] is True, res.get("problems")
+    assert any(m.startswith(f"Reusing the merged folder {merged}") for m in seen)
+    assert any(n.startswith(f"Reusing the merged folder {merged}") for n in res["notes"])

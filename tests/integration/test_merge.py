@@ -214,3 +214,37 @@ def test_bottleneck_adapter_folder_is_refused_with_the_reason(tmp_path):
     (tmp_path / CONFIG_FILE).write_text("{}")
     with pytest.raises(UserError, match="bottleneck adapters.*cannot be merged"):
         locate_adapter(tmp_path)
+
+
+def test_export_reuses_a_merged_folder_of_the_same_adapter_and_only_that(tiny_model_dir, tmp_path, monkeypatch):
+    """Issue 24 item 16: a GGUF export right after a merge takes the merged folder (same adapter bytes,
+    base and merge settings) instead of merging again; a changed adapter is merged anew."""
+    from safetensors.torch import load_file, save_file
+
+    from backend.export import gguf
+    from backend.export.merge import find_merged, locate_adapter, merge_adapter
+
+    monkeypatch.setenv("FTSTUDIO_WORKSPACE", str(tmp_path / "elsewhere"))  # found through the run's workspace
+    run = make_lora_run(tmp_path, tiny_model_dir, "20250101-000000-a")
+    merged = Path(merge_adapter(run, tmp_path / "merged" / "a")["out"])
+    calls: list[str] = []
+
+    def no_merge(*args, **kwargs):
+        calls.append(str(args[0]))
+        return {"out": str(tmp_path / "fresh"), "notes": []}
+
+    monkeypatch.setattr(gguf, "merge_adapter", no_merge)
+    seen, notes = [], []
+    got = gguf._merged_model(gguf.locate_source(run), tmp_path, lambda f, m: seen.append(m), notes)
+    assert got == merged and calls == []
+    assert any(f"Reusing the merged folder {merged}" in m for m in seen) and notes[0].startswith("Reusing")
+    # The same folder picked as the adapter folder itself is the same merge.
+    assert find_merged(locate_adapter(run / "adapter")) == merged
+
+    # Other adapter bytes (a retrained run in the same place): merged again, not reused.
+    weights_file = run / "adapter" / "adapter_model.safetensors"
+    weights = load_file(str(weights_file))
+    save_file({k: v * 2 for k, v in weights.items()}, str(weights_file))
+    assert find_merged(locate_adapter(run)) is None
+    assert gguf._merged_model(gguf.locate_source(run), tmp_path, None, []) == tmp_path / "fresh"
+    assert calls == [str(run)]
