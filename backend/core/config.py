@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from backend.core import catalog
+from backend.core import catalog, kernels
 from backend.core.io import atomic_write_text
 from backend.core.models import BUNDLED
 from backend.core.precision import PRECISIONS
@@ -108,6 +108,25 @@ class TrainConfig(Strict):
     logging_steps: int = Field(1, ge=1, le=MAX_STEPS, description="Log every N steps.")
     max_grad_norm: float = Field(1.0, ge=0, le=1e6, description="Gradient clipping norm.")
     seed: int = Field(42, ge=0, le=MAX_SEED, description="Random seed (0 to 2**32 - 1, what numpy accepts).")
+    # Speed switches (backend.core.kernels decides what "auto" means on a machine, with its reason).
+    liger_kernel: Literal[kernels.TOGGLES] = Field("auto", description=(
+        "Liger's Triton kernels (RMSNorm, RoPE, SwiGLU) through TRL: auto uses them on a CUDA GPU with "
+        "liger-kernel installed."))
+    attention: str = Field("auto", description=(
+        "Attention implementation: auto (FlashAttention-2 where installed and supported, else sdpa), sdpa, "
+        "flash_attention_2, eager, or a hub kernel repo (owner/name, needs the kernels package)."))
+    fused_adamw: Literal[kernels.TOGGLES] = Field("auto", description=(
+        "torch's fused AdamW kernel: auto uses it on CUDA with the adamw_torch optimizer."))
+    torch_compile: Literal[kernels.TOGGLES] = Field("auto", description=(
+        "Compile the model with torch.compile: opt-in (auto is off); the first steps wait for compilation."))
+
+    @field_validator("attention")
+    @classmethod
+    def _attention_known(cls, v: str) -> str:
+        problem = kernels.attention_name(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
 
 class EarlyStoppingConfig(Strict):
