@@ -244,6 +244,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--budget", type=float, default=450,
                    help="seconds for the whole run; variants left when it is spent are listed as skipped")
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
+    p.add_argument("--in-process", action="store_true",
+                   help="run every variant in this process (the dry run does; fine without Liger variants)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.one:
@@ -285,7 +287,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             else:
                 # The dry run stays in this process (seconds, not a fresh import per variant); a real run
                 # gives each variant its own process, since Liger patches transformers' modules in place.
-                r = measure_one(spec) if a.dry_run else _child(spec, min(a.timeout, left))
+                r = measure_one(spec) if a.dry_run or a.in_process else _child(spec, min(a.timeout, left))
             print(json.dumps({k: r.get(k) for k in ("model", "variant", "status", "tokens_per_s", "peak_bytes",
                                                      "reason")}), flush=True)
             results.append(r)

@@ -34,10 +34,11 @@ ATTENTIONS = ("auto", "sdpa", "flash_attention_2", "eager")
 SWITCHES = ("liger_kernel", "attention", "fused_adamw", "torch_compile")
 # A hub kernel for attention, as transformers' attn_implementation takes it ("kernels-community/flash-attn2").
 HUB_KERNEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*(:[A-Za-z0-9_.-]+)?$")
-# The packages the switches need; `pip install .[fast]` brings liger-kernel and kernels (flash-attn is a
-# source build against the installed torch and CUDA, so it is installed by hand; see the README).
+# The packages the switches need; `pip install .[fast]` brings liger-kernel, `.[hub-kernels]` kernels (flash-attn
+# is a source build against the installed torch and CUDA, so it is installed by hand; see the README).
 PACKAGES = ("liger_kernel", "flash_attn", "kernels", "triton")
-INSTALL = {"liger_kernel": "pip install liger-kernel (or .[fast])", "kernels": "pip install kernels (or .[fast])",
+INSTALL = {"liger_kernel": "pip install liger-kernel (or .[fast])",
+           "kernels": "pip install 'kernels>=0.18.2,<0.19' (or .[hub-kernels]), the versions transformers takes",
            "flash_attn": "pip install flash-attn --no-build-isolation"}
 # Liger's layer kernels only: its fused linear cross-entropy would replace the forward TRL patches with
 # its own chunked LM head (TRL refuses it for SFT/DPO/KTO/GRPO; ORPO and the reward model keep it off too,
@@ -73,10 +74,29 @@ class KernelChoice:
                 "problem": self.problem}
 
 
+# transformers 5.x uses the hub `kernels` package only inside this version window (its KERNELS_MIN/MAX_VERSION).
+KERNELS_VERSIONS = ((0, 18, 2), (0, 19, 0))
+
+
+def _usable(package: str) -> bool:
+    if importlib.util.find_spec(package) is None:
+        return False
+    if package != "kernels":
+        return True
+    import importlib.metadata
+
+    try:
+        parts = tuple(int(x) for x in re.findall(r"\d+", importlib.metadata.version("kernels"))[:3])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return False
+    low, high = KERNELS_VERSIONS
+    return low <= parts < high
+
+
 @functools.lru_cache(maxsize=1)
 def installed_packages() -> frozenset[str]:
-    """The kernel packages importable here, found without importing them (or torch)."""
-    return frozenset(p for p in PACKAGES if importlib.util.find_spec(p) is not None)
+    """The kernel packages usable here, found without importing them (or torch)."""
+    return frozenset(p for p in PACKAGES if _usable(p))
 
 
 @functools.lru_cache(maxsize=1)
