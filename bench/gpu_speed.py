@@ -139,27 +139,38 @@ def measure_one(spec: dict[str, Any]) -> dict[str, Any]:
     train_ds, _ = build_datasets(cfg, tok)
     warmup = min(args.warmup, max(args.steps - 1, 0))
 
+    class Counting:
+        """The collator, counting each batch's real tokens: the rows (or packs) it is given, before any
+        padding. The Trainer's own count cannot tell a pad from a real token when the pad token is also
+        the end-of-turn token (SmolLM2's), and packed batches carry no attention mask to count by."""
+        def __init__(self, inner):
+            self.inner, self.per_batch = inner, []
+
+        def __call__(self, features):
+            self.per_batch.append(sum(len(f["input_ids"]) for f in features))
+            return self.inner(features)
+
     class Clock(TrainerCallback):
-        """Real tokens and time from the end of the warm-up steps to the last step."""
+        """Time from the end of the warm-up steps to the last step."""
         def __init__(self):
-            self.start = self.tokens0 = None
-            self.end = self.tokens1 = None
+            self.start = self.end = None
 
         def on_step_end(self, a, state, control, **kw):
             if cuda:
                 torch.cuda.synchronize()
             now = time.perf_counter()
             if state.global_step == warmup:
-                self.start, self.tokens0 = now, state.num_input_tokens_seen
-            self.end, self.tokens1 = now, state.num_input_tokens_seen
+                self.start = now
+            self.end = now
 
     clock = Clock()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(tmp) / "tb")
         try:
+            collator = Counting(make_collator(cfg.data, model, tok))
             trainer = SFTTrainer(model=model, args=training_args(cfg, Path(tmp), has_eval=False),
                                  train_dataset=train_ds, processing_class=tok,
-                                 data_collator=make_collator(cfg.data, model, tok), callbacks=[clock],
+                                 data_collator=collator, callbacks=[clock],
                                  optimizers=(create_optimizer(model, cfg), None))
         except UserError as e:
             return {**out, "status": "not available", "reason": str(e)}
@@ -167,10 +178,11 @@ def measure_one(spec: dict[str, Any]) -> dict[str, Any]:
             torch.cuda.reset_peak_memory_stats()
         trainer.train()
     steps = args.steps - warmup
+    # Step k trains batch k (gradient accumulation 1); the DataLoader may already have built the next one.
+    tokens = sum(collator.per_batch[warmup:args.steps])
     seconds = (clock.end - clock.start) if clock.start is not None else None
-    tokens = (clock.tokens1 - clock.tokens0) if clock.start is not None else None
     if warmup == 0:  # no warm-up step to time from: the whole run counts
-        seconds, tokens = trainer.state.log_history[-1].get("train_runtime"), trainer.state.num_input_tokens_seen
+        seconds = trainer.state.log_history[-1].get("train_runtime")
     impl = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
     return {**out, "status": "ok", "timed_steps": steps, "seconds": seconds, "real_tokens": tokens,
             "tokens_per_s": (tokens / seconds) if seconds else None,
@@ -253,6 +265,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     if a.dry_run:
         a.device, a.models, a.seq, a.batch, a.steps, a.warmup = "cpu", "tiny", 64, 2, 3, 1
+        a.budget = float("inf")  # seconds on an idle machine; a loaded one must not turn it into skips
     if a.device == "cuda":
         import torch
         if not torch.cuda.is_available():
@@ -282,7 +295,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                 p.error(f"unknown variant {variant!r}; use {', '.join(VARIANTS)}")
             spec = {"model": ref, "label": label, "variant": variant, "data": str(data), "args": spec_args}
             left = a.budget - (time.monotonic() - started)
-            if left < 20:
+            from backend.core.kernels import kernel_problems
+            problems = kernel_problems(run_config(ref, data, variant, a))
+            if problems:  # said at once, without a process or any of the time budget
+                r = {"model": label, "variant": variant, "status": "not available", "reason": " ".join(problems.values())}
+            elif left < 20:
                 r = {"model": label, "variant": variant, "status": "skipped", "reason": "the time budget was spent"}
             else:
                 # The dry run stays in this process (seconds, not a fresh import per variant); a real run
