@@ -22,6 +22,7 @@ probes the real one without importing the kernel packages (importlib.util.find_s
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import importlib.util
 import re
 from dataclasses import dataclass
@@ -83,8 +84,6 @@ def _usable(package: str) -> bool:
         return False
     if package != "kernels":
         return True
-    import importlib.metadata
-
     try:
         parts = tuple(int(x) for x in re.findall(r"\d+", importlib.metadata.version("kernels"))[:3])
     except (importlib.metadata.PackageNotFoundError, ValueError):

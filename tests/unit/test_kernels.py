@@ -161,3 +161,14 @@ def test_a_named_attention_reaches_the_loaded_model(tiny_model_dir):
                                   "train": {"attention": "eager", "precision": "fp32"}})
     model = load_trainable_model(c)
     assert model.config._attn_implementation == "eager"
+
+
+def test_this_machine_is_probed_without_importing_the_kernel_packages():
+    import sys
+
+    kernels.installed_packages.cache_clear()
+    kernels.this_machine.cache_clear()
+    m = kernels.this_machine()
+    assert isinstance(m.packages, frozenset) and m.packages <= set(kernels.PACKAGES)
+    assert "liger_kernel" not in sys.modules and "flash_attn" not in sys.modules
+    assert kernels.planned_machine("cuda").cuda and not kernels.planned_machine("cpu").cuda
