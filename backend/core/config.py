@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from backend.core import catalog
+from backend.core import catalog, kernels
 from backend.core.io import atomic_write_text
 from backend.core.models import BUNDLED
 from backend.core.precision import PRECISIONS
@@ -122,6 +122,25 @@ class TrainConfig(Strict):
     layer_lr_decay: float = Field(1.0, gt=0, le=1.0, description=(
         "Layer-wise learning-rate decay for methods that train base weights: the top block trains at the main "
         "rate and each block below at this factor times the one above (e.g. 0.9); 1 turns it off."))
+    # Speed switches (backend.core.kernels decides what "auto" means on a machine, with its reason).
+    liger_kernel: Literal[kernels.TOGGLES] = Field("auto", description=(
+        "Liger's Triton kernels (RMSNorm, RoPE, SwiGLU) through TRL: auto uses them on a CUDA GPU with "
+        "liger-kernel installed."))
+    attention: str = Field("auto", description=(
+        "Attention implementation: auto (FlashAttention-2 where installed and supported, else sdpa), sdpa, "
+        "flash_attention_2, eager, or a hub kernel repo (owner/name, needs the kernels package)."))
+    fused_adamw: Literal[kernels.TOGGLES] = Field("auto", description=(
+        "torch's fused AdamW kernel: auto uses it on CUDA with the adamw_torch optimizer."))
+    torch_compile: Literal[kernels.TOGGLES] = Field("auto", description=(
+        "Compile the model with torch.compile: opt-in (auto is off); the first steps wait for compilation."))
+
+    @field_validator("attention")
+    @classmethod
+    def _attention_known(cls, v: str) -> str:
+        problem = kernels.attention_name(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
 
 class EarlyStoppingConfig(Strict):

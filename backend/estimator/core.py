@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from backend.core import kernels as K
 from backend.core.catalog import METHOD, METHODS, OBJECTIVES, OPTIMIZER, OPTIMIZERS
 from backend.core.errors import UserError
 from backend.core.gpu import GpuInfo, hypothetical_gpus, list_gpus
@@ -42,6 +43,7 @@ class Estimate:
     # With measured data lengths: real tokens and slots to train, packing efficiency (lengths.DataLengths.plan);
     # lengths.eta_seconds(data["tokens_to_train"], tokens_per_s) is the time it takes at a measured rate.
     data: dict[str, Any] = field(default_factory=dict)
+    kernels: list[dict[str, Any]] = field(default_factory=list)  # the speed switches counted: on/off and why
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -52,6 +54,7 @@ class Estimate:
             "formulas": dict(self.formulas), "notes": list(self.notes), "phases": dict(self.phases),
             "per_gpu": list(self.per_gpu), "dtypes": {k: list(v) for k, v in self.dtypes.items()},
             "data": dict(self.data),
+            "kernels": list(self.kernels),
         }
 
 
@@ -173,8 +176,8 @@ def _optimizer(shape: ModelShape, plan: PrecisionPlan, optimizer: str,
     return total + master, text, temps, parts
 
 
-def _activations(cfg: Any, shape: ModelShape, plan: PrecisionPlan,
-                 device: str = "cuda", lengths: Optional[DataLengths] = None) -> tuple[int, str, int, str]:
+def _activations(cfg: Any, shape: ModelShape, plan: PrecisionPlan, device: str = "cuda",
+                 lengths: Optional[DataLengths] = None, liger: bool = False) -> tuple[int, str, int, str]:
     """(activation bytes, formula, logits bytes, formula). `device` picks the attention kernel's
     saved tensors (terms.attention_saved_bytes_per_token): the estimate is for a CUDA card unless told.
     `lengths` (the dataset's measured token lengths) sizes the batch by the data."""
@@ -190,9 +193,11 @@ def _activations(cfg: Any, shape: ModelShape, plan: PrecisionPlan,
     hidden_seq = seq if shape.virtual_tokens_in_kv_only else seq + vt
     kv_len = seq + vt
     tokens = batch * hidden_seq
-    kv_dim = shape.heads * shape.head_dim  # GQA keys are repeated to full heads when a padding mask is used
+    flash = T.is_flash(shape.attn_implementation)
+    # GQA keys are repeated to full heads when a padding mask is used; FlashAttention reads them grouped.
+    kv_dim = (shape.kv_heads if flash else shape.heads) * shape.head_dim
     common = dict(hidden=shape.hidden, intermediate=shape.intermediate, kv_dim=kv_dim, heads=shape.heads,
-                  kv_len=kv_len, compute_bytes=c, attn_implementation=shape.attn_implementation)
+                  kv_len=kv_len, compute_bytes=c, attn_implementation=shape.attn_implementation, liger=liger)
     dropout = cfg.method.dropout > 0 and METHODS[cfg.method.name].lora_family
     # Under autocast each adapter casts its own input (fp32 for PEFT, then back to the compute dtype),
     # and dropout gives each its own copy; only in plain fp32 without dropout do siblings share one.
@@ -205,8 +210,9 @@ def _activations(cfg: Any, shape: ModelShape, plan: PrecisionPlan,
     recorded = range(shape.lowest_grad_layer, shape.layers)
     n_full = sum(1 for i in recorded if i in set(shape.trained_layers))
     n_frozen = len(recorded) - n_full
-    head = ((4 + c) * shape.hidden) if len(recorded) else 0  # final norm's saved fp32 input and output
-    mask = batch * hidden_seq * kv_len  # one shared boolean 4-D mask
+    # The final norm's saved tensors (fp32 input and output; Liger: its input and the fp32 rstd).
+    head = T.rmsnorm_saved_bytes(shape.hidden, c, True, liger) if len(recorded) else 0
+    mask = 0 if flash else batch * hidden_seq * kv_len  # one shared boolean 4-D mask; flash's varlen path has none
     if cfg.train.gradient_checkpointing and len(recorded):
         one = max(per_full if n_full else 0, per_frozen if n_frozen else 0) * tokens
         acts = T.checkpointed_activation_bytes(len(recorded), tokens, shape.hidden, c, one)
@@ -236,6 +242,12 @@ def _activations(cfg: Any, shape: ModelShape, plan: PrecisionPlan,
         acts += gathered
         extras.append(f"two gathered blocks {T.fmt_bytes(gathered)}")
     text = how + (" + " + " + ".join(extras) if extras else "") + f" = {T.fmt_bytes(acts)}"
+    if liger:
+        text += (f"; Liger kernels: RMSNorm keeps its input + fp32 rstd ({c:g}·h + 4 B instead of 4·h fp32), "
+                 f"SwiGLU keeps gate and up (2·{c:g}·I, SiLU recomputed)")
+    if flash:
+        text += (f"; {shape.attn_implementation}: no 4-D mask, no score matrix, keys/values at "
+                 f"{shape.kv_heads} KV heads, fp32 log-sum-exp per head")
     # Say where the sequence length comes from: the data's real lengths, or max length as a worst case.
     text += f"; {batch} x {seq} tokens per batch, {seq} being {seq_words}"
     if vt:
@@ -260,7 +272,8 @@ def _activations(cfg: Any, shape: ModelShape, plan: PrecisionPlan,
                  f"min({T.fmt_count(shape.vocab)}, 32768) vocab"
                  + (" (+ the CPU fallback's fp32 temporaries)" if device != "cuda" else "")
                  + " + fp32 hidden-state gradient"
-                 + (" + fp32 head gradient" if head_trains else "") + f" = {T.fmt_bytes(logits)}")
+                 + (" + fp32 head gradient" if head_trains else "") + f" = {T.fmt_bytes(logits)}"
+                 + ("; Liger's fused cross-entropy stays off: TRL's chunked head computes the loss" if liger else ""))
     else:
         logits = T.logits_bytes(batch, logit_seq, shape.vocab, plan.compute)
         per = T.dtype_bytes(plan.compute) + 4 * T.LOGITS_FP32_COPIES
@@ -273,8 +286,15 @@ def _world(cfg: Any) -> int:
     return cfg.distributed.gpus * cfg.distributed.nodes
 
 
-def _compute(cfg: Any, shape: ModelShape, device: str = "cuda", lengths: Optional[DataLengths] = None) -> Estimate:
+def _compute(cfg: Any, shape: ModelShape, device: str = "cuda", lengths: Optional[DataLengths] = None,
+             kernel_machine: Optional[K.KernelMachine] = None) -> Estimate:
     uses_peft, quantized = method_flags(cfg.method.name)
+    # The speed switches as the planned machine would set them (backend.core.kernels): flash attention and
+    # Liger change the activations, fused AdamW the step's temporaries; torch.compile changes no term.
+    speed = K.by_switch(K.select_kernels(cfg, kernel_machine or K.planned_machine(device)))
+    attention = speed["attention"]
+    if attention.value and attention.value != "s2_attention" and not attention.problem:
+        shape = dataclasses.replace(shape, attn_implementation=attention.value)
     plan = plan_for(cfg)  # the loader's dtypes, as configured
     strategy, world = cfg.distributed.strategy, _world(cfg)
     if strategy.startswith("zero") and plan.fp32_master_weights:
@@ -284,7 +304,11 @@ def _compute(cfg: Any, shape: ModelShape, device: str = "cuda", lengths: Optiona
     weights, wf, wparts = _weights(shape, plan, cfg.method.double_quant)
     grads, gf, gparts = _gradients(shape, plan)
     opt, of, temps, oparts = _optimizer(shape, plan, cfg.train.optimizer, strategy, device)
-    acts, af, logits, lf = _activations(cfg, shape, plan, device, lengths)
+    acts, af, logits, lf = _activations(cfg, shape, plan, device, lengths, liger=speed["liger_kernel"].on)
+    if speed["fused_adamw"].on and temps:
+        # The fused kernel updates each parameter in place: no foreach list of temporaries.
+        of += f"; fused AdamW: no step temporaries (instead of {T.fmt_bytes(temps)})"
+        temps = 0
 
     sharded = {"weights": T.shard(weights, "weights", strategy, world),
                "gradients": T.shard(grads, "gradients", strategy, world),
@@ -343,6 +367,9 @@ def _compute(cfg: Any, shape: ModelShape, device: str = "cuda", lengths: Optiona
     notes.append("Gradients and activations are not all held at once: the peak counts weights + optimizer "
                  f"states + the larger of the {phase} and the optimizer step (gradients + temporaries); "
                  f"here the {'forward/backward' if backward >= step else 'optimizer step'} phase is larger.")
+    if speed["torch_compile"].on:
+        notes.append("torch.compile is counted as changing no term: it fuses kernels for speed, and its "
+                     "memory savings are not modelled.")
     if paged:
         notes.append("Paged optimizer states live in managed memory: torch does not count them as allocated, "
                      "and they can spill to CPU RAM under pressure (slower, but no out-of-memory error).")
@@ -357,6 +384,7 @@ def _compute(cfg: Any, shape: ModelShape, device: str = "cuda", lengths: Optiona
         dtypes={"weights": wparts, "gradients": gparts, "optimizer": oparts},
         phases={"forward_backward": int(backward), "optimizer_step": int(step),
                 **({"generation": int(generation)} if generation else {})},
+        kernels=[c.to_json() for c in speed.values()],
     )
 
 
@@ -481,17 +509,19 @@ def _suggest(cfg: Any, model_config: Any, est: Estimate, capacity: int,
 
 def estimate(cfg: Any, gpus: Optional[list[GpuInfo]] = None, gpu_count: Optional[int] = None,
              gpu_memory_gb: Optional[float] = None, model_config: Any = None, device: str = "cuda",
-             lengths: Optional[DataLengths] = None) -> Estimate:
+             lengths: Optional[DataLengths] = None, kernel_machine: Optional[K.KernelMachine] = None) -> Estimate:
     """Memory needed to train `cfg`, term by term, and whether it fits.
 
     gpus None probes the machine (NVML); gpu_memory_gb (with gpu_count, default the config's GPU
     count) asks about a hypothetical card instead. model_config skips loading cfg.model's config.
     lengths (the dataset's measured token lengths) sizes the batch by the data instead of max length.
+    kernel_machine: the machine the speed switches are judged for (default: a CUDA card with the kernel
+    packages installed here, or this CPU for device="cpu").
     """
     if model_config is None:
         model_config = model_config_of(cfg, light=True)  # no transformers import when the skeleton is cached
     shape = cached_shape(model_config, cfg)
-    est = _compute(cfg, shape, device, lengths)
+    est = _compute(cfg, shape, device, lengths, kernel_machine)
     if lengths is not None and not online.is_online(cfg):
         est.data = lengths.plan(cfg, padding_free=cfg.data.packing and "flash" in shape.attn_implementation)
     hypothetical = gpu_memory_gb is not None

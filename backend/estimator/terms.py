@@ -183,10 +183,50 @@ def prompt_params(num_virtual_tokens: int, hidden: int) -> int:
     return num_virtual_tokens * hidden
 
 
+def is_flash(attn_implementation: str) -> bool:
+    """FlashAttention (2, 3, or a hub kernel of it): varlen kernels, no 4-D mask, GQA keys not repeated."""
+    return "flash" in (attn_implementation or "")
+
+
+def rmsnorm_saved_bytes(hidden: int, compute_bytes: float, weight_trainable: bool, liger: bool = False) -> float:
+    """Bytes one RMSNorm saves per token for backward.
+
+    transformers' RMSNorm upcasts to fp32 and keeps that copy (4h); with a trainable weight it also keeps
+    the normalized compute-dtype tensor (c*h). Liger's RMSNorm kernel keeps its compute-dtype input and one
+    fp32 reciprocal RMS per row (c*h + 4), trainable weight or not (its gradient comes from the same two).
+    """
+    if liger:
+        return compute_bytes * hidden + 4
+    return (4 + (compute_bytes if weight_trainable else 0)) * hidden
+
+
+def mlp_saved_bytes(intermediate: int, compute_bytes: float, down_trainable: bool, liger: bool = False) -> float:
+    """Bytes the gated MLP saves per token: gate, act(gate) and up (3*c*I), and when down_proj trains its
+    input, their product (c*I). Liger's SwiGLU keeps gate and up only and recomputes the SiLU in backward
+    (2*c*I)."""
+    kept = 2 if liger else 3
+    return (kept + (1 if down_trainable else 0)) * compute_bytes * intermediate
+
+
+def attention_saved_bytes(hidden: int, kv_dim: int, heads: int, kv_len: int, compute_bytes: float,
+                          o_trainable: bool, attn_implementation: str = "sdpa") -> float:
+    """Bytes attention saves per token: q, k, v and its output (o_proj's contiguous input too when it
+    trains). eager adds the fp32 softmax and its compute-dtype copy (heads x kv_len, the score matrix);
+    FlashAttention keeps no score matrix, only one fp32 log-sum-exp per head (`kv_dim` is then the
+    key/value heads' width: it reads grouped keys without repeating them)."""
+    c = compute_bytes
+    qkvo = c * ((3 if o_trainable else 2) * hidden + 2 * kv_dim)
+    if attn_implementation == "eager":
+        return qkvo + (4 + c) * heads * kv_len
+    if is_flash(attn_implementation):
+        return qkvo + 4 * heads
+    return qkvo
+
+
 def layer_activation_bytes_per_token(
     hidden: int, intermediate: int, kv_dim: int, heads: int, kv_len: int, compute_bytes: float, *,
     base_trainable: bool, adapter_in_features: float = 0.0, adapter_dropout: bool = False,
-    attn_implementation: str = "sdpa",
+    attn_implementation: str = "sdpa", liger: bool = False,
 ) -> float:
     """Bytes autograd saves per token in one Llama-style decoder block (RMSNorm, attention, gated MLP).
 
@@ -198,20 +238,16 @@ def layer_activation_bytes_per_token(
       - the gated MLP keeps gate, act(gate) and up; a trainable down_proj also keeps their product.
       - each adapted linear keeps its (autocast) input for lora_A, plus a 1-byte dropout mask.
       - eager attention also keeps the fp32 softmax and its compute-dtype copy (heads x kv_len).
+      - `liger`: Liger's RMSNorm and SwiGLU kernels (rmsnorm_saved_bytes, mlp_saved_bytes); its RoPE
+        kernel rotates q and k without keeping more than the formula already counts.
     """
     c = compute_bytes
-    if base_trainable:
-        norms = 2 * (4 + c) * hidden
-        attn = c * (3 * hidden + 2 * kv_dim)
-        mlp = 4 * c * intermediate
-    else:
-        norms = 2 * 4 * hidden
-        attn = c * (2 * hidden + 2 * kv_dim)
-        mlp = 3 * c * intermediate
+    norms = 2 * rmsnorm_saved_bytes(hidden, c, base_trainable, liger)
+    attn = attention_saved_bytes(hidden, kv_dim, heads, kv_len, c, base_trainable, attn_implementation)
+    mlp = mlp_saved_bytes(intermediate, c, base_trainable, liger)
     adapters = adapter_in_features * (c + (1 if adapter_dropout else 0))
-    scores = (4 + c) * heads * kv_len if attn_implementation == "eager" else 0
     factor = ACTIVATION_FACTOR.get(attn_implementation, 1.0)
-    return factor * (norms + attn + mlp + adapters + scores)
+    return factor * (norms + attn + mlp + adapters)
 
 
 def checkpointed_activation_bytes(layers_recorded: int, tokens: int, hidden: int, compute_bytes: float,

@@ -15,6 +15,7 @@ from torch import nn
 
 from backend.core.config import MethodConfig, RunConfig
 from backend.core.errors import UserError
+from backend.core.kernels import load_kwargs
 from backend.core.models import ModelError, load_causal_lm
 from backend.core.precision import plan_for, torch_dtype
 from backend.methods.optimizers import build_optimizer, needs_own_optimizer, optimizer_class  # noqa: F401
@@ -102,6 +103,8 @@ def load_trainable_model(cfg: Any, device_map: Optional[Any] = None) -> nn.Modul
     kwargs: dict[str, Any] = {}
     if device_map is not None:
         kwargs["device_map"] = device_map
+    # FlashAttention-2 or a hub kernel where backend.core.kernels picks one (nothing: transformers' default).
+    kwargs.update(load_kwargs(cfg))
     if spec.quantized:
         problem = bitsandbytes_problem()
         if problem:

@@ -19,6 +19,7 @@ from transformers import TrainerCallback
 from backend.core import catalog
 from backend.core.catalog import OBJECTIVE, ObjectiveInfo
 from backend.core.errors import UserError
+from backend.core.kernels import load_kwargs
 from backend.core.log import note
 from backend.core.models import load_tokenizer, resolve_model
 from backend.data.records import as_turns, load_for_training, with_system
@@ -154,7 +155,7 @@ def load_objective_model(cfg: Any) -> Any:
     torch.manual_seed(cfg.train.seed)  # the new head starts random; the seed makes it repeatable
     model = AutoModelForSequenceClassification.from_pretrained(
         str(resolve_model(cfg.model).source), num_labels=1, dtype=load_dtype(cfg),
-        trust_remote_code=cfg.trust_remote_code)
+        trust_remote_code=cfg.trust_remote_code, **load_kwargs(cfg))
     model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
         else tokenizer.eos_token_id
     if cfg.method.name == catalog.METHOD.full:

@@ -16,6 +16,7 @@ from typing import Any, Optional
 from backend.core.catalog import OBJECTIVES
 from backend.core.config import ConfigError, RunConfig, absolute_paths, validate_config
 from backend.core.errors import UserError
+from backend.core.kernels import kernel_problems
 from backend.core.models import ModelError, load_model_config
 from backend.data.records import load_rows
 from backend.data.templates import TEMPLATES
@@ -27,6 +28,8 @@ def run_problems(cfg: RunConfig, model_config: Any) -> dict[str, str]:
     """Field -> sentence for everything about cfg that cannot train on this model and machine."""
     errors = validate_for_model(cfg, model_config)
     for field, sentence in validate_objective(cfg).items():
+        errors.setdefault(field, sentence)
+    for field, sentence in kernel_problems(cfg).items():  # a speed switch set "on" that cannot run here
         errors.setdefault(field, sentence)
     return errors
 

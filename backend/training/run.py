@@ -157,13 +157,18 @@ def training_args(cfg, run_dir: Path, has_eval: bool):
     report_to = [r for r in cfg.report_to if r == "tensorboard" or _installed(r)]
     for missing in sorted(set(cfg.report_to) - set(report_to)):
         note(f"{missing} is not installed: not reporting to it.")
+    from backend.training.kernels import choices_for_run, trainer_kwargs
+
+    # Liger, fused AdamW and torch.compile where backend.core.kernels turns them on (the attention is the loader's).
+    speed = trainer_kwargs(choices_for_run(cfg))
     return SFTConfig(
         output_dir=str(rundir.checkpoints_dir(run_dir)),
         num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation, learning_rate=t.learning_rate,
         lr_scheduler_type=t.scheduler, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm, optim=catalog.OPTIMIZERS[t.optimizer].trainer_name, seed=t.seed,
+        max_grad_norm=t.max_grad_norm, optim=speed.pop("optim", catalog.OPTIMIZERS[t.optimizer].trainer_name),
+        seed=t.seed,
         # NEFTune: the Trainer hooks the input embeddings for the length of train() only, and the hook adds
         # noise only in training mode, so evaluation, the saved model and chat never see it.
         neftune_noise_alpha=t.neftune_noise_alpha,
@@ -185,6 +190,7 @@ def training_args(cfg, run_dir: Path, has_eval: bool):
         gradient_checkpointing=False,
         # The dataset is already tokenized with our labels; TRL must not tokenize or truncate it again.
         dataset_kwargs={"skip_prepare_dataset": True}, packing=False, remove_unused_columns=False,
+        **speed,
     )
 
 
@@ -384,6 +390,8 @@ def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool,
     import torch
 
     cfg = effective_config(cfg)
+    from backend.training.kernels import choices_for_run, note_choices
+    note_choices(choices_for_run(cfg))  # refuses a switch set "on" that this machine cannot run
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tb")
     if "wandb" in cfg.report_to and not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")  # never wait at a login prompt

@@ -36,6 +36,7 @@ from studio.progress import shows
 from studio.tabs.method_fields import (CHOICE_HELP_FIELDS, LABELS, METHOD_FIELDS, MORE_ROWS, STEPS, TRAIN_ROWS,
                                        choice_help, field_info, get_path,
                                        label_of, set_path)
+from studio.tabs.method_speed import speed_layout, speed_text
 from studio.tabs.method_view import compute_estimate, humanize_errors, model_info_text
 
 TEXT = {
@@ -199,6 +200,7 @@ class MethodView:
     import_file: Any = None
     import_btn: Any = None
     status_md: Any = None
+    speed_md: Any = None  # the speed switches' reasons (studio/tabs/method_speed.py)
     widgets: dict[str, Any] = field(default_factory=dict)  # field path -> its widget
     errs: dict[str, Any] = field(default_factory=dict)     # field path -> its error line
     cols: dict[str, Any] = field(default_factory=dict)     # field path -> the column holding both
@@ -240,7 +242,7 @@ class MethodView:
     @property
     def state_outputs(self) -> set:
         return {self.plot, self.fits_md, self.details_md, self.batch_md, self.widgets["data.max_length"],
-                self.widgets["data.packing"]}
+                self.widgets["data.packing"], self.speed_md}
 
     @property
     def preset_outputs(self) -> set:
@@ -302,6 +304,7 @@ def _fields_layout(v: MethodView, rc0: dict[str, Any], shown: set[str]) -> None:
                 for path in row:
                     v.add_field(path, rc0)
         v.batch_md = gr.Markdown(effective_batch_text(rc0), elem_id="method-effective-batch")
+    speed_layout(v, rc0)
     with gr.Accordion("Early stopping, logging, GPUs and alignment (DPO/ORPO/KTO/GRPO/RLOO)",
                       open=False) as v.more_box:
         for row in MORE_ROWS:
@@ -455,7 +458,7 @@ def on_state(v: MethodView, rc, card, lengths=None):
     fig, fits, details = (None, next(iter(refused.values())), "") if refused else compute_estimate(rc, card, lengths)
     return {v.plot: fig, v.fits_md: fits, v.details_md: details, v.batch_md: effective_batch_text(rc),
             v.widgets["data.max_length"]: get_path(rc, "data.max_length"),
-            v.widgets["data.packing"]: bool(get_path(rc, "data.packing"))}
+            v.widgets["data.packing"]: bool(get_path(rc, "data.packing")), v.speed_md: speed_text(rc)}
 
 
 def fill(v: MethodView, new: dict[str, Any]) -> dict:

@@ -59,6 +59,8 @@ LABELS = {
     "train.gradient_checkpointing": "Gradient checkpointing", "train.eval_steps": "Evaluate every N steps",
     "train.save_steps": "Save every N steps (0 or blank: with evaluation)", "train.logging_steps": "Log every N steps",
     "train.max_grad_norm": "Gradient clipping norm", "train.seed": "Seed",
+    "train.liger_kernel": "Liger kernels", "train.attention": "Attention", "train.fused_adamw": "Fused AdamW",
+    "train.torch_compile": "torch.compile",
     "data.max_length": "Max sequence length", "data.packing": "Packing",
     "early_stopping.patience": "Early-stopping patience (0 or blank: off)",
     "early_stopping.threshold": "Minimum improvement", "early_stopping.metric": "Watched metric",
