@@ -211,6 +211,8 @@ class Arena:
                         continue
                     events.put((i, "state", ANSWERING))
                     for chunk in client.stream(messages, settings, use_adapter=True):
+                        if self._stop.is_set():
+                            client.stop()  # a Stop that reached the worker before its reply began was lost
                         events.put((i, "text", chunk))
                     events.put((i, "done", dict(client.last_done or {})))
                 except UserError as e:

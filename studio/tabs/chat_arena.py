@@ -112,6 +112,12 @@ def on_arena_stop(arena: Arena) -> str:
     return "Stopping… the answers end within a token or two."
 
 
+def on_arena_unload(arena: Arena) -> str:
+    """Writes the status after the arena's workers are ended."""
+    arena.shutdown()
+    return "Unloaded the arena's models; the next question loads them again."
+
+
 def on_arena_vote(slot: Any, rnd: dict) -> tuple[str, dict]:
     """Reads the last round; records the vote for one column (or a tie, or all bad) and writes the vote status."""
     if not rnd or not rnd.get("done"):
@@ -178,6 +184,7 @@ def build(ctx: StudioContext, chat_view: Any) -> Arena:
                                 elem_id="arena-prompt")
             ask = gr.Button("Ask all", variant="primary", scale=1, elem_id="arena-ask")
             stop = gr.Button("Stop", variant="stop", scale=1, elem_id="arena-stop")
+            unload = gr.Button("Unload (free memory)", scale=1, elem_id="arena-unload")
         status = gr.Markdown("", elem_id="arena-status")
         heads, texts, cols, vote_buttons = [], [], [], []
         with gr.Row(equal_height=False):
@@ -203,6 +210,7 @@ def build(ctx: StudioContext, chat_view: Any) -> Arena:
     prompt.submit(bind(on_arena_ask, arena, ctx.workspace), inputs, outputs, concurrency_id="arena",
                   concurrency_limit=1)
     stop.click(bind(on_arena_stop, arena), None, status, queue=False)
+    unload.click(bind(on_arena_unload, arena), None, status, concurrency_id="arena-unload", concurrency_limit=1)
     for i, button in enumerate(vote_buttons):
         button.click(bind(on_arena_vote, i), rnd, [vote_status, rnd], queue=False)
     tie.click(bind(on_arena_vote, votes.TIE), rnd, [vote_status, rnd], queue=False)

@@ -149,3 +149,17 @@ def test_labels_follow_the_chat_picker_and_are_unique(tmp_path, monkeypatch):
                                                                   ("same", "/y")])
     assert arena_models.labels_for(tmp_path, ["/ws/runs/r1", "/x", "/y", "typed/path"]) == \
         ["run: r1", "same", "same (2)", "typed/path"]
+
+
+def test_a_stop_that_arrives_just_before_the_reply_begins_is_sent_again_once_it_streams():
+    arena = None
+
+    class LateStop(FakeClient):
+        def stream(self, messages, settings=None, use_adapter=True):
+            arena._stop.set()     # Stop pressed after the load, as the worker starts the reply ...
+            self.stopped.clear()  # ... which clears the worker's flag: that stop is lost
+            yield from super().stream(messages, settings, use_adapter)
+
+    arena = Arena(client_factory=lambda: LateStop(chunks=("a", "b", "c", "d")))
+    final = list(arena.ask([Contender("x", "x", model="X", base="X"), Contender("gone", "g", error="gone.")], []))[-1]
+    assert final[0].state == STOPPED and len(final[0].text) < 4
