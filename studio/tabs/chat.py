@@ -2,7 +2,8 @@
 
 The model lives in the chat worker subprocess (backend.inference.chat.ChatClient); this module only
 keeps the conversations and streams the worker's text into the Chatbots. The client is
-put in ctx.extras["chat_client"] so the Train tab can shut it down before a training.
+put in ctx.extras["chat_client"] so the Train tab can shut it down before a training. The Arena below the
+chat (2–4 models side by side, with votes) is studio/tabs/chat_arena.py.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from backend.core.errors import UserError
 from backend.core.models import DEFAULT_MODEL, ModelError
 from studio.context import StudioContext, bind
 from studio.progress import shows
-from studio.tabs import chat_serve
+from studio.tabs import chat_arena, chat_serve
 
 BAD_INPUT = (UserError, ConfigError, ModelError)
 TEXT = {
@@ -176,6 +177,7 @@ def build(ctx: StudioContext) -> None:
     c.settings = _settings_layout()
     _conversation_layout(c)
     wire(c)
+    chat_arena.build(ctx, c)
     chat_serve.build(ctx, c.pick)
 
 

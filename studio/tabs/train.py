@@ -422,9 +422,9 @@ def on_start(ctx: StudioContext, rc, lv):
         problem = start_problems(cfg)
         if problem:
             raise UserError(f"Not started: {problem}")
-        client = ctx.extras.get("chat_client")
-        if client is not None:
-            client.shutdown()  # the chat model would compete with training for GPU memory
+        for key in ("chat_client", "arena"):  # the chat's and the arena's models would compete for GPU memory
+            if ctx.extras.get(key) is not None:
+                ctx.extras[key].shutdown()
         run_dir = runner.start_run(ctx.workspace, cfg)
         remember_run(ctx.workspace, Path(run_dir).name)
     except BAD_INPUT as e:
