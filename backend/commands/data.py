@@ -110,7 +110,7 @@ def inspect(args: argparse.Namespace) -> dict:
 
 
 def _warnings(loaded, stats: dict, cfg) -> list[str]:
-    w = []
+    w = list(loaded.notices)  # how the file was read (its encoding): said first
     if loaded.skipped:
         w.append(f"{loaded.skipped} row(s) of {loaded.path} were skipped because of problems; see 'errors'.")
     if loaded.note:

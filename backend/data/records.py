@@ -64,6 +64,8 @@ class LoadedDataset:
     note: Optional[str] = None                        # why rows holds only a part of the file
     unused_columns: list[str] = field(default_factory=list)  # columns the mapping leaves out
     unused_text: list[str] = field(default_factory=list)     # ...of which hold prose the model never sees
+    encoding: str = "utf-8"                           # the file's text encoding (backend.data.encodings)
+    notices: list[str] = field(default_factory=list)  # sentences about how the file was read (its encoding)
 
     @property
     def row_count(self) -> int:
@@ -78,6 +80,7 @@ class LoadedDataset:
                 "rows_kept": len(self.rows), "complete": self.complete, "note": self.note,
                 "columns": list(self.columns), "mapping": dict(self.mapping), "skipped": self.skipped,
                 "unused_columns": list(self.unused_columns), "unused_text_columns": list(self.unused_text),
+                "encoding": self.encoding, "notices": list(self.notices),
                 "errors": [{"line": e.line, "field": e.field, "message": e.message} for e in self.errors]}
 
 
@@ -519,7 +522,8 @@ def load_rows(path: str, mapping: dict[str, str] | None = None, format: str = "a
                          mapping=mapping, errors=errors, skipped=bad, lines=lines, unit=unit,
                          records=read_ok + read_bad, total=usable, complete=not notes,
                          note="; ".join(notes) + "." if notes else None,
-                         unused_columns=left, unused_text=prose)
+                         unused_columns=left, unused_text=prose, encoding=stream.encoding,
+                         notices=[n for n in (stream.notice(),) if n])
 
 
 # ---------------------------------------------------------------- splitting

@@ -69,6 +69,8 @@ def status_markdown(ds: LoadedDataset, source: str = "") -> str:
            f"**{ds.source_format}** → **{ds.format}**.</span>")
     if ds.note:
         msg += f" {html.escape(ds.note[0].upper() + ds.note[1:])}"
+    for notice in ds.notices:  # e.g. the file was read as Windows-1252, not UTF-8
+        msg += f" <span class='ft-notice' id='dataset-encoding'>{html.escape(notice)}</span>"
     if ds.skipped:
         msg += (f" <span class='ft-error'>{ds.skipped} bad row(s) skipped</span> (listed below; fix them in "
                 "the file, or leave them out).")
