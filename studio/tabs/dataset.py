@@ -7,6 +7,7 @@ preview, histogram) is in studio/tabs/dataset_view.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import html
 import json
@@ -23,14 +24,15 @@ from pydantic import ValidationError
 
 from backend.core import access
 from backend.core.config import ConfigError, DataConfig, validate_config
-from backend.data.records import FORMATS, LoadedDataset, load_rows, split_sizes
+from backend.data import health
+from backend.data.records import FORMATS, LoadedDataset, load_rows, split_rows, split_sizes
 from backend.core.errors import UserError
 from backend.core.models import DEFAULT_MODEL, ModelError
 from backend.data.templates import (TEMPLATE_TITLES, TEMPLATES, get_tokenizer, preview_packed, preview_row,
                                token_length_stats)
 from studio.context import StudioContext, bind
-from studio.tabs.dataset_view import (STYLE, errors_markdown, length_figure, rows_table, stats_markdown,
-                                      token_rows, tokens_html)
+from studio.tabs.dataset_view import (STYLE, errors_markdown, health_markdown, length_figure, rows_table,
+                                      stats_markdown, token_rows, tokens_html)
 from backend.core.paths import SAMPLES_DIR
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
@@ -48,6 +50,10 @@ TEXT = {
                "<span class='tok truncated'>truncated</span> cut by max length · "
                "<span class='tok boundary'>│</span> packed rows joined. Hover a token for its id and label."),
     "mapping": "Which column plays which part. Leave a role on (none) if the file has no such column.",
+    "health": "Dataset health: exact duplicates (ignoring case and spaces), near duplicates (most of the text "
+              "shared, found by MinHash), empty answers, answers cut and prompts too long for max length, the "
+              "language mix, and validation rows that repeat a training row (leakage). \"Drop duplicates\" writes "
+              "a copy without the exact and near duplicates (the original file is kept) and loads it.",
     "objective_hint": {"preference": "Preference pairs train with DPO, ORPO or a reward model: pick that "
                                      "objective on the Method tab (their prompts also feed GRPO/RLOO).",
                        "kto": "Labelled completions train with KTO: pick it on the Method tab.",
@@ -129,6 +135,21 @@ class DatasetCache:
     def __init__(self, size: int = 2):  # each holds up to FTSTUDIO_DATA_KEEP_MB of rows
         self.size = size
         self._items: OrderedDict[str, LoadedDataset] = OrderedDict()
+        self._health: dict[tuple, tuple[LoadedDataset, health.Health]] = {}
+
+    def health(self, ds: LoadedDataset, share: float, seed: int) -> health.Health:
+        """The token-free part of a dataset's health (duplicates, empty answers, languages, leakage of the
+        seeded split), once per dataset and split: a settings change only re-measures the lengths."""
+        key = (id(ds), round(float(share), 4), int(seed))
+        memo = self._health.get(key)
+        if memo is None or memo[0] is not ds:
+            h = health.check(ds.rows, ds.errors, ds.mapping)
+            if share > 0:
+                train, val = split_rows(ds.rows, share, seed)
+                h.validation_rows, h.leakage = len(val), health.leaked(train, val)
+            self._health = {key: (ds, h)}  # one: the dataset shown
+            memo = self._health[key]
+        return memo[1]
 
     def load(self, path: str, mapping: Optional[dict], fmt: str, skip: bool) -> LoadedDataset:
         p = Path(path)
@@ -205,6 +226,8 @@ class DatasetView:
     errors_md: Any
     table: Any
     stats_md: Any
+    health_md: Any
+    dedup_btn: Any
     hist: Any
     split_mode: Any
     val_split: Any
@@ -228,7 +251,7 @@ class DatasetView:
 
     @property
     def token_outputs(self) -> set:
-        out = {self.stats_md, self.hist, self.rendered, self.preview_html, self.tok_table}
+        out = {self.stats_md, self.health_md, self.hist, self.rendered, self.preview_html, self.tok_table}
         return out | ({self.ctx.data_lengths} if self.ctx.data_lengths is not None else set())
 
     @property
@@ -271,6 +294,11 @@ def _rows_layout() -> dict[str, Any]:
     with gr.Row():
         with gr.Column(scale=3):
             stats_md = gr.Markdown("", elem_id="dataset-stats")
+            with gr.Row():
+                health_md = gr.Markdown("", elem_id="dataset-health")
+                dedup_btn = gr.Button("Drop duplicates", elem_id="dataset-drop-duplicates", size="sm", scale=0,
+                                      min_width=140)
+            gr.Markdown(TEXT["health"], elem_classes="ft-help")
             hist = gr.Plot(label="Token lengths", elem_id="token-histogram")
         with gr.Column(scale=2):
             split_mode = gr.Radio(["split", "separate file"], value="split", label="Validation data",
@@ -280,7 +308,8 @@ def _rows_layout() -> dict[str, Any]:
             val_file = gr.File(label="Validation file", file_types=list(DATA_SUFFIXES), type="filepath",
                                visible=False, elem_id="dataset-validation-file")
             split_md = gr.Markdown("", elem_id="dataset-split-info")
-    return dict(errors_md=errors_md, table=table, stats_md=stats_md, hist=hist, split_mode=split_mode,
+    return dict(errors_md=errors_md, table=table, stats_md=stats_md, health_md=health_md, dedup_btn=dedup_btn,
+                hist=hist, split_mode=split_mode,
                 val_split=val_split, val_file=val_file, split_md=split_md)
 
 
@@ -337,9 +366,31 @@ def token_view(v: DatasetView, ds, cfg, row, run_config) -> dict:
         stats = token_length_stats(tok, ds.rows, cfg, limit=STATS_ROWS)
     except Exception as e:  # noqa: BLE001 - shown as a sentence, the rows stay visible
         return {v.stats_md: error_sentence(e), v.hist: None, v.rendered: "", v.preview_html: "", v.tok_table: [],
-                **_lengths_out(v, None)}
+                v.health_md: "", **_lengths_out(v, None)}
     return {v.stats_md: stats_markdown(ds, stats, cfg.max_length), v.hist: length_figure(stats, cfg.max_length),
+            v.health_md: health_view(v, ds, cfg, tok, run_config),
             **row_view(v, ds, cfg, row, run_config), **_lengths_out(v, stats)}
+
+
+def health_view(v: DatasetView, ds, cfg, tok, run_config) -> str:
+    """The health counts of the rows kept: duplicates and leakage once per dataset, lengths per setting."""
+    try:
+        rc = run_config or {}
+        share = 0.0 if (rc.get("data") or {}).get("validation_path") else \
+            float((rc.get("data") or {}).get("validation_split") or 0.0)
+        h = v.cache.health(ds, share, int((rc.get("train") or {}).get("seed", 42)))
+        cut, too_long, measured = health.length_problems(tok, ds.rows, cfg, STATS_ROWS)
+        h = dataclasses.replace(h, answers_cut=cut, prompts_too_long=too_long, length_rows=measured)
+    except Exception as e:  # noqa: BLE001 - the rest of the tab stays usable
+        return error_sentence(e)
+    return health_markdown(h, ds)
+
+
+def drop_duplicates_copy(workspace: Path, path: str, mapping: Optional[dict], fmt: str) -> dict:
+    """Write the file without its duplicates into WORKSPACE/uploads (the original is kept); the report."""
+    out = health.dedup_path(display_name(path), str(Path(workspace) / "uploads"))
+    out = access.policy(workspace).writable(str(out), "de-duplicated copy")
+    return health.drop_duplicates(path, str(out), mapping, fmt)
 
 
 def _lengths_out(v: DatasetView, stats: Optional[dict]) -> dict:
@@ -494,6 +545,23 @@ def from_path(v: DatasetView, text, fmt_v, skip_v, *rest):
     return _only_source(v, load_all(v, (text or "").strip(), "auto", None, skip_v, *rest), v.path_box)
 
 
+def from_dedup(v: DatasetView, path, src, fmt_v, skip_v, *rest):
+    """"Drop duplicates": writes the copy, then loads it as the current dataset with the same mapping."""
+    if not path:
+        return {v.health_md: error_sentence(UserError("Load a dataset first, then drop its duplicates."))}
+    try:
+        ds = current(v, path, src, skip_v, rest[-1])
+        report = drop_duplicates_copy(v.ctx.workspace, path, ds.mapping, ds.format)
+    except Exception as e:  # noqa: BLE001
+        return {v.health_md: error_sentence(e)}
+    out = load_all(v, report["path"], fmt_v, ds.mapping, skip_v, *rest)
+    dropped = report["duplicates_dropped"] + report["near_duplicates_dropped"]
+    out[v.status] = (f"{out.get(v.status, '')}\n\n<span id='dataset-dedup-done'>Dropped {dropped} duplicate row(s) "
+                     f"({report['duplicates_dropped']} exact, {report['near_duplicates_dropped']} near); "
+                     f"{html.escape(display_name(path))} itself is unchanged.</span>")
+    return _only_source(v, out, v.path_box) | {v.path_box: report["path"]}
+
+
 def from_mapping(v: DatasetView, path, fmt_v, skip_v, *rest_and_roles):
     rest, roles = rest_and_roles[:-len(MAP_ROLES)], rest_and_roles[-len(MAP_ROLES):]
     mapping = {r: val for r, val in zip(MAP_ROLES, roles) if val and val != NONE}
@@ -552,6 +620,7 @@ def wire(v: DatasetView) -> None:
     remap_in = [v.path_state, *common_in, *tail_in, *v.role_boxes]
     v.apply_map.click(bind(from_mapping, v), remap_in, all_outputs)
     v.skip.change(bind(from_mapping, v), remap_in, all_outputs)
+    v.dedup_btn.click(bind(from_dedup, v), [v.path_state, v.src_state, *common_in, *tail_in], all_outputs | pickers)
 
     settings_in = [v.path_state, v.src_state, v.skip, *v.settings, v.row_no, rc]
     settings_out = {rc, v.status, *v.token_outputs}
