@@ -28,6 +28,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="auto", help="force a layout: messages, prompt_completion, text, preference, kto")
     p.add_argument("--mapping", default=None, help='column mapping as JSON, e.g. {"prompt": "q", "completion": "a"}')
     p.add_argument("--system-prompt", default=None, help="system prompt added to conversations without one")
+    p.add_argument("--reasoning", default="keep", choices=("keep", "keep_ungraded", "strip"),
+                   help="reasoning traces (<think>, reasoning_content): keep and grade, keep masked, or strip")
     p.add_argument("--strict", action="store_true", help="fail on the first bad row instead of skipping it")
     p.add_argument("--stats-rows", type=int, default=STATS_ROWS,
                    help=f"rows tokenized for the length statistics (default {STATS_ROWS:,}; every row is still "
@@ -85,7 +87,7 @@ def _data_cfg(args: argparse.Namespace, loaded) -> Any:
                       system_prompt=args.system_prompt, format=loaded.format, mapping=loaded.mapping,
                       train_on_prompt=getattr(args, "train_on_prompt", False),
                       last_turn_only=getattr(args, "last_turn_only", False),
-                      packing=getattr(args, "packing", False))
+                      packing=getattr(args, "packing", False), reasoning=args.reasoning)
 
 
 def _progress_printer() -> Callable[[int, int], None]:

@@ -84,6 +84,9 @@ class DataConfig(Strict):
     train_on_prompt: bool = Field(False, description="Also compute the loss on prompt tokens.")
     last_turn_only: bool = Field(False, description="Grade only the last assistant turn.")
     packing: bool = Field(False, description="Join short sequences into full-length ones.")
+    reasoning: Literal["keep", "keep_ungraded", "strip"] = Field("keep", description=(
+        "Reasoning traces (reasoning_content, <think> blocks) in replies: keep and train on them, keep them "
+        "masked (read, not learned), or strip them."))
     skip_bad_rows: bool = Field(True, description="Skip malformed rows (counted) instead of failing.")
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
 from backend.core.errors import UserError
+from backend.data import reasoning
 from backend.data.files import _Bad, Budget, RowError, open_records
 
 FORMATS = ("messages", "prompt_completion", "text", "preference", "kto")
@@ -310,7 +311,9 @@ def _messages(value: Any, field: str, need_assistant: bool = True) -> list[dict[
             raise _Bad(field, f"message {i + 1} has the role {role_raw!r}; use system, user or assistant "
                               "(ShareGPT: system, human, gpt).")
         content = m.get("content", m.get("value", m.get("text")))
-        out.append({"role": role, "content": _text(content, f"{field}[{i}].content", allow_empty=True)})
+        text = _text(content, f"{field}[{i}].content", allow_empty=True)
+        # A separate reasoning field becomes a <think> block in front of the reply (backend.data.reasoning).
+        out.append({"role": role, "content": reasoning.fold(m, text) if role == "assistant" else text})
     if need_assistant and not any(m["role"] == "assistant" and m["content"].strip() for m in out):
         raise _Bad(field, "has no assistant turn with text, so there is nothing to learn from it. Add the "
                           "assistant's reply, or remove the row.")

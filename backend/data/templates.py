@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from backend.core.errors import UserError
 from backend.core.models import load_tokenizer
-from backend.data import packing
+from backend.data import packing, reasoning
 
 IGNORE = -100
 
@@ -299,11 +299,11 @@ def render(tokenizer, row: dict, data_cfg: Any) -> Rendered:
         p, c = row["prompt"], row["completion"]
         return Rendered(p + c, [(len(p), len(p) + len(c))], train_all, True, True, "none")
     name, jinja, note = resolve_template(tokenizer, getattr(data_cfg, "template", "auto"))
-    msgs = _with_system(msgs, getattr(data_cfg, "system_prompt", None))
+    msgs = _with_system(reasoning.apply(msgs, data_cfg), getattr(data_cfg, "system_prompt", None))
     full = _render(tokenizer, jinja, msgs)
     spans = [] if train_all else _assistant_spans(tokenizer, jinja, msgs, full,
                                                   bool(getattr(data_cfg, "last_turn_only", False)))
-    return Rendered(full, spans, train_all, False, False, name, note)
+    return Rendered(full, reasoning.ungrade(full, spans, data_cfg), train_all, False, False, name, note)
 
 
 def render_text(tokenizer, row: dict, data_cfg: Any) -> str:
@@ -495,7 +495,8 @@ def dataset_key(tokenizer, rows: list[dict], data_cfg: Any) -> str:
 
     h = hashlib.sha256()
     settings = {k: getattr(data_cfg, k, None) for k in ("template", "system_prompt", "max_length",
-                                                         "train_on_prompt", "last_turn_only", "packing")}
+                                                         "train_on_prompt", "last_turn_only", "packing",
+                                                         "reasoning")}
     h.update(json.dumps({"v": ENCODING_VERSION, "settings": settings,
                          "tokenizer": [getattr(tokenizer, "name_or_path", ""), len(tokenizer),
                                        str(getattr(tokenizer, "chat_template", "")), tokenizer.bos_token,

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from backend.core import access
 from backend.core.config import ConfigError, DataConfig, validate_config
-from backend.data import health
+from backend.data import health, reasoning
 from backend.data.records import FORMATS, LoadedDataset, load_rows, split_rows, split_sizes
 from backend.core.errors import UserError
 from backend.core.models import DEFAULT_MODEL, ModelError
@@ -50,6 +50,8 @@ TEXT = {
                "<span class='tok truncated'>truncated</span> cut by max length · "
                "<span class='tok boundary'>│</span> packed rows joined. Hover a token for its id and label."),
     "mapping": "Which column plays which part. Leave a role on (none) if the file has no such column.",
+    "reasoning": "Keep: the model learns the trace and the answer. Masked: it reads the trace but is graded on "
+                 "the answer only. Strip: the trace is removed and the model learns to answer directly.",
     "health": "Dataset health: exact duplicates (ignoring case and spaces), near duplicates (most of the text "
               "shared, found by MinHash), empty answers, answers cut and prompts too long for max length, the "
               "language mix, and validation rows that repeat a training row (leakage). \"Drop duplicates\" writes "
@@ -240,6 +242,7 @@ class DatasetView:
     last_turn: Any
     packing: Any
     row_no: Any
+    reasoning: Any
     rendered: Any
     preview_html: Any
     tok_table: Any
@@ -327,6 +330,9 @@ def _preview_layout() -> dict[str, Any]:
         last_turn = gr.Checkbox(False, label="Only the last assistant turn", elem_id="dataset-last-turn-only")
         packing = gr.Checkbox(False, label="Packing (join short rows)", elem_id="dataset-packing")
         row_no = gr.Number(0, label="Row to preview", precision=0, minimum=0, elem_id="preview-row")
+    reasoning_dd = gr.Dropdown([(reasoning.title(m), m) for m in reasoning.MODES], value="keep",
+                               label="Reasoning traces (<think>, reasoning_content)", elem_id="dataset-reasoning",
+                               info=TEXT["reasoning"])
     rendered = gr.HTML("", elem_id="rendered-text", label="Rendered text")
     gr.HTML(f"{STYLE}<p class='ft-help'>{TEXT['legend']}</p>")
     preview_html = gr.HTML("", elem_id="token-preview")
@@ -335,6 +341,7 @@ def _preview_layout() -> dict[str, Any]:
                                  interactive=False, max_height=400, elem_id="token-table")
     return dict(template=template, system_prompt=system_prompt, max_length=max_length,
                 train_on_prompt=train_on_prompt, last_turn=last_turn, packing=packing, row_no=row_no,
+                reasoning=reasoning_dd,
                 rendered=rendered, preview_html=preview_html, tok_table=tok_table)
 
 
@@ -482,6 +489,16 @@ def on_settings(v: DatasetView, path, src, skip_v, tmpl, sysp, maxlen, top, last
     return {v.ctx.run_config: new_rc, **token_view(v, ds, cfg, row, new_rc)}
 
 
+def on_reasoning(v: DatasetView, mode, path, src, skip_v, tmpl, sysp, maxlen, top, last, pack, row, run_config):
+    """Reasoning-trace setting: written to data.reasoning, then the token view is drawn again with it."""
+    try:
+        new_rc = with_data(run_config, reasoning=mode or "keep")
+    except Exception as e:  # noqa: BLE001
+        return {v.stats_md: error_sentence(e)}
+    return {v.ctx.run_config: new_rc,
+            **on_settings(v, path, src, skip_v, tmpl, sysp, maxlen, top, last, pack, row, new_rc)}
+
+
 def on_row(v: DatasetView, path, src, skip_v, tmpl, sysp, maxlen, top, last, pack, row, run_config):
     """Row number change: writes the rendered text and token preview only."""
     if not path:
@@ -580,6 +597,7 @@ def restore(v: DatasetView, run_config):
                v.template: d.get("template") or "auto", v.system_prompt: d.get("system_prompt") or "",
                v.max_length: int(d.get("max_length") or 512), v.train_on_prompt: bool(d.get("train_on_prompt")),
                v.last_turn: bool(d.get("last_turn_only")), v.packing: bool(d.get("packing")),
+               v.reasoning: d.get("reasoning") or "keep",
                v.split_mode: "separate file" if d.get("validation_path") else "split",
                v.val_split: float(d.get("validation_split") or 0.0)}
     out = load_all(v, path, widgets[v.fmt], d.get("mapping"), widgets[v.skip], widgets[v.template],
@@ -592,7 +610,8 @@ def restore(v: DatasetView, run_config):
 
 
 def restore_outputs(v: DatasetView) -> set:
-    return v.all_outputs | {v.sample, v.upload, v.path_box, v.fmt, v.skip, *v.settings, v.split_mode, v.val_split}
+    return v.all_outputs | {v.sample, v.upload, v.path_box, v.fmt, v.skip, *v.settings, v.split_mode, v.val_split,
+                              v.reasoning}
 
 
 def on_select(evt: gr.SelectData):
@@ -630,6 +649,7 @@ def wire(v: DatasetView) -> None:
         comp.blur(bind(on_settings, v), settings_in, settings_out)
         comp.submit(bind(on_settings, v), settings_in, settings_out)
     v.row_no.change(bind(on_row, v), settings_in, {v.rendered, v.preview_html, v.tok_table})
+    v.reasoning.change(bind(on_reasoning, v), [v.reasoning, *settings_in], settings_out)
     v.table.select(on_select, None, v.row_no)
 
     split_in = [v.path_state, v.src_state, v.skip, v.split_mode, v.val_split, v.val_file, rc]

@@ -116,3 +116,16 @@ def test_health_counts_show_and_drop_duplicates_writes_and_loads_a_copy(tmp_path
     assert done["path_state"] == str(copy) and "Dropped 1 duplicate" in done["status"]
     assert "duplicates 0 ·" in done["health_md"] and "No problems found" in done["health_md"]
     assert done["rc"]["data"]["path"] == str(copy)
+
+
+def test_the_reasoning_setting_is_written_and_redraws_the_tokens(tmp_path, tiny_model_dir):
+    src = tmp_path / "think.jsonl"
+    src.write_text(json.dumps({"messages": [{"role": "user", "content": "2+2?"},
+                                            {"role": "assistant", "content": "<think>two and two</think> 4"}]}) + "\n")
+    v = _view(tmp_path)
+    rc = {**default_run_config(), "model": str(tiny_model_dir)}
+    out = tab.load_all(v, str(src), "auto", None, True, "auto", "", 512, False, False, False, "split", 0.0, rc)
+    assert "two and two" in out["rendered"]
+    args = (str(src), out["src_state"], True, "auto", "", 512, False, False, False, 0)
+    stripped = tab.on_reasoning(v, "strip", *args, out["rc"])
+    assert stripped["rc"]["data"]["reasoning"] == "strip" and "two and two" not in stripped["rendered"]
