@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
 from backend.core.errors import UserError
-from backend.data import reasoning
+from backend.data import reasoning, tools
 from backend.data.files import _Bad, Budget, RowError, open_records
 
 FORMATS = ("messages", "prompt_completion", "text", "preference", "kto")
 SOURCE_FORMATS = ("alpaca", "sharegpt", "openai", "columns")
-MAPPING_ROLES = ("messages", "prompt", "input", "completion", "system", "text", "chosen", "rejected", "label")
+MAPPING_ROLES = ("messages", "prompt", "input", "completion", "system", "text", "chosen", "rejected", "label",
+                 "tools")
 
 
 MESSAGE_KEYS = ("messages", "conversations", "conversation", "chat", "dialog", "dialogue", "turns")
@@ -42,7 +43,9 @@ INPUT_KEYS = ("input", "context")     # the extra text an instruction row carrie
 PROSE_MEDIAN_CHARS = 20               # a left-out string column this long is prose, not a label
 ROLE_NAMES = {"user": "user", "human": "user", "prompter": "user", "assistant": "assistant",
               "gpt": "assistant", "bot": "assistant", "model": "assistant", "chatgpt": "assistant",
-              "system": "system", "tool": "tool", "function": "tool", "ipython": "tool"}
+              "system": "system", "tool": "tool", "function": "tool", "ipython": "tool",
+              "function_call": "assistant", "tool_call": "assistant", "tool_calls": "assistant",
+              "observation": "tool", "tool_response": "tool"}
 TRUE_WORDS = {"true", "1", "yes", "y", "good", "desirable", "positive", "t"}
 FALSE_WORDS = {"false", "0", "no", "n", "bad", "undesirable", "negative", "f"}
 
@@ -136,6 +139,9 @@ def detect_schema(records: list[tuple[int, dict]], columns: list[str]) -> tuple[
             sys_col = _pick(lower, SYSTEM_KEYS)
             if sys_col:
                 mapping["system"] = sys_col
+            tools_col = _pick(lower, tools.TOOL_COLUMNS)
+            if tools_col:
+                mapping["tools"] = tools_col
             return "messages", kinds[0], mapping
     chosen, rejected = lower.get("chosen"), lower.get("rejected")
     if chosen and rejected:
@@ -310,11 +316,20 @@ def _messages(value: Any, field: str, need_assistant: bool = True) -> list[dict[
         if role is None:
             raise _Bad(field, f"message {i + 1} has the role {role_raw!r}; use system, user or assistant "
                               "(ShareGPT: system, human, gpt).")
+        where = f"{field}[{i}]"
+        try:
+            special = tools.message(m, str(role_raw), role, lambda v: _text(v, f"{where}.content", allow_empty=True))
+        except tools.BadTools as e:
+            raise _Bad(field, f"message {i + 1}: {e}") from None
+        if special is not None:  # a tool call or a tool result (backend.data.tools)
+            out.append(special)
+            continue
         content = m.get("content", m.get("value", m.get("text")))
-        text = _text(content, f"{field}[{i}].content", allow_empty=True)
+        text = _text(content, f"{where}.content", allow_empty=True)
         # A separate reasoning field becomes a <think> block in front of the reply (backend.data.reasoning).
         out.append({"role": role, "content": reasoning.fold(m, text) if role == "assistant" else text})
-    if need_assistant and not any(m["role"] == "assistant" and m["content"].strip() for m in out):
+    if need_assistant and not any(m["role"] == "assistant" and (m["content"].strip() or m.get("tool_calls"))
+                                  for m in out):
         raise _Bad(field, "has no assistant turn with text, so there is nothing to learn from it. Add the "
                           "assistant's reply, or remove the row.")
     return out
@@ -358,7 +373,11 @@ def normalize_record(rec: dict, fmt: str, mapping: dict[str, str]) -> dict:
                     {"role": "assistant", "content": _text(rec.get(m["completion"]), m["completion"])}]
         if system is not None and not (msgs and msgs[0]["role"] == "system"):
             msgs = [{"role": "system", "content": system}] + msgs
-        return {"messages": msgs}
+        try:
+            listed = tools.parse_tools(rec.get(m["tools"])) if m.get("tools") else None
+        except tools.BadTools as e:
+            raise _Bad(m["tools"], str(e)) from None
+        return {"messages": msgs, "tools": listed} if listed else {"messages": msgs}
     if fmt == "prompt_completion":
         prompt = _text(rec.get(m["prompt"]), m["prompt"])
         if m.get("input"):

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from backend.core.errors import UserError
 from backend.core.models import load_tokenizer
-from backend.data import packing, reasoning
+from backend.data import packing, reasoning, tools
 
 IGNORE = -100
 
@@ -121,13 +121,13 @@ def resolve_template(tokenizer, name: str) -> tuple[str, str, Optional[str]]:
     return name, TEMPLATES[name], None
 
 
-def _render(tokenizer, jinja: str, messages: list[dict], generation_prompt: bool = False) -> str:
+def _render(tokenizer, jinja: str, messages: list[dict], generation_prompt: bool = False, tools=None) -> str:
     if not messages:
         return ""
     try:
         return tokenizer.apply_chat_template(
             messages, chat_template=jinja, tokenize=False, add_generation_prompt=generation_prompt,
-            bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "")
+            bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "", tools=tools)
     except Exception as e:  # noqa: BLE001 - template code raises anything (TemplateError, TypeError...)
         raise UserError(f"The chat template could not render this conversation: {e}. Some templates "
                         "need strictly alternating user/assistant turns; pick another template or fix "
@@ -173,6 +173,7 @@ class Rendered:
     append_eos: bool
     template: str
     note: Optional[str] = None
+    kinds: Optional[list] = None    # (start, end, 'tool_call' | 'tool_result') spans the token view colours
 
 
 def _reply_turns(msgs: list[dict], last_only: bool) -> list[int]:
@@ -300,6 +301,10 @@ def render(tokenizer, row: dict, data_cfg: Any) -> Rendered:
         return Rendered(p + c, [(len(p), len(p) + len(c))], train_all, True, True, "none")
     name, jinja, note = resolve_template(tokenizer, getattr(data_cfg, "template", "auto"))
     msgs = _with_system(reasoning.apply(msgs, data_cfg), getattr(data_cfg, "system_prompt", None))
+    if tools.is_tool_row(row):  # tools, calls and results: backend.data.tools renders them with the template
+        full, spans, kinds = tools.render(lambda ms, ts, gen: _render(tokenizer, jinja, ms, gen, ts), jinja, row,
+                                          msgs, bool(getattr(data_cfg, "last_turn_only", False)), train_all)
+        return Rendered(full, reasoning.ungrade(full, spans, data_cfg), train_all, False, False, name, note, kinds)
     full = _render(tokenizer, jinja, msgs)
     spans = [] if train_all else _assistant_spans(tokenizer, jinja, msgs, full,
                                                   bool(getattr(data_cfg, "last_turn_only", False)))
@@ -322,6 +327,7 @@ class Encoding:
     offsets: list[tuple[int, int]]
     template: str
     note: Optional[str]
+    kinds: Optional[list] = None    # tool-call / tool-result character spans (Rendered.kinds)
 
 
 def _tokenize(tokenizer, r: Rendered) -> tuple[list[int], list[tuple[int, int]]]:
@@ -375,7 +381,7 @@ def encode_full(tokenizer, row: dict, data_cfg: Any) -> Encoding:
         ids.append(eos)
         labels.append(eos if (r.grade_all or r.graded) else IGNORE)
         offsets.append((len(r.text), len(r.text)))
-    return Encoding(r.text, ids, labels, offsets, r.template, r.note)
+    return Encoding(r.text, ids, labels, offsets, r.template, r.note, r.kinds)
 
 
 def encode_row(tokenizer, row: dict, data_cfg: Any) -> dict:
@@ -615,7 +621,8 @@ def preview_row(tokenizer, row: dict, data_cfg: Any, pad_to: int | None = None) 
     tokens = []
     for i, (tid, lab, att) in enumerate(zip(kept["input_ids"], kept["labels"], kept["attention_mask"])):
         tokens.append({"id": tid, "text": _token_text(tokenizer, full.text, tid, full.offsets[i]),
-                       "label": lab, "attention": att, "role": _role(lab, tid, special)})
+                       "label": lab, "attention": att,
+                       "role": tools.token_role(_role(lab, tid, special), full.offsets[i], full.kinds)})
     for i in range(len(kept["input_ids"]), len(full.input_ids)):
         tid = full.input_ids[i]
         tokens.append({"id": tid, "text": _token_text(tokenizer, full.text, tid, full.offsets[i]),

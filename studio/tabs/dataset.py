@@ -37,7 +37,7 @@ from backend.core.paths import SAMPLES_DIR
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 NONE = "(none)"
-MAP_ROLES = ("prompt", "input", "completion", "system", "messages", "text", "chosen", "rejected", "label")
+MAP_ROLES = ("prompt", "input", "completion", "system", "messages", "text", "chosen", "rejected", "label", "tools")
 STATS_ROWS = 3000         # rows tokenized for the histogram (the CLI counts all)
 BAD_INPUT = (UserError, ModelError, ConfigError, FileNotFoundError)
 
@@ -46,7 +46,8 @@ TEXT = {
              "The layout is detected; correct the column mapping if it guessed wrong.",
     "legend": ("<span class='tok graded'>graded</span> trains (label = token id) · "
                "<span class='tok prompt'>prompt</span> masked (label −100) · "
-               "<span class='tok special'>special</span> · <span class='tok padding'>padding</span> · "
+               "<span class='tok special'>special</span> · <span class='tok tool_call'>tool call</span> graded · "
+               "<span class='tok tool_result'>tool result</span> masked · <span class='tok padding'>padding</span> · "
                "<span class='tok truncated'>truncated</span> cut by max length · "
                "<span class='tok boundary'>│</span> packed rows joined. Hover a token for its id and label."),
     "mapping": "Which column plays which part. Leave a role on (none) if the file has no such column.",

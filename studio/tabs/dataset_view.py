@@ -22,6 +22,8 @@ STYLE = """<style>
 .tok.graded{background:#bbf7d0;color:#14532d}
 .tok.prompt{background:#e5e7eb;color:#374151}
 .tok.special{background:#e9d5ff;color:#581c87}
+.tok.tool_call{background:#bfdbfe;color:#1e3a8a}
+.tok.tool_result{background:#fde68a;color:#78350f}
 .tok.padding{background:#f3f4f6;color:#4b5563}
 .tok.truncated{background:#fecaca;color:#7f1d1d;text-decoration:line-through}
 .tok.boundary{color:#dc2626;font-weight:700}
