@@ -259,8 +259,8 @@ def resolve_paths(cfg: RunConfig, roots: list[Path], strict: bool = False,
     updates: dict[str, str] = {}
     for field in PATH_FIELDS:
         value = getattr(cfg.data, field)
-        if not value or Path(value).expanduser().is_absolute():
-            continue
+        if not value or str(value).startswith("hf://") or Path(value).expanduser().is_absolute():
+            continue  # a hub dataset id (backend.data.sources) is not a path
         found = next((r / value for r in roots if (r / value).exists()), None)
         if found is not None:
             updates[field] = str(found.resolve())

@@ -364,13 +364,15 @@ def drop_duplicates(path: str, out: str, mapping: Optional[dict[str, str]] = Non
     Every row of the file is read again (not only the rows a look keeps) and the records are written as they
     were read, with their own columns, so the same mapping reads the copy. Rows that do not normalize are
     left out too (they would be skipped anyway). The original file is never touched."""
-    from backend.data.files import RowError, _Bad, open_records
+    from backend.data.files import RowError, _Bad
+    from backend.data.sources import open_source
     from backend.data.records import DETECT_ROWS, _columns, _resolve_layout, normalize_record
 
-    src, dest = Path(path).resolve(), Path(out)
-    if dest.resolve() == src:
+    hub = path.startswith("hf://")
+    src, dest = (path if hub else Path(path).resolve()), Path(out)
+    if not hub and dest.resolve() == src:
         raise UserError(f"The copy without duplicates would overwrite {src}; choose another output file.")
-    stream = open_records(str(src))
+    stream = open_source(str(src))
     head: list[tuple[int, dict]] = []
     items = iter(stream.items)
     for item in items:

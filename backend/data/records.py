@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
 from backend.core.errors import UserError
-from backend.data import reasoning, tools
-from backend.data.files import _Bad, Budget, RowError, open_records
+from backend.data import reasoning, sources, tools
+from backend.data.files import _Bad, Budget, RowError
 
 FORMATS = ("messages", "prompt_completion", "text", "preference", "kto")
 SOURCE_FORMATS = ("alpaca", "sharegpt", "openai", "columns")
@@ -466,7 +466,7 @@ def load_rows(path: str, mapping: dict[str, str] | None = None, format: str = "a
     the read stops after FTSTUDIO_DATA_SECONDS (or the `budget` given) with a note saying where."""
     if budget is None and not keep_all:
         budget = Budget(look_seconds())
-    stream = open_records(path, budget)
+    stream = sources.open_source(path, budget)  # a file, a folder, a save_to_disk folder or a hub id
     unit = stream.unit
     name = str(path)
     errors: list[RowError] = []

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from backend.core import access
 from backend.core.config import ConfigError, DataConfig, validate_config
-from backend.data import health, reasoning
+from backend.data import health, reasoning, sources
 from backend.data.records import FORMATS, LoadedDataset, load_rows, split_rows, split_sizes
 from backend.core.errors import UserError
 from backend.core.models import DEFAULT_MODEL, ModelError
@@ -194,6 +194,8 @@ def keep_upload(workspace: Path, tmp_path: str) -> str:
 
 def source_of(workspace: Path, path: str) -> str:
     """Where the current dataset came from, in words."""
+    if str(path).startswith(sources.HUB_PREFIX):
+        return "hub dataset"
     p = Path(path).resolve()
     if p.is_relative_to(SAMPLES_DIR.resolve()):
         return "bundled sample"
@@ -270,7 +272,8 @@ def _source_layout() -> dict[str, Any]:
         sample = gr.Dropdown(sample_choices(), value=None, label="Bundled sample", elem_id="dataset-sample", scale=1)
         upload = gr.File(label="Upload a file", file_types=list(DATA_SUFFIXES), type="filepath",
                          elem_id="dataset-file", scale=2)
-        path_box = gr.Textbox(label="…or a path on this machine", placeholder="/data/my.jsonl",
+        path_box = gr.Textbox(label="…or a path on this machine (a file, a folder of files, a save_to_disk folder) "
+                                    "or a hub dataset", placeholder="/data/my.jsonl or hf://owner/name:train",
                               elem_id="dataset-path", scale=2)
     status = gr.Markdown("No dataset loaded yet.", elem_id="dataset-status")
     path_state = gr.State("")
@@ -446,7 +449,8 @@ def load_all(v: DatasetView, path, fmt_v, mapping, skip_v, tmpl, sysp, maxlen, t
         return {v.status: "No dataset loaded yet."}
     try:
         # The sample, upload, path box and mapping all arrive here: check before the file is touched.
-        path = str(access.policy(v.ctx.workspace).readable(path, "dataset file"))
+        if not sources.hub_ref(path):  # a hub id (hf://owner/name:split) reads no local file
+            path = str(access.policy(v.ctx.workspace).readable(path, "dataset file"))
         ds = v.cache.load(path, mapping, fmt_v, bool(skip_v))
         cfg = data_cfg(path, tmpl, sysp, maxlen, top, last, pack, run_config)
         new_rc = with_data(run_config, path=path, format=ds.format, mapping=ds.mapping,
