@@ -1,10 +1,12 @@
 """Reading a dataset file into raw records, with a line (or row) number and a sentence for each problem.
 
-JSONL and plain text are streamed a line at a time (every bad line is named and can be skipped; a line
-over FTSTUDIO_MAX_LINE_MB is refused by its number without being held); CSV, TSV and Parquet go
-through `datasets` and JSON arrays are parsed whole, within FTSTUDIO_MAX_DATA_MB. A FIFO, a device or a
-link to one is "not a regular file". A `Budget` bounds a read's time and reports its progress. backend.data.records detects the layout
-and normalizes the records.
+JSONL and plain text are streamed a line at a time (every bad line is named and can be skipped; a line over
+FTSTUDIO_MAX_LINE_MB is refused by its number without being held) and Parquet a batch of rows at a time, so
+these may be larger than memory; CSV and TSV go through `datasets` and JSON arrays are parsed whole, within
+FTSTUDIO_MAX_DATA_MB. Text that is not UTF-8 is read as Windows-1252 with a notice (backend.data.encodings).
+A FIFO, a device or a link to one is "not a regular file". A `Budget` bounds a read's time and reports its
+progress. backend.data.records detects the layout and normalizes the records; backend.data.sources adds
+folders, save_to_disk folders and hub ids.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ MB = 1024 * 1024
 # FTSTUDIO_MAX_DATA_MB overrides both.
 DEFAULT_MAX_MB = 512
 DEFAULT_STREAMED_MB = 8192
-STREAMED = ("jsonl", "text")
+STREAMED = ("jsonl", "text", "parquet")  # Parquet is read a row group at a time (_iter_parquet)
 # One row is held whole (and later tokenized whole): a longer line is refused by its number.
 DEFAULT_MAX_LINE_MB = 16
 # Python's JSON parser recurses once per level; a hostile file must end in a sentence, not a crash.
@@ -308,13 +310,41 @@ def _root_cause(e: BaseException) -> BaseException:
     return e
 
 
+PARQUET_BATCH = 1024  # rows per Arrow batch: memory holds one batch, not the file
+
+
+def _iter_parquet(p: Path, budget: Optional[Budget] = None) -> Iterator[Item]:
+    """Parquet a batch of rows at a time (pyarrow), so a file larger than memory can be read."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(str(p))
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError...
+        raise UserError(f"{p} could not be read as PARQUET: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}. "
+                        "Check that the file is a complete Parquet file (re-export it).") from None
+    total = p.stat().st_size
+    n = 0
+    try:
+        for batch in pf.iter_batches(batch_size=PARQUET_BATCH):
+            for row in batch.to_pylist():
+                n += 1
+                yield n, row
+            if budget is not None and not budget.tick(int(total * n / max(pf.metadata.num_rows, 1)), total, n):
+                return
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged row group
+        raise UserError(f"{p}, row {n + 1}: the Parquet data could not be read ({str(e).strip()[:200]}). "
+                        "Re-export the file.") from None
+
+
 def _iter_with_datasets(p: Path, kind: str, decoder: Optional[Decoder] = None) -> Iterator[Item]:
+    encoding = "utf-8"
+    if kind in ("csv", "tsv"):  # before importing datasets: a refused file costs no import
+        encoding = _csv_encoding(p, decoder if decoder is not None else Decoder())
     import datasets
 
     datasets.disable_progress_bars()
-    encoding = "utf-8"
-    if kind in ("csv", "tsv"):
-        encoding = _csv_encoding(p, decoder if decoder is not None else Decoder())
     # A throwaway cache: loading a file for a look must not grow ~/.cache.
     with tempfile.TemporaryDirectory(prefix="ftstudio-ds-") as cache:
         try:
@@ -454,6 +484,8 @@ def open_records(path: str, budget: Optional[Budget] = None) -> RecordStream:
         recs, errs, unit = _read_json(p, dec)
         items = sorted([*recs, *errs], key=lambda it: it.line if isinstance(it, RowError) else it[0])
         return RecordStream(p, kind, unit, iter(items), size, dec)
+    if kind == "parquet":
+        return RecordStream(p, kind, "row", _iter_parquet(p, budget), size, dec)
     return RecordStream(p, kind, "line" if kind in ("csv", "tsv") else "row", _iter_with_datasets(p, kind, dec),
                         size, dec)
 

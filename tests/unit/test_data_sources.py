@@ -51,3 +51,23 @@ def test_a_hub_dataset_id_says_in_a_sentence_that_the_hub_is_not_reachable(monke
     with pytest.raises(UserError, match="not a hub dataset id"):
         load_rows("hf://not an id")
     check_data_paths(RunConfig.model_validate({"data": {"path": "hf://tatsu-lab/alpaca"}}))
+
+
+def test_parquet_is_streamed_a_batch_at_a_time(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from backend.data import files
+    from backend.data.files import Budget
+
+    path = tmp_path / "big.parquet"
+    n = 3000
+    pq.write_table(pa.table({"prompt": [f"q{i}" for i in range(n)], "completion": [f"a{i}" for i in range(n)]}),
+                   str(path), row_group_size=500)
+    assert files.max_bytes("parquet") == files.max_bytes("jsonl"), "parquet has the streamed bound"
+    monkeypatch.setattr(files, "PARQUET_BATCH", 100)
+    ds = load_rows(str(path))
+    assert ds.row_count == n and ds.rows[-1] == {"prompt": f"q{n - 1}", "completion": f"a{n - 1}"}
+    clock = iter(range(0, 10**6, 10))  # ten seconds pass at every look at the clock
+    stopped = load_rows(str(path), keep_all=False, budget=Budget(5, clock=lambda: next(clock)))
+    assert 0 < stopped.row_count < n and "reading stopped" in stopped.note
