@@ -42,8 +42,11 @@ STATS_ROWS = 3000         # rows tokenized for the histogram (the CLI counts all
 BAD_INPUT = (UserError, ModelError, ConfigError, FileNotFoundError)
 
 TEXT = {
-    "intro": "Pick a bundled sample or upload your own file (JSONL, JSON, CSV/TSV, Parquet or plain text). "
-             "The layout is detected; correct the column mapping if it guessed wrong.",
+    "intro": "Pick a bundled sample or upload your own file (JSONL, JSON, CSV/TSV, Parquet or plain text), or type "
+             "a folder of files, a folder written by save_to_disk, or a hub dataset (hf://owner/name:split). The "
+             "layout is detected (chat, instruction, preference, tool-calling conversations with their tools); "
+             "correct the column mapping if it guessed wrong. A file that is not UTF-8 (Excel's CSV) is read as "
+             "Windows-1252 and said so.",
     "legend": ("<span class='tok graded'>graded</span> trains (label = token id) · "
                "<span class='tok prompt'>prompt</span> masked (label −100) · "
                "<span class='tok special'>special</span> · <span class='tok tool_call'>tool call</span> graded · "
