@@ -117,7 +117,8 @@ def check_template(jinja: str, row: dict) -> None:
     if any(m.get("role") == "tool" for m in msgs) and not ("tool" in jinja or "ipython" in jinja):
         lacks.append("tool results")
     if lacks:
-        raise UserError(f"This row has {', '.join(lacks)}, but the chat template has no tool support: it would "
+        listed = lacks[0] if len(lacks) == 1 else f"{', '.join(lacks[:-1])} and {lacks[-1]}"
+        raise UserError(f"This row has {listed}, but the chat template has no tool support: it would "
                         "leave them out of the text and train the model on answers without the calls. Use a model "
                         "whose template supports tools (Qwen2.5, Llama-3.1, Mistral, Hermes), or remove the tool "
                         "turns.")
