@@ -18,6 +18,7 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -179,21 +180,27 @@ _SCRIPTS = (("zh/ja", ("CJK", "HIRAGANA", "KATAKANA")), ("ko", ("HANGUL",)), ("r
             ("th", ("THAI",)))
 
 
+@lru_cache(maxsize=65536)
+def _script(ch: str) -> str:
+    name = unicodedata.name(ch, "")
+    for lang, marks in _SCRIPTS:
+        if name.startswith(marks):
+            return lang
+    return "latin" if "LATIN" in name else "other"
+
+
 def language(text: str) -> str:
     """A guess at the row's language: 'en', 'de', ... for Latin script (by common words), a script's
     languages otherwise ('ru/uk', 'zh/ja'), 'other' when neither says, 'none' without letters."""
-    letters = [ch for ch in text[:2000] if ch.isalpha()]
-    if not letters:
-        return "none"
-    counts: Counter = Counter()
-    for ch in letters:
-        name = unicodedata.name(ch, "")
-        for lang, marks in _SCRIPTS:
-            if name.startswith(marks):
-                counts[lang] += 1
-                break
-        else:
-            counts["latin" if "LATIN" in name else "other"] += 1
+    sample = text[:2000]
+    if sample.isascii():  # the common case, without a look at each letter
+        if not any(ch.isalpha() for ch in sample):
+            return "none"
+        counts: Counter = Counter(latin=1)
+    else:
+        counts = Counter(_script(ch) for ch in sample if ch.isalpha())
+        if not counts:
+            return "none"
     script, n = counts.most_common(1)[0]
     if script != "latin":
         return script

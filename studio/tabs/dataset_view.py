@@ -111,7 +111,8 @@ def errors_markdown(ds: LoadedDataset) -> str:
 
 def health_markdown(h: Health, ds: LoadedDataset) -> str:
     """The health counts, one line, with each problem's sentence below (a green line when there are none)."""
-    of = "" if ds.complete else f" (of the {len(ds.rows):,} rows kept)"
+    of = (f" (the first {h.rows:,} rows)" if h.rows < len(ds.rows)
+          else "" if ds.complete else f" (of the {len(ds.rows):,} rows kept)")
     langs = ", ".join(f"{k} {n}" for k, n in h.languages.items()) or "none"
     leak = "no validation split" if h.leakage is None else f"{h.leakage} of {h.validation_rows} validation rows"
     counts = (f"**Health**{of}: duplicates {h.duplicates} · near duplicates {h.near_duplicates} · empty answers "
