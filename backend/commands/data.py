@@ -10,8 +10,9 @@ from typing import Any, Callable
 from backend.core.config import DataConfig
 from backend.core.errors import UserError
 from backend.core.models import DEFAULT_MODEL
+from backend.data import health
 from backend.data.files import Budget
-from backend.data.records import load_rows, look_seconds
+from backend.data.records import load_rows, look_seconds, split_rows
 from backend.data.templates import get_tokenizer, preview_packed, preview_row, resolve_template, token_length_stats
 
 ERRORS_SHOWN = 100
@@ -27,6 +28,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="auto", help="force a layout: messages, prompt_completion, text, preference, kto")
     p.add_argument("--mapping", default=None, help='column mapping as JSON, e.g. {"prompt": "q", "completion": "a"}')
     p.add_argument("--system-prompt", default=None, help="system prompt added to conversations without one")
+    p.add_argument("--reasoning", default="keep", choices=("keep", "keep_ungraded", "strip"),
+                   help="reasoning traces (<think>, reasoning_content): keep and grade, keep masked, or strip")
     p.add_argument("--strict", action="store_true", help="fail on the first bad row instead of skipping it")
     p.add_argument("--stats-rows", type=int, default=STATS_ROWS,
                    help=f"rows tokenized for the length statistics (default {STATS_ROWS:,}; every row is still "
@@ -37,9 +40,22 @@ def _common(p: argparse.ArgumentParser) -> None:
 def add_parser(sub) -> None:
     p = sub.add_parser("data", help="inspect a dataset or preview one row's tokens and labels")
     dsub = p.add_subparsers(dest="data_command", required=True)
-    ins = dsub.add_parser("inspect", help="format, mapping, bad rows and token-length statistics")
+    ins = dsub.add_parser("inspect", help="format, mapping, bad rows, token-length statistics and dataset health")
     _common(ins)
+    ins.add_argument("--validation-file", default=None,
+                     help="validation file: its rows are checked for overlap with the training rows (leakage)")
+    ins.add_argument("--validation-split", type=float, default=0.1,
+                     help="without a validation file, the seeded split checked for leakage (default 0.1; 0: none)")
+    ins.add_argument("--seed", type=int, default=42, help="seed of that split (the run's train.seed)")
     ins.set_defaults(func=inspect)
+    ded = dsub.add_parser("dedup", help="write a copy of the file without its duplicate and near-duplicate rows")
+    ded.add_argument("file", help="dataset file")
+    ded.add_argument("--out", default=None, help="output .jsonl (default: FILE's name + .dedup.jsonl, beside it)")
+    ded.add_argument("--exact-only", action="store_true", help="drop exact duplicates only, keep near duplicates")
+    ded.add_argument("--format", default="auto", help="force a layout, as for inspect")
+    ded.add_argument("--mapping", default=None, help="column mapping as JSON, as for inspect")
+    ded.add_argument("--json", action="store_true", help="print one JSON object")
+    ded.set_defaults(func=dedup)
     pre = dsub.add_parser("preview", help="one row rendered, every token with its id, label and role")
     _common(pre)
     pre.add_argument("--row", type=int, required=True, help="row number among the usable rows, from 0")
@@ -71,7 +87,7 @@ def _data_cfg(args: argparse.Namespace, loaded) -> Any:
                       system_prompt=args.system_prompt, format=loaded.format, mapping=loaded.mapping,
                       train_on_prompt=getattr(args, "train_on_prompt", False),
                       last_turn_only=getattr(args, "last_turn_only", False),
-                      packing=getattr(args, "packing", False))
+                      packing=getattr(args, "packing", False), reasoning=args.reasoning)
 
 
 def _progress_printer() -> Callable[[int, int], None]:
@@ -125,12 +141,36 @@ def inspect(args: argparse.Namespace) -> dict:
                                                   "truncated_share", "lost_answers", "tokens", "counted",
                                                   "packing_efficiency")}
     out["template"] = resolve_template(tok, args.template)[0]
-    out["warnings"] = _warnings(loaded, stats, cfg)
+    h = _health(args, loaded, tok, cfg)
+    out["health"] = h.as_dict()
+    out["warnings"] = _warnings(loaded, stats, cfg) + h.sentences()
     return out
 
 
+def _health(args: argparse.Namespace, loaded, tok, cfg) -> health.Health:
+    """Health of the rows kept; leakage against the validation file, or the seeded split of those rows."""
+    if args.validation_file:
+        val = load_rows(args.validation_file, loaded.mapping, loaded.format, skip_bad_rows=True, keep_all=False)
+        train, validation = loaded.rows, val.rows
+    elif args.validation_split > 0:
+        if not args.validation_split < 0.9:
+            raise UserError(f"--validation-split {args.validation_split} must be below 0.9.")
+        train, validation = split_rows(loaded.rows, args.validation_split, args.seed)
+    else:
+        train, validation = loaded.rows, None
+    h = health.check(loaded.rows, loaded.errors, loaded.mapping, tok, cfg, length_limit=args.stats_rows)
+    if validation is not None:
+        h.validation_rows, h.leakage = len(validation), health.leaked(train, validation)
+    return h
+
+
+def dedup(args: argparse.Namespace) -> dict:
+    out = args.out or str(health.dedup_path(args.file))
+    return health.drop_duplicates(args.file, out, _mapping(args.mapping), args.format, near=not args.exact_only)
+
+
 def _warnings(loaded, stats: dict, cfg) -> list[str]:
-    w = []
+    w = list(loaded.notices)  # how the file was read (its encoding): said first
     if loaded.skipped:
         w.append(f"{loaded.skipped} row(s) of {loaded.path} were skipped because of problems; see 'errors'.")
     if loaded.note:

@@ -105,7 +105,9 @@ class AccessPolicy:
         data = rc.get("data") if isinstance(rc.get("data"), dict) else {}
         alignment = rc.get("alignment") if isinstance(rc.get("alignment"), dict) else {}
         checks = (("model", rc.get("model"), lambda v: self.model(v)),
-                  ("data.path", data.get("path"), lambda v: self.readable(v, "dataset file")),
+                  # A hub dataset id (hf://owner/name) is read from the hub, not from this machine's files.
+                  ("data.path", data.get("path"),
+                   lambda v: None if str(v).startswith("hf://") else self.readable(v, "dataset file")),
                   ("data.validation_path", data.get("validation_path"), lambda v: self.readable(v, "validation file")),
                   ("alignment.reward_model", alignment.get("reward_model"),
                    lambda v: self.readable(v, "reward model")))

@@ -89,6 +89,9 @@ class DataConfig(Strict):
     train_on_prompt: bool = Field(False, description="Also compute the loss on prompt tokens.")
     last_turn_only: bool = Field(False, description="Grade only the last assistant turn.")
     packing: bool = Field(False, description="Join short sequences into full-length ones.")
+    reasoning: Literal["keep", "keep_ungraded", "strip"] = Field("keep", description=(
+        "Reasoning traces (reasoning_content, <think> blocks) in replies: keep and train on them, keep them "
+        "masked (read, not learned), or strip them."))
     skip_bad_rows: bool = Field(True, description="Skip malformed rows (counted) instead of failing.")
 
 
@@ -296,8 +299,8 @@ def resolve_paths(cfg: RunConfig, roots: list[Path], strict: bool = False,
     updates: dict[str, str] = {}
     for field in PATH_FIELDS:
         value = getattr(cfg.data, field)
-        if not value or Path(value).expanduser().is_absolute():
-            continue
+        if not value or str(value).startswith("hf://") or Path(value).expanduser().is_absolute():
+            continue  # a hub dataset id (backend.data.sources) is not a path
         found = next((r / value for r in roots if (r / value).exists()), None)
         if found is not None:
             updates[field] = str(found.resolve())

@@ -1,10 +1,12 @@
 """Reading a dataset file into raw records, with a line (or row) number and a sentence for each problem.
 
-JSONL and plain text are streamed a line at a time (every bad line is named and can be skipped; a line
-over FTSTUDIO_MAX_LINE_MB is refused by its number without being held); CSV, TSV and Parquet go
-through `datasets` and JSON arrays are parsed whole, within FTSTUDIO_MAX_DATA_MB. A FIFO, a device or a
-link to one is "not a regular file". A `Budget` bounds a read's time and reports its progress. backend.data.records detects the layout
-and normalizes the records.
+JSONL and plain text are streamed a line at a time (every bad line is named and can be skipped; a line over
+FTSTUDIO_MAX_LINE_MB is refused by its number without being held) and Parquet a batch of rows at a time, so
+these may be larger than memory; CSV and TSV go through `datasets` and JSON arrays are parsed whole, within
+FTSTUDIO_MAX_DATA_MB. Text that is not UTF-8 is read as Windows-1252 with a notice (backend.data.encodings).
+A FIFO, a device or a link to one is "not a regular file". A `Budget` bounds a read's time and reports its
+progress. backend.data.records detects the layout and normalizes the records; backend.data.sources adds
+folders, save_to_disk folders and hub ids.
 """
 from __future__ import annotations
 
@@ -13,11 +15,12 @@ import os
 import stat
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional, Union
 
 from backend.core.errors import UserError
+from backend.data.encodings import Decoder, Undecodable
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
             ".parquet": "parquet", ".pq": "parquet", ".txt": "text", ".md": "text"}
@@ -28,7 +31,7 @@ MB = 1024 * 1024
 # FTSTUDIO_MAX_DATA_MB overrides both.
 DEFAULT_MAX_MB = 512
 DEFAULT_STREAMED_MB = 8192
-STREAMED = ("jsonl", "text")
+STREAMED = ("jsonl", "text", "parquet")  # Parquet is read a row group at a time (_iter_parquet)
 # One row is held whole (and later tokenized whole): a longer line is refused by its number.
 DEFAULT_MAX_LINE_MB = 16
 # Python's JSON parser recurses once per level; a hostile file must end in a sentence, not a crash.
@@ -181,18 +184,19 @@ def _too_long(size: int) -> str:
             "shorten it, or raise the limit with the FTSTUDIO_MAX_LINE_MB environment variable.")
 
 
-def _decode_line(raw: bytes, lineno: int) -> str:
+def _decode_line(raw: bytes, decoder: Decoder) -> str:
     try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise _Bad(None, f"has bytes that are not UTF-8 text (byte {e.start + 1} of the line). "
-                         "Re-save the file with UTF-8 encoding.") from None
+        return decoder.decode(raw)
+    except Undecodable as e:
+        raise _Bad(None, str(e)) from None
 
 
-def _iter_jsonl(p: Path, budget: Optional[Budget] = None) -> Iterator[Item]:
+def _iter_jsonl(p: Path, budget: Optional[Budget] = None, decoder: Optional[Decoder] = None) -> Iterator[Item]:
     # Read by hand rather than with datasets' JSON builder: that builder rejects the whole
     # file at its first bad line, and we need every bad line numbered and skippable. One line
     # at a time, so memory holds one row, never the file.
+    # The encoding is decided line by line (backend.data.encodings): a Windows-1252 file is read, not refused.
+    decoder = decoder if decoder is not None else Decoder()
     total = p.stat().st_size
     with open(p, "rb") as fh:
         for lineno, raw, size in _lines(fh, total, budget):
@@ -204,7 +208,7 @@ def _iter_jsonl(p: Path, budget: Optional[Budget] = None) -> Iterator[Item]:
             if not raw.strip():
                 continue
             try:
-                text = _decode_line(raw, lineno)
+                text = _decode_line(raw, decoder)
                 obj = json.loads(text)
             except _Bad as b:
                 yield RowError(lineno, None, b.message)
@@ -223,30 +227,35 @@ def _iter_jsonl(p: Path, budget: Optional[Budget] = None) -> Iterator[Item]:
             yield lineno, obj
 
 
-def _read_jsonl(p: Path) -> tuple[list[tuple[int, dict]], list[RowError]]:
+def _read_jsonl(p: Path, decoder: Optional[Decoder] = None) -> tuple[list[tuple[int, dict]], list[RowError]]:
     records: list[tuple[int, dict]] = []
     errors: list[RowError] = []
-    for item in _iter_jsonl(p):
+    for item in _iter_jsonl(p, decoder=decoder):
         (errors if isinstance(item, RowError) else records).append(item)  # type: ignore[arg-type]
     return records, errors
 
 
-def _read_utf8(p: Path) -> str:
-    """The whole file as text, or a sentence naming the first line with bytes that are not UTF-8."""
+def _read_whole(p: Path, decoder: Decoder) -> str:
+    """The whole file as text in its encoding (UTF-8, or Windows-1252 when it is not UTF-8), or a sentence
+    naming the first line no encoding reads."""
     raw = p.read_bytes()
     try:
         return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise UserError(f"{p}, line {line}: has bytes that are not UTF-8 text. Re-save the file with "
-                        "UTF-8 encoding.") from None
+    except UnicodeDecodeError:
+        pass
+    for lineno, line in enumerate(raw.splitlines(keepends=True), start=1):
+        try:
+            decoder.decode(line[3:] if lineno == 1 and line.startswith(b"\xef\xbb\xbf") else line)
+        except Undecodable as e:
+            raise UserError(f"{p}, line {lineno}: {e}") from None
+    return raw.decode(decoder.encoding)
 
 
-def _read_json(p: Path) -> tuple[list[tuple[int, dict]], list[RowError], str]:
-    text = _read_utf8(p)
+def _read_json(p: Path, decoder: Decoder) -> tuple[list[tuple[int, dict]], list[RowError], str]:
+    text = _read_whole(p, decoder)
     stripped = text.lstrip()
     if stripped.startswith("{") and "\n" in stripped.strip() and not _parses(stripped):
-        recs, errs = _read_jsonl(p)  # JSON Lines saved with a .json extension
+        recs, errs = _read_jsonl(p, Decoder())  # JSON Lines saved with a .json extension
         return recs, errs, "line"
     try:
         data = json.loads(text)
@@ -281,14 +290,16 @@ def _parses(text: str) -> bool:
         return False
 
 
-def _first_bad_utf8_line(p: Path) -> Optional[int]:
+def _csv_encoding(p: Path, decoder: Decoder) -> str:
+    """The CSV's encoding, after a first pass a line at a time; a line no encoding reads is refused by number."""
     with open(p, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                return lineno
-    return None
+                decoder.decode(raw[3:] if lineno == 1 and raw.startswith(b"\xef\xbb\xbf") else raw)
+            except Undecodable as e:
+                raise UserError(f"{p}, line {lineno}: {str(e).rstrip('.')} (in a spreadsheet: "
+                                "'CSV UTF-8').") from None
+    return decoder.encoding
 
 
 def _root_cause(e: BaseException) -> BaseException:
@@ -299,15 +310,41 @@ def _root_cause(e: BaseException) -> BaseException:
     return e
 
 
-def _iter_with_datasets(p: Path, kind: str) -> Iterator[Item]:
+PARQUET_BATCH = 1024  # rows per Arrow batch: memory holds one batch, not the file
+
+
+def _iter_parquet(p: Path, budget: Optional[Budget] = None) -> Iterator[Item]:
+    """Parquet a batch of rows at a time (pyarrow), so a file larger than memory can be read."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(str(p))
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError...
+        raise UserError(f"{p} could not be read as PARQUET: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}. "
+                        "Check that the file is a complete Parquet file (re-export it).") from None
+    total = p.stat().st_size
+    n = 0
+    try:
+        for batch in pf.iter_batches(batch_size=PARQUET_BATCH):
+            for row in batch.to_pylist():
+                n += 1
+                yield n, row
+            if budget is not None and not budget.tick(int(total * n / max(pf.metadata.num_rows, 1)), total, n):
+                return
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged row group
+        raise UserError(f"{p}, row {n + 1}: the Parquet data could not be read ({str(e).strip()[:200]}). "
+                        "Re-export the file.") from None
+
+
+def _iter_with_datasets(p: Path, kind: str, decoder: Optional[Decoder] = None) -> Iterator[Item]:
+    encoding = "utf-8"
+    if kind in ("csv", "tsv"):  # before importing datasets: a refused file costs no import
+        encoding = _csv_encoding(p, decoder if decoder is not None else Decoder())
     import datasets
 
     datasets.disable_progress_bars()
-    if kind in ("csv", "tsv"):
-        bad = _first_bad_utf8_line(p)
-        if bad is not None:
-            raise UserError(f"{p}, line {bad}: has bytes that are not UTF-8 text. Re-save the file with "
-                            "UTF-8 encoding (in a spreadsheet: 'CSV UTF-8').")
     # A throwaway cache: loading a file for a look must not grow ~/.cache.
     with tempfile.TemporaryDirectory(prefix="ftstudio-ds-") as cache:
         try:
@@ -315,7 +352,8 @@ def _iter_with_datasets(p: Path, kind: str) -> Iterator[Item]:
                 ds = datasets.Dataset.from_parquet(str(p), keep_in_memory=True, cache_dir=cache)
             else:
                 ds = datasets.Dataset.from_csv(str(p), keep_in_memory=True, cache_dir=cache,
-                                               sep="\t" if kind == "tsv" else ",")
+                                               sep="\t" if kind == "tsv" else ",",
+                                               encoding="utf-8-sig" if encoding == "utf-8" else "cp1252")
         except Exception as e:  # noqa: BLE001 - the loaders raise many types; we report the cause
             cause = _root_cause(e)
             raise UserError(f"{p} could not be read as {kind.upper()}: {str(cause).strip().splitlines()[-1]}. "
@@ -328,9 +366,11 @@ def _iter_with_datasets(p: Path, kind: str) -> Iterator[Item]:
             yield i + offset, r
 
 
-def _text_lines(p: Path, budget: Optional[Budget]) -> Iterator[tuple[int, Optional[str], int]]:
-    """(line number, the line without its end, its size) for a UTF-8 text file; None for a line over the
-    limit. A line that is not UTF-8 ends the read with a sentence naming it."""
+def _text_lines(p: Path, budget: Optional[Budget],
+                decoder: Optional[Decoder] = None) -> Iterator[tuple[int, Optional[str], int]]:
+    """(line number, the line without its end, its size) for a text file (UTF-8 or Windows-1252); None for a
+    line over the limit. A line no encoding reads ends the read with a sentence naming it."""
+    decoder = decoder if decoder is not None else Decoder()
     total = p.stat().st_size
     with open(p, "rb") as fh:
         for lineno, raw, size in _lines(fh, total, budget):
@@ -340,10 +380,9 @@ def _text_lines(p: Path, budget: Optional[Budget]) -> Iterator[tuple[int, Option
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise UserError(f"{p}, line {lineno}: has bytes that are not UTF-8 text. Re-save the file with "
-                                "UTF-8 encoding.") from None
+                line = decoder.decode(raw)
+            except Undecodable as e:
+                raise UserError(f"{p}, line {lineno}: {e}") from None
             yield lineno, line.rstrip("\r\n"), size
 
 
@@ -361,13 +400,13 @@ def _has_paragraphs(p: Path) -> bool:
     return False
 
 
-def _iter_text(p: Path, budget: Optional[Budget] = None) -> Iterator[Item]:
+def _iter_text(p: Path, budget: Optional[Budget] = None, decoder: Optional[Decoder] = None) -> Iterator[Item]:
     """Plain text: one document per paragraph (blank-line separated), else one per line."""
     paragraphs = _has_paragraphs(p)
     buf: list[str] = []
     held = 0
     start = 0
-    for i, ln, size in _text_lines(p, budget):
+    for i, ln, size in _text_lines(p, budget, decoder):
         if ln is None:
             yield RowError(i, None, _too_long(size))
             continue
@@ -415,6 +454,16 @@ class RecordStream:
     unit: str
     items: Iterator[Item]
     size: int
+    decoder: Decoder = field(default_factory=Decoder)  # its encoding is known once the items are read
+
+    @property
+    def encoding(self) -> str:
+        """'utf-8', 'cp1252' or 'latin-1'; final once every item has been read."""
+        return self.decoder.name
+
+    def notice(self) -> Optional[str]:
+        """A sentence when the file was not UTF-8 (read once every item has been read), else None."""
+        return self.decoder.notice(str(self.path))
 
 
 def open_records(path: str, budget: Optional[Budget] = None) -> RecordStream:
@@ -426,15 +475,19 @@ def open_records(path: str, budget: Optional[Budget] = None) -> RecordStream:
     if kind != "parquet":
         _refuse_utf16(p)
     size = p.stat().st_size
+    dec = Decoder()
     if kind == "jsonl":
-        return RecordStream(p, kind, "line", _iter_jsonl(p, budget), size)
+        return RecordStream(p, kind, "line", _iter_jsonl(p, budget, dec), size, dec)
     if kind == "text":
-        return RecordStream(p, kind, "line", _iter_text(p, budget), size)
+        return RecordStream(p, kind, "line", _iter_text(p, budget, dec), size, dec)
     if kind == "json":
-        recs, errs, unit = _read_json(p)
+        recs, errs, unit = _read_json(p, dec)
         items = sorted([*recs, *errs], key=lambda it: it.line if isinstance(it, RowError) else it[0])
-        return RecordStream(p, kind, unit, iter(items), size)
-    return RecordStream(p, kind, "line" if kind in ("csv", "tsv") else "row", _iter_with_datasets(p, kind), size)
+        return RecordStream(p, kind, unit, iter(items), size, dec)
+    if kind == "parquet":
+        return RecordStream(p, kind, "row", _iter_parquet(p, budget), size, dec)
+    return RecordStream(p, kind, "line" if kind in ("csv", "tsv") else "row", _iter_with_datasets(p, kind, dec),
+                        size, dec)
 
 
 def read_records(path: str) -> tuple[list[tuple[int, dict]], list[RowError], str, str]:

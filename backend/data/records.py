@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
 from backend.core.errors import UserError
-from backend.data.files import _Bad, Budget, RowError, open_records
+from backend.data import reasoning, sources, tools
+from backend.data.files import _Bad, Budget, RowError
 
 FORMATS = ("messages", "prompt_completion", "text", "preference", "kto")
 SOURCE_FORMATS = ("alpaca", "sharegpt", "openai", "columns")
-MAPPING_ROLES = ("messages", "prompt", "input", "completion", "system", "text", "chosen", "rejected", "label")
+MAPPING_ROLES = ("messages", "prompt", "input", "completion", "system", "text", "chosen", "rejected", "label",
+                 "tools")
 
 
 MESSAGE_KEYS = ("messages", "conversations", "conversation", "chat", "dialog", "dialogue", "turns")
@@ -41,7 +43,9 @@ INPUT_KEYS = ("input", "context")     # the extra text an instruction row carrie
 PROSE_MEDIAN_CHARS = 20               # a left-out string column this long is prose, not a label
 ROLE_NAMES = {"user": "user", "human": "user", "prompter": "user", "assistant": "assistant",
               "gpt": "assistant", "bot": "assistant", "model": "assistant", "chatgpt": "assistant",
-              "system": "system", "tool": "tool", "function": "tool", "ipython": "tool"}
+              "system": "system", "tool": "tool", "function": "tool", "ipython": "tool",
+              "function_call": "assistant", "tool_call": "assistant", "tool_calls": "assistant",
+              "observation": "tool", "tool_response": "tool"}
 TRUE_WORDS = {"true", "1", "yes", "y", "good", "desirable", "positive", "t"}
 FALSE_WORDS = {"false", "0", "no", "n", "bad", "undesirable", "negative", "f"}
 
@@ -64,6 +68,8 @@ class LoadedDataset:
     note: Optional[str] = None                        # why rows holds only a part of the file
     unused_columns: list[str] = field(default_factory=list)  # columns the mapping leaves out
     unused_text: list[str] = field(default_factory=list)     # ...of which hold prose the model never sees
+    encoding: str = "utf-8"                           # the file's text encoding (backend.data.encodings)
+    notices: list[str] = field(default_factory=list)  # sentences about how the file was read (its encoding)
 
     @property
     def row_count(self) -> int:
@@ -78,6 +84,7 @@ class LoadedDataset:
                 "rows_kept": len(self.rows), "complete": self.complete, "note": self.note,
                 "columns": list(self.columns), "mapping": dict(self.mapping), "skipped": self.skipped,
                 "unused_columns": list(self.unused_columns), "unused_text_columns": list(self.unused_text),
+                "encoding": self.encoding, "notices": list(self.notices),
                 "errors": [{"line": e.line, "field": e.field, "message": e.message} for e in self.errors]}
 
 
@@ -132,6 +139,9 @@ def detect_schema(records: list[tuple[int, dict]], columns: list[str]) -> tuple[
             sys_col = _pick(lower, SYSTEM_KEYS)
             if sys_col:
                 mapping["system"] = sys_col
+            tools_col = _pick(lower, tools.TOOL_COLUMNS)
+            if tools_col:
+                mapping["tools"] = tools_col
             return "messages", kinds[0], mapping
     chosen, rejected = lower.get("chosen"), lower.get("rejected")
     if chosen and rejected:
@@ -306,9 +316,20 @@ def _messages(value: Any, field: str, need_assistant: bool = True) -> list[dict[
         if role is None:
             raise _Bad(field, f"message {i + 1} has the role {role_raw!r}; use system, user or assistant "
                               "(ShareGPT: system, human, gpt).")
+        where = f"{field}[{i}]"
+        try:
+            special = tools.message(m, str(role_raw), role, lambda v: _text(v, f"{where}.content", allow_empty=True))
+        except tools.BadTools as e:
+            raise _Bad(field, f"message {i + 1}: {e}") from None
+        if special is not None:  # a tool call or a tool result (backend.data.tools)
+            out.append(special)
+            continue
         content = m.get("content", m.get("value", m.get("text")))
-        out.append({"role": role, "content": _text(content, f"{field}[{i}].content", allow_empty=True)})
-    if need_assistant and not any(m["role"] == "assistant" and m["content"].strip() for m in out):
+        text = _text(content, f"{where}.content", allow_empty=True)
+        # A separate reasoning field becomes a <think> block in front of the reply (backend.data.reasoning).
+        out.append({"role": role, "content": reasoning.fold(m, text) if role == "assistant" else text})
+    if need_assistant and not any(m["role"] == "assistant" and (m["content"].strip() or m.get("tool_calls"))
+                                  for m in out):
         raise _Bad(field, "has no assistant turn with text, so there is nothing to learn from it. Add the "
                           "assistant's reply, or remove the row.")
     return out
@@ -352,7 +373,11 @@ def normalize_record(rec: dict, fmt: str, mapping: dict[str, str]) -> dict:
                     {"role": "assistant", "content": _text(rec.get(m["completion"]), m["completion"])}]
         if system is not None and not (msgs and msgs[0]["role"] == "system"):
             msgs = [{"role": "system", "content": system}] + msgs
-        return {"messages": msgs}
+        try:
+            listed = tools.parse_tools(rec.get(m["tools"])) if m.get("tools") else None
+        except tools.BadTools as e:
+            raise _Bad(m["tools"], str(e)) from None
+        return {"messages": msgs, "tools": listed} if listed else {"messages": msgs}
     if fmt == "prompt_completion":
         prompt = _text(rec.get(m["prompt"]), m["prompt"])
         if m.get("input"):
@@ -441,7 +466,7 @@ def load_rows(path: str, mapping: dict[str, str] | None = None, format: str = "a
     the read stops after FTSTUDIO_DATA_SECONDS (or the `budget` given) with a note saying where."""
     if budget is None and not keep_all:
         budget = Budget(look_seconds())
-    stream = open_records(path, budget)
+    stream = sources.open_source(path, budget)  # a file, a folder, a save_to_disk folder or a hub id
     unit = stream.unit
     name = str(path)
     errors: list[RowError] = []
@@ -519,7 +544,8 @@ def load_rows(path: str, mapping: dict[str, str] | None = None, format: str = "a
                          mapping=mapping, errors=errors, skipped=bad, lines=lines, unit=unit,
                          records=read_ok + read_bad, total=usable, complete=not notes,
                          note="; ".join(notes) + "." if notes else None,
-                         unused_columns=left, unused_text=prose)
+                         unused_columns=left, unused_text=prose, encoding=stream.encoding,
+                         notices=[n for n in (stream.notice(),) if n])
 
 
 # ---------------------------------------------------------------- splitting

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Optional
 
 from backend.core.errors import UserError
 from backend.core.models import load_tokenizer
-from backend.data import packing
+from backend.data import packing, reasoning, tools
 
 IGNORE = -100
 
@@ -153,18 +153,18 @@ def _direct_renderer(tokenizer, jinja: str):
     return _RENDERERS[key]
 
 
-def _render(tokenizer, jinja: str, messages: list[dict], generation_prompt: bool = False) -> str:
+def _render(tokenizer, jinja: str, messages: list[dict], generation_prompt: bool = False, tools=None) -> str:
     if not messages:
         return ""
     try:
-        direct = _direct_renderer(tokenizer, jinja) if _plain_messages(messages) else None
+        direct = _direct_renderer(tokenizer, jinja) if tools is None and _plain_messages(messages) else None
         if direct is not None:
             compiled, variables = direct
             return compiled.render(messages=[dict(m) for m in messages], tools=None, documents=None,
                                    add_generation_prompt=generation_prompt, **variables)
         return tokenizer.apply_chat_template(
             messages, chat_template=jinja, tokenize=False, add_generation_prompt=generation_prompt,
-            bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "")
+            bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "", tools=tools)
     except Exception as e:  # noqa: BLE001 - template code raises anything (TemplateError, TypeError...)
         raise UserError(f"The chat template could not render this conversation: {e}. Some templates "
                         "need strictly alternating user/assistant turns; pick another template or fix "
@@ -210,6 +210,7 @@ class Rendered:
     append_eos: bool
     template: str
     note: Optional[str] = None
+    kinds: Optional[list] = None    # (start, end, 'tool_call' | 'tool_result') spans the token view colours
 
 
 def _reply_turns(msgs: list[dict], last_only: bool) -> list[int]:
@@ -336,11 +337,15 @@ def render(tokenizer, row: dict, data_cfg: Any) -> Rendered:
         p, c = row["prompt"], row["completion"]
         return Rendered(p + c, [(len(p), len(p) + len(c))], train_all, True, True, "none")
     name, jinja, note = resolve_template(tokenizer, getattr(data_cfg, "template", "auto"))
-    msgs = _with_system(msgs, getattr(data_cfg, "system_prompt", None))
+    msgs = _with_system(reasoning.apply(msgs, data_cfg), getattr(data_cfg, "system_prompt", None))
+    if tools.is_tool_row(row):  # tools, calls and results: backend.data.tools renders them with the template
+        full, spans, kinds = tools.render(lambda ms, ts, gen: _render(tokenizer, jinja, ms, gen, ts), jinja, row,
+                                          msgs, bool(getattr(data_cfg, "last_turn_only", False)), train_all)
+        return Rendered(full, reasoning.ungrade(full, spans, data_cfg), train_all, False, False, name, note, kinds)
     full = _render(tokenizer, jinja, msgs)
     spans = [] if train_all else _assistant_spans(tokenizer, jinja, msgs, full,
                                                   bool(getattr(data_cfg, "last_turn_only", False)))
-    return Rendered(full, spans, train_all, False, False, name, note)
+    return Rendered(full, reasoning.ungrade(full, spans, data_cfg), train_all, False, False, name, note)
 
 
 def render_text(tokenizer, row: dict, data_cfg: Any) -> str:
@@ -359,6 +364,7 @@ class Encoding:
     offsets: list[tuple[int, int]]
     template: str
     note: Optional[str]
+    kinds: Optional[list] = None    # tool-call / tool-result character spans (Rendered.kinds)
 
 
 def _tokenize(tokenizer, r: Rendered) -> tuple[list[int], list[tuple[int, int]]]:
@@ -418,7 +424,7 @@ def encode_full(tokenizer, row: dict, data_cfg: Any) -> Encoding:
         ids.append(eos)
         labels.append(eos if (r.grade_all or r.graded) else IGNORE)
         offsets.append((len(r.text), len(r.text)))
-    return Encoding(r.text, ids, labels, offsets, r.template, r.note)
+    return Encoding(r.text, ids, labels, offsets, r.template, r.note, r.kinds)
 
 
 def encode_row(tokenizer, row: dict, data_cfg: Any) -> dict:
@@ -677,7 +683,8 @@ def dataset_key(tokenizer, rows: list[dict], data_cfg: Any) -> str:
 
     h = hashlib.sha256()
     settings = {k: getattr(data_cfg, k, None) for k in ("template", "system_prompt", "max_length",
-                                                         "train_on_prompt", "last_turn_only", "packing")}
+                                                         "train_on_prompt", "last_turn_only", "packing",
+                                                         "reasoning")}
     h.update(json.dumps({"v": ENCODING_VERSION, "settings": settings,
                          "tokenizer": [getattr(tokenizer, "name_or_path", ""), len(tokenizer),
                                        str(getattr(tokenizer, "chat_template", "")), tokenizer.bos_token,
@@ -918,7 +925,8 @@ def preview_row(tokenizer, row: dict, data_cfg: Any, pad_to: int | None = None) 
     tokens = []
     for i, (tid, lab, att) in enumerate(zip(kept["input_ids"], kept["labels"], kept["attention_mask"])):
         tokens.append({"id": tid, "text": _token_text(tokenizer, full.text, tid, full.offsets[i]),
-                       "label": lab, "attention": att, "role": _role(lab, tid, special)})
+                       "label": lab, "attention": att,
+                       "role": tools.token_role(_role(lab, tid, special), full.offsets[i], full.kinds)})
     for i in range(len(kept["input_ids"]), len(full.input_ids)):
         tid = full.input_ids[i]
         tokens.append({"id": tid, "text": _token_text(tokenizer, full.text, tid, full.offsets[i]),

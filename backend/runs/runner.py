@@ -196,8 +196,8 @@ def check_data_paths(cfg: RunConfig) -> None:
 
     for field in ("path", "validation_path"):
         value = getattr(cfg.data, field)
-        if not value:
-            continue
+        if not value or str(value).startswith("hf://"):
+            continue  # a hub dataset id: read (or refused with a sentence) by backend.data.sources
         p = Path(value).expanduser()
         if not p.is_absolute() and not p.exists() and (PROJECT_ROOT / p).exists():
             p = PROJECT_ROOT / p  # the trainer runs in the project folder: the bundled samples' relative paths
@@ -210,8 +210,14 @@ def check_data_paths(cfg: RunConfig) -> None:
         except OSError as e:
             raise UserError(f"{label}: the dataset file {p} cannot be read ({e.strerror}).") from None
         if stat_mod.S_ISDIR(mode):
-            raise UserError(f"{label}: {p} is a folder; choose a single data file (.jsonl, .json, .csv, .tsv, "
-                            ".parquet, .txt).")
+            from backend.data.sources import folder_files, is_saved_dataset
+
+            if not is_saved_dataset(p):
+                try:
+                    folder_files(p)  # a folder of data files trains as one dataset
+                except UserError as e:
+                    raise UserError(f"{label}: {p} is a folder, and it cannot be read as a dataset: {e}") from None
+            continue
         if not stat_mod.S_ISREG(mode):
             raise UserError(f"{label}: {p} is not a regular file (it is a device, a pipe or a socket); choose "
                             "a data file saved on disk.")

@@ -49,7 +49,7 @@ def _read_format(path: str, mapping: Optional[dict], fmt: str, skip: bool) -> tu
     the Method tab can ask on every edit without re-reading the file."""
     p = Path(path)
     try:
-        stamp = p.stat().st_mtime_ns
+        stamp = 0 if str(path).startswith("hf://") else p.stat().st_mtime_ns
     except OSError:
         return None, (f"The data file {path} does not exist; pick a file in the Dataset tab (or fix the path)."), "data.path"
     key = json.dumps([str(p), stamp, mapping or {}, fmt, skip], sort_keys=True)

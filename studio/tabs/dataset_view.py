@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import plotly.graph_objects as go
 
+from backend.data.health import Health
 from backend.data.records import LoadedDataset
 
 TABLE_ROWS = 200          # rows shown in the table
@@ -21,6 +22,8 @@ STYLE = """<style>
 .tok.graded{background:#bbf7d0;color:#14532d}
 .tok.prompt{background:#e5e7eb;color:#374151}
 .tok.special{background:#e9d5ff;color:#581c87}
+.tok.tool_call{background:#bfdbfe;color:#1e3a8a}
+.tok.tool_result{background:#fde68a;color:#78350f}
 .tok.padding{background:#f3f4f6;color:#4b5563}
 .tok.truncated{background:#fecaca;color:#7f1d1d;text-decoration:line-through}
 .tok.boundary{color:#dc2626;font-weight:700}
@@ -104,3 +107,19 @@ def errors_markdown(ds: LoadedDataset) -> str:
     items = "\n".join(f"- {html.escape(s)}" for s in ds.error_sentences(20))
     more = f"\n\n… and {len(ds.errors) - 20} more." if len(ds.errors) > 20 else ""
     return f"**Skipped rows**\n\n{items}{more}"
+
+
+def health_markdown(h: Health, ds: LoadedDataset) -> str:
+    """The health counts, one line, with each problem's sentence below (a green line when there are none)."""
+    of = (f" (the first {h.rows:,} rows)" if h.rows < len(ds.rows)
+          else "" if ds.complete else f" (of the {len(ds.rows):,} rows kept)")
+    langs = ", ".join(f"{k} {n}" for k, n in h.languages.items()) or "none"
+    leak = "no validation split" if h.leakage is None else f"{h.leakage} of {h.validation_rows} validation rows"
+    counts = (f"**Health**{of}: duplicates {h.duplicates} · near duplicates {h.near_duplicates} · empty answers "
+              f"{h.empty_answers} · answers cut {h.answers_cut} · prompts too long {h.prompts_too_long} · "
+              f"languages {langs} · leakage {leak}")
+    problems = h.sentences()
+    if not problems:
+        return f"{counts}\n\n<span class='ft-ok'>No problems found.</span>"
+    items = "\n".join(f"- <span class='ft-error'>{html.escape(p)}</span>" for p in problems)
+    return f"{counts}\n\n{items}"

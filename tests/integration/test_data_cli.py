@@ -59,3 +59,27 @@ def test_bad_input_exits_2_with_the_sentence_in_error(tmp_path, capsys):
     empty.write_text("")
     code, out = run(capsys, "data", "inspect", str(empty), "--json")
     assert code == 2 and "is empty" in out["error"]
+
+
+def test_inspect_reports_health_and_reads_a_windows_1252_csv_with_an_encoding_notice(tmp_path, capsys,
+                                                                                     tiny_model_dir):
+    p = tmp_path / "excel.csv"
+    lines = ["question,answer"] + [f"Qu\u00e9 significa la palabra n\u00famero {i}?,Significa cosa {i}." for i in range(8)]
+    lines += ["Qu\u00e9 significa la palabra n\u00famero 3?,Significa cosa 3.", "Vac\u00edo?,   "]
+    p.write_bytes(("\n".join(lines) + "\n").encode("cp1252"))
+    code, out = run(capsys, "data", "inspect", str(p), "--model", str(tiny_model_dir), "--json")
+    assert code == 0 and out["encoding"] == "latin-1"
+    assert "Latin-1" in out["notices"][0] and out["warnings"][0] == out["notices"][0]
+    h = out["health"]
+    assert h["duplicates"] == 1 and h["near_duplicates"] == 0 and h["empty_answers"] == 1
+    assert h["languages"] == {"es": 9} and h["leakage"] is not None
+    assert {"answers_cut", "prompts_too_long", "validation_rows"} <= set(h)
+
+
+def test_dedup_writes_a_copy_without_duplicates(tmp_path, capsys):
+    p = tmp_path / "d.jsonl"
+    rows = [{"q": f"question {i}", "a": f"answer {i}"} for i in range(5)] + [{"q": "QUESTION 2", "a": "answer 2"}]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out = run(capsys, "data", "dedup", str(p), "--json")
+    assert code == 0 and out["duplicates_dropped"] == 1 and out["rows"] == 5
+    assert out["path"].endswith("d.dedup.jsonl") and len(p.read_text().splitlines()) == 6

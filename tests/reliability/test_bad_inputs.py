@@ -36,7 +36,9 @@ CORPUS: dict[str, tuple[Callable[[], bytes], str, float, int]] = {
     "random-binary.csv": (lambda: random.Random(2).randbytes(256 * 1024), "error", 30, 256),
     "random-binary.parquet": (lambda: random.Random(3).randbytes(64 * 1024), "error", 30, 256),
     "random-binary.json": (lambda: random.Random(4).randbytes(64 * 1024), "error", 10, 64),
-    "latin-1.jsonl": (lambda: _rows(50).replace("question", "caf\u00e9 question").encode("latin-1"), "error", 10, 64),
+    # Latin-1 / Windows-1252 is read (with a notice, backend.data.encodings); a byte neither defines is refused.
+    "latin-1.jsonl": (lambda: _rows(50).replace("question", "caf\u00e9 question").encode("latin-1"), "load", 10, 64),
+    "cp1252-undefined-byte.csv": (lambda: b"prompt,completion\nq\x81,a\n", "error", 30, 256),
     "utf-16.jsonl": (lambda: _rows(50).encode("utf-16"), "error", 10, 64),
     "utf-16.csv": (lambda: "prompt,completion\nhi,there\n".encode("utf-16"), "error", 30, 256),
     "ten-mb-single-line.jsonl": (lambda: (json.dumps({"prompt": "x" * (10 * MB), "completion": "y"}) + "\n").encode(),
@@ -128,8 +130,11 @@ def test_path_names_with_dots_unicode_and_spaces(tmp_path):
     missing = tmp_path / "my data été" / ".." / ".." / "nope ü.jsonl"
     with pytest.raises(UserError, match="does not exist"):
         load_rows(str(missing))
+    # A folder is a source of its own now (backend.data.sources): its data files, here the one above.
+    assert len(load_rows(str(folder / "..")).rows) == 4
+    (tmp_path / "empty été").mkdir()
     with pytest.raises(UserError, match="folder"):
-        load_rows(str(folder / ".."))
+        load_rows(str(tmp_path / "empty été"))
 
 
 def test_a_file_over_the_size_bound_is_refused_before_reading(tmp_path, monkeypatch):

@@ -171,15 +171,37 @@ def test_row_missing_a_field_is_reported(tmp_path):
     assert d.errors[0] == RowError(2, "answer", "is missing or null. Fill it in, or remove the row.")
 
 
-def test_non_utf8_bytes_name_the_line(tmp_path):
+def test_windows_1252_and_latin_1_files_are_read_with_a_notice_naming_the_encoding(tmp_path):
+    c = tmp_path / "excel.csv"
+    c.write_bytes("prompt,completion\nCaf\u00e9 au lait?,\u201cOui\u201d for \u20ac5\n".encode("cp1252"))
+    d = load_rows(str(c))
+    assert d.rows == [{"prompt": "Caf\u00e9 au lait?", "completion": "\u201cOui\u201d for \u20ac5"}]
+    assert d.encoding == "cp1252" and "Windows-1252" in d.notices[0] and "excel.csv" in d.notices[0]
     p = tmp_path / "latin.jsonl"
     p.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
     d = load_rows(str(p))
+    assert d.skipped == 0 and d.rows[1] == {"text": "caf\u00e9"}
+    assert d.encoding == "latin-1" and "Latin-1" in d.notices[0]
+    u = tmp_path / "utf8.jsonl"
+    u.write_text('{"text": "caf\u00e9"}\n', encoding="utf-8")
+    d = load_rows(str(u))
+    assert d.encoding == "utf-8" and d.notices == [] and d.summary()["encoding"] == "utf-8"
+
+
+def test_undecodable_bytes_are_still_refused_with_the_line(tmp_path):
+    mixed = tmp_path / "mixed.jsonl"  # a UTF-8 file with one broken line: not guessed as Windows-1252
+    mixed.write_bytes('{"text": "caf\u00e9"}\n'.encode() + b'{"text": "caf\xe9"}\n')
+    d = load_rows(str(mixed))
     assert d.skipped == 1 and d.errors[0].line == 2 and "UTF-8" in d.errors[0].message
-    c = tmp_path / "latin.csv"
-    c.write_bytes(b"text\nok\ncaf\xe9\n")
-    with pytest.raises(UserError, match=r"latin\.csv, line 3: .*UTF-8"):
+    assert d.encoding == "utf-8"
+    c = tmp_path / "latin.csv"  # 0x81 is undefined in Windows-1252
+    c.write_bytes(b"text\nok\ncaf\x81\n")
+    with pytest.raises(UserError, match=r"latin\.csv, line 3: .*0x81.*UTF-8"):
         load_rows(str(c))
+    j = tmp_path / "arr.json"
+    j.write_bytes(b'[{"text": "a"},\n {"text": "\x9d"}]')
+    with pytest.raises(UserError, match=r"arr\.json, line 2: .*0x9D"):
+        load_rows(str(j))
 
 
 def test_conversation_without_assistant_turn_is_skipped_with_a_reason(tmp_path):

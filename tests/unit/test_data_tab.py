@@ -83,3 +83,49 @@ def test_the_same_content_uploaded_twice_is_stored_once_and_named_without_its_ha
     assert first == second and len(list((ws / "uploads").iterdir())) == 1
     assert tab.display_name(first) == "capitals.csv"
     assert tab.source_of(ws, first) == "uploaded file"
+
+
+def _view(workspace):
+    """A DatasetView of plain strings (the handlers use components only as keys), on a real cache."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    names = [f.name for f in dataclasses.fields(tab.DatasetView) if f.name not in ("ctx", "cache", "role_boxes")]
+    v = SimpleNamespace(**{n: n for n in names}, role_boxes=[f"map-{r}" for r in tab.MAP_ROLES],
+                        cache=tab.DatasetCache())
+    v.ctx = SimpleNamespace(run_config="rc", workspace=workspace, data_lengths=None)
+    v.settings = [v.template, v.system_prompt, v.max_length, v.train_on_prompt, v.last_turn, v.packing]
+    return v
+
+
+def test_health_counts_show_and_drop_duplicates_writes_and_loads_a_copy(tmp_path, tiny_model_dir):
+    rows = [{"question": f"Name a fact about topic number {i} please", "answer": f"Fact {i} is true."}
+            for i in range(12)]
+    rows.insert(4, {"question": "name a fact about TOPIC number 2 please", "answer": "Fact 2 is true."})
+    src = tmp_path / "facts.jsonl"
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    src.write_text(text)
+    v = _view(tmp_path)
+    rc = {**default_run_config(), "model": str(tiny_model_dir)}
+    settings = ("auto", "", 512, False, False, False, "split", 0.0, rc)
+    out = tab.load_all(v, str(src), "auto", None, True, *settings)
+    assert "duplicates 1 ·" in out["health_md"] and "repeat an earlier row" in out["health_md"]
+    done = tab.from_dedup(v, str(src), out["src_state"], "auto", True, *settings[:-1], out["rc"])
+    copy = tmp_path / "uploads" / "facts.dedup.jsonl"
+    assert copy.exists() and src.read_text() == text, "the copy is written, the original kept"
+    assert done["path_state"] == str(copy) and "Dropped 1 duplicate" in done["status"]
+    assert "duplicates 0 ·" in done["health_md"] and "No problems found" in done["health_md"]
+    assert done["rc"]["data"]["path"] == str(copy)
+
+
+def test_the_reasoning_setting_is_written_and_redraws_the_tokens(tmp_path, tiny_model_dir):
+    src = tmp_path / "think.jsonl"
+    src.write_text(json.dumps({"messages": [{"role": "user", "content": "2+2?"},
+                                            {"role": "assistant", "content": "<think>two and two</think> 4"}]}) + "\n")
+    v = _view(tmp_path)
+    rc = {**default_run_config(), "model": str(tiny_model_dir)}
+    out = tab.load_all(v, str(src), "auto", None, True, "auto", "", 512, False, False, False, "split", 0.0, rc)
+    assert "two and two" in out["rendered"]
+    args = (str(src), out["src_state"], True, "auto", "", 512, False, False, False, 0)
+    stripped = tab.on_reasoning(v, "strip", *args, out["rc"])
+    assert stripped["rc"]["data"]["reasoning"] == "strip" and "two and two" not in stripped["rendered"]
