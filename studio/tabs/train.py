@@ -25,7 +25,7 @@ from backend.training.checks import data_problems, start_problems
 from backend.core.choices import save_choices, selected_run_dir
 from studio.context import StudioContext, bind
 from studio.plots import RunSeries, loss_figure, lr_grad_figure, metric_figure, overlay_figure
-from studio.tabs import cluster_bundle, eval_report, trackers, train_queue
+from studio.tabs import cluster_bundle, eval_report, trackers, train_queue, train_sweep
 
 BAD_INPUT = (UserError, ConfigError, ModelError, FileNotFoundError)
 # The comparison overlay's choices: the loss curves, or the headline task metric over checkpoints.
@@ -291,6 +291,7 @@ def build(ctx: StudioContext) -> None:
     v = TrainView(ctx)
     _controls_layout(v)
     _runs_layout(v)
+    train_sweep.mount_table(ctx)  # the sweeps' comparison table: studio/tabs/train_sweep.py
     v.live = gr.State(new_live(None))
     v.tick = gr.Timer(1.0)
     v.slow_tick = gr.Timer(5.0)
