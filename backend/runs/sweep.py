@@ -397,6 +397,8 @@ def watch_queue(workspace: Path, entries: list[dict[str, Any]], stop=None) -> li
             by_sweep.setdefault(e["sweep"]["id"], []).append(e)
     out: list[dict[str, Any]] = []
     for sweep_id, mine in by_sweep.items():
+        if not _ID_RE.fullmatch(sweep_id) or not (sweeps_root(workspace) / f"{sweep_id}.json").is_file():
+            continue  # its record was deleted by hand: the entries train as plain queue entries
         try:
             out.extend(_watch_one(workspace, sweep_id, mine, stop))
         except (OSError, ValueError, KeyError, TypeError) as exc:

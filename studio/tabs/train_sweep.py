@@ -212,7 +212,7 @@ def mount_table(ctx: StudioContext) -> None:
     for trigger in (timer.tick, refresh.click):
         trigger(view, picker, [picker, table, note], queue=False, show_progress="hidden")
     picker.input(view, picker, [picker, table, note], queue=False)
-    picker.input(lambda: None, None, picked, queue=False)
+    picker.input(forget_pick, None, picked, queue=False)
     table.select(on_pick, None, picked, queue=False)
     event = load.click(bind(on_load, ctx.workspace), [picker, picked], [ctx.run_config, status])
     ctx.extras.setdefault("settings_events", []).append(event)
@@ -222,6 +222,11 @@ def on_view(ws: Path, sweep_id):
     """Reads the chosen sweep; writes the picker, the comparison table and its note."""
     choices, shown, rows, note = sweep_view(ws, sweep_id)
     return gr.update(choices=choices, value=shown), rows, note
+
+
+def forget_pick():
+    """Another sweep was chosen: the clicked run of the last one no longer counts."""
+    return None
 
 
 def on_pick(evt: gr.SelectData):

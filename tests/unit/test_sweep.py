@@ -177,3 +177,11 @@ def test_waiting_and_unstarted_runs_have_no_winner(tmp_path):
     assert sweep.list_sweeps(ws)[0]["id"] == record["id"]
     with pytest.raises(UserError, match="not a sweep id"):
         sweep.load_sweep(ws, "../etc")
+
+
+def test_entries_of_a_deleted_sweep_record_are_left_alone(tmp_path):
+    ws = tmp_path / "ws"
+    record = queue_sweep(ws, base(), [parse_set("method.r=4,8")], prune="median")
+    (ws / "sweeps" / f"{record['id']}.json").unlink()
+    entries = q.read_queue(ws)["entries"]
+    assert sweep.watch_queue(ws, entries, stop=lambda d: pytest.fail("nothing to stop")) == []
