@@ -185,3 +185,36 @@ def test_entries_of_a_deleted_sweep_record_are_left_alone(tmp_path):
     (ws / "sweeps" / f"{record['id']}.json").unlink()
     entries = q.read_queue(ws)["entries"]
     assert sweep.watch_queue(ws, entries, stop=lambda d: pytest.fail("nothing to stop")) == []
+
+
+# ---- the command line, without training -----------------------------------------------------------
+
+def test_cli_bad_field_is_exit_2_with_the_sentence_and_queues_nothing(tmp_path, capsys):
+    from backend import cli
+    from backend.core.config import save_config
+    save_config(base(), tmp_path / "base.yaml")
+    ws = tmp_path / "ws"
+    code = cli.main(["sweep", str(tmp_path / "base.yaml"), "--set", "train.learnig_rate=1e-4,3e-4",
+                     "--workspace", str(ws), "--json"])
+    out = capsys.readouterr()
+    assert code == 2 and "Did you mean train.learning_rate?" in json.loads(out.out)["error"]
+    assert not (ws / "queue.json").exists() and not (ws / "sweeps").exists()
+    code = cli.main(["sweep", str(tmp_path / "base.yaml"), "--set", "train.learning_rate=1e-4,3e-4",
+                     "--set", "method.r=8,16", "--print-config", "--workspace", str(ws)])
+    printed = capsys.readouterr().out
+    assert code == 0 and printed.count("# lr=") == 4 and "learning_rate: 0.0003" in printed
+    assert not (ws / "queue.json").exists()
+    assert cli.main(["sweep", "--show", "sweep-20260101-000000", "--workspace", str(ws)]) == 2
+
+
+def test_the_text_table_stars_the_winner():
+    from backend.commands.sweep import table_text
+    rows = [{"name": "lr=0.1 · t", "state": "completed", "best_val_loss": 0.5, "best_step": 4, "eval_loss": None,
+             "metric": None, "seconds": 75, "peak_memory": None, "run_id": "r1", "winner": True},
+            {"name": "lr=1 · t", "state": "pruned", "best_val_loss": 0.9, "best_step": 2, "eval_loss": 0.8,
+             "metric": "exact_match", "metric_value": 0.5, "seconds": 20, "peak_memory": 2**30, "run_id": "r2",
+             "winner": False}]
+    text = table_text({"id": "sweep-x", "rows": rows, "note": "Winner: lr=0.1."})
+    lines = text.splitlines()
+    assert lines[2].startswith("★  lr=0.1") and "0.5000 @ 4" in lines[2] and "1:15" in lines[2]
+    assert "pruned" in lines[3] and "exact_match 0.5" in lines[3] and "1.00 GB" in lines[3]
