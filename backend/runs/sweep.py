@@ -282,25 +282,36 @@ def median_rule(candidate: list[tuple[int, float]], others: list[list[tuple[int,
     return None
 
 
-_curves: dict[str, tuple[tuple[int, int], list[tuple[int, float]]]] = {}
+_summaries: dict[str, tuple[tuple[int, int], tuple[list[tuple[int, float]], Optional[int]]]] = {}
 
 
-def val_curve(run_dir: Path) -> list[tuple[int, float]]:
-    """(step, validation loss) of each evaluation in the run's events, cached while the file is unchanged."""
+def _events_summary(run_dir: Path) -> tuple[list[tuple[int, float]], Optional[int]]:
+    """(the evaluation curve, the peak GPU memory of the train events) of a run, cached while its
+    events file is unchanged: the queue and the Train tab's table look every few seconds."""
     path = Path(run_dir) / rundir.EVENTS_FILE
     try:
         st = path.stat()
     except OSError:
-        return []
+        return [], None
     key = (st.st_mtime_ns, st.st_size)
-    hit = _curves.get(str(path))
+    hit = _summaries.get(str(path))
     if hit and hit[0] == key:
         return hit[1]
-    curve = [(int(e["step"]), float(e["val_loss"])) for e in rundir.read_events(run_dir)[0]
-             if e.get("type") == run_events.EVAL and isinstance(e.get("val_loss"), (int, float))
-             and isinstance(e.get("step"), int)]
-    _curves[str(path)] = (key, curve)
-    return curve
+    curve: list[tuple[int, float]] = []
+    peak: Optional[int] = None
+    for e in rundir.read_events(run_dir)[0]:
+        if e.get("type") == run_events.EVAL and isinstance(e.get("val_loss"), (int, float)) \
+                and isinstance(e.get("step"), int):
+            curve.append((int(e["step"]), float(e["val_loss"])))
+        elif e.get("type") == run_events.TRAIN and isinstance(e.get("gpu_mem_peak"), (int, float)):
+            peak = max(peak or 0, int(e["gpu_mem_peak"]))
+    _summaries[str(path)] = (key, (curve, peak))
+    return curve, peak
+
+
+def val_curve(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, validation loss) of each evaluation in the run's events."""
+    return _events_summary(run_dir)[0]
 
 
 # ---- the sweep's record ------------------------------------------------------------------------
@@ -462,13 +473,9 @@ def run_figures(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     status = rundir.read_status(run_dir)
     best, best_step = status.get("best_val_loss"), status.get("best_step")
-    curve = val_curve(run_dir)
+    curve, peak = _events_summary(run_dir)
     if curve and not isinstance(best, (int, float)):  # still running: the events say the best so far
         best_step, best = min(curve, key=lambda p: p[1])
-    peak = None
-    for ev in rundir.read_events(run_dir)[0]:
-        if ev.get("type") == run_events.TRAIN and isinstance(ev.get("gpu_mem_peak"), (int, float)):
-            peak = max(peak or 0, int(ev["gpu_mem_peak"]))
     seconds, _ = rundir.run_times(status)
     report = read_json(run_dir / "eval.json", None)
     eval_loss = metric = metric_value = None

@@ -209,8 +209,10 @@ def mount_table(ctx: StudioContext) -> None:
     status = gr.Markdown(elem_id="sweep-load-status")
     timer = gr.Timer(5.0)
     view = bind(on_view, ctx.workspace)
-    for trigger in (timer.tick, refresh.click):
-        trigger(view, picker, [picker, table, note], queue=False, show_progress="hidden")
+    refresh.click(view, picker, [picker, table, note], queue=False)
+    picker.focus(view, picker, [picker, table, note], queue=False)  # sweeps queued since: in the list
+    # The timer leaves the picker alone once a sweep is shown: an update under an open list closes it.
+    timer.tick(bind(on_tick, ctx.workspace), picker, [picker, table, note], queue=False, show_progress="hidden")
     picker.input(view, picker, [picker, table, note], queue=False)
     picker.input(forget_pick, None, picked, queue=False)
     table.select(on_pick, None, picked, queue=False)
@@ -222,6 +224,13 @@ def on_view(ws: Path, sweep_id):
     """Reads the chosen sweep; writes the picker, the comparison table and its note."""
     choices, shown, rows, note = sweep_view(ws, sweep_id)
     return gr.update(choices=choices, value=shown), rows, note
+
+
+def on_tick(ws: Path, sweep_id):
+    """Timer (5 s): the shown sweep's table; the picker only when it showed none and a sweep exists."""
+    choices, shown, rows, note = sweep_view(ws, sweep_id)
+    picker = gr.update(choices=choices, value=shown) if shown != sweep_id else gr.skip()
+    return picker, rows, note
 
 
 def forget_pick():

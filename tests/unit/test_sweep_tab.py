@@ -82,3 +82,13 @@ def test_the_studio_builds_with_the_sweep_section_and_table(tmp_path):
     demo = build_app(_ws(tmp_path / "ws"))
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     assert {"sweep-section", "sweep-queue", "sweep-table", "sweep-load", "sweep-picker"} <= ids
+
+
+def test_the_timer_fills_an_empty_picker_and_then_leaves_it_alone(tmp_path):
+    import gradio as gr
+    ws = _ws(tmp_path / "ws")
+    record = ts.queue_from_studio(ws, rc(), [("method.r", "4, 8")], prune=False)
+    picker, rows, _ = ts.on_tick(ws, None)
+    assert picker["value"] == record["id"] and len(rows) == 2
+    picker, rows, _ = ts.on_tick(ws, record["id"])
+    assert isinstance(picker, type(gr.skip())) and len(rows) == 2
