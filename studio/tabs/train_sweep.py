@@ -74,12 +74,17 @@ def plan_markdown(rc: dict[str, Any], pairs: list[tuple[Optional[str], Optional[
 def queue_from_studio(workspace: Path, rc: dict[str, Any], pairs: list[tuple[Optional[str], Optional[str]]],
                       prune: bool) -> dict[str, Any]:
     """The session's config checked as the queue's Add does (paths, webhook), then the sweep queued."""
-    access.policy(workspace).run_config(rc)
+    policy = access.policy(workspace)
+    policy.run_config(rc)
     cfg = validate_config(rc)
-    problem = webhook_problem(cfg.notify.webhook)
-    if problem:
-        raise UserError(problem)
-    return queue_sweep(workspace, cfg, axes_from(pairs), "median" if prune else None)
+    axes = axes_from(pairs)
+    # Every run of the grid, not only the base: a swept data path, model or webhook gets the same checks.
+    for run in sw.plan_sweep(cfg, axes):
+        policy.run_config(run.config.model_dump(mode="json"))
+        problem = webhook_problem(run.config.notify.webhook)
+        if problem:
+            raise UserError(problem)
+    return queue_sweep(workspace, cfg, axes, "median" if prune else None)
 
 
 def _fmt_time(s: Any) -> str:

@@ -14,6 +14,8 @@ from backend.runs import rundir, sweep
 from tests.e2e.helpers import field, open_tab, set_value
 
 pytestmark = pytest.mark.e2e
+# Each step waits for a state, long enough for a queued event on a heavily loaded machine.
+STEP_MS = 150_000
 
 
 def seed_sweep(workspace, model_dir):
@@ -41,24 +43,24 @@ def test_sweep_plan_table_winner_and_load_settings(studio_page, studio_server, t
         panel.get_by_text("Sweep: train a grid of runs").click()
         set_value(page, "sweep-field-0", "method.r")
         set_value(page, "sweep-values-0", "4, 8")
-        expect(field(page, "sweep-plan")).to_contain_text("2 runs", timeout=30_000)
+        expect(field(page, "sweep-plan")).to_contain_text("2 runs", timeout=STEP_MS)
         set_value(page, "sweep-values-0", "4, 0")
-        expect(field(page, "sweep-plan")).to_contain_text("method.r=0 cannot be used", timeout=30_000)
+        expect(field(page, "sweep-plan")).to_contain_text("method.r=0 cannot be used", timeout=STEP_MS)
 
         open_tab(page, "Train")
         field(page, "sweep-refresh").click()
         table = field(page, "sweep-table")
-        expect(table).to_contain_text("★ winner", timeout=30_000)
+        expect(table).to_contain_text("★ winner", timeout=STEP_MS)
         winner_row = table.locator("tr", has_text="★ winner")
-        expect(winner_row).to_contain_text("r=12")
-        expect(field(page, "sweep-note")).to_contain_text("Winner: r=12")
+        expect(winner_row).to_contain_text("r=12", timeout=STEP_MS)
+        expect(field(page, "sweep-note")).to_contain_text("Winner: r=12", timeout=STEP_MS)
         field(page, "sweep-load").click()
-        expect(field(page, "sweep-load-status")).to_contain_text("the winner", timeout=30_000)
-        expect(field(page, "sweep-load-status")).to_contain_text(dirs[1].name)
+        expect(field(page, "sweep-load-status")).to_contain_text("the winner", timeout=STEP_MS)
+        expect(field(page, "sweep-load-status")).to_contain_text(dirs[1].name, timeout=STEP_MS)
 
         open_tab(page, "Method")
         rank = field(page, "method-col-method-r").locator("input").first
-        expect(rank).to_have_value(re.compile(r"^12$"), timeout=60_000)
+        expect(rank).to_have_value(re.compile(r"^12$"), timeout=STEP_MS)
     finally:
         for d in dirs:
             shutil.rmtree(d, ignore_errors=True)

@@ -36,6 +36,8 @@ def test_queue_from_the_studio_checks_paths_then_queues_every_run(tmp_path):
     outside = rc(data={"path": "/etc/passwd"})
     with pytest.raises(UserError):
         ts.queue_from_studio(ws, outside, [("method.r", "4, 8")], prune=False)
+    with pytest.raises(UserError, match="/etc/passwd"):  # a swept path gets the studio's path policy too
+        ts.queue_from_studio(ws, rc(), [("data.path", "assets/samples/instructions.jsonl, /etc/passwd")], prune=False)
     assert len(q.read_queue(ws)["entries"]) == 4  # nothing more queued
     assert "ft-error" in ts.on_queue(ws, rc(), "method.r", "4", None, None, None, None, False)
 
