@@ -17,7 +17,7 @@ from backend.core.errors import UserError
 from backend.core.models import ModelError
 
 COMMANDS = ("ui", "data", "estimate", "train", "eval", "merge", "chat", "score", "export", "launch_bundle", "serve",
-            "push")
+            "push", "sweep")
 BAD_INPUT = (UserError, ConfigError, ModelError, FileNotFoundError)
 
 

@@ -59,7 +59,9 @@ def wire_choices(demo: gr.Blocks, ctx: StudioContext) -> None:
     two of them write the RunConfig at once); a settings import runs the same steps."""
     steps = ctx.extras.get("restore_steps", [])
     event = demo.load(bind(saved_run_config, ctx.workspace), None, ctx.run_config)
-    follow = [event] + ([ctx.extras["import_event"]] if "import_event" in ctx.extras else [])
+    # Settings loaded from elsewhere (the Method tab's import, the sweep table's winner) run the same steps.
+    follow = [event] + ([ctx.extras["import_event"]] if "import_event" in ctx.extras else []) \
+        + ctx.extras.get("settings_events", [])
     for chain in follow:
         for fn, inputs, outputs in steps:
             chain = chain.then(fn, inputs, outputs)

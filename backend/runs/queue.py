@@ -24,7 +24,7 @@ from backend.core.errors import UserError
 from backend.core.io import atomic_write_json, is_disk_full, make_reserve, write_with_reserve
 from backend.core.locks import file_lock
 from backend.core.models import BUNDLED, ModelError, resolve_model
-from backend.runs import rundir, runner
+from backend.runs import rundir, runner, sweep
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +135,16 @@ def _find(data: dict[str, Any], entry_id: str) -> int:
     raise UserError(f"That queue entry ({entry_id}) is no longer in the queue; refresh the list.")
 
 
-def add_to_queue(workspace: Path, cfg: RunConfig, label: Optional[str] = None) -> dict[str, Any]:
-    """Append a validated config at the end of the queue; returns the new entry."""
+def add_to_queue(workspace: Path, cfg: RunConfig, label: Optional[str] = None,
+                 sweep_run: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Append a validated config at the end of the queue; returns the new entry. `sweep_run`
+    ({"id": sweep id, "index": run index}) marks an entry of a sweep (backend.runs.sweep)."""
     cfg = absolute_paths(cfg)  # fixed when queued: a studio restarted elsewhere still finds the files
     entry = {"id": uuid.uuid4().hex[:12], "config": cfg.model_dump(mode="json"), "state": QUEUED,
              "label": label or cfg.name or f"{cfg.method.name} on {Path(cfg.model).name or cfg.model}",
              "added": rundir.now_iso()}
+    if sweep_run:
+        entry["sweep"] = dict(sweep_run)
 
     def add(data):
         data["entries"].append(entry)
@@ -288,6 +292,8 @@ def queue_step(workspace: Path) -> list[dict[str, Any]]:
                        error=None)
             events.append({"kind": "run_start", "entry": nxt["id"], "label": nxt.get("label"),
                            "run_dir": str(run_dir)})
+        # Sweep entries: where their runs went, and the median rule's stop of a clearly losing one.
+        events.extend(sweep.watch_queue(workspace, entries))
         if had_open and not data.get("paused") and not any(e["state"] in OPEN_STATES for e in entries):
             done = [e for e in entries if e["state"] not in OPEN_STATES]
             ok = sum(1 for e in done if e["state"] == "completed")

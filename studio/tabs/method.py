@@ -38,6 +38,7 @@ from studio.tabs.method_fields import (CHOICE_HELP_FIELDS, LABELS, METHOD_FIELDS
                                        label_of, set_path)
 from studio.tabs.method_speed import speed_layout, speed_text
 from studio.tabs.method_view import compute_estimate, humanize_errors, model_info_text
+from studio.tabs import train_sweep
 
 TEXT = {
     "intro": ("Choose the model and how it learns. The estimate on the right updates with every change; "
@@ -351,6 +352,7 @@ def build(ctx: StudioContext) -> None:
             _fields_layout(v, rc0, shown)
         with gr.Column(scale=2):
             _estimate_layout(v)
+            train_sweep.build_method_section(ctx)  # the sweep grid: studio/tabs/train_sweep.py
     wire(v)
 
 

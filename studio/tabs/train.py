@@ -28,7 +28,7 @@ from backend.core.choices import save_choices, selected_run_dir
 from studio.context import StudioContext, bind
 from studio.progress import shows
 from studio.plots import RunSeries, loss_figure, lr_grad_figure, metric_figure, overlay_figure
-from studio.tabs import cluster_bundle, eval_report, trackers, train_queue
+from studio.tabs import cluster_bundle, eval_report, trackers, train_queue, train_sweep
 
 BAD_INPUT = (UserError, ConfigError, ModelError, FileNotFoundError)
 # The comparison overlay's choices: the loss curves, or the headline task metric over checkpoints.
@@ -314,6 +314,7 @@ def build(ctx: StudioContext) -> None:
     v = TrainView(ctx)
     _controls_layout(v)
     _runs_layout(v)
+    train_sweep.mount_table(ctx)  # the sweeps' comparison table: studio/tabs/train_sweep.py
     v.live = gr.State(new_live(None))
     v.listed = gr.State(None)  # the runs-table rows last sent, so the 5-s refresh sends only a change
     # Both timers start stopped: the page opens on the Dataset tab, and follow_tabs runs them only
