@@ -40,10 +40,10 @@ def goto_studio(page, url: str) -> None:
 
     page.goto(url, wait_until="domcontentloaded")
     # Gradio renders client-side: the page is usable once the tab bar exists.
-    expect(tab_button(page, TABS[0])).to_be_visible(timeout=60_000)
+    expect(tab_button(page, TABS[0])).to_be_visible(timeout=180_000)
     # The Dataset tab loads the default sample on page load; an action taken before that
     # finishes would be overwritten by it, so a test starts once the page has settled.
-    expect(page.locator("#dataset-status")).not_to_contain_text("No dataset loaded yet", timeout=90_000)
+    expect(page.locator("#dataset-status")).not_to_contain_text("No dataset loaded yet", timeout=240_000)
 
 
 def tab_button(page, title: str):
@@ -63,7 +63,7 @@ def open_tab(page, title: str):
     return panel
 
 
-def wait_settled(page, timeout_ms: int = 90_000) -> None:
+def wait_settled(page, timeout_ms: int = 180_000) -> None:
     """Wait until no visible component shows Gradio's pending/progress overlay (a page-load event, say):
     a value typed while an event is still writing its outputs can be overwritten by it."""
     page.wait_for_function(
