@@ -93,7 +93,7 @@ def test_new_user_flow_dataset_to_chat(studio_page, studio_server, flow_model):
     expect(summary).to_contain_text(f"{model.steps} steps")
     field(page, "train-start").click()
     state = field(page, "train-state")
-    expect(state).to_contain_text(re.compile("starting|training|completed"), timeout=30_000)
+    expect(state).to_contain_text(re.compile("starting|training|completed"), timeout=120_000)
     # The loss chart fills in while the run goes, then the run completes.
     page.wait_for_function(
         "() => { const p = document.querySelector('#train-loss-plot .js-plotly-plot');"
@@ -101,7 +101,7 @@ def test_new_user_flow_dataset_to_chat(studio_page, studio_server, flow_model):
     expect(state).to_contain_text("completed", timeout=TRAIN_TIMEOUT_MS)
     expect(state).to_contain_text("Adapter saved")
     assert plot_points(page, "train-loss-plot") >= model.steps
-    expect(field(page, "runs-table")).to_contain_text("completed", timeout=15_000)
+    expect(field(page, "runs-table")).to_contain_text("completed", timeout=120_000)
     expect(field(page, "train-progress-bar")).to_contain_text(f"step {model.steps} / {model.steps}")
     save_screenshot(page, "train")
 

@@ -31,8 +31,8 @@ def test_reload_mid_run_finds_the_run_and_stop_ends_it(studio_page, studio_serve
         # A fresh page knows nothing of the run but what is on disk.
         goto_studio(page, studio_server.url)
         open_tab(page, "Train")
-        expect(state).to_contain_text(f"Run {run_id} is training", timeout=30_000)
-        expect(field(page, "runs-table")).to_contain_text(run_id, timeout=15_000)
+        expect(state).to_contain_text(f"Run {run_id} is training", timeout=120_000)
+        expect(field(page, "runs-table")).to_contain_text(run_id, timeout=120_000)
         # The chart is rebuilt from the run's events and keeps growing.
         page.wait_for_function(
             "() => { const p = document.querySelector('#train-loss-plot .js-plotly-plot');"
@@ -45,7 +45,7 @@ def test_reload_mid_run_finds_the_run_and_stop_ends_it(studio_page, studio_serve
 
         field(page, "train-stop").click()
         expect(state).to_contain_text(f"Run {run_id} stopped", timeout=RUN_TIMEOUT_MS)
-        expect(field(page, "runs-table")).to_contain_text("stopped", timeout=15_000)
+        expect(field(page, "runs-table")).to_contain_text("stopped", timeout=120_000)
         assert (studio_server.workspace / "runs" / run_id / "adapter").is_dir()
     finally:
         end_runs_of(studio_server.workspace)

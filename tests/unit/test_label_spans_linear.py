@@ -55,5 +55,6 @@ def test_a_5000_turn_chat_previews_in_under_two_seconds(tok):
     floor = time.perf_counter() - t0
     assert p["graded"] > 0 and p["kept"] == p["length"]
     # Under 2 s on an idle machine; on a loaded one the tokenizer's own time on the text sets the pace.
-    assert t_big < max(2.0, 4 * floor), (t_big, floor)
+    # (8x: two pytest workers share the 2 cores, so the floor and the preview may see different loads.)
+    assert t_big < max(2.0, 8 * floor), (t_big, floor)
     assert t_big < 200 * max(t_small, 1e-3)  # 100x the turns; prefix-by-prefix rendering was quadratic
