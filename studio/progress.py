@@ -31,14 +31,19 @@ def shows(text: str, fn: Callable[..., Any], inputs: Optional[Sequence[Any]] = N
     params = [inspect.Parameter(f"arg{i}", inspect.Parameter.POSITIONAL_ONLY) for i in range(n)]
     params.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
 
+    def split(args: tuple) -> tuple:
+        # Gradio passes the tracker after the n inputs; a direct call (a test, another handler) may not.
+        if len(args) > n and callable(args[n]):
+            args[n](0, desc=text)  # 0, not None: Gradio shows no text at all for None
+            return args[:n]
+        return args
+
     if inspect.isgeneratorfunction(fn):
         def wrapper(*args: Any):
-            args[-1](0, desc=text)  # 0, not None: Gradio shows no text at all for None
-            yield from fn(*args[:-1])
+            yield from fn(*split(args))
     else:
         def wrapper(*args: Any):
-            args[-1](0, desc=text)
-            return fn(*args[:-1])
+            return fn(*split(args))
 
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     wrapper.__name__ = getattr(fn, "__name__", "handler")  # Gradio names the API endpoint after it

@@ -213,6 +213,7 @@ def mount_table(ctx: StudioContext) -> None:
     load = gr.Button("Load this run's settings", elem_id="sweep-load")
     status = gr.Markdown(elem_id="sweep-load-status")
     timer = gr.Timer(5.0)
+    timer.ft_role = "sweep-table"  # not one of the Train tab's run timers (tests/unit/test_train_polling.py)
     view = bind(on_view, ctx.workspace)
     refresh.click(view, picker, [picker, table, note], queue=False)
     picker.focus(view, picker, [picker, table, note], queue=False)  # sweeps queued since: in the list
