@@ -19,6 +19,14 @@ from backend.core.catalog import METHODS, OPTIMIZER, OPTIMIZERS
 from backend.core.errors import UserError
 
 
+def _closure_loss(closure: Any) -> Any:
+    """The loss of an optimizer's optional closure, evaluated with gradients on (torch's step protocol)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class Lion(torch.optim.Optimizer):
     """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"): the update is the sign of an
     interpolation of momentum and gradient, so it keeps one state per parameter (AdamW keeps two)."""
@@ -31,10 +39,7 @@ class Lion(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
@@ -63,10 +68,7 @@ class Combined(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for part in self.parts:
             part.step()
         return loss
