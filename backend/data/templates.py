@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 from backend.core.errors import UserError
+from backend.core.io import atomic_write_json
 from backend.core.models import load_tokenizer
 from backend.data import packing, reasoning, tools
 
@@ -697,7 +698,8 @@ def dataset_key(tokenizer, rows: list[dict], data_cfg: Any) -> str:
     return h.hexdigest()[:40]
 
 
-ARROW_FILE = "data.arrow"   # a cached dataset: this Arrow stream (memory-mapped when read) and info.json
+ARROW_FILE = "data.arrow"   # a cached dataset: this Arrow stream (memory-mapped when read) and INFO_FILE
+INFO_FILE = "info.json"     # written last: its presence marks a complete cache entry
 WRITE_ROWS = 1000           # sequences per Arrow record batch
 
 
@@ -819,7 +821,7 @@ def build_sft_dataset(tokenizer, rows: list[dict], data_cfg: Any, cache_dir=None
     import datasets
 
     target = Path(cache_dir) / dataset_key(tokenizer, rows, data_cfg)
-    if (target / "info.json").exists():
+    if (target / INFO_FILE).exists():
         try:
             return datasets.Dataset.from_file(str(target / ARROW_FILE))
         except Exception:  # noqa: BLE001 - a damaged cache is rebuilt
@@ -829,7 +831,7 @@ def build_sft_dataset(tokenizer, rows: list[dict], data_cfg: Any, cache_dir=None
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         _build(tokenizer, rows, data_cfg, tmp, progress)
-        (tmp / "info.json").write_text(__import__("json").dumps({"rows": len(rows), "version": ENCODING_VERSION}))
+        atomic_write_json(tmp / INFO_FILE, {"rows": len(rows), "version": ENCODING_VERSION})
         if target.exists():
             shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)

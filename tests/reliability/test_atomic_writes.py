@@ -179,8 +179,6 @@ PLAIN_WRITES_ALLOWED = {
                                                   "half-written last line is skipped by the reader",
     ("backend/data/health.py", "open(part"): "the de-duplicated copy is written to a hidden .part name and "
                                             "renamed into place once complete; the original is never touched",
-    ("backend/data/templates.py", '"info.json"'): "written into the dataset cache's temp directory, which is "
-                                                  "renamed into place whole",
     ("studio/tabs/dataset.py", "Exclusive"): "an upload copied to a new name (exclusive create); nothing points "
                                              "at it until the copy has returned",
 }
