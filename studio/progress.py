@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 import gradio as gr
 
 
-def _input_count(fn: Callable[..., Any], inputs: Optional[Sequence[Any]]) -> int:
+def _input_count(inputs: Optional[Sequence[Any]]) -> int:
     if inputs is None:
         return 0
     if isinstance(inputs, (list, tuple)):
@@ -27,7 +27,7 @@ def shows(text: str, fn: Callable[..., Any], inputs: Optional[Sequence[Any]] = N
 
     `inputs` are the event's inputs, as given to the listener: they fix how many arguments Gradio
     passes before the progress tracker."""
-    n = _input_count(fn, inputs)
+    n = _input_count(inputs)
     params = [inspect.Parameter(f"arg{i}", inspect.Parameter.POSITIONAL_ONLY) for i in range(n)]
     params.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
 
