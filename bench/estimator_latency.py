@@ -2,6 +2,9 @@
 
     python bench/estimator_latency.py [--model smollm2-135m-instruct] [--repeats 200]
 
+A model never seen is timed twice in a fresh process and workspace: with nothing imported
+(first_estimate_new_model_cold) and after the studio's start-up preload of the estimator's libraries
+(first_estimate_new_model_after_preload: what a user who picks a new model in the Method tab waits).
 The first call for a model builds its meta skeleton (the "first inspection") and stores its counts on
 disk, so a new process pays only imports and a JSON read (first_estimate_new_process_cached_s); every later edit --
 batch size, sequence length, optimizer, precision, checkpointing, LoRA alpha -- should cost only
@@ -93,7 +96,26 @@ def main() -> None:
     # On a shared machine the wall time waits for a CPU; the CPU seconds are what the process itself needed.
     fresh_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
+    # A model never seen (no skeleton on disk, in a fresh workspace): with nothing imported yet, and after
+    # the studio's start-up preload (`skeleton.preload`, run in the background when the studio starts).
+    import tempfile
+    cold_code = ("import json, time; w=time.perf_counter(); c=time.process_time(); import sys; "
+                 "from backend.core.config import RunConfig; from backend.estimator import estimate; "
+                 "from backend.estimator.skeleton import preload; "
+                 "sys.argv[1] == 'preload' and preload(); w1=time.perf_counter(); c1=time.process_time(); "
+                 f"estimate(RunConfig.model_validate({{'model': {model!r}, 'method': {{'name': 'lora'}}}}), gpus=[]); "
+                 "print(json.dumps({'before_s': w1-w, 'estimate_s': time.perf_counter()-w1, "
+                 "'estimate_cpu_s': time.process_time()-c1}))")
+    cold = {}
+    for mode in ("cold", "preload"):
+        with tempfile.TemporaryDirectory() as ws:
+            env = {**os.environ, "FTSTUDIO_WORKSPACE": ws}
+            out = subprocess.run([sys.executable, "-c", cold_code, mode], capture_output=True, text=True, check=True,
+                                 cwd=str(Path(__file__).resolve().parents[1]), env=env).stdout.split("\n")
+            cold[mode] = {k: round(v, 3) for k, v in json.loads(next(x for x in out if x.startswith("{"))).items()}
+
     print(json.dumps({
+        "first_estimate_new_model_cold": cold["cold"], "first_estimate_new_model_after_preload": cold["preload"],
         "model": model, "first_inspection_s": round(first, 3), "update_ms": _ms(updates),
         "rank_change_first_time_ms": _ms(structural), "target_change_first_time_ms": _ms(targets),
         "all_edits_ms": _ms(edits_all), "first_estimate_new_process_cached_s": round(fresh, 3),

@@ -19,11 +19,21 @@ def parse_auth(auth: str | None) -> tuple[str, str] | None:
     return user, password
 
 
-def _quietly(fn, *args) -> None:
+def _quietly(fn, *args, what: str = "preparing the bundled model") -> None:
     try:
         fn(*args)
     except Exception as e:  # noqa: BLE001 - reported again where the model is used
-        print(f"note: preparing the bundled model failed: {e}", file=sys.stderr)
+        print(f"note: {what} failed: {e}", file=sys.stderr)
+
+
+def warm_up() -> None:
+    """What the studio prepares in the background once its tabs are built: the bundled model's conversion,
+    then the estimator's libraries, so a first estimate for a new model waits for arithmetic, not imports."""
+    from backend.core.models import DEFAULT_MODEL, ensure_bundled
+    from backend.estimator.skeleton import preload
+
+    _quietly(ensure_bundled, DEFAULT_MODEL)
+    _quietly(preload, what="loading the estimator's libraries")
 
 
 def _patient_localhost_probe() -> None:
@@ -86,8 +96,7 @@ def launch_from_args(args: argparse.Namespace) -> None:
     # and the build imports parts of it (the trainers' callbacks) that the conversion imports too.
     # Imported here, not at the top: studio.app pulls in gradio and every tab, and both names are
     # looked up at launch time (tests replace studio.app.build_app and models.ensure_bundled).
-    from backend.core.models import DEFAULT_MODEL, ensure_bundled
-    threading.Thread(target=lambda: _quietly(ensure_bundled, DEFAULT_MODEL), daemon=True).start()
+    threading.Thread(target=warm_up, daemon=True).start()
     _patient_localhost_probe()
     demo.queue(default_concurrency_limit=4)
     print(f"Fine-Tune Studio: http://{args.host}:{args.port}  (workspace {workspace})", flush=True)

@@ -5,7 +5,7 @@ Public API: `estimate(cfg, ...) -> Estimate`, and the pure term functions re-exp
 e.g. 7B full fine-tuning in bf16 with AdamW: 14 + 14 + 56 GB before activations).
 """
 from backend.estimator.core import TERMS, Estimate, estimate
-from backend.estimator.lengths import DataLengths, lengths_from
+from backend.estimator.lengths import DataLengths, eta_seconds, lengths_from
 from backend.estimator.skeleton import ModelShape, cached_shape, shape_of
 from backend.estimator.terms import (
     ACTIVATION_FACTOR, ALLOCATOR_RESERVE_FRACTION, CUDA_CONTEXT_BYTES, adafactor_bytes, checkpointed_activation_bytes,
@@ -15,7 +15,7 @@ from backend.estimator.terms import (
 )
 
 __all__ = [
-    "TERMS", "Estimate", "estimate", "DataLengths", "lengths_from", "ModelShape", "cached_shape", "shape_of",
+    "TERMS", "Estimate", "estimate", "DataLengths", "eta_seconds", "lengths_from", "ModelShape", "cached_shape", "shape_of",
     "ACTIVATION_FACTOR", "ALLOCATOR_RESERVE_FRACTION", "CUDA_CONTEXT_BYTES", "adafactor_bytes",
     "checkpointed_activation_bytes", "dora_params", "gradient_bytes", "layer_activation_bytes_per_token",
     "logits_bytes", "lora_params", "nf4_bytes", "optimizer_bytes", "optimizer_state_breakdown",

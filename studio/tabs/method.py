@@ -452,12 +452,40 @@ def on_shortcut(v: MethodView, which: str, model_v, *rest):
     return {v.targets: gr.update(value=list(value or [])), v.all_linear: False}
 
 
+_RATE_TTL_S = 30.0
+_rate_cache: dict[tuple, tuple[float, Any]] = {}
+
+
+def earlier_rate(workspace: Path, rc: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The training speed an earlier run of this model and method measured on this kind of device.
+
+    Looked up at most every 30 s per (model, method): the estimate follows every keystroke, and a new
+    rate appears only when a run finishes."""
+    from backend.core.gpu import list_gpus
+    from backend.runs.rates import measured_rate, rate_json
+
+    model, method = str(rc.get("model") or ""), str(get_path(rc, "method.name") or "")
+    key = (str(workspace), model, method)
+    now = time.monotonic()
+    hit = _rate_cache.get(key)
+    if hit is not None and now - hit[0] < _RATE_TTL_S:
+        return hit[1]
+    try:
+        rate = rate_json(measured_rate(workspace, model, method, "cuda" if list_gpus() else "cpu"))
+    except OSError:
+        rate = None  # an unreadable run is only a missing forecast
+    _rate_cache[key] = (now, rate)
+    return rate
+
+
 def on_state(v: MethodView, rc, card, lengths=None):
     """Reads run_config (any tab may have changed it) and the data's lengths; writes the estimate and the
     data fields shown here."""
     refused = access.policy(v.ctx.workspace).config_problems(rc)
     # The estimate reads the model's config.json: not from a folder the studio may not read.
-    fig, fits, details = (None, next(iter(refused.values())), "") if refused else compute_estimate(rc, card, lengths)
+    rate = earlier_rate(v.ctx.workspace, rc) if lengths and not refused else None
+    fig, fits, details = ((None, next(iter(refused.values())), "") if refused
+                          else compute_estimate(rc, card, lengths, rate))
     return {v.plot: fig, v.fits_md: fits, v.details_md: details, v.batch_md: effective_batch_text(rc),
             v.widgets["data.max_length"]: get_path(rc, "data.max_length"),
             v.widgets["data.packing"]: bool(get_path(rc, "data.packing")), v.speed_md: speed_text(rc)}

@@ -132,10 +132,40 @@ def card_size(text: Any) -> Optional[float]:
     return value
 
 
-def compute_estimate(rc: dict[str, Any], card_gb: Any, lengths: Optional[dict] = None) -> tuple[Any, str, str]:
+def _duration(seconds: float) -> str:
+    minutes = int(round(seconds / 60))
+    if minutes < 1:
+        return "under a minute"
+    h, m = divmod(minutes, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min"
+
+
+def data_plan_text(plan: Optional[dict[str, Any]], rate: Optional[dict[str, Any]] = None) -> str:
+    """What the run trains on (from the measured lengths) and, with a rate an earlier run measured here,
+    how long that takes. Empty without measured lengths: nothing would be honest to say."""
+    if not plan:
+        return ""
+    text = (f"**Data:** {plan['rows']:,} rows, {plan['real_tokens_per_epoch']:,} real tokens per epoch, "
+            f"{plan['efficiency']:.0%} of the token slots filled (the rest is padding); "
+            f"{plan['tokens_to_train']:,} tokens to train ({plan['epochs']:g} epochs).")
+    if rate and rate.get("tokens_per_s"):
+        from backend.estimator import eta_seconds
+
+        eta = eta_seconds(int(plan["tokens_to_train"]), float(rate["tokens_per_s"]))
+        text += (f" At the **{rate['tokens_per_s']:,.0f} tokens/s** that run {rate['run_id']} measured with this model "
+                 f"and method on this {'GPU' if rate.get('device') == 'cuda' else 'CPU'}, training takes about "
+                 f"**{_duration(eta or 0.0)}** (evaluation and saving not counted).")
+    else:
+        text += " The time to train shows here once one run of this model and method has trained on this machine."
+    return text
+
+
+def compute_estimate(rc: dict[str, Any], card_gb: Any, lengths: Optional[dict] = None,
+                     rate: Optional[dict[str, Any]] = None) -> tuple[Any, str, str]:
     """(figure, fits markdown, details markdown) for rc; a sentence instead when rc is not valid.
 
-    lengths: the Dataset tab's measured token lengths; without them the batch is sized at max length."""
+    lengths: the Dataset tab's measured token lengths; without them the batch is sized at max length.
+    rate: `backend.runs.rates.rate_json` of an earlier run, for the time to train."""
     try:
         cfg = validate_config(rc)
     except ConfigError:
@@ -153,4 +183,5 @@ def compute_estimate(rc: dict[str, Any], card_gb: Any, lengths: Optional[dict] =
         return None, str(e), ""
     data = est.to_json()
     fits, details = estimate_summary(data)
-    return estimate_figure(data), fits, details
+    plan = data_plan_text(data.get("data"), rate)
+    return estimate_figure(data), fits, (plan + "\n\n" + details) if plan else details
