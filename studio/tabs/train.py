@@ -135,10 +135,16 @@ def with_message(lv: dict[str, Any], text: str) -> str:
 
 
 def progress_html(series: RunSeries, status: dict[str, Any]) -> str:
+    """The run's bar: its steps, or, before the first step, the data preparation the trainer reports
+    (status.json's `preparing`: tokenizing a large file takes minutes)."""
     total = series.total_steps or status.get("total_steps")
     step = max(series.step, int(status.get("step") or 0))
     frac = min(1.0, step / total) if total else 0.0
     label = f"step {step} / {total}" if total else f"step {step}"
+    preparing = status.get("preparing")
+    if not step and isinstance(preparing, dict) and status.get("state") in rundir.ACTIVE_STATES:
+        frac = min(1.0, max(0.0, float(preparing.get("fraction") or 0.0)))
+        label = f"preparing the data: {html.escape(str(preparing.get('text') or ''))}"
     return (f"<div id='train-progress' style='width:100%;background:#e5e7eb;border-radius:6px;height:22px;"
             f"position:relative'><div style='width:{frac * 100:.1f}%;background:#2563eb;height:100%;"
             f"border-radius:6px'></div><span style='position:absolute;left:8px;top:1px;font-size:0.85em;"

@@ -100,3 +100,15 @@ def test_the_app_wires_every_tab_to_the_train_timers(tmp_path):
     selects = [d for d in demo.fns.values() if any(t[1] == "select" and t[0] in tab_ids for t in d.targets)]
     assert len(selects) == len(tab_ids)
     assert all({o._id for o in d.outputs} == timer_ids for d in selects)
+
+
+def test_the_bar_shows_the_data_preparation_until_the_first_step():
+    from studio.plots import RunSeries
+    from studio.tabs.train import progress_html
+
+    status = {"state": "running", "preparing": {"fraction": 0.42, "text": "tokenizing 420,000 of 1,000,000 rows"}}
+    bar = progress_html(RunSeries(), status)
+    assert "preparing the data: tokenizing 420,000 of 1,000,000 rows (42%)" in bar and "width:42.0%" in bar
+    # Once a step is done (or the run is over) the bar counts steps again.
+    assert "preparing" not in progress_html(RunSeries(), {**status, "step": 3, "total_steps": 10})
+    assert "preparing" not in progress_html(RunSeries(), {**status, "state": "failed"})
