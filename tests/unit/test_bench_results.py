@@ -156,3 +156,15 @@ def test_memory_truth_report_prints_the_median_and_worst_lines(truth):
     assert "CPU estimator worst abs error: 10.0%" in text
     assert "3 of 4 cases measured, 1 failed." in text
     assert "estimator median abs error" in truth.format_report(results, "cuda", "c", "GPU")
+
+
+def test_rewriting_results_md_keeps_the_hand_recorded_measurements(runner):
+    generated = runner.render({}, MACHINE, gpu=None)
+    hand = runner.HAND_MARKER + "\n\n## Measured by hand\n\n`python bench/gpu_speed.py`: 43 tokens/s\n"
+    previous = "# Benchmark results\n\nold generated text\n\n" + hand
+    out = runner.with_hand_sections(generated, previous)
+    assert out.startswith(generated.rstrip("\n")) and out.endswith(hand)
+    assert "old generated text" not in out
+    assert runner.with_hand_sections(generated, "no marker here") == generated
+    # The shipped RESULTS.md has the marker, so `run_cpu.py --report-only` cannot drop its hand sections.
+    assert runner.HAND_MARKER in (REPO / "bench" / "RESULTS.md").read_text(encoding="utf-8")
