@@ -88,3 +88,21 @@ def test_the_estimate_carries_the_rotations_and_boft_buffers(tiny_model_dir):
     # Without checkpointing every block keeps its rotation until backward.
     assert estimate(cfg("oft", gradient_checkpointing=False)).terms_bytes["activations"] > \
         oft.terms_bytes["activations"]
+
+
+@pytest.mark.parametrize("name", ["oft", "boft"])
+def test_the_closed_form_agrees_with_a_traced_step(tiny_model_dir, name):
+    """One real step traced on fake tensors (estimator.precise): the activations and BOFT's buffers that the
+    closed form adds for the rotations are what the trace holds."""
+    from backend.core.config import RunConfig
+    from backend.estimator.precise import compare
+
+    cfg = RunConfig.model_validate({
+        "model": str(tiny_model_dir), "method": {"name": name, "oft_block_size": 16, "target_modules": "all-linear"},
+        "train": {"batch_size": 4, "gradient_checkpointing": False}, "data": {"max_length": 128}})
+    result = compare(cfg)
+    closed, traced = result["closed_form_terms_bytes"], result["precise"]["peak_breakdown_bytes"]
+    assert abs(closed["activations"] / traced["activations"] - 1) < 0.15, (closed, traced)
+    assert abs(result["closed_vs_precise_error"]) < 0.03, result
+    if name == "boft":  # per block: six linears reading 64 features and down_proj reading 128
+        assert abs(traced["buffers"] - 2 * 4 * (6 * 64 * 64 + 128 * 128)) < 1024
