@@ -58,8 +58,8 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     _m("qlora", "QLoRA (4-bit base)", "hybrid",
        ("LoRA on a base loaded in 4-bit NF4: choose it when the model does not fit in 16-bit (a 7B model "
         "on a 24 GB card); about 4x less weight memory, somewhat slower steps. Needs bitsandbytes."),
-       params=LORA_PARAMS + ("quant_type", "double_quant", "compute_dtype", "lora_init"), uses_peft=True, quantized=True,
-       lora_family=True, unquantized="lora"),
+       params=LORA_PARAMS + ("quant_type", "double_quant", "compute_dtype", "lora_init"), uses_peft=True,
+       quantized=True, lora_family=True, unquantized="lora"),
     _m("dora", "DoRA", "reparameterization",
        ("LoRA that learns each weight's magnitude and direction separately: often more stable and closer "
         "to full fine-tuning at low ranks, at roughly 1.2-2x LoRA's step time and a little more memory."),

@@ -132,3 +132,11 @@ def test_the_trainer_trains_and_saves_an_adapter_that_reloads(tiny_model_dir, tm
     assert logits(reloaded).isfinite().all()
     assert not torch.allclose(logits(reloaded), logits(load_causal_lm(str(tiny_model_dir), dtype=torch.float32)),
                               atol=1e-4)
+
+
+def test_gpt2_style_conv1d_layers_are_refused_with_a_sentence():
+    from transformers import GPT2Config
+
+    cfg = RunConfig(method={"name": "oft", "oft_block_size": 8, "target_modules": "all-linear"})
+    problems = validate_for_model(cfg, GPT2Config(n_layer=2, n_embd=64, n_head=4))
+    assert "Conv1D" in problems["method.target_modules"] and "LoRA" in problems["method.target_modules"]
