@@ -33,6 +33,7 @@ class MethodInfo:
     reward_model: bool = False   # can train a reward model (its score head trains too)
     qlora_switch: bool = False   # switching to QLoRA keeps the run meaningful (the estimator suggests it)
     kv_prefix: bool = False      # virtual tokens live as key/value prefixes, not as input embeddings
+    orthogonal: bool = False     # rotates each adapted linear's input by a learned orthogonal matrix (OFT, BOFT)
     unquantized: Optional[str] = None  # the same structure without quantization (QLoRA -> LoRA)
 
 
@@ -57,7 +58,8 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     _m("qlora", "QLoRA (4-bit base)", "hybrid",
        ("LoRA on a base loaded in 4-bit NF4: choose it when the model does not fit in 16-bit (a 7B model "
         "on a 24 GB card); about 4x less weight memory, somewhat slower steps. Needs bitsandbytes."),
-       params=LORA_PARAMS + ("quant_type", "double_quant", "compute_dtype",), uses_peft=True, quantized=True, lora_family=True, unquantized="lora"),
+       params=LORA_PARAMS + ("quant_type", "double_quant", "compute_dtype", "lora_init"), uses_peft=True,
+       quantized=True, lora_family=True, unquantized="lora"),
     _m("dora", "DoRA", "reparameterization",
        ("LoRA that learns each weight's magnitude and direction separately: often more stable and closer "
         "to full fine-tuning at low ranks, at roughly 1.2-2x LoRA's step time and a little more memory."),
@@ -89,6 +91,17 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
         "shifted sparse attention (S²-Attn: attention in groups, full attention at inference) where the "
         "model allows it; costs the embedding matrix's gradients and optimizer states on top of LoRA."),
        params=LORA_PARAMS + ("s2_attn_group_ratio",), uses_peft=True, quantized=False),
+    _m("oft", "OFT (orthogonal fine-tuning)", "reparameterization",
+       ("Learns a block-diagonal rotation of each chosen layer's input, so the weights keep their singular values "
+        "(their 'energy'): less forgetting than LoRA at a similar size; the layers' input widths must divide by "
+        "the block size."),
+       params=("oft_block_size", "oft_cayley_neumann", "target_modules"), uses_peft=True, quantized=False,
+       orthogonal=True),
+    _m("boft", "BOFT (orthogonal butterfly)", "reparameterization",
+       ("OFT with an exact rotation plus a learned scale per output, built as one full input-by-input matrix per "
+        "layer each step: more memory than OFT (that matrix and its buffers per adapted layer), one butterfly "
+        "factor here."),
+       params=("oft_block_size", "target_modules"), uses_peft=True, quantized=False, orthogonal=True),
     _m("ia3", "IA³ (scaling vectors)", "additive",
        ("Learns one scaling vector each for keys, values and the feed-forward layer: the fewest trainable"
         " parameters of the adapter methods (about 0.01%) and very cheap, but less capacity than LoRA."),
@@ -245,6 +258,7 @@ class LoraInitInfo:
     help: str
     peft_value: object           # LoraConfig.init_lora_weights
     changes_base: bool = False   # the method moves part of the base weights into the adapter at the start
+    quantized_base: bool = False  # meaningful only on a 4-bit base (QLoRA): it starts from the quantization error
 
 
 # How a LoRA-family adapter starts (PEFT's init_lora_weights).
@@ -258,7 +272,21 @@ LORA_INITS: dict[str, LoraInitInfo] = {x.name: x for x in (
                  ("A and B start from a QR decomposition of the weight, the base keeps the rest: steadier early "
                   "training. The saved adapter is converted so it applies to the original base."),
                  "olora", changes_base=True),
+    LoraInitInfo("loftq", "LoftQ (quantization-aware, QLoRA)",
+                 ("A and B start from the largest part of the 4-bit base's quantization error (W minus the dequantized "
+                  "weight), so base plus adapter begin closer to the original weights: QLoRA only."),
+                 True, quantized_base=True),
 )}
+
+
+def lora_inits_for(method: str) -> tuple[str, ...]:
+    """The adapter starts that mean something for a method: LoftQ needs a 4-bit base, and PiSSA/OLoRA decompose
+    16-bit weights, which a 4-bit base does not have; empty for a method without the field."""
+    info = METHODS.get(method)
+    if info is None or "lora_init" not in info.params:
+        return ()
+    return tuple(n for n, x in LORA_INITS.items()
+                 if not (x.quantized_base and not info.quantized) and not (x.changes_base and info.quantized))
 
 
 @dataclass(frozen=True)

@@ -66,8 +66,15 @@ class MethodConfig(Strict):
     s2_attn_group_ratio: float = Field(0.25, gt=0, le=1, description=(
         "LongLoRA: attention group size as a share of the sequence length while training (1.0 turns S²-Attn off)."))
     lora_init: Literal[LORA_INITS] = Field("default", description=(
-        "LoRA/DoRA/rsLoRA: how the adapter starts; PiSSA and OLoRA start from the weights' own decomposition "
-        "(the saved adapter is converted to apply to the original base)."))
+        "LoRA/DoRA/rsLoRA/QLoRA: how the adapter starts; PiSSA and OLoRA start from the weights' own decomposition "
+        "(the saved adapter is converted to apply to the original base), LoftQ (QLoRA only) from the 4-bit "
+        "base's quantization error."))
+    oft_block_size: int = Field(32, ge=2, le=4096, description=(
+        "OFT/BOFT: size of each orthogonal block; every adapted layer's input width must divide by it (larger: "
+        "more capacity and parameters, about width x block / 2 per layer for OFT)."))
+    oft_cayley_neumann: bool = Field(True, description=(
+        "OFT: build the rotation with a Neumann series instead of a matrix inverse (faster; orthogonal up to a small "
+        "error that grows with the rotation); off: the exact Cayley transform."))
 
     @field_validator("target_modules")
     @classmethod

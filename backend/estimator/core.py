@@ -18,7 +18,7 @@ from backend.core.precision import PrecisionPlan, plan_for
 from backend.estimator import online, terms as T
 from backend.estimator.lengths import DataLengths
 from backend.estimator.plan import method_flags, model_config_of
-from backend.estimator.skeleton import ModelShape, cached_shape
+from backend.estimator.skeleton import ModelShape, cached_shape, targeted_linears
 
 # Objectives whose TRL trainer uses the fused (chunked) LM head; the others materialize full logits.
 TERMS = ("weights", "gradients", "optimizer", "activations", "logits", "overhead")
@@ -207,6 +207,9 @@ def _activations(cfg: Any, shape: ModelShape, plan: PrecisionPlan, device: str =
                                                   adapter_dropout=dropout, **common)
     per_frozen = T.layer_activation_bytes_per_token(base_trainable=False, adapter_in_features=adapter_in,
                                                     adapter_dropout=dropout, **common)
+    orth_token, orth_step = _orthogonal_per_layer(cfg, shape, c)
+    per_full += orth_token
+    per_frozen += orth_token
     recorded = range(shape.lowest_grad_layer, shape.layers)
     n_full = sum(1 for i in recorded if i in set(shape.trained_layers))
     n_frozen = len(recorded) - n_full
@@ -224,6 +227,13 @@ def _activations(cfg: Any, shape: ModelShape, plan: PrecisionPlan, device: str =
                f" + {n_frozen} frozen blocks x {T.fmt_bytes(per_frozen)} per token)")
     acts += int(tokens * head) + mask
     extras = []
+    if orth_step and len(recorded):
+        # Rebuilt each forward; with checkpointing only the recomputed block holds its rotation at a time.
+        blocks = 1 if cfg.train.gradient_checkpointing else len(recorded)
+        rot = int(orth_step * blocks)
+        acts += rot
+        extras.append(f"{METHODS[cfg.method.name].title.split(' (')[0]} rotations built in the forward pass "
+                      f"{blocks} x {T.fmt_bytes(orth_step)} = {T.fmt_bytes(rot)}")
     if plan.quantized:
         buf = int(shape.largest_linear * c)
         acts += buf
@@ -282,6 +292,24 @@ def _activations(cfg: Any, shape: ModelShape, plan: PrecisionPlan, device: str =
     return acts, text, logits, ltext
 
 
+def _orthogonal_per_layer(cfg: Any, shape: ModelShape, compute_bytes: float) -> tuple[float, float]:
+    """OFT/BOFT's saved bytes per token and per step, for the average block (terms.orthogonal_saved_bytes)."""
+    if not METHODS[cfg.method.name].orthogonal:
+        return 0.0, 0.0
+    layers = max(shape.layers, 1)
+    adapted = [(i, o) for _, i, o, _ in targeted_linears(shape, cfg.method.target_modules)]
+    kind = "boft" if cfg.method.name == METHOD.boft else "oft"
+    per_token, per_step = T.orthogonal_saved_bytes(kind, adapted, cfg.method.oft_block_size, compute_bytes,
+                                                   neumann=cfg.method.oft_cayley_neumann)
+    return per_token / layers, per_step / layers
+
+
+def _boft_buffers(cfg: Any, shape: ModelShape) -> int:
+    if cfg.method.name != METHOD.boft:
+        return 0
+    return T.boft_buffer_bytes([i for _, i, _, _ in targeted_linears(shape, cfg.method.target_modules)])
+
+
 def _world(cfg: Any) -> int:
     return cfg.distributed.gpus * cfg.distributed.nodes
 
@@ -302,6 +330,11 @@ def _compute(cfg: Any, shape: ModelShape, device: str = "cuda", lengths: Optiona
         # states in the optimizer (counted there: 12 B per parameter), so the model holds 16-bit weights.
         plan = dataclasses.replace(plan, trainable=plan.compute, fp32_master_weights=False)
     weights, wf, wparts = _weights(shape, plan, cfg.method.double_quant)
+    buffers = _boft_buffers(cfg, shape)
+    if buffers:
+        weights += buffers
+        wf += f" + BOFT's fp32 in x in permutation buffer per adapted layer {T.fmt_bytes(buffers)}"
+        wparts.append(_part("BOFT permutation buffers", buffers // 4, "fp32", buffers))
     grads, gf, gparts = _gradients(shape, plan)
     opt, of, temps, oparts = _optimizer(shape, plan, cfg.train.optimizer, strategy, device)
     acts, af, logits, lf = _activations(cfg, shape, plan, device, lengths, liger=speed["liger_kernel"].on)

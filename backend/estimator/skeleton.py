@@ -21,7 +21,7 @@ from backend.core.config import RunConfig
 
 # Method fields that never change which parameters exist or train.
 _NOT_STRUCTURAL = {"alpha", "dropout", "loraplus_lr_ratio", "compute_dtype", "quant_type", "double_quant",
-                   "prompt_init_text", "unfreeze_every"}
+                   "prompt_init_text", "unfreeze_every", "oft_cayley_neumann"}
 _LAYER_RE = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
 _OUTPUT_PROJECTIONS = {"o_proj", "out_proj", "dense", "c_proj", "down_proj", "fc2", "wo", "w2", "dense_4h_to_h"}
 
@@ -267,6 +267,14 @@ def _targeted(name: str, targets: Any) -> bool:
     return name in targets or any(name.endswith("." + t) for t in targets)
 
 
+def targeted_linears(shape: ModelShape, targets: Any) -> list[tuple[str, int, int, bool]]:
+    """The bare model's linear layers (name, in, out, is head) a target list picks by PEFT's rule; 'all-linear'
+    is every linear but the output head."""
+    if targets == "all-linear":
+        return [ln for ln in shape.linears if not ln[3]]
+    return [ln for ln in shape.linears if _targeted(ln[0], list(targets))]
+
+
 def derived_lora_shape(model_config: Any, cfg: Any) -> Optional[ModelShape]:
     """A LoRA skeleton for any rank and target modules, counted from the shapes of the model's linear
     layers in the one probe skeleton (rank 1, all linear layers), without applying PEFT again; None
@@ -286,13 +294,9 @@ def derived_lora_shape(model_config: Any, cfg: Any) -> Optional[ModelShape]:
     base = cached_shape(model_config, probe)
     if base.adapter_frozen or not base.linears:
         return None
-    if m.target_modules == "all-linear":
-        chosen = [ln for ln in base.linears if not ln[3]]  # PEFT leaves the output head out
-    else:
-        targets = list(m.target_modules)
-        if any(_targeted(n, targets) for n in base.other_leaves):
-            return None  # an embedding or another layer PEFT wraps differently: build it
-        chosen = [ln for ln in base.linears if _targeted(ln[0], targets)]
+    if m.target_modules != "all-linear" and any(_targeted(n, list(m.target_modules)) for n in base.other_leaves):
+        return None  # an embedding or another layer PEFT wraps differently: build it
+    chosen = targeted_linears(base, m.target_modules)
     if not chosen:
         return None  # PEFT refuses the target set; building it gives its own message
     r = int(m.r)

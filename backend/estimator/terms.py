@@ -250,6 +250,41 @@ def layer_activation_bytes_per_token(
     return factor * (norms + attn + mlp + adapters)
 
 
+# What OFT/BOFT add to a block's saved tensors, counted with torch's saved-tensor hooks on PEFT 0.21's layers
+# (tests/unit/test_estimator_orthogonal.py holds the counts to these formulas). Both build their rotation from
+# batches of b x b blocks (in x b values per adapted linear) each forward: OFT's Neumann series keeps four (the
+# skew matrix, its square and cube, the rotation), the exact Cayley transform (OFT's option, BOFT always) three
+# (the LU factors, the skew matrix, the solution).
+NEUMANN_SAVED_BLOCK_BATCHES = 4
+CAYLEY_SAVED_BLOCK_BATCHES = 3
+# BOFT then makes the rotation one in x in matrix and keeps the identity it multiplies and that matrix; in 16
+# bits also the permutation buffer's cast copy.
+BOFT_SAVED_SQUARES = 2
+
+
+def orthogonal_saved_bytes(kind: str, adapted: list[tuple[int, int]], block: int, compute_bytes: float,
+                           neumann: bool = True) -> tuple[float, float]:
+    """(bytes per token, bytes per step) that one block's OFT or BOFT adapters save for backward.
+
+    `adapted` is the (in, out) features of the block's adapted linears. Per token both keep each adapted
+    linear's input for the rotation's gradient; BOFT also keeps the base layer's output, which its learned
+    per-output scale multiplies. Per step (independent of the batch) they keep their block batches, and BOFT
+    its in x in matrices."""
+    c = compute_bytes
+    batches = NEUMANN_SAVED_BLOCK_BATCHES if kind == "oft" and neumann else CAYLEY_SAVED_BLOCK_BATCHES
+    blocks = sum(batches * i * block * c for i, _ in adapted)
+    if kind == "boft":
+        squares = BOFT_SAVED_SQUARES + (1 if c < 4 else 0)
+        return sum(i + o for i, o in adapted) * c, blocks + sum(squares * i * i * c for i, _ in adapted)
+    return sum(i for i, _ in adapted) * c, blocks
+
+
+def boft_buffer_bytes(in_features: list[int]) -> int:
+    """PEFT's BOFT keeps an fp32 in x in permutation matrix (the identity with one butterfly factor) as a buffer of
+    every adapted linear, for the whole run."""
+    return sum(4 * i * i for i in in_features)
+
+
 def checkpointed_activation_bytes(layers_recorded: int, tokens: int, hidden: int, compute_bytes: float,
                                   one_layer_bytes: float) -> int:
     """Gradient checkpointing keeps each block's input and recomputes one block at a time."""

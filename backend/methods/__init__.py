@@ -16,6 +16,7 @@ from backend.methods.inspect import ModelInfo, inspect_model, target_shortcuts
 from backend.methods import full as _full  # noqa: E402,F401
 from backend.methods import lora as _lora  # noqa: E402,F401
 from backend.methods import reparam as _reparam  # noqa: E402,F401
+from backend.methods import orthogonal as _orthogonal  # noqa: E402,F401
 from backend.methods import additive as _additive  # noqa: E402,F401
 from backend.methods import adapters as _adapters  # noqa: E402,F401
 from backend.methods import prompt as _prompt  # noqa: E402,F401

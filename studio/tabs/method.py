@@ -99,6 +99,13 @@ def with_fields(rc: dict[str, Any], model: str, method: str, targets: list[str],
     return out
 
 
+def lora_init_choices(method: str, current: Any = None) -> list[str]:
+    """The adapter starts the method offers (LoftQ on QLoRA's 4-bit base, PiSSA/OLoRA on 16-bit ones); a current
+    value it does not offer stays listed, so its sentence shows at the field."""
+    offered = list(catalog.lora_inits_for(method)) or list(catalog.LORA_INITS)
+    return offered + ([current] if current and current not in offered else [])
+
+
 def shown_fields(method: str) -> set[str]:
     spec = METHODS.get(method)
     return {f"method.{p}" for p in spec.params} if spec else set()
@@ -156,7 +163,12 @@ def _widget(path: str, value: Any, options: Optional[list] = None) -> gr.compone
 
 def _field(path: str, rc: dict[str, Any], visible: bool = True, options: Optional[list] = None) -> tuple[Any, Any, Any]:
     with gr.Column(visible=visible, min_width=160, elem_id=f"method-col-{path.replace('.', '-')}") as col:
-        widget = _widget(path, get_path(rc, path), options)
+        if path == "method.lora_init":  # only the starts the chosen method can use
+            options_now = lora_init_choices(get_path(rc, "method.name"), get_path(rc, path))
+            widget = gr.Dropdown(choices=options_now, value=get_path(rc, path), label=label_of(path),
+                                 info=field_info(path).description)
+        else:
+            widget = _widget(path, get_path(rc, path), options)
         if path in CHOICE_HELP_FIELDS:  # the chosen loss / adapter start / optimizer, in a sentence
             hint = gr.Markdown(choice_help(path, get_path(rc, path)), elem_classes=["ft-help"],
                                elem_id=f"method-help-{path.replace('.', '-')}")
@@ -224,7 +236,8 @@ class MethodView:
     @property
     def edit_outputs(self) -> set:
         return {self.ctx.run_config, self.help_md, self.objective_md, self.more_box, self.batch_md, self.targets_box,
-                self.errors_md, *self.errs.values(), *(self.cols[p] for p in METHOD_FIELDS)}
+                self.errors_md, *self.errs.values(), *(self.cols[p] for p in METHOD_FIELDS),
+                self.widgets["method.lora_init"]}
 
     @property
     def inspect_inputs(self) -> list:
@@ -389,6 +402,8 @@ def on_edit(v: MethodView, *args):
            v.targets_box: gr.update(visible="method.target_modules" in shown_now)}
     for path in METHOD_FIELDS:
         out[v.cols[path]] = gr.update(visible=path in shown_now)
+    out[v.widgets["method.lora_init"]] = gr.update(choices=lora_init_choices(rc["method"]["name"],
+                                                                             get_path(rc, "method.lora_init")))
     out.update(error_updates(v, errors, rc["method"]["name"]))
     return out
 

@@ -40,7 +40,18 @@ def test_only_the_chosen_methods_fields_are_shown():
     assert shown_fields("lora") == {"method.r", "method.alpha", "method.dropout", "method.target_modules",
                                     "method.lora_init"}
     assert "method.loraplus_lr_ratio" in shown_fields("loraplus")
-    assert "method.lora_init" not in shown_fields("qlora")  # PiSSA/OLoRA need the unquantized weights
+    assert "method.lora_init" in shown_fields("qlora")  # for LoftQ
+    assert shown_fields("oft") == {"method.oft_block_size", "method.oft_cayley_neumann", "method.target_modules"}
+    assert shown_fields("boft") == {"method.oft_block_size", "method.target_modules"}
+
+
+def test_each_method_offers_only_the_adapter_starts_that_fit_it():
+    from studio.tabs.method import lora_init_choices
+
+    # PiSSA/OLoRA decompose 16-bit weights; LoftQ fits a 4-bit base's quantization error.
+    assert lora_init_choices("lora") == ["default", "pissa", "olora"]
+    assert lora_init_choices("qlora") == ["default", "loftq"]
+    assert lora_init_choices("qlora", "pissa") == ["default", "loftq", "pissa"]  # kept so its sentence shows
     assert shown_fields("full") == set()
 
 
