@@ -8,6 +8,8 @@ ways, each in a process of its own so that its peak RSS is its own:
 
 - studio: `build_sft_dataset` with the Arrow cache (render, label spans, streamed to disk), with
   `--procs` worker processes (1 = single-process, the comparison the issue asks for);
+- spill: the same, with the normalized rows on disk (`load_rows(..., spill=DIR)`), as a training run
+  reads them: memory holds neither the file nor its rows;
 - floor: the fast tokenizer alone on the texts the studio renders (rendering not timed);
 - trl: TRL's `SFTTrainer` dataset preparation of the `messages` rows with assistant-only loss.
 
@@ -75,12 +77,14 @@ def stage(name: str, path: str, model: str, procs: int) -> dict:
 
     tok = get_tokenizer(model)
     t0 = time.perf_counter()
-    ds = load_rows(path)
+    # spill: the rows on disk, memory-mapped (backend.data.rowstore), as a training run reads them.
+    spill = tempfile.mkdtemp(prefix="bench-rows-") if name == "spill" else None
+    ds = load_rows(path, spill=spill)
     out = {"load_s": round(time.perf_counter() - t0, 3), "rows": len(ds.rows), "rss_after_load_mb": _rss_mb()}
     cfg = DataConfig(path=path, max_length=512, template=TEMPLATE)
     # Warm-up outside the timing: the one-off imports (datasets, pyarrow) and template compilation.
     warm = ds.rows[:100]
-    if name == "studio":
+    if name in ("studio", "spill"):
         with tempfile.TemporaryDirectory() as cache:
             build_sft_dataset(tok, warm, cfg, cache_dir=cache)
         with tempfile.TemporaryDirectory() as cache:

@@ -20,7 +20,8 @@ import json
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
 
 from backend.core.errors import UserError
 from backend.data import reasoning, sources, tools
@@ -55,7 +56,7 @@ class LoadedDataset:
     path: str
     format: str
     source_format: str
-    rows: list[dict]
+    rows: Sequence[dict]   # a list, or a backend.data.rowstore.RowStore when the rows were spilled to disk
     columns: list[str]
     mapping: dict[str, str]
     errors: list[RowError]
@@ -457,13 +458,16 @@ def _row_chars(value: Any) -> int:
 
 
 def load_rows(path: str, mapping: dict[str, str] | None = None, format: str = "auto",
-              skip_bad_rows: bool = True, keep_all: bool = True, budget: Optional[Budget] = None) -> LoadedDataset:
+              skip_bad_rows: bool = True, keep_all: bool = True, budget: Optional[Budget] = None,
+              spill: Optional[Path] = None) -> LoadedDataset:
     """Read, detect and normalize a dataset file. Raises UserError with a sentence when unusable.
 
     The file is read a record at a time and each record is normalized as it comes, so memory holds the
     normalized rows, not the file. With keep_all=False (a look at the data, not a training) only the first
     FTSTUDIO_DATA_KEEP_MB of row text is kept: every later row is still checked and counted (`total`), and
-    the read stops after FTSTUDIO_DATA_SECONDS (or the `budget` given) with a note saying where."""
+    the read stops after FTSTUDIO_DATA_SECONDS (or the `budget` given) with a note saying where.
+    With `spill` (a folder; training uses it) the normalized rows go to a memory-mapped file there
+    instead (`rowstore.RowStore`), so memory holds neither the file nor its rows."""
     if budget is None and not keep_all:
         budget = Budget(look_seconds())
     stream = sources.open_source(path, budget)  # a file, a folder, a save_to_disk folder or a hub id
@@ -497,8 +501,15 @@ def load_rows(path: str, mapping: dict[str, str] | None = None, format: str = "a
     columns = _columns(head)
     fmt, source, mapping = _resolve_layout(head, columns, mapping, format)
     left, prose = unused_columns(head, columns, mapping)
-    rows: list[dict] = []
-    lines: list[int] = []
+    writer = None
+    if spill is not None:
+        from array import array
+
+        from backend.data.rowstore import RowWriter
+
+        writer = RowWriter(spill)
+    rows: Any = writer if writer is not None else []
+    lines: Any = array("q") if writer is not None else []
     usable = 0
     held, limit = 0, (None if keep_all else keep_bytes())
 
@@ -517,16 +528,23 @@ def load_rows(path: str, mapping: dict[str, str] | None = None, format: str = "a
         rows.append(row)
         lines.append(line)
 
-    for line, rec in head:
-        take(line, rec)
-    del head
-    for item in items:
-        if isinstance(item, RowError):
-            read_bad += 1
-            problem(item)
-        else:
-            read_ok += 1
-            take(*item)
+    try:
+        for line, rec in head:
+            take(line, rec)
+        del head
+        for item in items:
+            if isinstance(item, RowError):
+                read_bad += 1
+                problem(item)
+            else:
+                read_ok += 1
+                take(*item)
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
+    if writer is not None:
+        rows = writer.finish()  # an error below drops the store, and its file with it
     errors.sort(key=lambda e: e.line)
     if errors and not skip_bad_rows:
         more = f" ({bad - 1} more row(s) have problems too)" if bad > 1 else ""
@@ -558,25 +576,34 @@ def split_sizes(n: int, validation_split: float) -> tuple[int, int]:
     return n - n_val, n_val
 
 
-def split_rows(rows: list[dict], validation_split: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Seeded shuffle, then hold out round(n * split) rows (at least one when asked and possible)."""
+def split_rows(rows: Sequence[dict], validation_split: float, seed: int) -> tuple[Sequence[dict], Sequence[dict]]:
+    """Seeded shuffle, then hold out round(n * split) rows (at least one when asked and possible).
+
+    Both parts keep the file's order. Rows on disk (a RowStore) split into two views of the same file,
+    holding the same rows as a list would."""
     n = len(rows)
     n_val = split_sizes(n, validation_split)[1]
     if not n_val:
-        return list(rows), []
+        return (rows if not isinstance(rows, list) else list(rows)), []
     order = list(range(n))
     random.Random(seed).shuffle(order)
     val_idx = set(order[:n_val])
+    if not isinstance(rows, list) and hasattr(rows, "view"):
+        return (rows.view([i for i in range(n) if i not in val_idx]), rows.view(sorted(val_idx)))
     train = [r for i, r in enumerate(rows) if i not in val_idx]
     val = [r for i, r in enumerate(rows) if i in val_idx]
     return train, val
 
 
-def load_for_training(data_cfg: Any, seed: int) -> tuple[LoadedDataset, list[dict], list[dict]]:
-    """The training rows and validation rows a run uses: a separate file if set, else a seeded split."""
-    loaded = load_rows(data_cfg.path, data_cfg.mapping, data_cfg.format, data_cfg.skip_bad_rows)
+def load_for_training(data_cfg: Any, seed: int, spill: Optional[Path] = None
+                      ) -> tuple[LoadedDataset, Sequence[dict], Sequence[dict]]:
+    """The training rows and validation rows a run uses: a separate file if set, else a seeded split.
+
+    spill: a folder for the rows on disk (see load_rows); the run's memory then holds neither."""
+    loaded = load_rows(data_cfg.path, data_cfg.mapping, data_cfg.format, data_cfg.skip_bad_rows, spill=spill)
     if data_cfg.validation_path:
-        val = load_rows(data_cfg.validation_path, data_cfg.mapping, loaded.format, data_cfg.skip_bad_rows)
-        return loaded, list(loaded.rows), list(val.rows)
+        val = load_rows(data_cfg.validation_path, data_cfg.mapping, loaded.format, data_cfg.skip_bad_rows,
+                        spill=spill)
+        return loaded, loaded.rows, val.rows
     train, val = split_rows(loaded.rows, data_cfg.validation_split, seed)
     return loaded, train, val

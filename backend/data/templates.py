@@ -22,6 +22,7 @@ from backend.core.errors import UserError
 from backend.core.io import atomic_write_json
 from backend.core.models import load_tokenizer
 from backend.data import packing, reasoning, tools
+from backend.data.rowstore import row_bytes
 
 IGNORE = -100
 
@@ -691,9 +692,13 @@ def dataset_key(tokenizer, rows: list[dict], data_cfg: Any) -> str:
                                        str(getattr(tokenizer, "chat_template", "")), tokenizer.bos_token,
                                        tokenizer.eos_token, tokenizer.pad_token]}, sort_keys=True,
                         default=str).encode())
-    dumps = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str).encode
+    if hasattr(rows, "raw_rows"):  # rows on disk are stored as exactly these bytes: no decode, same key
+        for raw in rows.raw_rows():
+            h.update(raw)
+            h.update(b"\n")
+        return h.hexdigest()[:40]
     for row in rows:
-        h.update(dumps(row).encode())
+        h.update(row_bytes(row))
         h.update(b"\n")
     return h.hexdigest()[:40]
 

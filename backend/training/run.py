@@ -111,7 +111,10 @@ def build_datasets(cfg, tokenizer, cache: Optional[Path] = None, progress=None):
         from backend.objectives.trainers import build_alignment_datasets
 
         return build_alignment_datasets(cfg, tokenizer)  # TRL tokenizes these itself (GRPO/RLOO: prompts only)
-    loaded, train_rows, val_rows = load_for_training(cfg.data, cfg.train.seed)
+    # The normalized rows go to a memory-mapped file beside the dataset cache (removed when the run ends),
+    # so a file of millions of rows trains with the memory of a few batches.
+    spill = None if cache is None else Path(cache).parent / "rows"
+    loaded, train_rows, val_rows = load_for_training(cfg.data, cfg.train.seed, spill=spill)
     if not train_rows:
         raise UserError(f"The training file {cfg.data.path} has no usable rows; check it in the Dataset tab.")
     note(f"Data: {len(train_rows)} training rows, {len(val_rows)} validation rows "
