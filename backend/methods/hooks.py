@@ -46,6 +46,10 @@ def total_training_steps(cfg: Any) -> int:
     if t.max_steps:
         return int(t.max_steps)
 
-    _, train_rows, _ = load_for_training(cfg.data, t.seed)
+    import tempfile
+    from pathlib import Path
+
+    # Only the count is needed: the rows go to a file on disk (removed at once), not into memory.
+    _, train_rows, _ = load_for_training(cfg.data, t.seed, spill=Path(tempfile.gettempdir()) / "ftstudio-rows")
     per_step = t.batch_size * t.gradient_accumulation * cfg.distributed.gpus * cfg.distributed.nodes
     return max(1, math.ceil(max(len(train_rows), 1) / per_step) * math.ceil(t.epochs))
