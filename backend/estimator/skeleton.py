@@ -117,6 +117,10 @@ def shape_of(model_config: Any, cfg: Any) -> ModelShape:
 
     dims = _config_dims(model_config)
     model = build_meta_model(model_config, cfg.trust_remote_code)
+    if _trained_tokens(cfg):
+        from backend.methods.tokens import add_meta_tokens
+
+        add_meta_tokens(model, cfg)  # grown before the base is listed: the larger matrices are the base's
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
     linear_weight_ids = {id(mod.weight) for name, mod in model.named_modules()
@@ -262,6 +266,14 @@ _PROBE_RANK = 1
 _PROBE_TARGETS = "all-linear"  # every model has linear layers, so the probe always builds
 
 
+def _trained_tokens(cfg: Any) -> list[str]:
+    # backend.methods.tokens.trained_tokens without importing torch: a method that cannot train added tokens is
+    # refused at the field, and its estimate is the one without them.
+    data = getattr(cfg, "data", None)
+    tokens = list(getattr(data, "add_special_tokens", None) or [])
+    return tokens if METHODS[cfg.method.name].new_tokens else []
+
+
 def _targeted(name: str, targets: Any) -> bool:
     """PEFT's rule for a list of target names: the module's name, or its last dotted parts."""
     return name in targets or any(name.endswith("." + t) for t in targets)
@@ -277,8 +289,8 @@ def derived_lora_shape(model_config: Any, cfg: Any) -> Optional[ModelShape]:
     sets and ranks.
     """
     m = cfg.method
-    if m.name not in _RANK_LINEAR:
-        return None
+    if m.name not in _RANK_LINEAR or _trained_tokens(cfg):
+        return None  # added tokens' rows: the skeleton is built with them (PEFT's trainable tokens)
     if int(m.r) == _PROBE_RANK and m.target_modules == _PROBE_TARGETS:
         return None
     probe = cfg.model_copy(update={"method": m.model_copy(update={"r": _PROBE_RANK,
@@ -324,6 +336,9 @@ def cached_shape(model_config: Any, cfg: Any) -> ModelShape:
     """
     method = json.loads(structural_method_key(cfg.method))
     build = {"model": cfg.model, "trust_remote_code": cfg.trust_remote_code, "method": method}
+    tokens = _trained_tokens(cfg)
+    if tokens:  # the grown embedding rows and the trained ones (key unchanged for runs that add none)
+        build["data"] = {"add_special_tokens": tokens}
     attn = str(getattr(model_config, "_attn_implementation", None) or "sdpa")
     key = (config_json_of(model_config), type(model_config), json.dumps(build, sort_keys=True), attn)
     if key in _DERIVED:

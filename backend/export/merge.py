@@ -307,7 +307,8 @@ def merge_adapter(adapter_or_run_dir: str | Path, out_dir: str | Path, progress:
                          "answers can differ in a token here and there from the adapter run at full precision.")
         _say(progress, 0.45, f"Attaching the adapter from {src.adapter_dir}")
         try:
-            model = PeftModel.from_pretrained(base, str(src.adapter_dir))
+            from backend.methods.tokens import fit_base_to_adapter  # rows for the tokens the run added
+            model = PeftModel.from_pretrained(fit_base_to_adapter(base, src.adapter_dir), str(src.adapter_dir))
         except Exception as e:  # noqa: BLE001 - PEFT's shape/key errors become a sentence
             raise UserError(f"The adapter in {src.adapter_dir} does not fit the base model {src.base} "
                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
@@ -382,6 +383,9 @@ def combine_adapters(adapter_dirs: list[str | Path], weights: list[float], metho
         _say(progress, 0.05, f"Loading the base model {sources[0].base}")
         base = _load_base(sources[0].base, _merge_dtype(sources[0]))
         names = [f"a{i}" for i in range(len(sources))]
+        from backend.methods.tokens import fit_base_to_adapter  # rows for the tokens the run added
+        for source in sources:  # rows for the tokens any of them added
+            fit_base_to_adapter(base, source.adapter_dir)
         model = PeftModel.from_pretrained(base, str(sources[0].adapter_dir), adapter_name=names[0])
         for i, (name, s) in enumerate(zip(names[1:], sources[1:]), start=1):
             _say(progress, 0.1 + 0.4 * i / len(sources), f"Attaching {s.adapter_dir}")

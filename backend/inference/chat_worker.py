@@ -125,14 +125,18 @@ class ChatEngine:
     def _attach(self, src) -> None:
         from peft import PeftModel
 
+        from backend.methods.tokens import fit_base_to_adapter  # rows for the tokens the run added
+
         key = str(src.adapter_dir.resolve())
         if key not in self.adapters:
             name = f"adapter{len(self.adapters) + 1}"
             try:
                 if isinstance(self.model, PeftModel):
+                    fit_base_to_adapter(self.model.get_base_model(), src.adapter_dir)
                     self.model.load_adapter(key, adapter_name=name)
                 else:
-                    self.model = PeftModel.from_pretrained(self.model, key, adapter_name=name)
+                    self.model = PeftModel.from_pretrained(fit_base_to_adapter(self.model, src.adapter_dir), key,
+                                                           adapter_name=name)
             except Exception as e:  # noqa: BLE001 - a mismatched adapter becomes a sentence
                 raise UserError(f"The adapter in {key} does not fit the base model {self.base_ref} "
                                 f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). Pick the base it was "
