@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
-from backend.data.templates import TEMPLATES, resolve_template
+from backend.data.templates import TEMPLATE_TITLES, TEMPLATES, resolve_template
 
 # The markers each registry template writes that its models have as special tokens. Llama-2's and Mistral's
 # `[INST]` and Alpaca's headings are plain text in those models' own tokenizers, so they are not listed.
@@ -97,3 +97,30 @@ def training_tokenizer(cfg: Any) -> Any:
         _used, jinja, _note = resolve_template(tok, cfg.data.template)
         tok.chat_template = jinja
     return tok
+
+
+def notice(tokenizer: Any, template: str, added: Sequence[str] = ()) -> Optional[str]:
+    """The Dataset tab's sentence about the template's markers this tokenizer lacks, or None when it has them."""
+    missing = missing_markers(tokenizer, template)
+    if not missing:
+        return None
+    names = ", ".join(f"`{m}`" for m in missing)
+    used, _jinja, _note = resolve_template(tokenizer, template)
+    title = "The model's own template" if used == "auto" else f"The {TEMPLATE_TITLES.get(used, used)} template"
+    if set(missing) <= set(added):
+        return (f"{title}'s markers {names} are added to the tokenizer for this run: each is one token, "
+                "and its embedding row trains (starting at the mean of the others).")
+    return (f"{title} writes {names}, which this model's tokenizer lacks: each is read as several "
+            "ordinary pieces. Add them to train each as one token with an embedding row of its own "
+            "(LoRA-family methods and full fine-tuning).")
+
+
+def follow_template(tokenizer: Any, old_template: str, new_template: str, added: Sequence[str]) -> list[str]:
+    """The added tokens after the template changes: the new template's missing markers when the old template's
+    were the ones added (the tick follows the template), else the list as it was (a config's own tokens)."""
+    added = list(added)
+    if not added or (old_template or "auto") == (new_template or "auto"):
+        return added
+    if set(missing_markers(tokenizer, old_template)) <= set(added):
+        return missing_markers(tokenizer, new_template)
+    return added

@@ -62,6 +62,7 @@ class ModelShape:
     # names: a LoRA target change is counted from these instead of applying PEFT again.
     linears: tuple[tuple[str, int, int, bool], ...] = field(default=())
     other_leaves: tuple[str, ...] = field(default=())
+    token_rows: int = 0            # embedding rows of added tokens trained as PEFT trainable tokens
 
 
 def _config_dims(config: Any) -> dict[str, Any]:
@@ -121,6 +122,7 @@ def shape_of(model_config: Any, cfg: Any) -> ModelShape:
         from backend.methods.tokens import add_meta_tokens
 
         add_meta_tokens(model, cfg)  # grown before the base is listed: the larger matrices are the base's
+        dims["vocab"] = int(model.get_input_embeddings().weight.shape[0])  # the logits are this wide too
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
     linear_weight_ids = {id(mod.weight) for name, mod in model.named_modules()
@@ -152,6 +154,7 @@ def shape_of(model_config: Any, cfg: Any) -> ModelShape:
     adapter_dtypes: Counter = Counter()
     embeddings_trainable = False
     prefix_like = False
+    token_rows = 0
     input_emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     emb_ids = {id(p) for p in input_emb.parameters()} if input_emb is not None else set()
     for name, p in model.named_parameters(remove_duplicate=False):
@@ -176,6 +179,8 @@ def shape_of(model_config: Any, cfg: Any) -> ModelShape:
         else:
             counts["adapter_trainable" if p.requires_grad else "adapter_frozen"] += n
             adapter_dtypes[p.element_size()] += n
+            if "trainable_tokens_delta" in name:
+                token_rows += int(p.shape[0])
             if "prompt_encoder" in name or "prefix" in name.lower():
                 prefix_like = True
         if p.requires_grad:
@@ -201,7 +206,7 @@ def shape_of(model_config: Any, cfg: Any) -> ModelShape:
         grad_through_all_layers=all_layers, lowest_grad_layer=lowest, virtual_tokens=vt,
         virtual_tokens_in_kv_only=METHODS[name].kv_prefix,
         largest_linear=largest_linear, largest_layer_params=max(layer_params.values(), default=0),
-        linears=tuple(linears), other_leaves=tuple(other_leaves),
+        linears=tuple(linears), other_leaves=tuple(other_leaves), token_rows=token_rows,
     )
 
 
