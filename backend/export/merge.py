@@ -363,10 +363,17 @@ def combine_adapters(adapter_dirs: list[str | Path], weights: list[float], metho
     if method != "linear" and not 0.0 < float(density) <= 1.0:
         raise UserError(f"Density must be between 0 (exclusive) and 1; got {density}.")
     sources = [locate_adapter(d) for d in adapter_dirs]
+    from backend.methods.tokens import adapter_token_rows
+
     for s in sources:
         if s.peft_type != "LORA":
             raise UserError(f"{s.adapter_dir} is a {s.peft_type or 'full model'}, not a LoRA adapter; "
                             "only LoRA adapters (LoRA, QLoRA, rsLoRA, LoRA+) can be combined.")
+        if adapter_token_rows(s.adapter_dir):
+            # add_weighted_adapter mixes only the LoRA layers' matrices; the added tokens' trained rows would be lost.
+            raise UserError(f"{s.adapter_dir} was trained with added tokens, and combining mixes only the LoRA "
+                            "matrices, not those tokens' embedding rows (the combined adapter would lose them); "
+                            "merge it on its own instead.")
     _same_base(sources)
     ranks = {read_json(s.adapter_dir / "adapter_config.json", {}).get("r") for s in sources}
     notes: list[str] = []
@@ -383,9 +390,6 @@ def combine_adapters(adapter_dirs: list[str | Path], weights: list[float], metho
         _say(progress, 0.05, f"Loading the base model {sources[0].base}")
         base = _load_base(sources[0].base, _merge_dtype(sources[0]))
         names = [f"a{i}" for i in range(len(sources))]
-        from backend.methods.tokens import fit_base_to_adapter  # rows for the tokens the run added
-        for source in sources:  # rows for the tokens any of them added
-            fit_base_to_adapter(base, source.adapter_dir)
         model = PeftModel.from_pretrained(base, str(sources[0].adapter_dir), adapter_name=names[0])
         for i, (name, s) in enumerate(zip(names[1:], sources[1:]), start=1):
             _say(progress, 0.1 + 0.4 * i / len(sources), f"Attaching {s.adapter_dir}")

@@ -144,7 +144,7 @@ def keep_adapter_small(model: Any) -> Any:
     return model
 
 
-def _adapter_ids(adapter_dir: Path) -> list[int]:
+def adapter_token_rows(adapter_dir: Path) -> list[int]:
     """The token rows the adapter's trainable tokens train (empty when it trains none)."""
     try:
         config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
@@ -159,7 +159,7 @@ def fit_base_to_adapter(base: nn.Module, adapter_dir: Path) -> nn.Module:
     """Grow the base's token rows to what the adapter's added tokens need, before PEFT attaches it (a base
     that already has them is returned unchanged). The new rows start at the mean as in training, so the base
     with the adapter switched off is the model training started from; the adapter replaces them."""
-    ids = _adapter_ids(Path(adapter_dir))
+    ids = adapter_token_rows(Path(adapter_dir))
     if not ids or max(ids) < base.get_input_embeddings().weight.shape[0]:
         return base
     return grow_embeddings(base, max(ids) + 1, ids)

@@ -201,3 +201,46 @@ def test_the_estimate_counts_the_token_rows_memory_as_the_traced_step_does(tiny_
     from backend.estimator import estimate
 
     assert "added-token rows" in estimate(cfg, gpu_memory_gb=80).formulas["activations"]
+
+
+def test_an_untied_head_trains_its_new_rows_too_and_reloads(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from backend.methods.tokens import fit_base_to_adapter
+
+    untied = tmp_path / "untied"
+    m = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    m.config.tie_word_embeddings = False
+    m.lm_head.weight = torch.nn.Parameter(m.model.embed_tokens.weight.detach().clone() * 1.5)
+    m.save_pretrained(str(untied))
+    get_tokenizer(str(tiny_model_dir)).save_pretrained(str(untied))
+    cfg = run_cfg(untied, tokens=LLAMA3[:2])
+    model = load_trainable_model(cfg)
+    trained_rows = [n for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens" in n]
+    assert len(trained_rows) == 2 and any("lm_head" in n for n in trained_rows)  # the head writes the new tokens
+    assert count_parameters(model) == exact_counts(cfg)
+    n = len(get_tokenizer(str(tiny_model_dir)))
+    ids = torch.tensor([[10, n, 20, n + 1, 30]])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    trained = _logits(model, ids)
+    model.save_pretrained(str(tmp_path / "adapter"))
+    base = load_causal_lm(str(untied), dtype=torch.float32)
+    reloaded = PeftModel.from_pretrained(fit_base_to_adapter(base, tmp_path / "adapter"), str(tmp_path / "adapter"))
+    assert torch.allclose(_logits(reloaded, ids), trained, atol=1e-5)
+
+
+def test_combining_an_adapter_with_added_tokens_is_refused(tiny_model_dir, tmp_path):
+    from backend.export.merge import combine_adapters
+
+    folders = []
+    for i in range(2):
+        folder = tmp_path / f"a{i}"
+        load_trainable_model(run_cfg(tiny_model_dir)).save_pretrained(str(folder))
+        folders.append(folder)
+    with pytest.raises(UserError, match="added tokens"):
+        combine_adapters(folders, [0.5, 0.5], out_dir=tmp_path / "combined")
