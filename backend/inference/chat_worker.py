@@ -85,6 +85,11 @@ class ChatEngine:
         from peft import PeftModel
         if src is None or not isinstance(self.model, PeftModel) or str(src.adapter_dir.resolve()) in self.adapters:
             return False
+        from backend.methods.tokens import adapter_token_rows
+
+        rows = adapter_token_rows(src.adapter_dir)
+        if rows and max(rows) >= self.model.get_base_model().get_input_embeddings().weight.shape[0]:
+            return True  # its added tokens need more rows than the base the other adapters sit on
         kinds = {str(c.peft_type.value if hasattr(c.peft_type, "value") else c.peft_type)
                  for c in self.model.peft_config.values()}
         return kinds != {src.peft_type}

@@ -122,6 +122,9 @@ def load_trainable_model(cfg: Any, device_map: Optional[Any] = None) -> nn.Modul
         if isinstance(e, ModelError):
             raise
         raise ModelError(f"The model '{cfg.model}' cannot be loaded as a causal language model: {e}") from e
+    # Rows for data.add_special_tokens first: the k-bit preparation and checkpointing below see the grown model,
+    # and the method then picks what trains.
+    model = add_run_tokens(model, cfg)
 
     checkpointing = cfg.train.gradient_checkpointing
     # Non-reentrant checkpointing works with frozen embeddings, so no input-grad hook is needed.
@@ -140,7 +143,6 @@ def load_trainable_model(cfg: Any, device_map: Optional[Any] = None) -> nn.Modul
         model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
     if spec.quantized:
         _keep_4bit_trainable_on_cpu(model)
-    model = add_run_tokens(model, cfg)  # rows for data.add_special_tokens, before the method picks what trains
     model = cast_for_training(apply_method(model, cfg), cfg)
     if getattr(cfg, "init_adapter", None):
         load_adapter_weights(model, Path(cfg.init_adapter))

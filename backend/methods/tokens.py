@@ -18,8 +18,9 @@ from typing import Any, Optional, Sequence
 
 from torch import nn
 
-from backend.core.catalog import METHODS, OBJECTIVE
+from backend.core.catalog import LORA_INITS, METHODS, OBJECTIVE
 from backend.core.errors import UserError
+from backend.methods.hooks import is_meta
 
 FIELD = "data.add_special_tokens"
 _NEW_ROWS = "ftstudio_new_rows"  # the attribute grow_embeddings leaves on the model for the method's apply
@@ -34,6 +35,12 @@ def new_tokens_problems(cfg: Any) -> dict[str, str]:
     if not info.new_tokens:
         return {FIELD: (f"{info.title} cannot train the embedding rows of added tokens, so they would stay at "
                         f"their starting values; choose {able}, or clear the added tokens (Dataset tab).")}
+    start = LORA_INITS[cfg.method.lora_init] if "lora_init" in info.params else None
+    if start is not None and start.changes_base:
+        # PEFT's conversion of the trained adapter (back to the untouched base) writes the LoRA matrices only.
+        return {FIELD: (f"{start.title.split(' (')[0]}'s saved adapter is converted to apply to the original base, and that "
+                        "conversion keeps only the LoRA matrices, not the added tokens' rows; use the default "
+                        "adapter start with added tokens.")}
     if cfg.objective == OBJECTIVE.reward:
         return {FIELD: ("A reward model scores text with a one-number head and does not learn to write the "
                         "added tokens; clear the added tokens for this objective.")}
@@ -44,10 +51,6 @@ def trained_tokens(cfg: Any) -> list[str]:
     """The added tokens whose rows the method trains: what changes the parameter count (a method that cannot
     train them is refused at the field, and its estimate is the one without them)."""
     return list(cfg.data.add_special_tokens) if METHODS[cfg.method.name].new_tokens else []
-
-
-def _is_meta(model: nn.Module) -> bool:
-    return any(p.is_meta for p in model.parameters())
 
 
 def _tied(model: nn.Module) -> bool:
@@ -74,7 +77,7 @@ def grow_embeddings(model: nn.Module, size: int, new_ids: Sequence[int]) -> nn.M
         model.resize_token_embeddings(size, mean_resizing=False)
     ids = [i for i in new_ids if i < max(size, old)]
     setattr(model, _NEW_ROWS, tuple(ids))
-    if not ids or _is_meta(model):
+    if not ids or is_meta(model):
         return model
     mats = [model.get_input_embeddings().weight]
     head = model.get_output_embeddings()

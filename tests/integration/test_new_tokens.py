@@ -140,6 +140,9 @@ def test_a_method_that_cannot_train_the_rows_is_refused_with_a_sentence(tiny_mod
         load_trainable_model(cfg)
     assert "data.add_special_tokens" not in validate_for_model(run_cfg(tiny_model_dir),
                                                                load_model_config(str(tiny_model_dir)))
+    pissa = run_cfg(tiny_model_dir).model_copy(update={"method": RunConfig().method.model_copy(
+        update={"name": "lora", "lora_init": "pissa"})})
+    assert "keeps only the LoRA matrices" in data_problems(pissa)["data.add_special_tokens"]
     reward = run_cfg(tiny_model_dir).model_copy(update={"objective": "reward"})
     assert "reward model" in validate_for_model(reward, load_model_config(str(tiny_model_dir)))["data.add_special_tokens"]
 
