@@ -13,6 +13,7 @@ from backend.core.models import DEFAULT_MODEL
 from backend.data import health
 from backend.data.files import Budget
 from backend.data.records import load_rows, look_seconds, split_rows
+from backend.data.special_tokens import missing_markers, preview_tokenizer
 from backend.data.templates import get_tokenizer, preview_packed, preview_row, resolve_template, token_length_stats
 
 ERRORS_SHOWN = 100
@@ -28,6 +29,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="auto", help="force a layout: messages, prompt_completion, text, preference, kto")
     p.add_argument("--mapping", default=None, help='column mapping as JSON, e.g. {"prompt": "q", "completion": "a"}')
     p.add_argument("--system-prompt", default=None, help="system prompt added to conversations without one")
+    p.add_argument("--add-special-tokens", nargs="+", default=[], metavar="TOKEN",
+                   help="count with these tokens added to the tokenizer (data.add_special_tokens), e.g. the markers "
+                        "inspect lists as missing_markers")
     p.add_argument("--reasoning", default="keep", choices=("keep", "keep_ungraded", "strip"),
                    help="reasoning traces (<think>, reasoning_content): keep and grade, keep masked, or strip")
     p.add_argument("--strict", action="store_true", help="fail on the first bad row instead of skipping it")
@@ -83,11 +87,16 @@ def _mapping(text: str | None) -> dict[str, str] | None:
 def _data_cfg(args: argparse.Namespace, loaded) -> Any:
     if args.max_length < 8:
         raise UserError(f"--max-length {args.max_length} is too small; use at least 8 tokens.")
+    try:
+        DataConfig(add_special_tokens=list(args.add_special_tokens or []))
+    except ValueError as e:  # pydantic's error, as the sentence the field's check wrote
+        raise UserError(f"--add-special-tokens: {e.errors()[0]['msg'].removeprefix('Value error, ')}.") from None
     return DataConfig(path=args.file, template=args.template, max_length=args.max_length,
                       system_prompt=args.system_prompt, format=loaded.format, mapping=loaded.mapping,
                       train_on_prompt=getattr(args, "train_on_prompt", False),
                       last_turn_only=getattr(args, "last_turn_only", False),
-                      packing=getattr(args, "packing", False), reasoning=args.reasoning)
+                      packing=getattr(args, "packing", False), reasoning=args.reasoning,
+                      add_special_tokens=list(args.add_special_tokens or []))
 
 
 def _progress_printer() -> Callable[[int, int], None]:
@@ -124,8 +133,8 @@ def _load(args: argparse.Namespace):
     # A look, not a training: bounded memory (the rows kept), a time budget, progress on stderr.
     loaded = load_rows(args.file, _mapping(args.mapping), args.format, skip_bad_rows=not args.strict,
                        keep_all=False, budget=Budget(look_seconds(), _progress_printer(), every=2.0))
-    tok = get_tokenizer(args.model or DEFAULT_MODEL)
-    return loaded, tok, _data_cfg(args, loaded)
+    cfg = _data_cfg(args, loaded)
+    return loaded, preview_tokenizer(args.model or DEFAULT_MODEL, cfg.add_special_tokens), cfg
 
 
 def inspect(args: argparse.Namespace) -> dict:
@@ -141,6 +150,8 @@ def inspect(args: argparse.Namespace) -> dict:
                                                   "truncated_share", "lost_answers", "tokens", "counted",
                                                   "packing_efficiency")}
     out["template"] = resolve_template(tok, args.template)[0]
+    # The template's special markers the model's own tokenizer lacks (what --add-special-tokens would add).
+    out["missing_markers"] = missing_markers(get_tokenizer(args.model or DEFAULT_MODEL), args.template)
     h = _health(args, loaded, tok, cfg)
     out["health"] = h.as_dict()
     out["warnings"] = _warnings(loaded, stats, cfg) + h.sentences()

@@ -35,6 +35,9 @@ class MethodInfo:
     kv_prefix: bool = False      # virtual tokens live as key/value prefixes, not as input embeddings
     orthogonal: bool = False     # rotates each adapted linear's input by a learned orthogonal matrix (OFT, BOFT)
     unquantized: Optional[str] = None  # the same structure without quantization (QLoRA -> LoRA)
+    # Trains the embedding rows of tokens added to the tokenizer (data.add_special_tokens): every weight trains
+    # (full), or a LoraConfig whose trainable_token_indices train only those rows (LoRA family, LoRA-FA).
+    new_tokens: bool = False
 
 
 def _m(name: str, title: str, family: str, help: str, **kw) -> MethodInfo:
@@ -46,7 +49,8 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     _m("full", "Full fine-tuning", "full",
        ("Every weight trains: the most capacity for a large shift in behaviour, but memory is about 16 "
         "bytes per parameter with AdamW and the result is a whole new model."),
-       params=(), uses_peft=False, quantized=False, trains_base=True, reward_model=True, qlora_switch=True),
+       params=(), uses_peft=False, quantized=False, trains_base=True, reward_model=True, qlora_switch=True,
+       new_tokens=True),
     _m("last_layers", "Last N layers (layer-selective)", "selective",
        ("Only the top N transformer blocks (and the final norm) train: cheaper than full fine-tuning and "
         "good for adapting the output style; lower layers keep the base model's knowledge."),
@@ -54,24 +58,28 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     _m("lora", "LoRA", "reparameterization",
        ("Trains small low-rank matrices beside the chosen layers while the base stays frozen: the usual "
         "first choice, a few MB of adapter and a fraction of full fine-tuning's memory."),
-       params=LORA_INIT_PARAMS, uses_peft=True, quantized=False, lora_family=True, reward_model=True, qlora_switch=True),
+       params=LORA_INIT_PARAMS, uses_peft=True, quantized=False, lora_family=True, reward_model=True, qlora_switch=True,
+       new_tokens=True),
     _m("qlora", "QLoRA (4-bit base)", "hybrid",
        ("LoRA on a base loaded in 4-bit NF4: choose it when the model does not fit in 16-bit (a 7B model "
         "on a 24 GB card); about 4x less weight memory, somewhat slower steps. Needs bitsandbytes."),
        params=LORA_PARAMS + ("quant_type", "double_quant", "compute_dtype", "lora_init"), uses_peft=True,
-       quantized=True, lora_family=True, unquantized="lora"),
+       quantized=True, lora_family=True, unquantized="lora", new_tokens=True),
     _m("dora", "DoRA", "reparameterization",
        ("LoRA that learns each weight's magnitude and direction separately: often more stable and closer "
         "to full fine-tuning at low ranks, at roughly 1.2-2x LoRA's step time and a little more memory."),
-       params=LORA_INIT_PARAMS, uses_peft=True, quantized=False, lora_family=True, reward_model=True, qlora_switch=True),
+       params=LORA_INIT_PARAMS, uses_peft=True, quantized=False, lora_family=True, reward_model=True, qlora_switch=True,
+       new_tokens=True),
     _m("rslora", "rsLoRA (rank-stabilized)", "reparameterization",
        ("LoRA scaled by alpha/sqrt(r) instead of alpha/r, so high ranks (64+) keep learning; same cost as"
         " LoRA. Choose it when you want a large rank."),
-       params=LORA_INIT_PARAMS, uses_peft=True, quantized=False, lora_family=True, reward_model=True, qlora_switch=True),
+       params=LORA_INIT_PARAMS, uses_peft=True, quantized=False, lora_family=True, reward_model=True, qlora_switch=True,
+       new_tokens=True),
     _m("loraplus", "LoRA+", "reparameterization",
        ("LoRA whose B matrices learn faster than A (the ratio below): often converges faster at the same "
         "cost as LoRA; lower the base learning rate a little."),
-       params=LORA_PARAMS + ("loraplus_lr_ratio",), uses_peft=True, quantized=False, lora_family=True, qlora_switch=True),
+       params=LORA_PARAMS + ("loraplus_lr_ratio",), uses_peft=True, quantized=False, lora_family=True, qlora_switch=True,
+       new_tokens=True),
     _m("lora_fa", "LoRA-FA (frozen A)", "reparameterization",
        ("LoRA whose A matrices stay at their random start and only B trains: about half of LoRA's "
         "trainable parameters and less activation memory, at similar quality; choose it when LoRA's "

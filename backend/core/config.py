@@ -33,6 +33,8 @@ MAX_SEED = 2**32 - 1
 MAX_EPOCHS = 10_000
 MAX_STEPS = 100_000_000
 MAX_GPUS_PER_NODE = 16  # no real node has more
+MAX_NEW_TOKENS = 256    # special tokens a run may add: a template has a handful; more is a pasted vocabulary
+MAX_TOKEN_CHARS = 64
 
 
 class Strict(BaseModel):
@@ -100,6 +102,23 @@ class DataConfig(Strict):
         "Reasoning traces (reasoning_content, <think> blocks) in replies: keep and train on them, keep them "
         "masked (read, not learned), or strip them."))
     skip_bad_rows: bool = Field(True, description="Skip malformed rows (counted) instead of failing.")
+    add_special_tokens: list[str] = Field(default_factory=list, description=(
+        "Special tokens to add to the tokenizer (e.g. a chat template's markers it lacks, such as <|im_start|>): "
+        "each becomes one token id, and its embedding row trains (LoRA-family and full fine-tuning)."))
+
+    @field_validator("add_special_tokens")
+    @classmethod
+    def _tokens_usable(cls, v: list[str]) -> list[str]:
+        # A blank or padded token would never match the text the template writes; a duplicate is a typo.
+        for t in v:
+            if not t or t != t.strip() or len(t) > MAX_TOKEN_CHARS:
+                raise ValueError(f"each special token must be 1 to {MAX_TOKEN_CHARS} characters with no spaces at "
+                                 f"either end (got {t!r})")
+        if len(set(v)) != len(v):
+            raise ValueError("a special token is listed twice; list each one once")
+        if len(v) > MAX_NEW_TOKENS:
+            raise ValueError(f"at most {MAX_NEW_TOKENS} special tokens can be added (got {len(v)})")
+        return v
 
 
 class TrainConfig(Strict):

@@ -338,6 +338,15 @@ def _compute(cfg: Any, shape: ModelShape, device: str = "cuda", lengths: Optiona
     grads, gf, gparts = _gradients(shape, plan)
     opt, of, temps, oparts = _optimizer(shape, plan, cfg.train.optimizer, strategy, device)
     acts, af, logits, lf = _activations(cfg, shape, plan, device, lengths, liger=speed["liger_kernel"].on)
+    if shape.token_rows:
+        # PEFT's trainable token rows are written into a copy of the whole matrix on every forward. The head's copy
+        # is kept for backward, TRL's chunked head accumulates that copy's gradient in fp32 and casts it to the
+        # weight's dtype before the rows are picked out (matches the traced step, estimator.precise, to 1%).
+        base_b = T.dtype_bytes(plan.base)
+        per_row = base_b + 4 + (base_b if base_b != 4 else 0)
+        extra = int(shape.vocab * shape.hidden * per_row)
+        acts += extra
+        af += f" + added-token rows: {shape.vocab} x {shape.hidden} x {per_row:g} B = {T.fmt_bytes(extra)}"
     if speed["fused_adamw"].on and temps:
         # The fused kernel updates each parameter in place: no foreach list of temporaries.
         of += f"; fused AdamW: no step temporaries (instead of {T.fmt_bytes(temps)})"

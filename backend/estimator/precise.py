@@ -152,7 +152,22 @@ def _materialize(model: nn.Module) -> None:
         for name, p in mod._parameters.items():
             if p is not None:
                 owners.setdefault(id(p), []).append((mod, name))
-    model.to_empty(device="cpu")
+    # A module held by two parents (PEFT's trainable token rows, shared by the embedding and the tied head) would be
+    # converted twice, and a fake tensor cannot be swapped a second time: each is converted under its first parent.
+    shared, seen = [], {id(model)}
+    for mod in list(model.modules()):
+        for name, child in list(mod._modules.items()):
+            if child is not None and id(child) in seen:
+                shared.append((mod, name, child))
+            elif child is not None:
+                seen.add(id(child))
+    for mod, name, _child in shared:
+        del mod._modules[name]
+    try:
+        model.to_empty(device="cpu")
+    finally:
+        for mod, name, child in shared:
+            mod._modules[name] = child
     for group in owners.values():
         first = getattr(*group[0])
         for mod, name in group[1:]:

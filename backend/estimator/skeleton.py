@@ -62,6 +62,7 @@ class ModelShape:
     # names: a LoRA target change is counted from these instead of applying PEFT again.
     linears: tuple[tuple[str, int, int, bool], ...] = field(default=())
     other_leaves: tuple[str, ...] = field(default=())
+    token_rows: int = 0            # embedding rows of added tokens trained as PEFT trainable tokens
 
 
 def _config_dims(config: Any) -> dict[str, Any]:
@@ -117,6 +118,11 @@ def shape_of(model_config: Any, cfg: Any) -> ModelShape:
 
     dims = _config_dims(model_config)
     model = build_meta_model(model_config, cfg.trust_remote_code)
+    if _trained_tokens(cfg):
+        from backend.methods.tokens import add_meta_tokens
+
+        add_meta_tokens(model, cfg)  # grown before the base is listed: the larger matrices are the base's
+        dims["vocab"] = int(model.get_input_embeddings().weight.shape[0])  # the logits are this wide too
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
     linear_weight_ids = {id(mod.weight) for name, mod in model.named_modules()
@@ -148,6 +154,7 @@ def shape_of(model_config: Any, cfg: Any) -> ModelShape:
     adapter_dtypes: Counter = Counter()
     embeddings_trainable = False
     prefix_like = False
+    token_rows = 0
     input_emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     emb_ids = {id(p) for p in input_emb.parameters()} if input_emb is not None else set()
     for name, p in model.named_parameters(remove_duplicate=False):
@@ -172,6 +179,8 @@ def shape_of(model_config: Any, cfg: Any) -> ModelShape:
         else:
             counts["adapter_trainable" if p.requires_grad else "adapter_frozen"] += n
             adapter_dtypes[p.element_size()] += n
+            if "trainable_tokens_delta" in name:
+                token_rows += int(p.shape[0])
             if "prompt_encoder" in name or "prefix" in name.lower():
                 prefix_like = True
         if p.requires_grad:
@@ -197,7 +206,7 @@ def shape_of(model_config: Any, cfg: Any) -> ModelShape:
         grad_through_all_layers=all_layers, lowest_grad_layer=lowest, virtual_tokens=vt,
         virtual_tokens_in_kv_only=METHODS[name].kv_prefix,
         largest_linear=largest_linear, largest_layer_params=max(layer_params.values(), default=0),
-        linears=tuple(linears), other_leaves=tuple(other_leaves),
+        linears=tuple(linears), other_leaves=tuple(other_leaves), token_rows=token_rows,
     )
 
 
@@ -262,6 +271,14 @@ _PROBE_RANK = 1
 _PROBE_TARGETS = "all-linear"  # every model has linear layers, so the probe always builds
 
 
+def _trained_tokens(cfg: Any) -> list[str]:
+    # backend.methods.tokens.trained_tokens without importing torch: a method that cannot train added tokens is
+    # refused at the field, and its estimate is the one without them.
+    data = getattr(cfg, "data", None)
+    tokens = list(getattr(data, "add_special_tokens", None) or [])
+    return tokens if METHODS[cfg.method.name].new_tokens else []
+
+
 def _targeted(name: str, targets: Any) -> bool:
     """PEFT's rule for a list of target names: the module's name, or its last dotted parts."""
     return name in targets or any(name.endswith("." + t) for t in targets)
@@ -285,8 +302,8 @@ def derived_lora_shape(model_config: Any, cfg: Any) -> Optional[ModelShape]:
     sets and ranks.
     """
     m = cfg.method
-    if m.name not in _RANK_LINEAR:
-        return None
+    if m.name not in _RANK_LINEAR or _trained_tokens(cfg):
+        return None  # added tokens' rows: the skeleton is built with them (PEFT's trainable tokens)
     if int(m.r) == _PROBE_RANK and m.target_modules == _PROBE_TARGETS:
         return None
     probe = cfg.model_copy(update={"method": m.model_copy(update={"r": _PROBE_RANK,
@@ -328,6 +345,9 @@ def cached_shape(model_config: Any, cfg: Any) -> ModelShape:
     """
     method = json.loads(structural_method_key(cfg.method))
     build = {"model": cfg.model, "trust_remote_code": cfg.trust_remote_code, "method": method}
+    tokens = _trained_tokens(cfg)
+    if tokens:  # the grown embedding rows and the trained ones (key unchanged for runs that add none)
+        build["data"] = {"add_special_tokens": tokens}
     attn = str(getattr(model_config, "_attn_implementation", None) or "sdpa")
     key = (config_json_of(model_config), type(model_config), json.dumps(build, sort_keys=True), attn)
     if key in _DERIVED:

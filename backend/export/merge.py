@@ -307,7 +307,8 @@ def merge_adapter(adapter_or_run_dir: str | Path, out_dir: str | Path, progress:
                          "answers can differ in a token here and there from the adapter run at full precision.")
         _say(progress, 0.45, f"Attaching the adapter from {src.adapter_dir}")
         try:
-            model = PeftModel.from_pretrained(base, str(src.adapter_dir))
+            from backend.methods.tokens import fit_base_to_adapter  # rows for the tokens the run added
+            model = PeftModel.from_pretrained(fit_base_to_adapter(base, src.adapter_dir), str(src.adapter_dir))
         except Exception as e:  # noqa: BLE001 - PEFT's shape/key errors become a sentence
             raise UserError(f"The adapter in {src.adapter_dir} does not fit the base model {src.base} "
                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
@@ -362,10 +363,17 @@ def combine_adapters(adapter_dirs: list[str | Path], weights: list[float], metho
     if method != "linear" and not 0.0 < float(density) <= 1.0:
         raise UserError(f"Density must be between 0 (exclusive) and 1; got {density}.")
     sources = [locate_adapter(d) for d in adapter_dirs]
+    from backend.methods.tokens import adapter_token_rows
+
     for s in sources:
         if s.peft_type != "LORA":
             raise UserError(f"{s.adapter_dir} is a {s.peft_type or 'full model'}, not a LoRA adapter; "
                             "only LoRA adapters (LoRA, QLoRA, rsLoRA, LoRA+) can be combined.")
+        if adapter_token_rows(s.adapter_dir):
+            # add_weighted_adapter mixes only the LoRA layers' matrices; the added tokens' trained rows would be lost.
+            raise UserError(f"{s.adapter_dir} was trained with added tokens, and combining mixes only the LoRA "
+                            "matrices, not those tokens' embedding rows (the combined adapter would lose them); "
+                            "merge it on its own instead.")
     _same_base(sources)
     ranks = {read_json(s.adapter_dir / "adapter_config.json", {}).get("r") for s in sources}
     notes: list[str] = []

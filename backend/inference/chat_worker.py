@@ -85,6 +85,11 @@ class ChatEngine:
         from peft import PeftModel
         if src is None or not isinstance(self.model, PeftModel) or str(src.adapter_dir.resolve()) in self.adapters:
             return False
+        from backend.methods.tokens import adapter_token_rows
+
+        rows = adapter_token_rows(src.adapter_dir)
+        if rows and max(rows) >= self.model.get_base_model().get_input_embeddings().weight.shape[0]:
+            return True  # its added tokens need more rows than the base the other adapters sit on
         kinds = {str(c.peft_type.value if hasattr(c.peft_type, "value") else c.peft_type)
                  for c in self.model.peft_config.values()}
         return kinds != {src.peft_type}
@@ -125,14 +130,18 @@ class ChatEngine:
     def _attach(self, src) -> None:
         from peft import PeftModel
 
+        from backend.methods.tokens import fit_base_to_adapter  # rows for the tokens the run added
+
         key = str(src.adapter_dir.resolve())
         if key not in self.adapters:
             name = f"adapter{len(self.adapters) + 1}"
             try:
                 if isinstance(self.model, PeftModel):
+                    fit_base_to_adapter(self.model.get_base_model(), src.adapter_dir)
                     self.model.load_adapter(key, adapter_name=name)
                 else:
-                    self.model = PeftModel.from_pretrained(self.model, key, adapter_name=name)
+                    self.model = PeftModel.from_pretrained(fit_base_to_adapter(self.model, src.adapter_dir), key,
+                                                           adapter_name=name)
             except Exception as e:  # noqa: BLE001 - a mismatched adapter becomes a sentence
                 raise UserError(f"The adapter in {key} does not fit the base model {self.base_ref} "
                                 f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). Pick the base it was "

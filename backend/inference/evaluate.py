@@ -55,7 +55,8 @@ class Models:
         if self.peft:
             from peft import PeftModel
 
-            self.model = PeftModel.from_pretrained(base, str(adapter)).to(device).eval()
+            from backend.methods.tokens import fit_base_to_adapter  # rows for the tokens the run added
+            self.model = PeftModel.from_pretrained(fit_base_to_adapter(base, adapter), str(adapter)).to(device).eval()
             self.base = None
         else:
             self.base = base.to(device).eval()

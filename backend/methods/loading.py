@@ -13,14 +13,16 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from backend.core.config import MethodConfig, RunConfig
+from backend.core.config import DataConfig, MethodConfig, RunConfig
 from backend.core.errors import UserError
 from backend.core.kernels import load_kwargs
 from backend.core.models import ModelError, load_causal_lm
 from backend.core.precision import plan_for, torch_dtype
 from backend.methods.optimizers import build_optimizer, needs_own_optimizer, optimizer_class  # noqa: F401
 from backend.methods.registry import get_method
+from backend.methods.hooks import is_meta
 from backend.methods.skeleton import _as_config, build_meta_model, count_parameters
+from backend.methods.tokens import add_meta_tokens, add_run_tokens, new_rows, trained_tokens
 from backend.methods.validation import bitsandbytes_problem
 
 
@@ -28,11 +30,14 @@ def apply_method(model: nn.Module, cfg: Any) -> nn.Module:
     """Freeze or wrap `model` so exactly the method's parameters train (works on meta tensors too).
 
     QLoRA on a model that is not quantized (the meta skeleton) gets plain LoRA; the estimator
-    accounts for the 4-bit bytes itself.
+    accounts for the 4-bit bytes itself. A run that adds tokens has its embeddings grown first
+    (`tokens.add_run_tokens` on a loaded model; here, on a skeleton that was not, one row per token).
     """
     spec = get_method(cfg.method.name)
     if spec.apply is None:
         raise UserError(f"The method '{spec.name}' cannot build a trainable model yet.")
+    if trained_tokens(cfg) and not new_rows(model) and is_meta(model):
+        add_meta_tokens(model, cfg)
     return spec.apply(model, cfg)
 
 
@@ -41,6 +46,7 @@ def _slim(cfg: Any) -> Any:
     spec = get_method(cfg.method.name)
     shown = {p: getattr(cfg.method, p) for p in spec.params}
     return RunConfig(model=cfg.model, method=MethodConfig(name=cfg.method.name, **shown),
+                     data=DataConfig(add_special_tokens=trained_tokens(cfg)),  # rows that train
                      trust_remote_code=cfg.trust_remote_code)
 
 
@@ -116,6 +122,9 @@ def load_trainable_model(cfg: Any, device_map: Optional[Any] = None) -> nn.Modul
         if isinstance(e, ModelError):
             raise
         raise ModelError(f"The model '{cfg.model}' cannot be loaded as a causal language model: {e}") from e
+    # Rows for data.add_special_tokens first: the k-bit preparation and checkpointing below see the grown model,
+    # and the method then picks what trains.
+    model = add_run_tokens(model, cfg)
 
     checkpointing = cfg.train.gradient_checkpointing
     # Non-reentrant checkpointing works with frozen embeddings, so no input-grad hook is needed.

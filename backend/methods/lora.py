@@ -21,6 +21,7 @@ from backend.core.log import is_main_process, note
 from backend.methods.hooks import is_meta
 from backend.methods.loading import optimizer_class
 from backend.methods.registry import always_mergeable, register
+from backend.methods.tokens import finish_peft, trainable_token_indices
 
 # The initial adapter's folder name inside the temporary directory PEFT reads it from at save time.
 _INITIAL = "initial_adapter"
@@ -32,11 +33,13 @@ def lora_init(cfg: Any):
     return LORA_INITS[cfg.method.lora_init if shown else "default"]
 
 
-def lora_config(cfg: Any):
+def lora_config(cfg: Any, model: Any = None):
+    """The LoraConfig of cfg's method; on a model grown for added tokens, those rows train too."""
     from peft import LoraConfig
 
     m = cfg.method
     return LoraConfig(
+        trainable_token_indices=trainable_token_indices(model) if model is not None else None,
         r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout,
         target_modules=m.target_modules if isinstance(m.target_modules, str) else list(m.target_modules),
         use_dora=m.name == METHOD.dora, use_rslora=m.name == METHOD.rslora,
@@ -48,7 +51,7 @@ def lora_config(cfg: Any):
 def apply_lora(model: nn.Module, cfg: Any) -> nn.Module:
     from peft import get_peft_model
 
-    config = lora_config(cfg)
+    config = lora_config(cfg, model)
     init = lora_init(cfg)
     if is_meta(model):
         # The skeleton counts parameters; a decomposition of meta tensors has nothing to decompose and the
@@ -57,6 +60,8 @@ def apply_lora(model: nn.Module, cfg: Any) -> nn.Module:
     # get_peft_model freezes the base and keeps adapters in fp32 (autocast_adapter_dtype), which the
     # estimator assumes too.
     model = get_peft_model(model, config)
+    if config.trainable_token_indices:
+        finish_peft(model)
     if init.changes_base and not is_meta(model):
         _save_converted(model)
     if init.quantized_base and not is_meta(model):  # the skeleton of QLoRA is plain LoRA: nothing quantized

@@ -14,6 +14,7 @@ from backend.core.precision import plan_for, this_machine
 from backend.methods.optimizers import validate_optimizer
 from backend.methods.registry import get_method
 from backend.methods.skeleton import linear_layer_names
+from backend.methods.tokens import new_tokens_problems
 
 
 
@@ -92,6 +93,7 @@ def validate_for_model(cfg: Any, model_config: Any) -> dict[str, str]:
                                          f"install it or choose {OPTIMIZER.adamw_torch}.")
     for field, sentence in validate_optimizer(cfg).items():  # Lion, Muon, packages, per-group learning rates
         errors.setdefault(field, sentence)
+    errors.update(new_tokens_problems(cfg))  # added tokens with a method that cannot train their rows
     if spec.validate:
         errors.update(spec.validate(cfg, model_config))
     return errors

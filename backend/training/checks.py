@@ -20,6 +20,7 @@ from backend.core.kernels import kernel_problems
 from backend.core.models import ModelError, load_model_config
 from backend.data.records import load_rows
 from backend.data.templates import TEMPLATES
+from backend.methods.tokens import new_tokens_problems
 from backend.methods.validation import validate_for_model
 from backend.objectives.validate import validate_objective
 
@@ -90,6 +91,7 @@ def data_problems(cfg: RunConfig) -> dict[str, str]:
     template = (d.template or "auto").strip().lower()
     if template != "auto" and template not in TEMPLATES:
         errors["data.template"] = f"Unknown chat template '{d.template}'. Choose auto or one of: {', '.join(TEMPLATES)}."
+    errors.update(new_tokens_problems(cfg))  # needs no model either: refused before a run directory exists
     info = OBJECTIVES.get(cfg.objective)
     if fmt and info is not None:
         wanted = info.data_format

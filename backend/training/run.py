@@ -31,8 +31,9 @@ from backend.core.errors import UserError
 from backend.core.io import atomic_write_json, is_disk_full
 from backend.core.log import is_main_process, note
 from backend.core.noise import quiet_known_noise
-from backend.core.models import ModelError, load_tokenizer
+from backend.core.models import ModelError
 from backend.data.records import load_for_training
+from backend.data.special_tokens import training_tokenizer
 from backend.data.templates import SftCollator, build_sft_dataset
 from backend.objectives.online_rl import drop_reference_adapter
 from backend.objectives.validate import is_alignment
@@ -403,7 +404,9 @@ def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool,
         os.environ.setdefault("MLFLOW_TRACKING_URI", (run_dir / "mlruns").resolve().as_uri())
     torch.manual_seed(cfg.train.seed)
     note(f"Loading {cfg.model} for {cfg.method.name} ({cfg.train.precision}).")
-    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    # With data.add_special_tokens, each added token is one id (the model's rows are grown to match); the
+    # trainer saves this tokenizer beside the adapter.
+    tokenizer = training_tokenizer(cfg)
     from backend.objectives.trainers import load_objective_model
     model = load_objective_model(cfg)  # load_trainable_model, or a scorer for the reward objective
     # WORKSPACE/runs/<id> -> WORKSPACE/cache/datasets

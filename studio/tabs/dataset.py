@@ -28,6 +28,7 @@ from backend.data import health, reasoning, sources
 from backend.data.records import FORMATS, LoadedDataset, load_rows, split_rows, split_sizes
 from backend.core.errors import UserError
 from backend.core.models import DEFAULT_MODEL, ModelError
+from backend.data import special_tokens
 from backend.data.templates import (TEMPLATE_TITLES, TEMPLATES, get_tokenizer, preview_packed, preview_row,
                                token_length_stats)
 from studio.context import StudioContext, bind
@@ -55,6 +56,9 @@ TEXT = {
                "<span class='tok tool_result'>tool result</span> masked · <span class='tok padding'>padding</span> · "
                "<span class='tok truncated'>truncated</span> cut by max length · "
                "<span class='tok boundary'>│</span> packed rows joined. Hover a token for its id and label."),
+    "new_tokens": "Adds the markers as special tokens (data.add_special_tokens): the tokenizer saved with the "
+                  "adapter has them, the model's embeddings grow by one row each (started at the mean row), and "
+                  "those rows train (LoRA: only the new rows, a few KB in the adapter; full fine-tuning: all rows).",
     "mapping": "Which column plays which part. Leave a role on (none) if the file has no such column.",
     "reasoning": "Keep: the model learns the trace and the answer. Masked: it reads the trace but is graded on "
                  "the answer only. Strip: the trace is removed and the model learns to answer directly.",
@@ -245,6 +249,8 @@ class DatasetView:
     val_file: Any
     split_md: Any
     template: Any
+    new_tokens_md: Any
+    add_tokens: Any
     system_prompt: Any
     max_length: Any
     train_on_prompt: Any
@@ -263,7 +269,8 @@ class DatasetView:
 
     @property
     def token_outputs(self) -> set:
-        out = {self.stats_md, self.health_md, self.hist, self.rendered, self.preview_html, self.tok_table}
+        out = {self.stats_md, self.health_md, self.hist, self.rendered, self.preview_html, self.tok_table,
+               self.new_tokens_md, self.add_tokens}
         return out | ({self.ctx.data_lengths} if self.ctx.data_lengths is not None else set())
 
     @property
@@ -335,6 +342,10 @@ def _preview_layout() -> dict[str, Any]:
         max_length = gr.Number(512, label="Max length (tokens)", precision=0,
                                elem_id="dataset-max-length")
     with gr.Row():
+        new_tokens_md = gr.Markdown("", visible=False, elem_id="dataset-new-tokens")
+        add_tokens = gr.Checkbox(False, label="Add these tokens to the tokenizer", visible=False,
+                                 elem_id="dataset-add-tokens", info=TEXT["new_tokens"])
+    with gr.Row():
         train_on_prompt = gr.Checkbox(False, label="Train on prompt (loss on every token)",
                                       elem_id="dataset-train-on-prompt")
         last_turn = gr.Checkbox(False, label="Only the last assistant turn", elem_id="dataset-last-turn-only")
@@ -349,7 +360,8 @@ def _preview_layout() -> dict[str, Any]:
     with gr.Accordion("Token table (id, label, attention mask)", open=False):
         tok_table = gr.Dataframe(headers=["pos", "text", "id", "label", "attention", "role"], value=[],
                                  interactive=False, max_height=400, elem_id="token-table")
-    return dict(template=template, system_prompt=system_prompt, max_length=max_length,
+    return dict(template=template, new_tokens_md=new_tokens_md, add_tokens=add_tokens,
+                system_prompt=system_prompt, max_length=max_length,
                 train_on_prompt=train_on_prompt, last_turn=last_turn, packing=packing, row_no=row_no,
                 reasoning=reasoning_dd,
                 rendered=rendered, preview_html=preview_html, tok_table=tok_table)
@@ -381,15 +393,27 @@ def token_view(v: DatasetView, ds, cfg, row, run_config, progress=None) -> dict:
 
     progress: a gr.Progress, advanced as the rows are encoded (the backend calls it per batch)."""
     try:
-        tok = get_tokenizer(model_of(run_config))
+        tok = special_tokens.preview_tokenizer(model_of(run_config), cfg.add_special_tokens)
         tell = None if progress is None else (lambda fraction, text: progress(fraction, desc=text))
         stats = token_length_stats(tok, ds.rows, cfg, limit=STATS_ROWS, progress=tell)
     except Exception as e:  # noqa: BLE001 - shown as a sentence, the rows stay visible
         return {v.stats_md: error_sentence(e), v.hist: None, v.rendered: "", v.preview_html: "", v.tok_table: [],
-                v.health_md: "", **_lengths_out(v, None)}
+                v.health_md: "", **_lengths_out(v, None), **tokens_view(v, cfg, run_config)}
     return {v.stats_md: stats_markdown(ds, stats, cfg.max_length), v.hist: length_figure(stats, cfg.max_length),
             v.health_md: health_view(v, ds, cfg, tok, run_config),
-            **row_view(v, ds, cfg, row, run_config), **_lengths_out(v, stats)}
+            **row_view(v, ds, cfg, row, run_config), **_lengths_out(v, stats), **tokens_view(v, cfg, run_config)}
+
+
+def tokens_view(v: DatasetView, cfg: DataConfig, run_config) -> dict:
+    """The notice naming the template's markers the tokenizer lacks, and the box that adds them (hidden when it
+    has them all); the backend decides both."""
+    try:
+        text = special_tokens.notice(get_tokenizer(model_of(run_config)), cfg.template, cfg.add_special_tokens)
+    except Exception as e:  # noqa: BLE001 - the preview says what is wrong with the template
+        text = None if isinstance(e, UserError) else error_sentence(e)
+    shown = bool(text) or bool(cfg.add_special_tokens)
+    return {v.new_tokens_md: gr.update(value=text or "", visible=bool(text)),
+            v.add_tokens: gr.update(visible=shown, value=bool(cfg.add_special_tokens))}
 
 
 def health_view(v: DatasetView, ds, cfg, tok, run_config) -> str:
@@ -427,7 +451,7 @@ def row_view(v: DatasetView, ds, cfg, row, run_config) -> dict:
         if not 0 <= i < len(ds.rows):
             kept = "" if ds.complete else f" (of its {ds.row_count} rows, the first {len(ds.rows)} are kept to look at)"
             raise UserError(f"Row {i} does not exist: the dataset has rows 0 to {len(ds.rows) - 1}{kept}.")
-        tok = get_tokenizer(model_of(run_config))
+        tok = special_tokens.preview_tokenizer(model_of(run_config), cfg.add_special_tokens)
         if cfg.packing:
             p = preview_packed(tok, ds.rows, i, cfg)
             note = (f"Packed sequence holding rows {', '.join(map(str, p['rows']))} ({p['length']} tokens; each row "
@@ -479,7 +503,7 @@ def load_all(v: DatasetView, path, fmt_v, mapping, skip_v, tmpl, sysp, maxlen, t
 
 def _switches(cfg: DataConfig) -> dict:
     return {k: getattr(cfg, k) for k in ("template", "system_prompt", "max_length", "train_on_prompt",
-                                         "last_turn_only", "packing")}
+                                         "last_turn_only", "packing", "add_special_tokens")}
 
 
 def current(v: DatasetView, path, src, skip_v, run_config):
@@ -492,6 +516,12 @@ def on_settings(v: DatasetView, path, src, skip_v, tmpl, sysp, maxlen, top, last
     """Template/switch change: re-tokenizes the cached rows; writes token widgets and run_config."""
     try:
         cfg = data_cfg(path, tmpl, sysp, maxlen, top, last, pack, run_config)
+        old = (run_config or {}).get("data") or {}
+        if cfg.add_special_tokens and cfg.template != (old.get("template") or "auto"):
+            # A ticked "Add these tokens" follows the template: the new one's missing markers replace the old's.
+            tokens = special_tokens.follow_template(get_tokenizer(model_of(run_config)), old.get("template") or "auto",
+                                                    cfg.template, cfg.add_special_tokens)
+            cfg = cfg.model_copy(update={"add_special_tokens": tokens})
         new_rc = with_data(run_config, **_switches(cfg))
     except Exception as e:  # noqa: BLE001
         return {v.stats_md: error_sentence(e)}
@@ -510,6 +540,19 @@ def on_reasoning(v: DatasetView, mode, path, src, skip_v, tmpl, sysp, maxlen, to
         new_rc = with_data(run_config, reasoning=mode or "keep")
     except Exception as e:  # noqa: BLE001
         return {v.stats_md: error_sentence(e)}
+    return {v.ctx.run_config: new_rc,
+            **on_settings(v, path, src, skip_v, tmpl, sysp, maxlen, top, last, pack, row, new_rc)}
+
+
+def on_add_tokens(v: DatasetView, ticked, path, src, skip_v, tmpl, sysp, maxlen, top, last, pack, row, run_config):
+    """"Add these tokens": writes data.add_special_tokens (the template's missing markers, or none), then draws
+    the token view again with them as single ids."""
+    try:
+        tokens = (special_tokens.missing_markers(get_tokenizer(model_of(run_config)), tmpl or "auto")
+                  if ticked else [])
+        new_rc = with_data(run_config, add_special_tokens=tokens)
+    except Exception as e:  # noqa: BLE001
+        return {v.new_tokens_md: gr.update(value=error_sentence(e), visible=True)}
     return {v.ctx.run_config: new_rc,
             **on_settings(v, path, src, skip_v, tmpl, sysp, maxlen, top, last, pack, row, new_rc)}
 
@@ -678,6 +721,8 @@ def wire(v: DatasetView) -> None:
         comp.submit(settings, settings_in, settings_out)
     v.row_no.change(bind(on_row, v), settings_in, {v.rendered, v.preview_html, v.tok_table})
     v.reasoning.change(bind(on_reasoning, v), [v.reasoning, *settings_in], settings_out)
+    v.add_tokens.input(shows(WAIT["settings"], bind(on_add_tokens, v), [v.add_tokens, *settings_in]),
+                       [v.add_tokens, *settings_in], settings_out)
     v.table.select(on_select, None, v.row_no)
 
     split_in = [v.path_state, v.src_state, v.skip, v.split_mode, v.val_split, v.val_file, rc]

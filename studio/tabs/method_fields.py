@@ -62,6 +62,7 @@ LABELS = {
     "train.liger_kernel": "Liger kernels", "train.attention": "Attention", "train.fused_adamw": "Fused AdamW",
     "train.torch_compile": "torch.compile",
     "data.max_length": "Max sequence length", "data.packing": "Packing",
+    "data.add_special_tokens": "Added special tokens (Dataset tab)",
     "early_stopping.patience": "Early-stopping patience (0 or blank: off)",
     "early_stopping.threshold": "Minimum improvement", "early_stopping.metric": "Watched metric",
     "distributed.gpus": "GPUs", "distributed.strategy": "Multi-GPU strategy",

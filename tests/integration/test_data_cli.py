@@ -83,3 +83,17 @@ def test_dedup_writes_a_copy_without_duplicates(tmp_path, capsys):
     code, out = run(capsys, "data", "dedup", str(p), "--json")
     assert code == 0 and out["duplicates_dropped"] == 1 and out["rows"] == 5
     assert out["path"].endswith("d.dedup.jsonl") and len(p.read_text().splitlines()) == 6
+
+
+def test_inspect_lists_the_missing_markers_and_preview_adds_them(tmp_path, capsys, tiny_model_dir):
+    code, out = run(capsys, "data", "inspect", write(tmp_path), "--model", str(tiny_model_dir), "--template", "llama3",
+                    "--json")
+    assert code == 0 and out["missing_markers"] == ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    args = ("data", "preview", write(tmp_path), "--row", "1", "--model", str(tiny_model_dir), "--template", "llama3",
+            "--json")
+    code, plain = run(capsys, *args)
+    code, added = run(capsys, *args, "--add-special-tokens", *out["missing_markers"])
+    assert code == 0 and {t["id"] for t in added["tokens"] if t["text"] == "<|eot_id|>"} == {49154}
+    assert len(added["tokens"]) < len(plain["tokens"])  # each marker is one token instead of several
+    code, bad = run(capsys, *args, "--add-special-tokens", "<x>", "<x>")
+    assert code == 2 and "listed twice" in bad["error"]

@@ -129,3 +129,36 @@ def test_the_reasoning_setting_is_written_and_redraws_the_tokens(tmp_path, tiny_
     args = (str(src), out["src_state"], True, "auto", "", 512, False, False, False, 0)
     stripped = tab.on_reasoning(v, "strip", *args, out["rc"])
     assert stripped["rc"]["data"]["reasoning"] == "strip" and "two and two" not in stripped["rendered"]
+
+
+def test_missing_template_markers_are_named_and_the_box_adds_them_as_single_tokens(tmp_path, tiny_model_dir):
+    src = tmp_path / "chat.jsonl"
+    src.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                            {"role": "assistant", "content": "Hello"}]}) + "\n")
+    v = _view(tmp_path)
+    rc = {**default_run_config(), "model": str(tiny_model_dir)}
+    out = tab.load_all(v, str(src), "auto", None, True, "llama3", "", 512, False, False, False, "split", 0.0, rc)
+    markers = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    notice = out["new_tokens_md"]
+    assert notice["visible"] and all(m in notice["value"] for m in markers) and "lacks" in notice["value"]
+    assert out["add_tokens"]["visible"] and out["add_tokens"]["value"] is False
+    pieces = [r for r in out["tok_table"] if r[1] == "<|eot_id|>"]
+    assert not pieces, "before adding, the marker is several pieces"
+
+    args = (str(src), out["src_state"], True, "llama3", "", 512, False, False, False, 0)
+    added = tab.on_add_tokens(v, True, *args, out["rc"])
+    assert added["rc"]["data"]["add_special_tokens"] == markers
+    eot = [r for r in added["tok_table"] if r[1] == "<|eot_id|>"]
+    assert eot and eot[0][2] == 49152 + 2  # one token, with the id training gives it
+    assert "are added" in added["new_tokens_md"]["value"] and added["add_tokens"]["value"] is True
+
+    # The tick follows the template: Gemma's missing markers replace Llama-3's.
+    gemma = tab.on_settings(v, str(src), out["src_state"], True, "gemma", "", 512, False, False, False, 0,
+                            added["rc"])
+    assert gemma["rc"]["data"]["add_special_tokens"] == ["<start_of_turn>", "<end_of_turn>"]
+    chatml = tab.on_settings(v, str(src), out["src_state"], True, "chatml", "", 512, False, False, False, 0,
+                             gemma["rc"])
+    assert chatml["rc"]["data"]["add_special_tokens"] == []  # the tokenizer has ChatML's markers
+    assert chatml["new_tokens_md"]["visible"] is False and chatml["add_tokens"]["visible"] is False
+    cleared = tab.on_add_tokens(v, False, *args, added["rc"])
+    assert cleared["rc"]["data"]["add_special_tokens"] == []
