@@ -179,6 +179,9 @@ PLAIN_WRITES_ALLOWED = {
                                                   "half-written last line is skipped by the reader",
     ("backend/data/health.py", "open(part"): "the de-duplicated copy is written to a hidden .part name and "
                                             "renamed into place once complete; the original is never touched",
+    ("backend/data/rowstore.py", "mkdtemp"): "a process's own scratch folder of training rows, fresh per writer; "
+                                             "nothing reads it until finish() returns, and a killed writer's "
+                                             "folder is removed by the next one",
     ("studio/tabs/dataset.py", "Exclusive"): "an upload copied to a new name (exclusive create); nothing points "
                                              "at it until the copy has returned",
 }
