@@ -64,7 +64,17 @@ def make_file(path: Path, rows: int, turns: int, seed: int = 0) -> None:
             fh.write(json.dumps(rec) + "\n")
 
 
-def _rss_mb() -> int:
+def _rss_mb(field: str = "VmHWM") -> int:
+    """This process's peak (VmHWM) or current (VmRSS) resident memory in MB.
+
+    Not getrusage's ru_maxrss: Linux carries that across exec, so a stage started by subprocess
+    (vfork + exec) reports at least its parent's peak, not its own."""
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith(field + ":"):
+                return round(int(line.split()[1]) / 1024)
+    except OSError:
+        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
@@ -80,7 +90,7 @@ def stage(name: str, path: str, model: str, procs: int) -> dict:
     # spill: the rows on disk, memory-mapped (backend.data.rowstore), as a training run reads them.
     spill = tempfile.mkdtemp(prefix="bench-rows-") if name == "spill" else None
     ds = load_rows(path, spill=spill)
-    out = {"load_s": round(time.perf_counter() - t0, 3), "rows": len(ds.rows), "rss_after_load_mb": _rss_mb()}
+    out = {"load_s": round(time.perf_counter() - t0, 3), "rows": len(ds.rows), "rss_after_load_mb": _rss_mb("VmRSS")}
     cfg = DataConfig(path=path, max_length=512, template=TEMPLATE)
     # Warm-up outside the timing: the one-off imports (datasets, pyarrow) and template compilation.
     warm = ds.rows[:100]

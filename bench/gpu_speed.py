@@ -109,6 +109,14 @@ def run_config(model: str, data: Path, variant: str, args: argparse.Namespace):
 
 
 def _peak_rss() -> int:
+    """This process's own peak resident bytes (VmHWM): Linux carries ru_maxrss across exec, so a
+    measurement child started by subprocess would report at least its parent's peak."""
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

@@ -132,6 +132,19 @@ def _plain_messages(messages: list[dict]) -> bool:
                and type(m.get("content")) is str for m in messages)
 
 
+_SNAPSHOT = threading.local()  # .tokens: (tokenizer, its _token_key) while encode_full_batch runs
+
+
+def _token_key(tokenizer) -> tuple:
+    """What the compiled renderers are keyed by. A tokenizer's special-token attributes cost a few
+    microseconds each (transformers resolves them in __getattr__), and every row asked for them three
+    times; while a batch is encoded they cannot change, so the batch reads them once."""
+    snap = getattr(_SNAPSHOT, "tokens", None)
+    if snap is not None and snap[0] is tokenizer:
+        return snap[1]
+    return (id(tokenizer), tokenizer.bos_token, tokenizer.eos_token)
+
+
 def _direct_renderer(tokenizer, jinja: str):
     """The compiled template and the variables apply_chat_template would give it, or None.
 
@@ -140,14 +153,18 @@ def _direct_renderer(tokenizer, jinja: str):
     string messages none of that changes anything, so the compiled template renders them directly
     (tests/unit/test_data_speed_path.py checks the texts are identical).
     """
-    key = (id(tokenizer), jinja, tokenizer.bos_token, tokenizer.eos_token)
+    key = (jinja, *_token_key(tokenizer))
     if key not in _RENDERERS:
         try:
             from transformers.utils.chat_template_utils import _compile_jinja_template, _plain_template_data
 
             variables = _plain_template_data({**tokenizer.special_tokens_map, "bos_token": tokenizer.bos_token or "",
                                               "eos_token": tokenizer.eos_token or ""})
-            _RENDERERS[key] = (_compile_jinja_template(jinja), variables)
+            compiled = _compile_jinja_template(jinja)
+            # Template.render merges the template's globals (a ChainMap, slow to iterate) into a new dict
+            # on every call, twice over; the merge is done once here and each render gets a copy of it.
+            scope = {**dict(compiled.globals), **variables, "tools": None, "documents": None}
+            _RENDERERS[key] = (compiled, scope, dict(compiled.globals))
         except Exception:  # noqa: BLE001 - another transformers version: the public call is used
             _RENDERERS[key] = None
         if len(_RENDERERS) > 64:
@@ -161,9 +178,13 @@ def _render(tokenizer, jinja: str, messages: list[dict], generation_prompt: bool
     try:
         direct = _direct_renderer(tokenizer, jinja) if tools is None and _plain_messages(messages) else None
         if direct is not None:
-            compiled, variables = direct
-            return compiled.render(messages=[dict(m) for m in messages], tools=None, documents=None,
-                                   add_generation_prompt=generation_prompt, **variables)
+            compiled, scope, globals_ = direct
+            from jinja2.runtime import new_context
+
+            ctx = new_context(compiled.environment, compiled.name, compiled.blocks,
+                              {**scope, "messages": [dict(m) for m in messages],
+                               "add_generation_prompt": generation_prompt}, True, globals_)
+            return compiled.environment.concat(compiled.root_render_func(ctx))
         return tokenizer.apply_chat_template(
             messages, chat_template=jinja, tokenize=False, add_generation_prompt=generation_prompt,
             bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "", tools=tools)
@@ -291,7 +312,7 @@ _TAILS: dict[tuple, Optional[str]] = {}
 
 def _turn_tail(tokenizer, jinja: str) -> Optional[str]:
     """What the template writes after a reply to close the turn (e.g. '<|im_end|>\\n'), or None."""
-    key = (id(tokenizer), jinja, tokenizer.bos_token, tokenizer.eos_token)
+    key = (jinja, *_token_key(tokenizer))
     if key not in _TAILS:
         mark = "\x00reply\x00"
         try:
@@ -497,9 +518,8 @@ def _tokenize_batch(tokenizer, rendered: list[Rendered]) -> list[tuple[list[int]
     return out
 
 
-def _finish(tokenizer, r: Rendered, ids: list[int], offsets: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+def _finish(tokenizer, r: Rendered, ids: list[int], offsets: list[tuple[int, int]], eos: Optional[int]) -> tuple[list[int], list[int]]:
     labels = list(ids) if r.grade_all else _span_labels(ids, offsets, r.graded, len(r.text))
-    eos = getattr(tokenizer, "eos_token_id", None)
     if r.append_eos and eos is not None and (not ids or ids[-1] != eos):
         ids = ids + [eos]
         labels.append(eos if (r.grade_all or r.graded) else IGNORE)
@@ -508,8 +528,14 @@ def _finish(tokenizer, r: Rendered, ids: list[int], offsets: list[tuple[int, int
 
 def encode_full_batch(tokenizer, rows: list[dict], data_cfg: Any) -> list[tuple[list[int], list[int]]]:
     """(input_ids, labels) of every row, untruncated: rendered one by one, tokenized in one call."""
-    rendered = [render(tokenizer, row, data_cfg) for row in rows]
-    return [_finish(tokenizer, r, list(ids), offs) for r, (ids, offs) in zip(rendered, _tokenize_batch(tokenizer, rendered))]
+    _SNAPSHOT.tokens = (tokenizer, (id(tokenizer), tokenizer.bos_token, tokenizer.eos_token))
+    try:
+        rendered = [render(tokenizer, row, data_cfg) for row in rows]
+    finally:
+        _SNAPSHOT.tokens = None
+    eos = getattr(tokenizer, "eos_token_id", None)
+    return [_finish(tokenizer, r, list(ids), offs, eos)
+            for r, (ids, offs) in zip(rendered, _tokenize_batch(tokenizer, rendered))]
 
 
 @dataclass
