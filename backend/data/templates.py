@@ -172,11 +172,16 @@ def _direct_renderer(tokenizer, jinja: str):
     return _RENDERERS[key]
 
 
-def _render(tokenizer, jinja: str, messages: list[dict], generation_prompt: bool = False, tools=None) -> str:
+def _render(tokenizer, jinja: str, messages: list[dict], generation_prompt: bool = False, tools=None,
+            plain: Optional[bool] = None) -> str:
+    """The template's text of the messages; `plain` says the messages were already found plain (a copy
+    of checked messages with string contents swapped in), so they are not checked again."""
     if not messages:
         return ""
     try:
-        direct = _direct_renderer(tokenizer, jinja) if tools is None and _plain_messages(messages) else None
+        if plain is None:
+            plain = _plain_messages(messages)
+        direct = _direct_renderer(tokenizer, jinja) if tools is None and plain else None
         if direct is not None:
             compiled, scope, globals_ = direct
             from jinja2.runtime import new_context
@@ -241,7 +246,8 @@ def _reply_turns(msgs: list[dict], last_only: bool) -> list[int]:
     return turns[-1:] if last_only and turns else turns
 
 
-def _assistant_spans(tokenizer, jinja: str, msgs: list[dict], full: str, last_only: bool) -> list[tuple[int, int]]:
+def _assistant_spans(tokenizer, jinja: str, msgs: list[dict], full: str, last_only: bool,
+                     plain: Optional[bool] = None) -> list[tuple[int, int]]:
     """Graded character spans of the assistant replies, in time linear in the conversation.
 
     The conversation is rendered once more with each graded reply replaced by a marker. Where
@@ -259,7 +265,7 @@ def _assistant_spans(tokenizer, jinja: str, msgs: list[dict], full: str, last_on
     marked = list(msgs)
     for k in turns:
         marked[k] = {**msgs[k], "content": f"\x00{k}\x00"}
-    skeleton = _render(tokenizer, jinja, marked)
+    skeleton = _render(tokenizer, jinja, marked, plain=plain)
     parts = skeleton.split("\x00")
     if len(parts) != 2 * len(turns) + 1 or [int(p) for p in parts[1::2]] != turns:
         return _spans_by_prefix(tokenizer, jinja, msgs, full, turns)
@@ -365,9 +371,10 @@ def render(tokenizer, row: dict, data_cfg: Any) -> Rendered:
         full, spans, kinds = tools.render(lambda ms, ts, gen: _render(tokenizer, jinja, ms, gen, ts), jinja, row,
                                           msgs, bool(getattr(data_cfg, "last_turn_only", False)), train_all)
         return Rendered(full, reasoning.ungrade(full, spans, data_cfg), train_all, False, False, name, note, kinds)
-    full = _render(tokenizer, jinja, msgs)
+    plain = _plain_messages(msgs)  # the marked copy _assistant_spans renders is plain exactly when these are
+    full = _render(tokenizer, jinja, msgs, plain=plain)
     spans = [] if train_all else _assistant_spans(tokenizer, jinja, msgs, full,
-                                                  bool(getattr(data_cfg, "last_turn_only", False)))
+                                                  bool(getattr(data_cfg, "last_turn_only", False)), plain)
     return Rendered(full, reasoning.ungrade(full, spans, data_cfg), train_all, False, False, name, note)
 
 
@@ -422,7 +429,8 @@ def _span_labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tup
     if len(spans) <= 4:
         if len(spans) == 1:
             (a, b), = spans
-            return [t if e > s and s < b and e > a else IGNORE for t, (s, e) in zip(ids, offsets)]
+            # The test that fails first for most tokens (those before the reply) goes first.
+            return [t if e > a and s < b and e > s else IGNORE for t, (s, e) in zip(ids, offsets)]
         return [t if e > s and any(s < b and e > a for a, b in spans) else IGNORE for t, (s, e) in zip(ids, offsets)]
     import numpy as np
 
