@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.peak_memory import resident_bytes  # noqa: E402 - after the path it needs
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -65,17 +65,7 @@ def make_file(path: Path, rows: int, turns: int, seed: int = 0) -> None:
 
 
 def _rss_mb(field: str = "VmHWM") -> int:
-    """This process's peak (VmHWM) or current (VmRSS) resident memory in MB.
-
-    Not getrusage's ru_maxrss: Linux carries that across exec, so a stage started by subprocess
-    (vfork + exec) reports at least its parent's peak, not its own."""
-    try:
-        for line in open("/proc/self/status", encoding="ascii"):
-            if line.startswith(field + ":"):
-                return round(int(line.split()[1]) / 1024)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return round(resident_bytes(field) / 2**20)
 
 
 def stage(name: str, path: str, model: str, procs: int) -> dict:

@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from typing import Any, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.peak_memory import resident_bytes  # noqa: E402 - after the path it needs
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -109,15 +109,7 @@ def run_config(model: str, data: Path, variant: str, args: argparse.Namespace):
 
 
 def _peak_rss() -> int:
-    """This process's own peak resident bytes (VmHWM): Linux carries ru_maxrss across exec, so a
-    measurement child started by subprocess would report at least its parent's peak."""
-    try:
-        for line in open("/proc/self/status", encoding="ascii"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return resident_bytes("VmHWM")
 
 
 def measure_one(spec: dict[str, Any]) -> dict[str, Any]:

@@ -163,8 +163,8 @@ def _direct_renderer(tokenizer, jinja: str):
             compiled = _compile_jinja_template(jinja)
             # Template.render merges the template's globals (a ChainMap, slow to iterate) into a new dict
             # on every call, twice over; the merge is done once here and each render gets a copy of it.
-            scope = {**dict(compiled.globals), **variables, "tools": None, "documents": None}
-            _RENDERERS[key] = (compiled, scope, dict(compiled.globals))
+            globals_ = dict(compiled.globals)
+            _RENDERERS[key] = (compiled, {**globals_, **variables, "tools": None, "documents": None}, globals_)
         except Exception:  # noqa: BLE001 - another transformers version: the public call is used
             _RENDERERS[key] = None
         if len(_RENDERERS) > 64:
@@ -536,11 +536,12 @@ def _finish(tokenizer, r: Rendered, ids: list[int], offsets: list[tuple[int, int
 
 def encode_full_batch(tokenizer, rows: list[dict], data_cfg: Any) -> list[tuple[list[int], list[int]]]:
     """(input_ids, labels) of every row, untruncated: rendered one by one, tokenized in one call."""
-    _SNAPSHOT.tokens = (tokenizer, (id(tokenizer), tokenizer.bos_token, tokenizer.eos_token))
+    before = getattr(_SNAPSHOT, "tokens", None)
+    _SNAPSHOT.tokens = (tokenizer, _token_key(tokenizer))
     try:
         rendered = [render(tokenizer, row, data_cfg) for row in rows]
     finally:
-        _SNAPSHOT.tokens = None
+        _SNAPSHOT.tokens = before
     eos = getattr(tokenizer, "eos_token_id", None)
     return [_finish(tokenizer, r, list(ids), offs, eos)
             for r, (ids, offs) in zip(rendered, _tokenize_batch(tokenizer, rendered))]
