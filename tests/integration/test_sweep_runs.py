@@ -26,7 +26,12 @@ def matching_data(folder: Path) -> tuple[Path, Path]:
     return train, val
 
 
-def test_a_two_run_sweep_through_the_queue_prunes_the_loser_and_marks_the_winner(tmp_path, tiny_model_dir, capsys):
+def test_a_two_run_sweep_through_the_queue_prunes_the_loser_and_marks_the_winner(tmp_path, tiny_model_dir, capsys,
+                                                                                monkeypatch):
+    # The rule judges a run at its latest evaluation. Tiny-model steps are quicker than the queue's poll, so
+    # the loser could reach its step-4 evaluation before the step-2 one was read (a clean-clone run did);
+    # a second per step keeps two seconds between evaluations, many polls.
+    monkeypatch.setenv("FTSTUDIO_FAULT", "slow@1000")
     cfg = tiny_config(tiny_model_dir, tmp_path, patience=None, max_steps=6, eval_steps=2)
     train, val = matching_data(tmp_path)
     cfg = cfg.model_copy(update={"report_to": [], "name": "tiny",
