@@ -43,12 +43,17 @@ def test_a_5000_turn_chat_previews_in_under_two_seconds(tok):
     small = {"messages": _conversation(rnd, 25)}
     big = {"messages": _conversation(rnd, 2500)}  # 5,000 messages, ~230 KB of text
     T.preview_row(tok, small, cfg)
-    t0 = time.perf_counter()
-    T.preview_row(tok, small, cfg)
-    t_small = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    p = T.preview_row(tok, big, cfg)
-    t_big = time.perf_counter() - t0
+
+    def best_of_three(row):  # another worker's burst on the shared cores lands in one try, not in all three
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            out = T.preview_row(tok, row, cfg)
+            times.append(time.perf_counter() - t0)
+        return min(times), out
+
+    t_small, _ = best_of_three(small)
+    t_big, p = best_of_three(big)
     text = T.render_text(tok, big, cfg)
     t0 = time.perf_counter()
     tok(text, add_special_tokens=False)
