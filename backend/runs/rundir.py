@@ -121,6 +121,16 @@ def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
         return _write_status_locked(run_dir, fields)
 
 
+def write_status_while_active(run_dir: Path, **fields: Any) -> Optional[dict[str, Any]]:
+    """write_status, but only while the file still says an active state; None (nothing written) once the
+    trainer has written its own ending. A stopper that wrote "stopping" over a trainer's "stopped" would
+    reopen a leg that had already been closed."""
+    with _status_lock(run_dir):
+        if read_raw_status(run_dir).get("state") not in ACTIVE_STATES:
+            return None
+        return _write_status_locked(run_dir, fields)
+
+
 def _write_status_locked(run_dir: Path, fields: dict[str, Any]) -> dict[str, Any]:
     status = read_json(run_dir / STATUS_FILE, {}) or {}
     was_active = status.get("state") in ACTIVE_STATES
@@ -140,10 +150,14 @@ def _write_status_locked(run_dir: Path, fields: dict[str, Any]) -> dict[str, Any
 
 def _close_leg(status: dict[str, Any], now: str) -> None:
     """Record the leg (start to end of one training process) that just ended in status["legs"]."""
+    legs = status.get("legs") if isinstance(status.get("legs"), list) else []
+    if legs and not status.get("leg_started"):
+        # This leg was closed already (its start is popped then); an active state written over the ending
+        # must not add it twice, with the run's first start as its own.
+        return
     start = status.get("leg_started") or status.get("started") or status.get("created")
     if not start:
         return
-    legs = status.get("legs") if isinstance(status.get("legs"), list) else []
     legs.append({"started": start, "ended": status.get("ended") or now, "state": status.get("state"),
                  "step": status.get("step")})
     status["legs"] = legs

@@ -400,13 +400,16 @@ def stop_run(run_dir: Path, timeout: Optional[float] = None, now: bool = False) 
     if timeout is None:
         timeout = stop_grace(run_dir)
     pid, pgid = status.get("pid"), status.get("pgid") or status.get("pid")
-    rundir.request_stop(run_dir)
     fields: dict[str, Any] = {"state": "stopping", "stop_deadline": _iso_in(timeout), "stop_grace_s": round(timeout, 1)}
     if status.get("state") != "stopping":
         fields["stop_requested"] = rundir.now_iso()
     if now:
         fields["stop_now"] = True
-    rundir.write_status(run_dir, **fields)
+    # "stopping" goes in before the request, and only over an active state: a trainer that sees the
+    # request can write its own "stopped" at once, and that ending must stay the last word.
+    if rundir.write_status_while_active(run_dir, **fields) is None:
+        return rundir.read_status(run_dir)
+    rundir.request_stop(run_dir)
     alive = lambda: rundir.pid_alive(pid, status.get("pid_start"))  # noqa: E731
     forced = False
     if not _wait(lambda: not alive(), timeout):

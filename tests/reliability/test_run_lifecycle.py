@@ -228,6 +228,24 @@ def test_resume_keeps_the_creation_time_and_records_each_leg(tmp_path, fake_trai
     assert f"elapsed **{tab.fmt_duration(total)}** (this leg **{tab.fmt_duration(this_leg)}**, 2 legs)" in shown
 
 
+def test_a_trainer_that_ends_the_moment_it_is_asked_leaves_one_leg(tmp_path, fake_trainer, monkeypatch):
+    # The race a loaded CI machine hit: the trainer saw the stop request and wrote "stopped" before the
+    # stopper wrote "stopping", which reopened the leg and recorded it twice (the second from the first start).
+    run_dir = runner.start_run(tmp_path / "ws", _cfg(tmp_path))
+    wait_until(lambda: rundir.read_raw_status(run_dir)["state"] == "running", 30)
+    asked = rundir.request_stop
+
+    def trainer_wins(path):
+        asked(path)
+        rundir.write_status(path, state="stopped", ended=rundir.now_iso())
+
+    monkeypatch.setattr(rundir, "request_stop", trainer_wins)
+    assert runner.stop_run(run_dir, timeout=20)["state"] == "stopped"
+    wait_until(lambda: not rundir.pid_alive(rundir.read_raw_status(run_dir)["pid"]), 10)
+    legs = rundir.read_raw_status(run_dir)["legs"]
+    assert len(legs) == 1 and legs[0]["state"] == "stopped"
+
+
 # ---- item 8: a SIGKILLed trainer's state is written back ---------------------------------------------
 
 def test_after_sigkill_the_inferred_failed_state_is_written_back_once(tmp_path, fake_trainer, monkeypatch):
