@@ -336,8 +336,8 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {o.name: o for o in (
                   states=("Muon: one momentum buffer per hidden matrix; embeddings, head, norms and biases use "
                           "AdamW (m + v)")),
     OptimizerInfo("schedule_free_adamw", "schedule_free_adamw", package="schedulefree",
-                  help=("Schedule-free AdamW: no learning-rate schedule to tune (use a constant one), states like AdamW's "
-                        "less one; needs the schedulefree package."),
+                  help=("Schedule-free AdamW: no learning-rate schedule to tune (use a constant one); two states like "
+                        "AdamW's, and the run saves its averaged weights; needs the schedulefree package."),
                   states="schedule-free AdamW: z + v (no m) in the parameter dtype"),
     OptimizerInfo("galore_adamw", "galore_adamw", package="galore_torch",
                   help=("GaLore: AdamW states on a low-rank projection of each matrix's gradient, so full fine-tuning "
@@ -346,7 +346,8 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {o.name: o for o in (
     OptimizerInfo("apollo_adamw", "apollo_adamw", package="apollo_torch",
                   help=("APOLLO: AdamW-like updates scaled from a low-rank random projection of the gradient: close to "
                         "SGD's memory at AdamW's quality; needs the apollo-torch package."),
-                  states="APOLLO: AdamW m + v on a rank-r random projection of each matrix's gradient"),
+                  states="APOLLO: AdamW m + v on a rank-r random projection of each matrix's gradient (the full rank "
+                         "even for a matrix smaller than it)"),
 )}
 OPTIMIZER = SimpleNamespace(**{n: n for n in OPTIMIZERS})
 

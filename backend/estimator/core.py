@@ -142,6 +142,13 @@ def _optimizer(shape: ModelShape, plan: PrecisionPlan, optimizer: str,
             # fp32 m and v; an untied head of the same shape is a Linear and goes 8-bit.
             total += 8 * numel + (count - 1) * T.optimizer_tensor_bytes(numel, shp, pb, optimizer)
             continue
+        if (optimizer in (OPTIMIZER.galore_adamw, OPTIMIZER.apollo_adamw) and is_base
+                and tuple(shp) == (shape.vocab, shape.hidden)):
+            # transformers projects only nn.Linear weights ("all-linear"): the input embedding (a tied head
+            # with it) keeps plain AdamW m + v; an untied head is a Linear and is projected.
+            total += (T.optimizer_tensor_bytes(numel, shp, pb, OPTIMIZER.adamw_torch)
+                      + (count - 1) * T.optimizer_tensor_bytes(numel, shp, pb, optimizer))
+            continue
         if optimizer == OPTIMIZER.muon and shape.vocab in tuple(shp):
             # The studio's Muon leaves the embeddings and the head to AdamW (m + v).
             total += count * T.optimizer_tensor_bytes(numel, shp, pb, OPTIMIZER.adamw_torch)

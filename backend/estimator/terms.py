@@ -99,7 +99,8 @@ def optimizer_state_breakdown(trainable: int, optimizer: str = OPTIMIZER.adamw_t
         out = {"m": int(trainable * dtype_bytes(state_dtype))}  # one momentum (Muon: for its matrices)
     elif optimizer in (OPTIMIZER.galore_adamw, OPTIMIZER.apollo_adamw):
         side = math.isqrt(max(trainable, 1))  # a square matrix: see projected_bytes
-        out = {"projected m + v": projected_bytes((side, side), dtype_bytes(state_dtype))}
+        out = {"projected m + v": projected_bytes((side, side), dtype_bytes(state_dtype),
+                                                  capped=optimizer == OPTIMIZER.galore_adamw)}
     elif info and info.eight_bit:
         per_state = trainable + 4 * math.ceil(trainable / BNB_8BIT_BLOCK)
         out = {"m": per_state, "v": per_state}
@@ -133,7 +134,9 @@ def optimizer_tensor_bytes(numel: int, shape: tuple[int, ...], param_bytes: floa
         # embeddings and head, which the estimator's caller routes to AdamW) to AdamW's m + v.
         return int((1 if len(shape) == 2 else 2) * numel * param_bytes)
     if optimizer in (OPTIMIZER.galore_adamw, OPTIMIZER.apollo_adamw):
-        return projected_bytes(shape, param_bytes) if len(shape) == 2 else int(2 * numel * param_bytes)
+        if len(shape) != 2:
+            return int(2 * numel * param_bytes)
+        return projected_bytes(shape, param_bytes, capped=optimizer == OPTIMIZER.galore_adamw)
     if info and info.eight_bit:
         if numel < BNB_MIN_8BIT_SIZE:
             return 8 * numel  # bitsandbytes keeps small tensors' states in fp32
@@ -147,11 +150,14 @@ def optimizer_tensor_bytes(numel: int, shape: tuple[int, ...], param_bytes: floa
     raise ValueError(f"unknown optimizer {optimizer!r}")
 
 
-def projected_bytes(shape: tuple[int, ...], param_bytes: float, rank: int = GALORE_RANK) -> int:
+def projected_bytes(shape: tuple[int, ...], param_bytes: float, rank: int = GALORE_RANK,
+                    capped: bool = True) -> int:
     """GaLore/APOLLO on an m x n matrix: AdamW's m and v on the rank-r projected gradient (r x max(m, n))
-    plus the projection matrix (min(m, n) x r); the rank is capped at the smaller side."""
+    plus the projection matrix (min(m, n) x r). GaLore's projection comes from an SVD, so its rank is capped
+    at the smaller side; APOLLO's is a random matrix of the full rank whatever the shape (capped=False:
+    measured on galore-torch 1.0 and apollo-torch 1.0.3)."""
     rows, cols = shape
-    r = min(rank, rows, cols)
+    r = min(rank, rows, cols) if capped else rank
     return int((2 * r * max(rows, cols) + r * min(rows, cols)) * param_bytes)
 
 

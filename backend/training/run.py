@@ -436,6 +436,8 @@ def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool,
 
     if catalog.OBJECTIVES[cfg.objective].online:
         drop_reference_adapter(trainer.model)
+    if settle_schedule_free(trainer):
+        note("Schedule-free optimizer: the saved weights are its averaged ones (the point it evaluates at).")
     adapter = save_adapter(trainer, run_dir) if main else None
     if not main:
         return 0
@@ -458,6 +460,25 @@ def _train(run_dir: Path, cfg, resume: bool, faults: dict[str, int], main: bool,
     note(f"Run {state}. Adapter saved to {adapter}.")
     _write_card(run_dir, adapter)
     return 0
+
+
+def settle_schedule_free(trainer) -> bool:
+    """Switch a schedule-free optimizer to its evaluation point before the final save.
+
+    Schedule-free AdamW trains at one point and evaluates at another (its running average); the Trainer
+    switches it to evaluation only inside an evaluation, so a run that ends on a training step would save the
+    training point. A best checkpoint loaded at the end was saved right after its evaluation (the averaged
+    weights already), so it is left alone. True when the weights were switched."""
+    opt = getattr(trainer, "optimizer", None)
+    inner = getattr(opt, "optimizer", opt)  # accelerate wraps the optimizer
+    if inner is None or not callable(getattr(inner, "eval", None)):
+        return False
+    if not any(group.get("train_mode") for group in inner.param_groups):
+        return False
+    if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint:
+        return False
+    inner.eval()
+    return True
 
 
 def _write_card(run_dir: Path, adapter: Path) -> None:

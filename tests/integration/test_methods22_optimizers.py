@@ -135,3 +135,116 @@ def test_the_trainer_runs_the_studios_optimizer_and_keeps_its_rates(tiny_model_d
     events = rundir.read_events(run_dir)[0]
     assert [e["step"] for e in events if e["type"] == "train"] == [1, 2]
     assert (rundir.checkpoints_dir(run_dir) / "checkpoint-2" / "optimizer.pt").is_file()
+
+
+# The optimizers transformers builds from packages of their own: a real Trainer over the studio's own
+# arguments (training_args), so the optimizer class, the projected parameter group and its states are what a
+# run gets. The packages are dev dependencies; a machine without one checks the sentence above instead.
+PACKAGED = ["schedule_free_adamw", "galore_adamw", "apollo_adamw"]
+
+
+def _needs_package(optimizer: str) -> None:
+    from backend.core.catalog import OPTIMIZERS
+    pytest.importorskip(OPTIMIZERS[optimizer].package)
+
+
+def _held_bytes(opt) -> int:
+    """Every tensor an optimizer keeps per parameter, GaLore/APOLLO's projection matrix included (it sits
+    inside a projector object, not in the state dict itself)."""
+    total = 0
+    for st in opt.state.values():
+        for v in st.values():
+            t = v if torch.is_tensor(v) else getattr(v, "ortho_matrix", None)
+            if torch.is_tensor(t) and t.ndim > 0:
+                total += t.numel() * t.element_size()
+    return total
+
+
+def _trainer_optimizer(model_dir, optimizer, tmp_path):
+    from transformers import Trainer
+
+    from backend.training.run import training_args
+
+    cfg = run_cfg(model_dir, "full", optimizer)
+    model = load_trainable_model(cfg)
+    trainer = Trainer(model=model, args=training_args(cfg, tmp_path, has_eval=False))
+    return cfg, model, trainer, trainer.create_optimizer()
+
+
+@pytest.mark.parametrize("optimizer", PACKAGED)
+def test_a_packaged_optimizer_takes_real_steps_and_holds_what_the_estimate_says(tiny_model_dir, tmp_path,
+                                                                               optimizer):
+    _needs_package(optimizer)
+    cfg, model, _, opt = _trainer_optimizer(tiny_model_dir, optimizer, tmp_path)
+    assert type(opt).__module__.split(".")[0] == {"schedule_free_adamw": "schedulefree",
+                                                  "galore_adamw": "galore_torch",
+                                                  "apollo_adamw": "apollo_torch"}[optimizer]
+    if hasattr(opt, "train"):
+        opt.train()  # schedule-free steps only in training mode (the Trainer's training step does this)
+    before = snapshot(model)
+    steps(model, opt)
+    after = snapshot(model)
+    assert all(not torch.equal(before[n], after[n]) for n in before)
+    expected = estimate(cfg, gpus=[], model_config=load_model_config(str(tiny_model_dir))).terms_bytes["optimizer"]
+    assert _held_bytes(opt) == expected
+
+
+@pytest.mark.parametrize("optimizer", ["galore_adamw", "apollo_adamw"])
+def test_galore_and_apollo_project_only_the_linear_weights(tiny_model_dir, tmp_path, optimizer):
+    _needs_package(optimizer)
+    _, model, _, opt = _trainer_optimizer(tiny_model_dir, optimizer, tmp_path)
+    steps(model, opt)
+    names = {id(p): n for n, p in model.named_parameters()}
+    projected = {names[id(p)] for p, st in opt.state.items() if "projector" in st}
+    linear = {n + ".weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert projected == linear & set(names.values())  # the tied head is the embedding: not projected
+    q = model.model.layers[0].self_attn.q_proj.weight
+    st = opt.state[q]
+    full = 2 * q.numel() * q.element_size()
+    if optimizer == "galore_adamw":
+        # GaLore's rank (128) is capped at the 64 x 64 matrix's side: states of the matrix's own size.
+        assert st["exp_avg"].shape == q.shape and st["projector"].ortho_matrix.shape == (64, 64)
+    else:
+        # APOLLO's random projection keeps its full rank, more than a small matrix needs.
+        assert st["exp_avg"].shape == (64, 128) and st["projector"].ortho_matrix.shape == (128, 64)
+        assert _held_bytes(type("O", (), {"state": {q: st}})()) > full
+
+
+def test_schedule_free_is_saved_at_its_averaged_weights(tiny_model_dir, tmp_path):
+    _needs_package("schedule_free_adamw")
+    from backend.training.run import settle_schedule_free
+
+    _, model, trainer, opt = _trainer_optimizer(tiny_model_dir, "schedule_free_adamw", tmp_path)
+    opt.train()
+    steps(model, opt, n=3)
+    training_point = snapshot(model)
+    assert settle_schedule_free(trainer) is True
+    averaged = snapshot(model)
+    assert any(not torch.equal(training_point[n], averaged[n]) for n in averaged)
+    assert settle_schedule_free(trainer) is False  # already at the averaged weights: nothing moves twice
+    assert all(torch.equal(averaged[n], v) for n, v in snapshot(model).items())
+    _, _, other, _ = _trainer_optimizer(tiny_model_dir, "adamw_torch", tmp_path / "plain")
+    assert settle_schedule_free(other) is False
+
+
+@pytest.mark.parametrize("optimizer", PACKAGED)
+def test_a_run_trains_and_saves_with_a_packaged_optimizer(tiny_model_dir, tmp_path, optimizer, capsys):
+    _needs_package(optimizer)
+    from backend.runs import rundir
+    from backend.training.run import run
+    from tests.samples import small_copy
+
+    cfg = RunConfig.model_validate({
+        "model": str(tiny_model_dir), "early_stopping": {"patience": None},
+        "method": {"name": "full"},
+        "data": {"path": str(small_copy(tmp_path, "instructions.jsonl")), "validation_split": 0.0, "max_length": 64},
+        "train": {"max_steps": 2, "batch_size": 2, "gradient_accumulation": 1, "precision": "fp32",
+                  "gradient_checkpointing": False, "learning_rate": 1e-3, "warmup_ratio": 0.0,
+                  "scheduler": "constant", "optimizer": optimizer, "save_steps": 2}})
+    run_dir = rundir.create_run(tmp_path / "ws", cfg)
+    assert run(run_dir) == 0, rundir.read_status(run_dir).get("error")
+    events = rundir.read_events(run_dir)[0]
+    assert [e["step"] for e in events if e["type"] == "train"] == [1, 2]
+    assert rundir.read_status(run_dir)["state"] == "completed"
+    # The run ends on a training step (no validation), so only schedule-free has weights to switch.
+    assert ("averaged ones" in capsys.readouterr().out) == (optimizer == "schedule_free_adamw")
