@@ -133,20 +133,16 @@ def _optimizer(shape: ModelShape, plan: PrecisionPlan, optimizer: str,
     zero_master = strategy in ("zero1", "zero2", "zero3") and optimizer == OPTIMIZER.adamw_torch
     total = master = 0
     eight_bit = OPTIMIZERS[optimizer].eight_bit
+    projected = optimizer in (OPTIMIZER.galore_adamw, OPTIMIZER.apollo_adamw)
     for shp, is_base, count in shape.trainable_shapes:
         numel = math.prod(shp)
         pb = base_b if is_base else shape.adapter_bytes_per_param
-        if eight_bit and is_base and tuple(shp) == (shape.vocab, shape.hidden):
-            # transformers' Trainer registers every nn.Embedding with bitsandbytes for 32-bit states
-            # (8-bit embedding states are unstable): the input embedding (tied head included) keeps
-            # fp32 m and v; an untied head of the same shape is a Linear and goes 8-bit.
-            total += 8 * numel + (count - 1) * T.optimizer_tensor_bytes(numel, shp, pb, optimizer)
-            continue
-        if (optimizer in (OPTIMIZER.galore_adamw, OPTIMIZER.apollo_adamw) and is_base
-                and tuple(shp) == (shape.vocab, shape.hidden)):
-            # transformers projects only nn.Linear weights ("all-linear"): the input embedding (a tied head
-            # with it) keeps plain AdamW m + v; an untied head is a Linear and is projected.
-            total += (T.optimizer_tensor_bytes(numel, shp, pb, OPTIMIZER.adamw_torch)
+        if (eight_bit or projected) and is_base and tuple(shp) == (shape.vocab, shape.hidden):
+            # The input embedding (a tied head with it) keeps plain AdamW m + v; an untied head of the same
+            # shape is an nn.Linear and gets the optimizer's own states. transformers' Trainer registers every
+            # nn.Embedding with bitsandbytes for 32-bit states (8-bit embedding states are unstable), and
+            # projects only nn.Linear weights for GaLore/APOLLO ("all-linear").
+            total += (T.optimizer_tensor_bytes(numel, shp, 4 if eight_bit else pb, OPTIMIZER.adamw_torch)
                       + (count - 1) * T.optimizer_tensor_bytes(numel, shp, pb, optimizer))
             continue
         if optimizer == OPTIMIZER.muon and shape.vocab in tuple(shp):

@@ -32,9 +32,50 @@ def steps(model, opt, n: int = 2) -> None:
         opt.zero_grad()
 
 
+def held_bytes(st: dict) -> int:
+    """The tensors one parameter's state keeps; scalars (step counts) aside, GaLore/APOLLO's projection
+    matrix included (it sits inside a projector object, not in the state dict itself)."""
+    total = 0
+    for v in st.values():
+        t = v if torch.is_tensor(v) else getattr(v, "ortho_matrix", None)
+        if torch.is_tensor(t) and t.ndim > 0:
+            total += t.numel() * t.element_size()
+    return total
+
+
 def state_bytes(opt) -> int:
-    return sum(v.numel() * v.element_size() for st in optimizer_states(opt).values()
-               for v in st.values() if torch.is_tensor(v) and v.ndim > 0)  # scalars (step counts) aside
+    return sum(held_bytes(st) for st in optimizer_states(opt).values())
+
+
+def moved_by_steps(model, opt) -> list[bool]:
+    """Two real steps; for each parameter, whether they changed it."""
+    before = snapshot(model)
+    steps(model, opt)
+    after = snapshot(model)
+    return [not torch.equal(before[n], after[n]) for n in before]
+
+
+def estimated_optimizer_bytes(cfg, model_dir) -> int:
+    return estimate(cfg, gpus=[], model_config=load_model_config(str(model_dir))).terms_bytes["optimizer"]
+
+
+def two_step_run(model_dir, tmp_path, method: dict, optimizer: str, **train):
+    """A real two-step run through training.run (no validation); its run directory."""
+    from backend.runs import rundir
+    from backend.training.run import run
+    from tests.samples import small_copy
+
+    cfg = RunConfig.model_validate({
+        "model": str(model_dir), "early_stopping": {"patience": None}, "method": method,
+        "data": {"path": str(small_copy(tmp_path, "instructions.jsonl")), "validation_split": 0.0, "max_length": 64},
+        "train": {"max_steps": 2, "batch_size": 2, "gradient_accumulation": 1, "precision": "fp32",
+                  "gradient_checkpointing": False, "learning_rate": 1e-3, "warmup_ratio": 0.0,
+                  "scheduler": "constant", "optimizer": optimizer, **train}})
+    run_dir = rundir.create_run(tmp_path / "ws", cfg)
+    assert run(run_dir) == 0, rundir.read_status(run_dir).get("error")
+    events = rundir.read_events(run_dir)[0]
+    assert [e["step"] for e in events if e["type"] == "train"] == [1, 2]
+    return run_dir
 
 
 @pytest.mark.parametrize("optimizer,method", [("lion", "lora"), ("lion", "full"), ("muon", "lora"),
@@ -43,12 +84,8 @@ def test_a_step_moves_the_weights_and_the_estimate_counts_the_real_states(tiny_m
     cfg = run_cfg(tiny_model_dir, method, optimizer)
     model = load_trainable_model(cfg)
     opt = create_optimizer(model, cfg) or torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
-    before = snapshot(model)
-    steps(model, opt)
-    after = snapshot(model)
-    assert any(not torch.equal(before[n], after[n]) for n in before)
-    expected = estimate(cfg, gpus=[], model_config=load_model_config(str(tiny_model_dir))).terms_bytes["optimizer"]
-    assert state_bytes(opt) == expected
+    assert any(moved_by_steps(model, opt))
+    assert state_bytes(opt) == estimated_optimizer_bytes(cfg, tiny_model_dir)
 
 
 def test_lion_keeps_half_of_adamw_and_muon_leaves_the_embeddings_to_adamw(tiny_model_dir):
@@ -120,20 +157,9 @@ def test_embedding_learning_rate_reaches_the_trained_embedding_copy(tiny_model_d
 def test_the_trainer_runs_the_studios_optimizer_and_keeps_its_rates(tiny_model_dir, tmp_path, optimizer, method,
                                                                     train):
     from backend.runs import rundir
-    from backend.training.run import run
-    from tests.samples import small_copy
 
-    cfg = RunConfig.model_validate({
-        "model": str(tiny_model_dir), "early_stopping": {"patience": None},
-        "method": {"name": method, "r": 4, "dropout": 0.0},
-        "data": {"path": str(small_copy(tmp_path, "instructions.jsonl")), "validation_split": 0.0, "max_length": 64},
-        "train": {"max_steps": 2, "batch_size": 2, "gradient_accumulation": 1, "precision": "fp32",
-                  "gradient_checkpointing": False, "learning_rate": 1e-3, "warmup_ratio": 0.0,
-                  "scheduler": "constant", "optimizer": optimizer, "save_steps": 1, **train}})
-    run_dir = rundir.create_run(tmp_path / "ws", cfg)
-    assert run(run_dir) == 0, rundir.read_status(run_dir).get("error")
-    events = rundir.read_events(run_dir)[0]
-    assert [e["step"] for e in events if e["type"] == "train"] == [1, 2]
+    run_dir = two_step_run(tiny_model_dir, tmp_path, {"name": method, "r": 4, "dropout": 0.0}, optimizer,
+                           save_steps=1, **train)
     assert (rundir.checkpoints_dir(run_dir) / "checkpoint-2" / "optimizer.pt").is_file()
 
 
@@ -146,18 +172,6 @@ PACKAGED = ["schedule_free_adamw", "galore_adamw", "apollo_adamw"]
 def _needs_package(optimizer: str) -> None:
     from backend.core.catalog import OPTIMIZERS
     pytest.importorskip(OPTIMIZERS[optimizer].package)
-
-
-def _held_bytes(opt) -> int:
-    """Every tensor an optimizer keeps per parameter, GaLore/APOLLO's projection matrix included (it sits
-    inside a projector object, not in the state dict itself)."""
-    total = 0
-    for st in opt.state.values():
-        for v in st.values():
-            t = v if torch.is_tensor(v) else getattr(v, "ortho_matrix", None)
-            if torch.is_tensor(t) and t.ndim > 0:
-                total += t.numel() * t.element_size()
-    return total
 
 
 def _trainer_optimizer(model_dir, optimizer, tmp_path):
@@ -181,12 +195,8 @@ def test_a_packaged_optimizer_takes_real_steps_and_holds_what_the_estimate_says(
                                                   "apollo_adamw": "apollo_torch"}[optimizer]
     if hasattr(opt, "train"):
         opt.train()  # schedule-free steps only in training mode (the Trainer's training step does this)
-    before = snapshot(model)
-    steps(model, opt)
-    after = snapshot(model)
-    assert all(not torch.equal(before[n], after[n]) for n in before)
-    expected = estimate(cfg, gpus=[], model_config=load_model_config(str(tiny_model_dir))).terms_bytes["optimizer"]
-    assert _held_bytes(opt) == expected
+    assert all(moved_by_steps(model, opt))
+    assert state_bytes(opt) == estimated_optimizer_bytes(cfg, tiny_model_dir)
 
 
 @pytest.mark.parametrize("optimizer", ["galore_adamw", "apollo_adamw"])
@@ -207,7 +217,7 @@ def test_galore_and_apollo_project_only_the_linear_weights(tiny_model_dir, tmp_p
     else:
         # APOLLO's random projection keeps its full rank, more than a small matrix needs.
         assert st["exp_avg"].shape == (64, 128) and st["projector"].ortho_matrix.shape == (128, 64)
-        assert _held_bytes(type("O", (), {"state": {q: st}})()) > full
+        assert held_bytes(st) > full
 
 
 def test_schedule_free_is_saved_at_its_averaged_weights(tiny_model_dir, tmp_path):
@@ -231,20 +241,8 @@ def test_schedule_free_is_saved_at_its_averaged_weights(tiny_model_dir, tmp_path
 def test_a_run_trains_and_saves_with_a_packaged_optimizer(tiny_model_dir, tmp_path, optimizer, capsys):
     _needs_package(optimizer)
     from backend.runs import rundir
-    from backend.training.run import run
-    from tests.samples import small_copy
 
-    cfg = RunConfig.model_validate({
-        "model": str(tiny_model_dir), "early_stopping": {"patience": None},
-        "method": {"name": "full"},
-        "data": {"path": str(small_copy(tmp_path, "instructions.jsonl")), "validation_split": 0.0, "max_length": 64},
-        "train": {"max_steps": 2, "batch_size": 2, "gradient_accumulation": 1, "precision": "fp32",
-                  "gradient_checkpointing": False, "learning_rate": 1e-3, "warmup_ratio": 0.0,
-                  "scheduler": "constant", "optimizer": optimizer, "save_steps": 2}})
-    run_dir = rundir.create_run(tmp_path / "ws", cfg)
-    assert run(run_dir) == 0, rundir.read_status(run_dir).get("error")
-    events = rundir.read_events(run_dir)[0]
-    assert [e["step"] for e in events if e["type"] == "train"] == [1, 2]
+    run_dir = two_step_run(tiny_model_dir, tmp_path, {"name": "full"}, optimizer, save_steps=2)
     assert rundir.read_status(run_dir)["state"] == "completed"
     # The run ends on a training step (no validation), so only schedule-free has weights to switch.
     assert ("averaged ones" in capsys.readouterr().out) == (optimizer == "schedule_free_adamw")
